@@ -1,0 +1,183 @@
+/**
+ * One connected end of the takeover channel: a non-blocking SOCK_SEQPACKET fd that carries
+ * frames (see protocol.ts) with file descriptors attached. Read and written only through the
+ * addon, never through net.Socket, which would silently close arriving fds.
+ */
+import { EventEmitter } from 'node:events';
+import * as native from './native.js';
+import { decodeFrame, MAX_FRAME_SIZE, type Frame, type Message } from './protocol.js';
+import { ErrorCodes, TakeoverError, systemError } from './errors.js';
+
+export interface ChannelEvents {
+  frame: [frame: Frame];
+  /** The socket can take more after a {@link Channel.trySend} returned false. */
+  writable: [];
+  /** Fatal: a system error, or a frame that failed validation. The channel is closed. */
+  error: [error: TakeoverError];
+  /** The peer closed its end, or {@link Channel.close} was called. Emitted once. */
+  close: [];
+}
+
+export class Channel extends EventEmitter<ChannelEvents> {
+  readonly peer: native.PeerCredentials;
+  private readonly fd: number;
+  private readonly poller: native.Poller;
+  private readonly queue: Message[] = [];
+  private wantWritable = false;
+  private closeAfterFlush = false;
+  private lingering = false;
+  private closed = false;
+
+  /** Takes ownership of `fd`: the channel closes it. */
+  constructor(fd: number) {
+    super();
+    this.fd = fd;
+    try {
+      this.peer = native.peerCredentials(fd);
+      this.poller = native.poll(fd, (status, readable, writable) => this.onPoll(status, readable, writable));
+    } catch (error) {
+      native.close(fd);
+      throw systemError('takeover channel', error);
+    }
+    this.poller.start(true, false);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /**
+   * Queues a frame behind any frame not yet sent. The fds must stay open until the frame is
+   * on the wire (the kernel then holds its own references); use {@link trySend} for fds
+   * that could be closed meanwhile.
+   */
+  send(message: Message): void {
+    if (this.closed) return;
+    if (this.queue.length === 0 && this.sendNow(message)) return;
+    this.queue.push(message);
+    this.watchWritable(true);
+  }
+
+  /** Sends at once or not at all: false when the socket is full or earlier frames wait. */
+  trySend(message: Message): boolean {
+    if (this.closed) return false;
+    if (this.queue.length > 0) return false;
+    if (this.sendNow(message)) return true;
+    this.watchWritable(true);
+    return false;
+  }
+
+  /**
+   * Sends a last frame (an ABORT) and closes once the peer has read it. Closing at once could
+   * lose it: a Unix socket closed with unread data resets its peer (ECONNRESET) instead.
+   * Later frames are dropped; the channel closes on the peer's EOF or after `lingerMs`.
+   */
+  sendLast(message: Message, lingerMs = 1000): void {
+    if (this.closed || this.lingering) return;
+    this.send(message);
+    this.lingering = true;
+    setTimeout(() => this.destroy(), lingerMs).unref();
+  }
+
+  /** Closes once every queued frame is on the wire (the last frames of a takeover). */
+  closeWhenFlushed(): void {
+    if (this.queue.length === 0) this.destroy();
+    else this.closeAfterFlush = true;
+  }
+
+  /** Closes now, unless a {@link sendLast} is still lingering (it closes by itself). */
+  close(): void {
+    if (this.lingering) return;
+    this.destroy();
+  }
+
+  private destroy(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.queue.length = 0;
+    this.poller.close();
+    native.close(this.fd);
+    this.emit('close');
+  }
+
+  private sendNow(message: Message): boolean {
+    try {
+      return native.sendMessage(this.fd, message.data, message.fds);
+    } catch (error) {
+      this.fail(systemError('takeover channel send', error));
+      return true;
+    }
+  }
+
+  private watchWritable(on: boolean): void {
+    if (this.wantWritable === on || this.closed) return;
+    this.wantWritable = on;
+    this.poller.start(true, on);
+  }
+
+  private onPoll(status: number, readable: boolean, writable: boolean): void {
+    if (this.closed) return;
+    if (status < 0) {
+      this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, `takeover channel poll failed (${status})`));
+      return;
+    }
+    if (writable) this.flush();
+    if (readable) this.readAll();
+  }
+
+  private flush(): void {
+    while (this.queue.length > 0 && !this.closed) {
+      if (!this.sendNow(this.queue[0]!)) return;
+      this.queue.shift();
+    }
+    this.watchWritable(false);
+    if (this.closeAfterFlush) this.destroy();
+    else if (!this.closed) this.emit('writable');
+  }
+
+  private readAll(): void {
+    while (!this.closed) {
+      let message: native.ReceivedMessage | null;
+      try {
+        message = native.receiveMessage(this.fd, MAX_FRAME_SIZE);
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        this.fail(
+          code === 'ECONNRESET'
+            ? new TakeoverError(ErrorCodes.PEER_CLOSED, 'the other side closed the takeover channel abruptly', { cause: error })
+            : code === 'ERR_FDS_TRUNCATED'
+            ? new TakeoverError(ErrorCodes.FD_LIMIT, 'file descriptors were lost in transit (MSG_CTRUNC): fd limit reached', { cause: error })
+            : code === 'ERR_MESSAGE_TRUNCATED'
+              ? new TakeoverError(ErrorCodes.PROTOCOL, 'channel frame larger than the protocol allows', { cause: error })
+              : systemError('takeover channel receive', error),
+        );
+        return;
+      }
+      if (message === null) return;
+      if (message.data.length === 0 && message.fds.length === 0) {
+        this.destroy();
+        return;
+      }
+      if (this.lingering) {
+        for (const fd of message.fds) native.close(fd);
+        continue;
+      }
+      let frame: Frame;
+      try {
+        frame = decodeFrame(message.data, message.fds);
+      } catch (error) {
+        for (const fd of message.fds) native.close(fd);
+        this.fail(error instanceof TakeoverError ? error : systemError('decode', error));
+        return;
+      }
+      this.emit('frame', frame);
+    }
+  }
+
+  private fail(error: TakeoverError): void {
+    if (this.closed) return;
+    if (this.lingering) return this.destroy();
+    this.emit('error', error);
+    this.destroy();
+  }
+}

@@ -1,0 +1,305 @@
+/**
+ * The old process's side of one takeover: pre-copy, then (after the successor's COMMIT)
+ * stop accepting, send the last deltas, and hand reading over wave by wave.
+ *
+ *   hello -> precopy -> prepared --COMMIT--> committed -> waves -> done
+ *      \________\__________\____ any failure before COMMIT: rollback (nothing was stopped)
+ *
+ * Before COMMIT this process never stops serving anything, so a rollback only has to drop
+ * the successor. After COMMIT a failure resumes what has not been frozen yet.
+ */
+import type * as net from 'node:net';
+import * as native from './native.js';
+import type { Channel } from './channel.js';
+import {
+  encode,
+  encodeWave,
+  digestIds,
+  MAX_FDS_PER_FRAME,
+  MAX_IDS_PER_FRAME,
+  type Frame,
+  type ListenerEntry,
+  type WaveRecord,
+} from './protocol.js';
+import { freezeSocket, releaseSocket, socketFd } from './sockets.js';
+import { ErrorCodes, TakeoverError } from './errors.js';
+import type { TakeoverStats } from './stats.js';
+
+/** What the session needs from the process it runs in (implemented by Takeover). */
+export interface PredecessorHost {
+  readonly options: { timeoutMs: number; waveSize: number };
+  /** Listeners to send, each with a dup'ed fd the session owns and closes. */
+  duplicateListeners(): (ListenerEntry & { fd: number })[];
+  connections(): ReadonlyMap<number, { socket: net.Socket; listener: number }>;
+  captureState(socket: net.Socket): Buffer | undefined;
+  /** Point of no return: stop accepting TCP connections and successors. */
+  stopAccepting(): void;
+  /** After a failure past the point of no return: accept again on the dups (ownership passes). */
+  resumeAccepting(listeners: readonly (ListenerEntry & { fd: number })[]): void;
+  onFreeze(socket: net.Socket): void;
+  onRelease(socket: net.Socket): void;
+  /** Called on every failure; `started` is false for a peer that never said HELLO (e.g. a liveness probe). */
+  onRollback(error: TakeoverError, started: boolean): void;
+  onHello(pid: number): void;
+  onHandover(stats: TakeoverStats): void;
+}
+
+type Phase = 'hello' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
+
+/** Unacknowledged CONNS batches in flight: bounds fds in flight (ETOOMANYREFS) and memory. */
+const BATCH_WINDOW = 4;
+
+export class PredecessorSession {
+  private phase: Phase = 'hello';
+  private readonly unsent = new Set<number>();
+  private readonly sent = new Set<number>();
+  private closedUnsent: number[] = [];
+  private batchesInFlight = 0;
+  private listeners: (ListenerEntry & { fd: number })[] = [];
+  private waveQueue: { id: number; socket: net.Socket | undefined }[] = [];
+  private waveSeq = 0;
+  private waveStartedAt = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly started = performance.now();
+  private readonly marks = { prepare: 0, commit: 0, listening: 0 };
+  private readonly stats = { connections: 0, retained: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
+  private successorPid = 0;
+
+  constructor(
+    private readonly host: PredecessorHost,
+    private readonly channel: Channel,
+  ) {
+    channel.on('frame', (frame) => this.onFrame(frame));
+    channel.on('writable', () => this.pump());
+    channel.on('error', (error) => this.fail(error));
+    channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the successor closed the takeover channel')));
+    this.expectWithin('HELLO');
+  }
+
+  get isCommitted(): boolean {
+    return this.phase === 'committed' || this.phase === 'waves' || this.phase === 'done';
+  }
+
+  /** The host reports every connection it accepts while the session runs. */
+  connectionAdded(id: number): void {
+    if (this.phase === 'precopy' || this.phase === 'prepared' || this.phase === 'committed') {
+      this.unsent.add(id);
+      if (this.phase !== 'prepared') this.pump();
+    }
+  }
+
+  /** ...and every tracked connection that closes. */
+  connectionClosed(id: number): void {
+    if (this.unsent.delete(id)) return;
+    if (this.phase === 'waves' || !this.sent.delete(id)) return;
+    this.closedUnsent.push(id);
+    this.stats.closed++;
+    if (this.phase !== 'prepared') this.pump();
+  }
+
+  /** Tells the successor why, then rolls back. */
+  abort(error: TakeoverError): void {
+    this.channel.sendLast(encode.abort(error.code, error.message));
+    this.fail(error);
+  }
+
+  private onFrame(frame: Frame): void {
+    switch (`${this.phase}:${frame.type}`) {
+      case 'hello:hello':
+        return this.onHello((frame as Extract<Frame, { type: 'hello' }>).pid);
+      case 'precopy:ack':
+      case 'committed:ack':
+        this.batchesInFlight--;
+        return this.pump();
+      case 'prepared:commit':
+        return this.onCommit();
+      case 'waves:waveAck':
+        return this.onWaveAck((frame as Extract<Frame, { type: 'waveAck' }>).seq);
+      default:
+        if (frame.type === 'abort') {
+          return this.fail(new TakeoverError(ErrorCodes.ABORTED, `the successor aborted: ${frame.message}`, { reason: frame.code }));
+        }
+        return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `unexpected ${frame.type} frame during ${this.phase}`));
+    }
+  }
+
+  private onHello(pid: number): void {
+    this.successorPid = pid;
+    this.host.onHello(pid);
+    try {
+      this.listeners = this.host.duplicateListeners();
+    } catch (error) {
+      return this.abort(error instanceof TakeoverError ? error : new TakeoverError(ErrorCodes.SYSTEM, String(error)));
+    }
+    const connections = this.host.connections();
+    this.channel.send(encode.welcome(process.pid, this.listeners.length, connections.size));
+    this.channel.send(encode.listeners(this.listeners));
+    for (const id of connections.keys()) this.unsent.add(id);
+    this.phase = 'precopy';
+    this.expectWithin('ACK');
+    this.pump();
+  }
+
+  /**
+   * Sends what is pending while the window allows. A batch is built and sent in the same
+   * tick, so every fd in it is open and still belongs to the connection its id names.
+   */
+  private pump(): void {
+    if (this.phase !== 'precopy' && this.phase !== 'committed') return;
+    const connections = this.host.connections();
+    while (this.batchesInFlight < BATCH_WINDOW && this.unsent.size > 0) {
+      const batch: { id: number; listener: number; fd: number }[] = [];
+      for (const id of this.unsent) {
+        const conn = connections.get(id);
+        const fd = conn ? socketFd(conn.socket) : -1;
+        if (fd < 0) {
+          this.unsent.delete(id);
+          continue;
+        }
+        batch.push({ id, listener: conn!.listener, fd });
+        if (batch.length === MAX_FDS_PER_FRAME) break;
+      }
+      if (batch.length === 0) break;
+      if (!this.channel.trySend(encode.conns(batch))) return;
+      for (const { id } of batch) {
+        this.unsent.delete(id);
+        this.sent.add(id);
+      }
+      this.batchesInFlight++;
+    }
+    while (this.closedUnsent.length > 0) {
+      this.channel.send(encode.closed(this.closedUnsent.slice(0, MAX_IDS_PER_FRAME)));
+      this.closedUnsent = this.closedUnsent.slice(MAX_IDS_PER_FRAME);
+    }
+    if (this.unsent.size > 0 || this.batchesInFlight > 0) {
+      this.expectWithin('ACK');
+      return;
+    }
+    if (this.phase === 'precopy') {
+      const digest = digestIds(this.sent);
+      this.channel.send(encode.prepare(digest.connections, digest.idSum, digest.idXor));
+      this.marks.prepare = performance.now();
+      this.phase = 'prepared';
+      this.expectWithin('COMMIT');
+    } else {
+      this.startWaves();
+    }
+  }
+
+  private onCommit(): void {
+    this.marks.commit = performance.now();
+    this.phase = 'committed';
+    this.host.stopAccepting();
+    this.pump();
+  }
+
+  private startWaves(): void {
+    this.channel.send(encode.listening());
+    this.marks.listening = performance.now();
+    this.phase = 'waves';
+    const connections = this.host.connections();
+    this.waveQueue = [...this.sent].map((id) => ({ id, socket: connections.get(id)?.socket }));
+    this.nextWave();
+  }
+
+  private nextWave(): void {
+    const wave = this.waveQueue.splice(0, this.host.options.waveSize);
+    this.waveStartedAt = performance.now();
+    const records: WaveRecord[] = [];
+    const released: net.Socket[] = [];
+    for (const { id, socket } of wave) {
+      const frozen = socket ? freezeSocket(socket) : { fate: 'closed' as const };
+      if (frozen.fate !== 'moved') {
+        records.push({ id, fate: frozen.fate });
+        this.stats[frozen.fate === 'closed' ? 'closed' : 'retained']++;
+        continue;
+      }
+      const state = this.host.captureState(socket!);
+      records.push({ id, fate: 'moved', input: frozen.input, output: frozen.output, state });
+      this.stats.connections++;
+      this.stats.bytesIn += frozen.input.length;
+      this.stats.bytesOut += frozen.output.length;
+      this.stats.stateBytes += state?.length ?? 0;
+      this.host.onFreeze(socket!);
+      released.push(socket!);
+    }
+    for (const message of encode.wave(encodeWave({ seq: this.waveSeq, records }))) this.channel.send(message);
+    for (const socket of released) {
+      releaseSocket(socket);
+      this.host.onRelease(socket);
+    }
+    this.expectWithin('WAVE_ACK');
+  }
+
+  private onWaveAck(seq: number): void {
+    if (seq !== this.waveSeq) {
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq}, expected ${this.waveSeq}`));
+    }
+    this.stats.waves++;
+    this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - this.waveStartedAt);
+    this.waveSeq++;
+    if (this.waveQueue.length > 0) return this.nextWave();
+    this.finish();
+  }
+
+  private finish(): void {
+    this.clearTimer();
+    this.phase = 'done';
+    this.channel.send(encode.done(this.stats.retained));
+    const listeners = this.listeners.length;
+    this.closeListenerFds();
+    const end = performance.now();
+    const stats: TakeoverStats = {
+      role: 'predecessor',
+      predecessorPid: process.pid,
+      successorPid: this.successorPid,
+      listeners,
+      ...this.stats,
+      phases: {
+        precopyMs: this.marks.prepare - this.started,
+        commitMs: this.marks.commit - this.marks.prepare,
+        wavesMs: end - this.marks.listening,
+        totalMs: end - this.started,
+      },
+    };
+    // Report (and maybe exit) only once DONE is on the wire.
+    this.channel.once('close', () => this.host.onHandover(stats));
+    this.channel.closeWhenFlushed();
+  }
+
+  private fail(error: TakeoverError): void {
+    if (this.phase === 'done' || this.phase === 'failed') return;
+    const committed = this.isCommitted;
+    const started = this.phase !== 'hello';
+    this.phase = 'failed';
+    this.clearTimer();
+    this.channel.close();
+    if (committed) {
+      // The successor may be gone with the connections already frozen; the rest never
+      // stopped here, and the listeners' dups let this process accept again.
+      const listeners = this.listeners;
+      this.listeners = [];
+      this.host.resumeAccepting(listeners);
+    } else {
+      this.closeListenerFds();
+    }
+    this.host.onRollback(error, started);
+  }
+
+  private closeListenerFds(): void {
+    for (const { fd } of this.listeners) native.close(fd);
+    this.listeners = [];
+  }
+
+  private expectWithin(what: string): void {
+    this.clearTimer();
+    this.timer = setTimeout(() => {
+      this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the successor sent no ${what} within ${this.host.options.timeoutMs} ms`));
+    }, this.host.options.timeoutMs);
+  }
+
+  private clearTimer(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}

@@ -1,0 +1,32 @@
+/** What one takeover did, as seen from one side. Times are milliseconds. */
+export interface TakeoverStats {
+  role: 'predecessor' | 'successor';
+  predecessorPid: number;
+  successorPid: number;
+  /** Listeners handed over, the channel's included. */
+  listeners: number;
+  /** Connections now served by the successor. */
+  connections: number;
+  /** Connections half-closed at freeze time, left to the predecessor to finish. */
+  retained: number;
+  /** Connections that closed while being handed over. */
+  closed: number;
+  /** Bytes read by the predecessor but not consumed, replayed in the successor. */
+  bytesIn: number;
+  /** Bytes written by the predecessor's app but not yet taken by the kernel, sent by the successor. */
+  bytesOut: number;
+  /** Application state captured at freeze time. */
+  stateBytes: number;
+  waves: number;
+  /** Longest wave from freeze (predecessor) to started (successor): the longest pause any connection saw on the server side. */
+  maxPauseMs: number;
+  phases: {
+    /** Connection to PREPARE: every fd copied while the predecessor kept serving. */
+    precopyMs: number;
+    /** PREPARE to COMMIT: the successor's start-up and verification. */
+    commitMs: number;
+    /** LISTENING to the last wave: reading handed over, wave by wave. */
+    wavesMs: number;
+    totalMs: number;
+  };
+}

@@ -1,0 +1,317 @@
+/**
+ * The new process's side of a takeover: collect every listener and connection fd during
+ * pre-copy without reading, verify, COMMIT once the application is ready, then start each
+ * wave of connections as the predecessor freezes it.
+ *
+ *   welcome -> listeners -> precopy -> prepared --(app ready) COMMIT--> committed -> waves -> done
+ *
+ * Any failure before COMMIT drops every copy (fd close only, no FIN) and the predecessor
+ * keeps serving; after COMMIT the successor owns the outcome.
+ */
+import type * as net from 'node:net';
+import * as native from './native.js';
+import type { Channel } from './channel.js';
+import { decodeWave, digestIds, encode, MAX_WAVE_SIZE, type Frame, type ListenerEntry } from './protocol.js';
+import { releaseSocket, wrapInherited } from './sockets.js';
+import { ErrorCodes, TakeoverError } from './errors.js';
+import type { TakeoverStats } from './stats.js';
+
+export interface InheritedListener extends ListenerEntry {
+  fd: number;
+}
+
+/** What the session needs from the process it runs in (implemented by Takeover). */
+export interface SuccessorHost {
+  readonly options: { timeoutMs: number; allowUids: readonly number[] };
+  /** Called once the listeners are known, so the app's listen() calls can claim them. */
+  onListeners(listeners: readonly InheritedListener[]): void;
+  /** Names of inherited listeners the app has not claimed; COMMIT waits for none. */
+  unclaimedListeners(): string[];
+  /** LISTENING: start accepting on every claimed listener and on the channel. */
+  startListening(): void;
+  adopt(socket: net.Socket, listener: number, input: Buffer, output: Buffer, state: Buffer | undefined): void;
+  onFailure(error: TakeoverError): void;
+  onDone(stats: TakeoverStats): void;
+}
+
+type Phase = 'welcome' | 'listeners' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
+
+/** Stops this process at a named step so tests can kill or freeze it there (SIGSTOP). */
+function testPausePoint(step: string): void {
+  if (process.env.SOCKET_TAKEOVER_TEST_PAUSE_AT === step) process.kill(process.pid, 'SIGSTOP');
+}
+
+const FD_HEADROOM = 64;
+
+export class SuccessorSession {
+  private phase: Phase = 'welcome';
+  private appReady = false;
+  private listeners: InheritedListener[] = [];
+  private readonly held = new Map<number, { socket: net.Socket; listener: number }>();
+  private waveChunks: Buffer[] = [];
+  private waveBytes = 0;
+  private expectedWave = 0;
+  private ackSeq = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private predecessorPid = 0;
+  private readonly started = performance.now();
+  private readonly marks = { prepare: 0, commit: 0, listening: 0 };
+  private readonly stats = { connections: 0, retained: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
+
+  constructor(
+    private readonly host: SuccessorHost,
+    private readonly channel: Channel,
+  ) {
+    channel.on('frame', (frame) => this.onFrame(frame));
+    channel.on('error', (error) => this.fail(error));
+    channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the predecessor closed the takeover channel')));
+    if (!host.options.allowUids.includes(channel.peer.uid)) {
+      this.abort(new TakeoverError(ErrorCodes.PEER_REJECTED, `the process on the channel runs as uid ${channel.peer.uid}, which is not allowed`));
+      return;
+    }
+    channel.send(encode.hello(process.pid));
+    testPausePoint('hello');
+    this.expectWithin('WELCOME');
+  }
+
+  get isCommitted(): boolean {
+    return this.phase === 'committed' || this.phase === 'waves' || this.phase === 'done';
+  }
+
+  /** The application has registered its servers: COMMIT as soon as pre-copy is verified. */
+  ready(): void {
+    this.appReady = true;
+    if (this.phase === 'prepared') this.commit();
+  }
+
+  abort(error: TakeoverError): void {
+    this.channel.sendLast(encode.abort(error.code, error.message));
+    this.fail(error);
+  }
+
+  private onFrame(frame: Frame): void {
+    if (frame.type === 'abort') {
+      return this.fail(new TakeoverError(ErrorCodes.ABORTED, `the predecessor refused: ${frame.message}`, { reason: frame.code }));
+    }
+    switch (`${this.phase}:${frame.type}`) {
+      case 'welcome:welcome':
+        return this.onWelcome(frame as Extract<Frame, { type: 'welcome' }>);
+      case 'listeners:listeners':
+        return this.onListeners((frame as Extract<Frame, { type: 'listeners' }>).listeners);
+      case 'precopy:conns':
+      case 'committed:conns':
+        return this.onConns((frame as Extract<Frame, { type: 'conns' }>).conns);
+      case 'precopy:closed':
+      case 'committed:closed':
+        return this.onClosed((frame as Extract<Frame, { type: 'closed' }>).ids);
+      case 'precopy:prepare':
+        return this.onPrepare(frame as Extract<Frame, { type: 'prepare' }>);
+      case 'committed:listening':
+        return this.onListening();
+      case 'waves:wave':
+        return this.onWaveChunk(frame as Extract<Frame, { type: 'wave' }>);
+      case 'waves:done':
+        return this.finish((frame as Extract<Frame, { type: 'done' }>).retained);
+      default:
+        if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
+        if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
+        return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `unexpected ${frame.type} frame during ${this.phase}`));
+    }
+  }
+
+  private onWelcome(frame: Extract<Frame, { type: 'welcome' }>): void {
+    this.predecessorPid = frame.pid;
+    const needed = frame.listeners + frame.connections;
+    const open = native.openFdCount();
+    const { soft } = native.fdLimit();
+    if (open + needed + FD_HEADROOM > soft) {
+      return this.abort(
+        new TakeoverError(
+          ErrorCodes.FD_LIMIT,
+          `the successor can hold ${soft - open - FD_HEADROOM} more fds (RLIMIT_NOFILE ${soft}), the predecessor has ${needed}`,
+        ),
+      );
+    }
+    // One growth of the fd table now, instead of many slow ones while fds arrive.
+    native.growFdTable(open + needed + FD_HEADROOM);
+    this.phase = 'listeners';
+    this.expectWithin('LISTENERS');
+  }
+
+  private onListeners(listeners: InheritedListener[]): void {
+    for (const l of listeners) {
+      const info = native.socketInfo(l.fd);
+      const ok =
+        info.listening &&
+        (l.kind === 'channel'
+          ? info.domain === 'unix' && info.type === 'seqpacket'
+          : info.type === 'stream' && (l.kind === 'unix' ? info.domain === 'unix' : info.domain !== 'unix' && info.domain !== 'other'));
+      if (!ok) {
+        for (const { fd } of listeners) native.close(fd);
+        return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited listener '${l.name}' is not a listening ${l.kind} socket`));
+      }
+    }
+    this.listeners = listeners;
+    this.phase = 'precopy';
+    testPausePoint('listeners');
+    this.host.onListeners(listeners);
+    this.expectWithin('PREPARE');
+  }
+
+  private onConns(conns: Extract<Frame, { type: 'conns' }>['conns']): void {
+    const bad = conns.find(
+      (c) => this.held.has(c.id) || this.listeners[c.listener] === undefined || this.listeners[c.listener]!.kind === 'channel',
+    );
+    if (bad) {
+      for (const { fd } of conns) native.close(fd);
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `CONNS frame has a bad entry (connection ${bad.id}, listener ${bad.listener})`));
+    }
+    for (const { id, listener, fd } of conns) {
+      const info = native.socketInfo(fd);
+      if (info.type !== 'stream' || info.listening) {
+        native.close(fd);
+        return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a connected stream socket`));
+      }
+      this.held.set(id, { socket: wrapInherited(fd), listener });
+    }
+    testPausePoint('precopy');
+    this.channel.send(encode.ack(this.ackSeq++));
+    this.expectWithin('PREPARE');
+  }
+
+  private onClosed(ids: number[]): void {
+    for (const id of ids) {
+      const conn = this.held.get(id);
+      if (!conn) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `CLOSED names unknown connection ${id}`));
+      releaseSocket(conn.socket);
+      this.held.delete(id);
+      this.stats.closed++;
+    }
+  }
+
+  private onPrepare(frame: Extract<Frame, { type: 'prepare' }>): void {
+    const mine = digestIds(this.held.keys());
+    if (mine.connections !== frame.connections || mine.idSum !== frame.idSum || mine.idXor !== frame.idXor) {
+      return this.abort(
+        new TakeoverError(ErrorCodes.PROTOCOL, `pre-copy mismatch: holding ${mine.connections} connections, predecessor sent ${frame.connections}`),
+      );
+    }
+    this.marks.prepare = performance.now();
+    this.phase = 'prepared';
+    testPausePoint('prepare');
+    this.clearTimer();
+    if (this.appReady) this.commit();
+  }
+
+  private commit(): void {
+    const unclaimed = this.host.unclaimedListeners();
+    if (unclaimed.length > 0) {
+      return this.abort(
+        new TakeoverError(ErrorCodes.LISTENER_UNCLAIMED, `the predecessor listens on ${unclaimed.join(', ')}, which this process did not listen() on`),
+      );
+    }
+    this.channel.send(encode.commit());
+    this.marks.commit = performance.now();
+    this.phase = 'committed';
+    this.expectWithin('LISTENING');
+  }
+
+  private onListening(): void {
+    this.marks.listening = performance.now();
+    this.phase = 'waves';
+    this.host.startListening();
+    this.expectWithin('WAVE');
+  }
+
+  private onWaveChunk(frame: Extract<Frame, { type: 'wave' }>): void {
+    this.waveBytes += frame.chunk.length;
+    if (this.waveBytes > MAX_WAVE_SIZE) {
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave larger than ${MAX_WAVE_SIZE} bytes`));
+    }
+    this.waveChunks.push(frame.chunk);
+    if (frame.more) return;
+    const blob = Buffer.concat(this.waveChunks);
+    this.waveChunks = [];
+    this.waveBytes = 0;
+    let wave;
+    try {
+      wave = decodeWave(blob);
+    } catch (error) {
+      return this.abort(error as TakeoverError);
+    }
+    if (wave.seq !== this.expectedWave) {
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave ${wave.seq} arrived, expected ${this.expectedWave}`));
+    }
+    const startedAt = performance.now();
+    for (const record of wave.records) {
+      const conn = this.held.get(record.id);
+      if (!conn) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));
+      this.held.delete(record.id);
+      if (record.fate !== 'moved') {
+        releaseSocket(conn.socket);
+        this.stats[record.fate]++;
+        continue;
+      }
+      this.host.adopt(conn.socket, conn.listener, record.input, record.output, record.state);
+      this.stats.connections++;
+      this.stats.bytesIn += record.input.length;
+      this.stats.bytesOut += record.output.length;
+      this.stats.stateBytes += record.state?.length ?? 0;
+    }
+    this.channel.send(encode.waveAck(this.expectedWave++));
+    this.stats.waves++;
+    this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - startedAt);
+    this.expectWithin('WAVE');
+  }
+
+  private finish(retained: number): void {
+    this.clearTimer();
+    if (this.held.size > 0 || retained !== this.stats.retained) {
+      return this.abort(
+        new TakeoverError(ErrorCodes.PROTOCOL, `DONE with ${this.held.size} connections never started and ${retained} retained (counted ${this.stats.retained})`),
+      );
+    }
+    this.phase = 'done';
+    this.channel.close();
+    const end = performance.now();
+    this.host.onDone({
+      role: 'successor',
+      predecessorPid: this.predecessorPid,
+      successorPid: process.pid,
+      listeners: this.listeners.length,
+      ...this.stats,
+      phases: {
+        precopyMs: this.marks.prepare - this.started,
+        commitMs: this.marks.commit - this.marks.prepare,
+        wavesMs: end - this.marks.listening,
+        totalMs: end - this.started,
+      },
+    });
+  }
+
+  private fail(error: TakeoverError): void {
+    if (this.phase === 'done' || this.phase === 'failed') return;
+    const listening = this.phase === 'waves';
+    this.phase = 'failed';
+    this.clearTimer();
+    this.channel.close();
+    // Copies never started here: the predecessor still serves them (before COMMIT all of
+    // them; after, the ones it had not frozen), so only this process's fds go.
+    for (const { socket } of this.held.values()) releaseSocket(socket);
+    this.held.clear();
+    if (!listening) for (const { fd } of this.listeners) native.close(fd);
+    this.host.onFailure(error);
+  }
+
+  private expectWithin(what: string): void {
+    this.clearTimer();
+    this.timer = setTimeout(() => {
+      this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the predecessor sent no ${what} within ${this.host.options.timeoutMs} ms`));
+    }, this.host.options.timeoutMs);
+  }
+
+  private clearTimer(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
