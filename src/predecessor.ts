@@ -225,8 +225,8 @@ export class PredecessorSession {
     }
     for (const message of encode.wave(encodeWave({ seq: this.waveSeq, records }))) this.channel.send(message);
     for (const socket of released) {
-      releaseSocket(socket);
       this.host.onRelease(socket);
+      releaseSocket(socket);
     }
     this.expectWithin('WAVE_ACK');
   }

@@ -40,7 +40,9 @@ export interface TakeoverOptions {
 
 export type ListenTarget =
   | { port: number; host?: string; backlog?: number; ipv6Only?: boolean; name?: string }
-  | { path: string; backlog?: number; name?: string };
+  | { path: string; backlog?: number; name?: string }
+  /** Only an inherited listener of that name (see {@link Takeover.inheritedListeners}). */
+  | { name: string };
 
 export interface TakeoverEvents {
   /** Old process: a successor connected and passed the uid check. */
@@ -51,7 +53,7 @@ export interface TakeoverEvents {
   rollback: [error: TakeoverError];
   /** Old process: a connection stopped here, its bytes taken out for the successor. */
   freeze: [socket: net.Socket];
-  /** Old process: this process's copy of a handed-over connection is closed (no FIN). */
+  /** Old process: this process's copy of a handed-over connection is about to be closed (no FIN). */
   release: [socket: net.Socket];
   /** Old process: everything is handed over. */
   handover: [stats: TakeoverStats];
@@ -93,7 +95,8 @@ function positiveInteger(value: unknown, name: string, fallback: number): number
 
 function listenerName(target: ListenTarget): string {
   if (target.name !== undefined) return target.name;
-  return 'path' in target ? `unix:${target.path}` : `tcp:${target.host ?? ''}:${target.port}`;
+  if ('path' in target) return `unix:${target.path}`;
+  return 'port' in target ? `tcp:${target.host ?? ''}:${target.port}` : '';
 }
 
 function whenListening(server: net.Server): Promise<void> {
@@ -168,6 +171,14 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     return this.role === 'successor';
   }
 
+  /**
+   * The predecessor's listeners (after `start()`, when taking over), for a successor that
+   * serves whatever its predecessor served: `listen(server, { name })` for each.
+   */
+  get inheritedListeners(): readonly { name: string; kind: 'tcp' | 'unix' }[] {
+    return this.inherited.flatMap((l) => (l.kind === 'channel' ? [] : [{ name: l.name, kind: l.kind }]));
+  }
+
   /** Connections tracked by this process (those of servers passed to {@link listen}). */
   get connectionCount(): number {
     return this.conns.size;
@@ -228,17 +239,21 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     if (target === null || typeof target !== 'object') throw invalid('target must be an object');
     if ('path' in target) {
       if (typeof target.path !== 'string' || target.path.length === 0) throw invalid('target.path must be a non-empty string');
-    } else if (!Number.isInteger(target.port) || target.port < 0 || target.port > 65535) {
-      throw invalid('target.port must be an integer in 0..65535');
+    } else if ('port' in target) {
+      if (!Number.isInteger(target.port) || target.port < 0 || target.port > 65535) {
+        throw invalid('target.port must be an integer in 0..65535');
+      }
+    } else if (typeof target.name !== 'string' || !this.inherited.some((l) => l.name === target.name && l.kind !== 'channel')) {
+      throw invalid(`no inherited listener is named '${String(target.name)}'`);
     }
     const name = listenerName(target);
     if (this.records.some((r) => r.name === name)) throw invalid(`a listener named '${name}' is already registered`);
     if (this.records.some((r) => r.server === server)) throw invalid('this server is already registered');
 
     const index = this.records.length;
-    const kind = 'path' in target ? 'unix' : 'tcp';
-    server.prependListener('connection', (socket: net.Socket) => this.track(socket, index));
     const inherited = this.inherited.find((l) => l.name === name && l.kind !== 'channel');
+    const kind: 'tcp' | 'unix' = 'path' in target ? 'unix' : 'port' in target ? 'tcp' : (inherited!.kind as 'tcp' | 'unix');
+    server.prependListener('connection', (socket: net.Socket) => this.track(socket, index));
     let listening: Promise<void>;
     const record: ListenerRecord = { name, kind, server, listening: Promise.resolve() };
     if (inherited) {
@@ -249,7 +264,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       if ('path' in target) {
         record.unixPath = target.path;
         server.listen({ fd: this.createUnixListener(target.path, target.backlog ?? 511) });
-      } else {
+      } else if ('port' in target) {
         const { port, host, backlog, ipv6Only } = target;
         server.listen({ port, host, backlog, ipv6Only });
       }

@@ -1,0 +1,237 @@
+/**
+ * Typed access to the `takeover` native addon: the few syscalls JS cannot make.
+ *
+ * This is the only module that loads the addon. Every function works on raw file
+ * descriptors (plain numbers); the TSDoc of each says who owns the fds it returns
+ * and who must close them. Rules that apply throughout:
+ *
+ * - Every fd this module creates is non-blocking and close-on-exec.
+ * - {@link close} is only for fds that libuv does not own. Once an fd has been
+ *   wrapped (`new net.Socket({ fd })`, `server.listen({ fd })`), release it through
+ *   the Node object (`destroy()` / `close()`), never through {@link close}.
+ * - System call failures throw `Error`s shaped like Node's system errors:
+ *   `code` (e.g. `'ECONNREFUSED'`), `errno` (negative), `syscall`, and the message
+ *   `` `${syscall} ${code}` ``. Wrong argument types throw `TypeError` with code
+ *   `'ERR_INVALID_ARG_TYPE'`; out-of-range numbers throw `RangeError` with code
+ *   `'ERR_OUT_OF_RANGE'`.
+ *
+ * @module
+ */
+import { readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+/** Credentials of the process at the other end of a Unix socket (`SO_PEERCRED`). */
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/**
+ * One message read from a SOCK_SEQPACKET socket.
+ *
+ * `data.length === 0 && fds.length === 0` means the peer closed (EOF);
+ * {@link sendMessage} refuses to send such a message, so it is never ambiguous.
+ */
+export interface ReceivedMessage {
+  /** The message bytes (a copy; the caller owns it). */
+  data: Buffer;
+  /**
+   * The fds that arrived with it, in the sender's order. They are new fds in this
+   * process, close-on-exec, and owned by the caller: close each one with {@link close},
+   * or hand it to a Node object that then owns it.
+   */
+  fds: number[];
+}
+
+/** What kind of socket an fd is (`SO_DOMAIN`, `SO_TYPE`, `SO_ACCEPTCONN`). */
+export interface SocketInfo {
+  domain: 'inet' | 'inet6' | 'unix' | 'other';
+  type: 'stream' | 'seqpacket' | 'dgram' | 'other';
+  /** True for a socket that `listen()` was called on. */
+  listening: boolean;
+}
+
+/**
+ * Readiness watcher for one fd (a libuv `uv_poll_t` on this thread's loop).
+ * The Poller does not own the fd: close the Poller first, then the fd.
+ */
+export interface Poller {
+  /**
+   * Watch for the given readiness (level-triggered: the callback fires on every
+   * loop turn while the condition holds). Both false is the same as {@link Poller.stop}.
+   * While started, the Poller keeps the process alive. Throws `ERR_POLLER_CLOSED` after close().
+   */
+  start(readable: boolean, writable: boolean): void;
+  /** Stop watching. A stopped Poller does not keep the process alive. No-op after close(). */
+  stop(): void;
+  /**
+   * Stop watching for good and free the libuv handle and the callback. Idempotent.
+   * Must be called before the fd is closed; a Poller that is never closed leaks its handle.
+   */
+  close(): void;
+}
+
+interface Addon {
+  unixListen(path: string, type: 'seqpacket' | 'stream', backlog: number): number;
+  unixConnect(path: string): number;
+  accept(fd: number): number;
+  peerCredentials(fd: number): PeerCredentials;
+  sendMessage(fd: number, data: Buffer, fds: readonly number[]): boolean;
+  receiveMessage(fd: number, maxBytes: number): ReceivedMessage | null;
+  poll(fd: number, onEvent: (status: number, readable: boolean, writable: boolean) => void): Poller;
+  dup(fd: number): number;
+  close(fd: number): void;
+  growFdTable(highestFd: number): void;
+  fdLimit(): { soft: number; hard: number };
+  socketInfo(fd: number): SocketInfo;
+}
+
+/** Path of the compiled addon, from dist/src/native.js up to the package root. */
+const addonPath = fileURLToPath(new URL('../../build/Release/takeover.node', import.meta.url));
+
+function load(): Addon {
+  try {
+    return createRequire(import.meta.url)(addonPath) as Addon;
+  } catch (error) {
+    throw new Error(`cannot load the takeover addon at ${addonPath} (build it with \`node-gyp rebuild\`)`, {
+      cause: error,
+    });
+  }
+}
+
+const addon = load();
+
+/** The most fds one message can carry (the kernel's SCM_MAX_FD). */
+export const MAX_FDS_PER_MESSAGE = 253;
+
+/**
+ * Create a Unix socket of the given type bound to `path` and listening.
+ * Does not unlink a stale socket file or chmod anything: that is the caller's policy.
+ *
+ * @returns a listening fd owned by the caller (close it with {@link close}).
+ * @throws system errors such as EADDRINUSE, EACCES, ENAMETOOLONG (path longer than 107 bytes).
+ */
+export function unixListen(path: string, type: 'seqpacket' | 'stream', backlog: number): number {
+  return addon.unixListen(path, type, backlog);
+}
+
+/**
+ * Connect a SOCK_SEQPACKET Unix socket to `path`. The connect completes at once.
+ *
+ * @returns a connected fd owned by the caller (close it with {@link close}).
+ * @throws ENOENT (no such file), ECONNREFUSED (stale socket file, nobody listening),
+ *   EAGAIN (the listener's backlog is full), and other system errors.
+ */
+export function unixConnect(path: string): number {
+  return addon.unixConnect(path);
+}
+
+/**
+ * Accept one pending connection on a listening Unix socket.
+ *
+ * @returns a new fd owned by the caller, or -1 when no connection is waiting.
+ */
+export function accept(fd: number): number {
+  return addon.accept(fd);
+}
+
+/** The pid, uid and gid of the process that connected `fd`'s peer end (SO_PEERCRED). */
+export function peerCredentials(fd: number): PeerCredentials {
+  return addon.peerCredentials(fd);
+}
+
+/**
+ * Send one message, with `fds` attached as SCM_RIGHTS when non-empty (MSG_NOSIGNAL:
+ * a closed peer gives EPIPE, never SIGPIPE). The fds stay owned by the caller: the
+ * receiver gets its own duplicates, so the caller may close its copies after a `true`.
+ *
+ * @returns true when the whole message was sent, false on EAGAIN (nothing was sent;
+ *   wait for writability and retry).
+ * @throws RangeError if `fds.length` exceeds {@link MAX_FDS_PER_MESSAGE}, or if both
+ *   `data` and `fds` are empty (the receiver would read it as EOF); system errors such
+ *   as EPIPE, ECONNRESET and ETOOMANYREFS (too many fds in flight for this user).
+ */
+export function sendMessage(fd: number, data: Buffer, fds: readonly number[]): boolean {
+  return addon.sendMessage(fd, data, fds);
+}
+
+/**
+ * Receive one message of at most `maxBytes` bytes, with any fds attached to it.
+ *
+ * @returns the message (see {@link ReceivedMessage} for fd ownership), or null when
+ *   nothing is waiting (EAGAIN).
+ * @throws Error with code `ERR_FDS_TRUNCATED` if the kernel could not deliver every fd
+ *   (MSG_CTRUNC, typically RLIMIT_NOFILE reached), or `ERR_MESSAGE_TRUNCATED` if the
+ *   message was longer than `maxBytes` (MSG_TRUNC). In both cases the message is gone,
+ *   every fd that did arrive has already been closed (their count is in the error's
+ *   `closedFds` property), and the channel should be considered broken.
+ */
+export function receiveMessage(fd: number, maxBytes: number): ReceivedMessage | null {
+  return addon.receiveMessage(fd, maxBytes);
+}
+
+/**
+ * Watch `fd` for readiness on the event loop. The Poller starts stopped: call
+ * {@link Poller.start}. `onEvent` gets `status` 0 with the ready directions, or a
+ * negative errno (libuv then stops the Poller; e.g. -9 EBADF on a socket error).
+ * A throw from `onEvent` becomes an 'uncaughtException'.
+ *
+ * The caller keeps owning `fd` and must {@link Poller.close} the Poller before closing it.
+ */
+export function poll(
+  fd: number,
+  onEvent: (status: number, readable: boolean, writable: boolean) => void,
+): Poller {
+  return addon.poll(fd, onEvent);
+}
+
+/**
+ * Duplicate `fd` (F_DUPFD_CLOEXEC). The copy shares the open file (and so its
+ * O_NONBLOCK flag) but is owned by the caller. Use it to keep a listener alive
+ * while the `net.Server` that owns the original is closed.
+ */
+export function dup(fd: number): number {
+  return addon.dup(fd);
+}
+
+/**
+ * Close an fd that this process holds raw (from this module, or `dup`). Never use
+ * it on an fd that libuv owns (a wrapped socket or server): that aborts or spins the loop.
+ */
+export function close(fd: number): void {
+  addon.close(fd);
+}
+
+/**
+ * Make the kernel grow this process's fd table to hold `highestFd` (capped below the
+ * RLIMIT_NOFILE soft limit) in one step, before receiving many fds: growing it piecemeal
+ * during recvmsg is slow in a multithreaded process. Opens and closes a temporary fd;
+ * never touches fds in use.
+ */
+export function growFdTable(highestFd: number): void {
+  addon.growFdTable(highestFd);
+}
+
+/** RLIMIT_NOFILE: how many fds this process may hold (Infinity when unlimited). */
+export function fdLimit(): { soft: number; hard: number } {
+  return addon.fdLimit();
+}
+
+/**
+ * Describe the socket behind `fd`.
+ *
+ * @throws ENOTSOCK if `fd` is not a socket, EBADF if it is not open.
+ */
+export function socketInfo(fd: number): SocketInfo {
+  return addon.socketInfo(fd);
+}
+
+/**
+ * How many fds this process has open right now (from /proc/self/fd, not counting
+ * the one used to read it). For leak checks in tests and diagnostics.
+ */
+export function openFdCount(): number {
+  return readdirSync('/proc/self/fd').length - 1;
+}
