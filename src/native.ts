@@ -111,7 +111,8 @@ export const MAX_FDS_PER_MESSAGE = 253;
  * Does not unlink a stale socket file or chmod anything: that is the caller's policy.
  *
  * @returns a listening fd owned by the caller (close it with {@link close}).
- * @throws system errors such as EADDRINUSE, EACCES, ENAMETOOLONG (path longer than 107 bytes).
+ * @throws system errors such as EADDRINUSE, EACCES, ENAMETOOLONG (path longer than 107 bytes);
+ *   TypeError `ERR_INVALID_ARG_VALUE` for any other `type`.
  */
 export function unixListen(path: string, type: 'seqpacket' | 'stream', backlog: number): number {
   return addon.unixListen(path, type, backlog);

@@ -1,0 +1,555 @@
+/*
+ * takeover.c: the few syscalls JS cannot make for a socket takeover.
+ *
+ * SOCK_SEQPACKET Unix sockets, SO_PEERCRED, sendmsg/recvmsg with SCM_RIGHTS,
+ * readiness watching through uv_poll, dup/close of raw fds and fd-table growth.
+ * Everything else (protocol, state, decisions) lives in TypeScript (src/native.ts).
+ *
+ * Conventions: every fd created here is O_NONBLOCK and close-on-exec; syscall
+ * failures throw Errors shaped like Node's system errors (code, errno, syscall).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <node_api.h>
+#include <uv.h>
+
+/* SCM_MAX_FD in the kernel: the most fds one sendmsg can carry. */
+#define MAX_FDS 253
+
+/* Room for MAX_FDS fds in one cmsg, aligned as the kernel expects. */
+typedef union {
+  struct cmsghdr align;
+  char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+} control_buf;
+
+/* ---- value helpers: each returns NULL on failure, and set() accepts NULL, so
+ * building an object is one chain of && with a single failure path. -------- */
+
+static napi_value num(napi_env env, double v) {
+  napi_value r;
+  return napi_create_double(env, v, &r) == napi_ok ? r : NULL;
+}
+static napi_value str(napi_env env, const char *s) {
+  napi_value r;
+  return napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &r) == napi_ok ? r : NULL;
+}
+static napi_value boolean(napi_env env, bool b) {
+  napi_value r;
+  return napi_get_boolean(env, b, &r) == napi_ok ? r : NULL;
+}
+static napi_value object(napi_env env) {
+  napi_value r;
+  return napi_create_object(env, &r) == napi_ok ? r : NULL;
+}
+static bool set(napi_env env, napi_value obj, const char *name, napi_value v) {
+  return obj && v && napi_set_named_property(env, obj, name, v) == napi_ok;
+}
+
+/* ---- errors ---------------------------------------------------------------- */
+
+static const char *errno_name(int err, char *buf, size_t len) {
+  switch (err) {
+#define E(x) case x: return #x;
+    E(EPERM) E(ENOENT) E(EINTR) E(EIO) E(EBADF) E(EAGAIN) E(ENOMEM) E(EACCES)
+    E(EFAULT) E(EBUSY) E(EEXIST) E(ENOTDIR) E(EISDIR) E(EINVAL) E(ENFILE)
+    E(EMFILE) E(ENOSPC) E(EROFS) E(EPIPE) E(ENAMETOOLONG) E(ELOOP) E(ENOTSOCK)
+    E(EDESTADDRREQ) E(EMSGSIZE) E(EPROTOTYPE) E(ENOPROTOOPT) E(EPROTONOSUPPORT)
+    E(EOPNOTSUPP) E(EAFNOSUPPORT) E(EADDRINUSE) E(EADDRNOTAVAIL) E(ENETDOWN)
+    E(ENETUNREACH) E(ECONNABORTED) E(ECONNRESET) E(ENOBUFS) E(EISCONN)
+    E(ENOTCONN) E(ETOOMANYREFS) E(ETIMEDOUT) E(ECONNREFUSED) E(EHOSTUNREACH)
+    E(EALREADY) E(EINPROGRESS)
+#undef E
+  }
+  snprintf(buf, len, "E%d", err);
+  return buf;
+}
+
+/* Throw Error(`${syscall} ${code}`) with code, errno (negative) and syscall. */
+static napi_value throw_errno(napi_env env, const char *syscall, int err) {
+  char name[16], msg[128];
+  napi_value error;
+  const char *code = errno_name(err, name, sizeof name);
+  snprintf(msg, sizeof msg, "%s %s", syscall, code);
+  napi_value c = str(env, code), m = str(env, msg);
+  if (c && m && napi_create_error(env, c, m, &error) == napi_ok &&
+      set(env, error, "errno", num(env, -err)) && set(env, error, "syscall", str(env, syscall)))
+    napi_throw(env, error);
+  return NULL;
+}
+
+/* napi_throw_* return a status; these return NULL so that callers can `return` them. */
+static napi_value type_error(napi_env env, const char *code, const char *msg) {
+  napi_throw_type_error(env, code, msg);
+  return NULL;
+}
+static napi_value range_error(napi_env env, const char *msg) {
+  napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+  return NULL;
+}
+
+/* A napi call failed: make sure *something* is thrown, then bail out. */
+static napi_value napi_failed(napi_env env) {
+  const napi_extended_error_info *info = NULL;
+  bool pending = false;
+  napi_get_last_error_info(env, &info);
+  const char *why = info && info->error_message ? info->error_message : "N-API call failed";
+  napi_is_exception_pending(env, &pending);
+  if (!pending) napi_throw_error(env, "ERR_NAPI", why);
+  return NULL;
+}
+#define CHECK(call) do { if ((call) != napi_ok) return napi_failed(env); } while (0)
+
+/* Close fds that arrived but will never reach JS, keeping errno intact. */
+static void close_all(const int *fds, size_t n) {
+  int saved = errno;
+  for (size_t i = 0; i < n; i++) close(fds[i]);
+  errno = saved;
+}
+
+/* ---- arguments: TypeError for wrong types, RangeError for bad numbers ----- */
+
+static bool get_int(napi_env env, napi_value v, const char *name, int *out) {
+  napi_valuetype t;
+  double d;
+  char msg[96];
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) {
+    snprintf(msg, sizeof msg, "The \"%s\" argument must be of type number", name);
+    return type_error(env, "ERR_INVALID_ARG_TYPE", msg), false;
+  }
+  napi_get_value_double(env, v, &d);
+  /* Range first (this also rejects NaN), so that the cast is defined. */
+  if (!(d >= 0 && d <= INT32_MAX) || (double)(int)d != d) {
+    snprintf(msg, sizeof msg, "The \"%s\" argument must be an integer >= 0", name);
+    return range_error(env, msg), false;
+  }
+  *out = (int)d;
+  return true;
+}
+#define GET_INT(v, name, out) do { if (!get_int(env, (v), (name), (out))) return NULL; } while (0)
+
+/* Fill a sockaddr_un from a JS string; a path that would not fit is ENAMETOOLONG. */
+static bool get_sockaddr(napi_env env, napi_value v, const char *syscall, struct sockaddr_un *sa) {
+  size_t len;
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"path\" argument must be of type string"), false;
+  if (len == 0 || len >= sizeof sa->sun_path) /* "" would autobind an abstract address */
+    return throw_errno(env, syscall, len == 0 ? ENOENT : ENAMETOOLONG), false;
+  napi_get_value_string_utf8(env, v, sa->sun_path, sizeof sa->sun_path, &len);
+  return true;
+}
+
+/* Fetch n arguments; missing ones are undefined and so fail the type checks. */
+#define ARGS(n) \
+  size_t argc = (n); napi_value argv[(n)]; \
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL))
+
+static napi_value fd_or_throw(napi_env env, int fd, const char *syscall) {
+  return fd < 0 ? throw_errno(env, syscall, errno) : num(env, fd);
+}
+
+/* ---- Unix sockets ---------------------------------------------------------- */
+
+static napi_value unix_listen(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  struct sockaddr_un sa;
+  char type[16];
+  int backlog, stype;
+  if (!get_sockaddr(env, argv[0], "bind", &sa)) return NULL;
+  if (napi_get_value_string_utf8(env, argv[1], type, sizeof type, NULL) != napi_ok)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"type\" argument must be of type string");
+  if (strcmp(type, "seqpacket") == 0) stype = SOCK_SEQPACKET;
+  else if (strcmp(type, "stream") == 0) stype = SOCK_STREAM;
+  else return type_error(env, "ERR_INVALID_ARG_VALUE", "The \"type\" argument must be 'seqpacket' or 'stream'");
+  GET_INT(argv[2], "backlog", &backlog);
+
+  int fd = socket(AF_UNIX, stype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  const char *failed = bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ? "bind"
+                     : listen(fd, backlog) < 0 ? "listen" : NULL;
+  if (failed) {
+    close_all(&fd, 1);
+    return throw_errno(env, failed, errno);
+  }
+  return num(env, fd);
+}
+
+/* AF_UNIX connects complete at once or fail (EAGAIN when the backlog is full):
+ * there is no EINPROGRESS to wait for, even on a non-blocking socket. */
+static napi_value unix_connect(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  struct sockaddr_un sa;
+  int r;
+  if (!get_sockaddr(env, argv[0], "connect", &sa)) return NULL;
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  do r = connect(fd, (struct sockaddr *)&sa, sizeof sa); while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    close_all(&fd, 1);
+    return throw_errno(env, "connect", errno);
+  }
+  return num(env, fd);
+}
+
+static napi_value accept_fd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd, r;
+  GET_INT(argv[0], "fd", &fd);
+  do r = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); while (r < 0 && errno == EINTR);
+  if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return num(env, -1);
+  return fd_or_throw(env, r, "accept4");
+}
+
+/* Who is at the other end, as the kernel recorded it at connect(). */
+static napi_value peer_credentials(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  GET_INT(argv[0], "fd", &fd);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return throw_errno(env, "getsockopt", errno);
+  napi_value obj = object(env);
+  if (!set(env, obj, "pid", num(env, cred.pid)) || !set(env, obj, "uid", num(env, cred.uid)) ||
+      !set(env, obj, "gid", num(env, cred.gid)))
+    return napi_failed(env);
+  return obj;
+}
+
+/* ---- messages -------------------------------------------------------------- */
+
+static napi_value send_message(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int fd, fds[MAX_FDS];
+  void *data = NULL;
+  size_t len = 0;
+  bool is_buffer = false, is_array = false;
+  uint32_t nfds = 0;
+  GET_INT(argv[0], "fd", &fd);
+  if (napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"data\" argument must be a Buffer");
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"fds\" argument must be an Array");
+  CHECK(napi_get_array_length(env, argv[2], &nfds));
+  if (nfds > MAX_FDS) return range_error(env, "At most 253 fds fit in one message");
+  /* Zero bytes and no fds is exactly what the receiver reads at EOF: refuse it. */
+  if (len == 0 && nfds == 0) return range_error(env, "An empty message would read as EOF");
+  for (uint32_t i = 0; i < nfds; i++) {
+    napi_value el;
+    CHECK(napi_get_element(env, argv[2], i, &el));
+    GET_INT(el, "fds[i]", &fds[i]);
+  }
+
+  struct iovec iov = { .iov_base = data, .iov_len = len };
+  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+  control_buf ctl;
+  if (nfds > 0) { /* an SCM_RIGHTS cmsg with no fds is EINVAL: only attach one when needed */
+    memset(&ctl, 0, sizeof ctl);
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  ssize_t r;
+  do r = sendmsg(fd, &msg, MSG_NOSIGNAL); while (r < 0 && errno == EINTR);
+  if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return boolean(env, false);
+  if (r < 0) return throw_errno(env, "sendmsg", errno);
+  /* SOCK_SEQPACKET sends are atomic; only a SOCK_STREAM socket can come back short. */
+  if ((size_t)r != len) {
+    napi_throw_error(env, "ERR_PARTIAL_SEND", "sendmsg sent part of the message (not a SOCK_SEQPACKET socket?)");
+    return NULL;
+  }
+  return boolean(env, true);
+}
+
+/* After closing the fds of a broken message: Error with a code and their count. */
+static napi_value throw_truncated(napi_env env, const char *code, const char *message, size_t closed) {
+  napi_value error, c = str(env, code), m = str(env, message);
+  if (c && m && napi_create_error(env, c, m, &error) == napi_ok && set(env, error, "closedFds", num(env, closed)))
+    napi_throw(env, error);
+  return NULL;
+}
+
+static napi_value receive_message(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd, max, fds[MAX_FDS];
+  size_t nfds = 0;
+  ssize_t r;
+  GET_INT(argv[0], "fd", &fd);
+  GET_INT(argv[1], "maxBytes", &max);
+  char *buf = malloc(max > 0 ? (size_t)max : 1);
+  if (buf == NULL) return throw_errno(env, "malloc", ENOMEM);
+
+  control_buf ctl;
+  struct iovec iov = { .iov_base = buf, .iov_len = (size_t)max };
+  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+  /* MSG_CMSG_CLOEXEC: received fds are close-on-exec from birth, no fcntl race. */
+  do r = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int err = errno;
+    free(buf);
+    if (err != EAGAIN && err != EWOULDBLOCK) return throw_errno(env, "recvmsg", err);
+    napi_value null;
+    CHECK(napi_get_null(env, &null));
+    return null;
+  }
+
+  /* Linux merges SCM_RIGHTS cmsgs when sending, but walk them all regardless. */
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+      int f;
+      memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+      if (nfds < MAX_FDS) fds[nfds++] = f;
+      else close(f); /* cannot happen with control_buf's size, but never leak */
+    }
+  }
+  /* MSG_CTRUNC: the kernel dropped fds (typically RLIMIT_NOFILE reached) and the
+   * message is useless. MSG_TRUNC: its bytes did not fit in maxBytes and the tail
+   * is gone. Either way close what did arrive and fail loudly. */
+  if (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) {
+    free(buf);
+    close_all(fds, nfds);
+    return msg.msg_flags & MSG_CTRUNC
+      ? throw_truncated(env, "ERR_FDS_TRUNCATED", "recvmsg MSG_CTRUNC: file descriptors were lost (fd limit reached?)", nfds)
+      : throw_truncated(env, "ERR_MESSAGE_TRUNCATED", "recvmsg MSG_TRUNC: message longer than maxBytes", nfds);
+  }
+
+  napi_value obj = object(env), data = NULL, arr = NULL;
+  bool ok = napi_create_buffer_copy(env, (size_t)r, buf, NULL, &data) == napi_ok &&
+            napi_create_array_with_length(env, nfds, &arr) == napi_ok;
+  for (size_t i = 0; ok && i < nfds; i++) {
+    napi_value v = num(env, fds[i]);
+    ok = v && napi_set_element(env, arr, (uint32_t)i, v) == napi_ok;
+  }
+  ok = ok && set(env, obj, "data", data) && set(env, obj, "fds", arr);
+  free(buf);
+  if (!ok) { /* the fds never reached JS, so nobody else could ever close them */
+    close_all(fds, nfds);
+    return napi_failed(env);
+  }
+  return obj;
+}
+
+/* ---- readiness watching through libuv -------------------------------------- */
+
+typedef struct {
+  uv_poll_t handle;
+  napi_env env;
+  napi_ref callback;  /* strong until close(): the loop may call it at any time */
+  napi_ref self;      /* the Poller object: callback receiver and async resource */
+  napi_async_context async;
+  bool closed;
+} poller_t;
+
+static void on_poll_closed(uv_handle_t *h) { free(h->data); }
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  poller_t *p = h->data;
+  napi_env env = p->env;
+  napi_handle_scope scope;
+  napi_value cb, recv, result, argv[3];
+  bool pending = false;
+  if (p->closed || napi_open_handle_scope(env, &scope) != napi_ok) return;
+  if (napi_get_reference_value(env, p->callback, &cb) == napi_ok &&
+      napi_get_reference_value(env, p->self, &recv) == napi_ok &&
+      (argv[0] = num(env, status)) && (argv[1] = boolean(env, events & UV_READABLE)) &&
+      (argv[2] = boolean(env, events & UV_WRITABLE)))
+    /* make_callback, not call_function: it drains nextTicks and microtasks
+     * afterwards like any libuv-driven callback. It needs an object receiver. */
+    napi_make_callback(env, p->async, recv, cb, 3, argv, &result);
+  /* A throw in the callback must reach 'uncaughtException', not vanish. */
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value err;
+    napi_get_and_clear_last_exception(env, &err);
+    napi_fatal_exception(env, err);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+/* Environment teardown (a worker exiting) before close(): still free the handle. */
+static void poller_cleanup(void *arg) {
+  poller_t *p = arg;
+  p->closed = true;
+  uv_close((uv_handle_t *)&p->handle, on_poll_closed);
+}
+
+static poller_t *this_poller(napi_env env, napi_callback_info info, size_t argc, napi_value *argv) {
+  void *p = NULL;
+  napi_get_cb_info(env, info, &argc, argc ? argv : NULL, NULL, &p);
+  return p;
+}
+
+static napi_value poller_start(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  bool readable, writable;
+  poller_t *p = this_poller(env, info, 2, argv);
+  if (napi_get_value_bool(env, argv[0], &readable) != napi_ok || napi_get_value_bool(env, argv[1], &writable) != napi_ok)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"readable\" and \"writable\" arguments must be booleans");
+  if (p->closed) {
+    napi_throw_error(env, "ERR_POLLER_CLOSED", "Poller is closed");
+    return NULL;
+  }
+  int events = (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0);
+  int r = events ? uv_poll_start(&p->handle, events, on_poll) : uv_poll_stop(&p->handle);
+  return r < 0 ? throw_errno(env, "uv_poll_start", -r) : NULL;
+}
+
+/* A stopped uv_poll_t is inactive, so it does not keep the loop alive. */
+static napi_value poller_stop(napi_env env, napi_callback_info info) {
+  poller_t *p = this_poller(env, info, 0, NULL);
+  if (!p->closed) uv_poll_stop(&p->handle);
+  return NULL;
+}
+
+static napi_value poller_close(napi_env env, napi_callback_info info) {
+  poller_t *p = this_poller(env, info, 0, NULL);
+  if (p->closed) return NULL;
+  p->closed = true;
+  napi_remove_env_cleanup_hook(env, poller_cleanup, p);
+  napi_delete_reference(env, p->callback);
+  napi_delete_reference(env, p->self);
+  napi_async_destroy(env, p->async);
+  /* uv_close stops the watch; the memory goes once libuv is done with it. */
+  uv_close((uv_handle_t *)&p->handle, on_poll_closed);
+  return NULL;
+}
+
+static napi_value poll_fd(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  napi_valuetype t;
+  uv_loop_t *loop;
+  GET_INT(argv[0], "fd", &fd);
+  if (napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"onEvent\" argument must be of type function");
+  CHECK(napi_get_uv_event_loop(env, &loop));
+  poller_t *p = calloc(1, sizeof *p);
+  if (p == NULL) return throw_errno(env, "calloc", ENOMEM);
+  int r = uv_poll_init(loop, &p->handle, fd);
+  if (r < 0) {
+    free(p); /* a failed uv_poll_init leaves nothing registered */
+    return throw_errno(env, "uv_poll_init", -r);
+  }
+  p->handle.data = p;
+  p->env = env;
+  napi_property_descriptor methods[] = {
+    { "start", NULL, poller_start, NULL, NULL, NULL, napi_enumerable, p },
+    { "stop", NULL, poller_stop, NULL, NULL, NULL, napi_enumerable, p },
+    { "close", NULL, poller_close, NULL, NULL, NULL, napi_enumerable, p },
+  };
+  napi_value obj = object(env), name = str(env, "takeover.Poller");
+  if (!obj || !name || napi_define_properties(env, obj, 3, methods) != napi_ok ||
+      napi_async_init(env, obj, name, &p->async) != napi_ok ||
+      napi_create_reference(env, argv[1], 1, &p->callback) != napi_ok ||
+      napi_create_reference(env, obj, 1, &p->self) != napi_ok ||
+      napi_add_env_cleanup_hook(env, poller_cleanup, p) != napi_ok) {
+    /* Out of memory, in practice: leak a reference rather than risk a use-after-free. */
+    p->closed = true;
+    uv_close((uv_handle_t *)&p->handle, on_poll_closed);
+    return napi_failed(env);
+  }
+  return obj;
+}
+
+/* ---- raw fds --------------------------------------------------------------- */
+
+static napi_value dup_fd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  GET_INT(argv[0], "fd", &fd);
+  return fd_or_throw(env, fcntl(fd, F_DUPFD_CLOEXEC, 0), "fcntl");
+}
+
+static napi_value close_fd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  GET_INT(argv[0], "fd", &fd);
+  /* Linux releases the fd even when close() reports EINTR: never retry. */
+  if (close(fd) < 0 && errno != EINTR) return throw_errno(env, "close", errno);
+  return NULL;
+}
+
+/* Size the fd table once, up front: growing it step by step during a big recvmsg
+ * is slow in a multithreaded process. F_DUPFD takes the lowest free fd >= target,
+ * so unlike dup2 it can never replace an fd that is in use. */
+static napi_value grow_fd_table(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int target;
+  struct rlimit rl;
+  GET_INT(argv[0], "highestFd", &target);
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return throw_errno(env, "getrlimit", errno);
+  if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)target >= rl.rlim_cur)
+    target = rl.rlim_cur > 0 ? (int)(rl.rlim_cur - 1) : 0;
+  int src = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (src < 0) return errno == EMFILE ? NULL : throw_errno(env, "open", errno); /* EMFILE: full already */
+  int high = fcntl(src, F_DUPFD_CLOEXEC, target), err = errno;
+  close(src);
+  if (high >= 0) close(high);
+  /* EMFILE/EINVAL: every fd from target up is taken, so the table is that big. */
+  else if (err != EMFILE && err != EINVAL) return throw_errno(env, "fcntl", err);
+  return NULL;
+}
+
+static napi_value fd_limit(napi_env env, napi_callback_info info) {
+  (void)info;
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return throw_errno(env, "getrlimit", errno);
+  napi_value obj = object(env);
+  if (!set(env, obj, "soft", num(env, rl.rlim_cur == RLIM_INFINITY ? INFINITY : (double)rl.rlim_cur)) ||
+      !set(env, obj, "hard", num(env, rl.rlim_max == RLIM_INFINITY ? INFINITY : (double)rl.rlim_max)))
+    return napi_failed(env);
+  return obj;
+}
+
+/* What an inherited or received fd is, so the caller can wrap it correctly. */
+static napi_value socket_info(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd, domain, type, listening;
+  socklen_t len = sizeof(int);
+  GET_INT(argv[0], "fd", &fd);
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+    return throw_errno(env, "getsockopt", errno);
+  napi_value obj = object(env);
+  if (!set(env, obj, "domain", str(env, domain == AF_INET ? "inet" : domain == AF_INET6 ? "inet6"
+                                        : domain == AF_UNIX ? "unix" : "other")) ||
+      !set(env, obj, "type", str(env, type == SOCK_STREAM ? "stream" : type == SOCK_SEQPACKET ? "seqpacket"
+                                    : type == SOCK_DGRAM ? "dgram" : "other")) ||
+      !set(env, obj, "listening", boolean(env, listening != 0)))
+    return napi_failed(env);
+  return obj;
+}
+
+/* ---- module ------------------------------------------------------------------ */
+
+NAPI_MODULE_INIT() {
+#define FN(name, fn) { name, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL }
+  napi_property_descriptor props[] = {
+    FN("unixListen", unix_listen), FN("unixConnect", unix_connect), FN("accept", accept_fd),
+    FN("peerCredentials", peer_credentials), FN("sendMessage", send_message),
+    FN("receiveMessage", receive_message), FN("poll", poll_fd), FN("dup", dup_fd),
+    FN("close", close_fd), FN("growFdTable", grow_fd_table), FN("fdLimit", fd_limit),
+    FN("socketInfo", socket_info),
+  };
+#undef FN
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  return exports;
+}

@@ -1,0 +1,601 @@
+/**
+ * Tests for the native addon through src/native.ts, on real sockets.
+ *
+ * Raw fds are tracked per test in an FdSet that closes whatever is still open when
+ * the test ends, so a failing test does not cascade into the file-wide leak check.
+ */
+import { after, before, test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import * as dgram from 'node:dgram';
+import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as native from '../src/native.js';
+
+const O_NONBLOCK = 0o4000;
+const O_CLOEXEC = 0o2000000;
+const nativeModuleUrl = new URL('../src/native.js', import.meta.url).href;
+
+let dir = '';
+let baseline = 0;
+let socketCounter = 0;
+
+before(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'takeover-native-'));
+  // Node opens its SIGCHLD signal pipe on the first spawn and keeps it: open it now,
+  // before the baseline, so the leak check counts only fds the tests are responsible for.
+  await once(spawn('true'), 'close');
+  baseline = native.openFdCount();
+});
+
+after(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
+  assert.equal(native.openFdCount(), baseline, 'fds leaked across the test file');
+});
+
+/** Raw fds owned by one test; whatever is left is closed when the test ends. */
+class FdSet {
+  private readonly fds = new Set<number>();
+  constructor(t: TestContext) {
+    t.after(() => {
+      for (const fd of this.fds) native.close(fd);
+      this.fds.clear();
+    });
+  }
+  add(fd: number): number {
+    assert.ok(Number.isInteger(fd) && fd >= 0, `bad fd ${fd}`);
+    this.fds.add(fd);
+    return fd;
+  }
+  close(fd: number): void {
+    assert.ok(this.fds.delete(fd), `fd ${fd} is not tracked`);
+    native.close(fd);
+  }
+  /** Forget an fd that something else (a net.Socket, the kernel) now owns. */
+  release(fd: number): void {
+    this.fds.delete(fd);
+  }
+}
+
+function socketPath(): string {
+  return path.join(dir, `s${socketCounter++}.sock`);
+}
+
+function listenAt(p: string, fds: FdSet, type: 'seqpacket' | 'stream' = 'seqpacket', backlog = 16): number {
+  return fds.add(native.unixListen(p, type, backlog));
+}
+
+/** A connected SOCK_SEQPACKET pair plus its listener. Unix connects complete at once. */
+function pair(fds: FdSet): { listener: number; client: number; server: number } {
+  const p = socketPath();
+  const listener = listenAt(p, fds);
+  const client = fds.add(native.unixConnect(p));
+  const server = fds.add(native.accept(listener));
+  return { listener, client, server };
+}
+
+/** File status and fd flags as the kernel reports them. */
+function fdFlags(fd: number): number {
+  const m = /flags:\s*([0-7]+)/.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  assert.ok(m?.[1] !== undefined, `no flags for fd ${fd}`);
+  return parseInt(m[1], 8);
+}
+
+/** Resolves once `fd` is readable (or writable): a one-shot Poller. */
+function whenReady(fd: number, writable = false): { ready: Promise<void>; cancel(): void } {
+  let poller: native.Poller | undefined;
+  const ready = new Promise<void>((resolve, reject) => {
+    poller = native.poll(fd, (status) => {
+      poller?.close();
+      if (status === 0) resolve();
+      else reject(new Error(`poll status ${status}`));
+    });
+  });
+  poller?.start(!writable, writable);
+  return { ready, cancel: () => poller?.close() };
+}
+
+/**
+ * Resolves after the event loop has run at least one poll phase from now, so a level-triggered
+ * Poller whose condition already holds has fired. One setImmediate is not enough: called from
+ * a poll callback, it runs in the check phase of the same iteration, before any new poll.
+ */
+function afterPollPhase(): Promise<void> {
+  return new Promise((resolve) => setImmediate(() => setImmediate(resolve)));
+}
+
+async function readBytes(socket: net.Socket, n: number): Promise<string> {
+  let got = '';
+  while (got.length < n) {
+    const [chunk] = (await once(socket, 'data')) as [Buffer];
+    got += chunk.toString();
+  }
+  return got;
+}
+
+interface ChildResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run `node script args...`, optionally under `ulimit -n`. Killed after 20 s so a hang fails. */
+function runChild(script: string, args: string[], fdLimit?: number): Promise<ChildResult> {
+  const argv = [process.execPath, script, ...args];
+  const child =
+    fdLimit === undefined
+      ? spawn(argv[0]!, argv.slice(1), { timeout: 20_000 })
+      : spawn('sh', ['-c', `ulimit -n ${fdLimit}; exec "$@"`, 'sh', ...argv], { timeout: 20_000 });
+  let stdout = '';
+  let stderr = '';
+  // Capped: a child stuck in a loop of writes must not flood the test report.
+  child.stdout.on('data', (d: Buffer) => (stdout = (stdout + d.toString()).slice(0, 65536)));
+  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(0, 65536)));
+  return once(child, 'close').then(([code, signal]) => ({
+    code: code as number | null,
+    signal: signal as NodeJS.Signals | null,
+    stdout,
+    stderr,
+  }));
+}
+
+async function tcpConnection(host: string): Promise<{ server: net.Server; client: net.Socket; conn: net.Socket; close(): Promise<void> }> {
+  const server = net.createServer();
+  server.listen(0, host);
+  await once(server, 'listening');
+  const { port } = server.address() as net.AddressInfo;
+  const connP = once(server, 'connection');
+  const client = net.connect(port, host);
+  const [[conn]] = (await Promise.all([connP, once(client, 'connect')])) as [[net.Socket], unknown];
+  return {
+    server,
+    client,
+    conn,
+    async close() {
+      const closed = [once(client, 'close'), once(conn, 'close')];
+      client.destroy();
+      conn.destroy();
+      await Promise.all(closed);
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** The fd under a libuv handle (private fields; dgram keeps its handle behind a symbol). */
+function handleFd(owner: net.Socket | net.Server | dgram.Socket): number {
+  let handle: { fd: number };
+  if (owner instanceof dgram.Socket) {
+    const state = Object.getOwnPropertySymbols(owner).find((s) => s.description === 'state symbol');
+    assert.ok(state, 'dgram internals changed');
+    handle = (owner as unknown as Record<symbol, { handle: { fd: number } }>)[state].handle;
+  } else {
+    handle = (owner as unknown as { _handle: { fd: number } })._handle;
+  }
+  const fd = handle.fd;
+  assert.ok(Number.isInteger(fd) && fd >= 0);
+  return fd;
+}
+
+test('unixListen/unixConnect/accept give a non-blocking, close-on-exec seqpacket pair', (t) => {
+  const fds = new FdSet(t);
+  const p = socketPath();
+  const listener = listenAt(p, fds);
+  assert.equal(native.accept(listener), -1, 'nothing waiting yet');
+  const client = fds.add(native.unixConnect(p));
+  const server = fds.add(native.accept(listener));
+  assert.equal(native.accept(listener), -1);
+  for (const fd of [listener, client, server]) {
+    const flags = fdFlags(fd);
+    assert.ok(flags & O_NONBLOCK, `fd ${fd} is not O_NONBLOCK`);
+    assert.ok(flags & O_CLOEXEC, `fd ${fd} is not close-on-exec`);
+  }
+  assert.deepEqual(native.socketInfo(listener), { domain: 'unix', type: 'seqpacket', listening: true });
+  assert.deepEqual(native.socketInfo(client), { domain: 'unix', type: 'seqpacket', listening: false });
+  assert.deepEqual(native.socketInfo(server), { domain: 'unix', type: 'seqpacket', listening: false });
+  assert.equal(native.sendMessage(client, Buffer.from('ping'), []), true);
+  assert.equal(native.receiveMessage(server, 16)?.data.toString(), 'ping');
+});
+
+test('peerCredentials reports this process on both ends', (t) => {
+  const { client, server } = pair(new FdSet(t));
+  const me = { pid: process.pid, uid: process.getuid!(), gid: process.getgid!() };
+  assert.deepEqual(native.peerCredentials(server), me);
+  assert.deepEqual(native.peerCredentials(client), me);
+});
+
+test('a TCP socket, a FIFO and a file arrive as distinct new working fds', async (t) => {
+  const fds = new FdSet(t);
+  const { client, server } = pair(fds);
+  const tcp = await tcpConnection('127.0.0.1');
+  t.after(() => tcp.close());
+  const tcpFd = handleFd(tcp.conn);
+  const fifoPath = path.join(dir, 'fifo');
+  execFileSync('mkfifo', [fifoPath]);
+  const fifoFd = fs.openSync(fifoPath, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+  const fileFd = fs.openSync(path.join(dir, 'file'), 'w+');
+  t.after(() => {
+    fs.closeSync(fifoFd);
+    fs.closeSync(fileFd);
+  });
+
+  const before = native.openFdCount();
+  assert.equal(native.sendMessage(client, Buffer.from('three'), [tcpFd, fifoFd, fileFd]), true);
+  const msg = native.receiveMessage(server, 100);
+  assert.ok(msg);
+  assert.equal(msg.data.toString(), 'three');
+  assert.equal(msg.fds.length, 3);
+  msg.fds.forEach((fd) => fds.add(fd));
+  assert.equal(native.openFdCount(), before + 3);
+  assert.equal(new Set(msg.fds).size, 3);
+  for (const fd of msg.fds) {
+    assert.ok(![tcpFd, fifoFd, fileFd, client, server].includes(fd), `fd ${fd} is not new`);
+    assert.ok(fdFlags(fd) & O_CLOEXEC, `received fd ${fd} is not close-on-exec`);
+  }
+  const [gotTcp, gotFifo, gotFile] = msg.fds as [number, number, number];
+
+  // TCP: the received fd is the same connection; write through it, read at the client.
+  assert.deepEqual(native.socketInfo(gotTcp), { domain: 'inet', type: 'stream', listening: false });
+  fds.release(gotTcp); // the net.Socket owns it from here
+  const wrapped = new net.Socket({ fd: gotTcp });
+  const reading = readBytes(tcp.client, 'via received fd'.length);
+  wrapped.write('via received fd');
+  assert.equal(await reading, 'via received fd');
+  const wrappedClosed = once(wrapped, 'close');
+  wrapped.destroy();
+  await wrappedClosed;
+
+  // FIFO: write through the received fd, read through the original.
+  fs.writeSync(gotFifo, 'fifo');
+  const buf = Buffer.alloc(16);
+  assert.equal(buf.toString('utf8', 0, fs.readSync(fifoFd, buf)), 'fifo');
+
+  // File: same open file description; read back from offset 0 through the original.
+  fs.writeSync(gotFile, 'file');
+  assert.equal(buf.toString('utf8', 0, fs.readSync(fileFd, buf, 0, 16, 0)), 'file');
+  fds.close(gotFifo);
+  fds.close(gotFile);
+});
+
+test('253 fds in one message arrive as 253 distinct fds; 254 is a RangeError', (t) => {
+  const fds = new FdSet(t);
+  const { client, server } = pair(fds);
+  const devNull = fds.add(fs.openSync('/dev/null', 'r'));
+  assert.equal(native.MAX_FDS_PER_MESSAGE, 253);
+
+  assert.throws(() => native.sendMessage(client, Buffer.from('x'), new Array<number>(254).fill(devNull)), {
+    name: 'RangeError',
+    code: 'ERR_OUT_OF_RANGE',
+  });
+  assert.equal(native.receiveMessage(server, 16), null, 'the refused message must not be sent');
+
+  const before = native.openFdCount();
+  assert.equal(native.sendMessage(client, Buffer.from('many'), new Array<number>(253).fill(devNull)), true);
+  const msg = native.receiveMessage(server, 16);
+  assert.ok(msg);
+  msg.fds.forEach((fd) => fds.add(fd));
+  assert.equal(msg.data.toString(), 'many');
+  assert.equal(msg.fds.length, 253);
+  assert.equal(new Set(msg.fds).size, 253);
+  assert.equal(native.openFdCount(), before + 253);
+  msg.fds.forEach((fd) => fds.close(fd));
+  assert.equal(native.openFdCount(), before);
+});
+
+test('message boundaries are kept; null when empty; EOF shape after the peer closes', (t) => {
+  const fds = new FdSet(t);
+  const { client, server } = pair(fds);
+  assert.equal(native.receiveMessage(server, 100), null);
+  for (const s of ['a', 'bb', 'ccc']) assert.equal(native.sendMessage(client, Buffer.from(s), []), true);
+  for (const s of ['a', 'bb', 'ccc']) {
+    const msg = native.receiveMessage(server, 100);
+    assert.deepEqual(msg, { data: Buffer.from(s), fds: [] });
+  }
+  assert.equal(native.receiveMessage(server, 100), null);
+  // A message of fds only is not EOF.
+  const devNull = fds.add(fs.openSync('/dev/null', 'r'));
+  assert.equal(native.sendMessage(client, Buffer.alloc(0), [devNull]), true);
+  const fdOnly = native.receiveMessage(server, 100);
+  assert.ok(fdOnly);
+  assert.equal(fdOnly.data.length, 0);
+  assert.equal(fdOnly.fds.length, 1);
+  fds.add(fdOnly.fds[0]!);
+
+  fds.close(client);
+  assert.deepEqual(native.receiveMessage(server, 100), { data: Buffer.alloc(0), fds: [] });
+});
+
+test('a message longer than maxBytes throws ERR_MESSAGE_TRUNCATED and closes its fds', (t) => {
+  const fds = new FdSet(t);
+  const { client, server } = pair(fds);
+  const devNull = fds.add(fs.openSync('/dev/null', 'r'));
+  const before = native.openFdCount();
+  assert.equal(native.sendMessage(client, Buffer.alloc(100, 1), [devNull, devNull]), true);
+  assert.equal(native.sendMessage(client, Buffer.from('next'), []), true);
+  assert.throws(() => native.receiveMessage(server, 10), { code: 'ERR_MESSAGE_TRUNCATED', closedFds: 2 });
+  assert.equal(native.openFdCount(), before, 'the fds of the truncated message were not closed');
+  assert.deepEqual(native.receiveMessage(server, 10), { data: Buffer.from('next'), fds: [] });
+});
+
+test('fds lost to the receiver fd limit throw ERR_FDS_TRUNCATED and leak nothing (child process)', async (t) => {
+  const fds = new FdSet(t);
+  const sock = socketPath();
+  const listener = listenAt(sock, fds);
+  const script = path.join(dir, 'ctrunc-child.mjs');
+  fs.writeFileSync(
+    script,
+    `import * as n from ${JSON.stringify(nativeModuleUrl)};
+const fd = n.unixConnect(process.argv[2]);
+const before = n.openFdCount();
+const poller = n.poll(fd, (status, readable) => {
+  poller.close();
+  const result = { status, readable, soft: n.fdLimit().soft };
+  try {
+    const msg = n.receiveMessage(fd, 64);
+    result.received = msg && msg.fds.length;
+    if (msg) msg.fds.forEach((f) => n.close(f));
+  } catch (e) {
+    result.code = e.code;
+    result.closedFds = e.closedFds;
+  }
+  result.leaked = n.openFdCount() - before;
+  n.close(fd);
+  process.stdout.write(JSON.stringify(result));
+});
+poller.start(true, false);
+`,
+  );
+  const childDone = runChild(script, [sock], 40);
+  const acceptable = whenReady(listener);
+  let winner: string;
+  try {
+    winner = await Promise.race([acceptable.ready.then(() => 'connected'), childDone.then(() => 'exited')]);
+  } finally {
+    acceptable.cancel();
+  }
+  if (winner !== 'connected') assert.fail(`child exited before connecting: ${(await childDone).stderr}`);
+  const conn = fds.add(native.accept(listener));
+  const devNull = fds.add(fs.openSync('/dev/null', 'r'));
+  assert.equal(native.sendMessage(conn, Buffer.from('fds'), new Array<number>(253).fill(devNull)), true);
+
+  const res = await childDone;
+  assert.equal(res.signal, null, `child killed: ${res.stderr.slice(0, 300)}`);
+  assert.equal(res.code, 0, res.stderr);
+  const out = JSON.parse(res.stdout) as Record<string, unknown>;
+  assert.equal(out.soft, 40, 'the child did not run under the low fd limit');
+  assert.equal(out.status, 0);
+  assert.equal(out.code, 'ERR_FDS_TRUNCATED', `child result: ${res.stdout}`);
+  assert.ok(typeof out.closedFds === 'number' && out.closedFds > 0 && out.closedFds < 253, res.stdout);
+  assert.equal(out.leaked, 0);
+});
+
+test('sendMessage returns false on a full channel; poll reports writable once drained', async (t) => {
+  const fds = new FdSet(t);
+  const { client, server } = pair(fds);
+  const chunk = Buffer.alloc(4096);
+  let sent = 0;
+  while (sent < 100_000 && native.sendMessage(client, chunk, [])) sent++;
+  assert.ok(sent > 0 && sent < 100_000, `sent ${sent} messages without EAGAIN`);
+
+  const events: Array<[number, boolean, boolean]> = [];
+  let wake: () => void = () => {};
+  const poller = native.poll(client, (status, readable, writable) => {
+    events.push([status, readable, writable]);
+    poller.stop();
+    wake();
+  });
+  t.after(() => poller.close());
+  poller.start(false, true);
+  await afterPollPhase();
+  assert.deepEqual(events, [], 'a full channel reported writable');
+
+  const woke = new Promise<void>((resolve) => (wake = resolve));
+  let drained = 0;
+  while (native.receiveMessage(server, chunk.length) !== null) drained++;
+  assert.equal(drained, sent);
+  await woke;
+  assert.deepEqual(events, [[0, false, true]]);
+  assert.equal(native.sendMessage(client, chunk, []), true);
+});
+
+test('poll: readable events, `this` is the Poller, stop() pauses, close() is idempotent', async (t) => {
+  const fds = new FdSet(t);
+  const { client, server } = pair(fds);
+  const events: Array<[number, boolean, boolean]> = [];
+  let receiver: unknown;
+  let wake: () => void = () => {};
+  const poller = native.poll(server, function (this: unknown, status, readable, writable) {
+    receiver = this;
+    events.push([status, readable, writable]);
+    if (readable) native.receiveMessage(server, 16); // level-triggered: consume or it fires again
+    wake();
+  });
+  t.after(() => poller.close());
+  let next = new Promise<void>((resolve) => (wake = resolve));
+
+  poller.start(true, false);
+  await afterPollPhase();
+  assert.deepEqual(events, [], 'fired with nothing to read');
+  native.sendMessage(client, Buffer.from('x'), []);
+  await next;
+  assert.deepEqual(events, [[0, true, false]]);
+  assert.equal(receiver, poller);
+
+  poller.stop();
+  native.sendMessage(client, Buffer.from('y'), []);
+  await afterPollPhase();
+  assert.equal(events.length, 1, 'a stopped poller fired');
+  next = new Promise<void>((resolve) => (wake = resolve));
+  poller.start(true, false);
+  await next;
+  assert.deepEqual(events, [[0, true, false], [0, true, false]]);
+
+  // Writable fires at once on an idle socket.
+  poller.stop();
+  next = new Promise<void>((resolve) => (wake = resolve));
+  poller.start(false, true);
+  await next;
+  assert.deepEqual(events[2], [0, false, true]);
+
+  poller.close();
+  poller.close();
+  poller.stop();
+  assert.throws(() => poller.start(true, false), { code: 'ERR_POLLER_CLOSED' });
+});
+
+test('a throw in a poll callback is an uncaughtException; a stopped Poller lets the process exit', async () => {
+  const script = path.join(dir, 'throw-child.mjs');
+  fs.writeFileSync(
+    script,
+    `import * as n from ${JSON.stringify(nativeModuleUrl)};
+const path = process.argv[2];
+const listener = n.unixListen(path, 'seqpacket', 1);
+const client = n.unixConnect(path);
+const server = n.accept(listener);
+n.sendMessage(client, Buffer.from('x'), []);
+const poller = n.poll(server, () => { throw new Error('boom from poll'); });
+process.on('uncaughtException', (err) => {
+  // Stopped but not closed: the process must still exit on its own.
+  poller.stop();
+  process.stdout.write(JSON.stringify({ caught: err.message }));
+});
+poller.start(true, false);
+`,
+  );
+  const res = await runChild(script, [socketPath()]);
+  assert.equal(res.signal, null, `child hung and was killed: ${res.stdout.slice(0, 300)} ${res.stderr.slice(0, 300)}`);
+  assert.equal(res.code, 0, res.stderr);
+  assert.deepEqual(JSON.parse(res.stdout), { caught: 'boom from poll' });
+});
+
+test('dup gives a close-on-exec copy; close releases it', (t) => {
+  const fds = new FdSet(t);
+  const { client, server } = pair(fds);
+  const copy = fds.add(native.dup(client));
+  assert.notEqual(copy, client);
+  assert.ok(fdFlags(copy) & O_CLOEXEC);
+  assert.ok(fdFlags(copy) & O_NONBLOCK, 'the copy shares the open file, so it is non-blocking too');
+  assert.equal(native.sendMessage(copy, Buffer.from('via dup'), []), true);
+  assert.equal(native.receiveMessage(server, 16)?.data.toString(), 'via dup');
+  const before = native.openFdCount();
+  fds.close(copy);
+  assert.equal(native.openFdCount(), before - 1);
+  assert.throws(() => native.close(copy), { code: 'EBADF', errno: -9, syscall: 'close' });
+  assert.throws(() => native.dup(copy), { code: 'EBADF', syscall: 'fcntl' });
+  // The original is untouched.
+  assert.equal(native.sendMessage(client, Buffer.from('still'), []), true);
+  assert.equal(native.receiveMessage(server, 16)?.data.toString(), 'still');
+});
+
+test('socketInfo tells inet, inet6, unix, dgram and listening apart; ENOTSOCK otherwise', async (t) => {
+  const fds = new FdSet(t);
+  const tcp4 = net.createServer().listen(0, '127.0.0.1');
+  t.after(() => new Promise((resolve) => tcp4.close(resolve)));
+  await once(tcp4, 'listening');
+  assert.deepEqual(native.socketInfo(handleFd(tcp4)), { domain: 'inet', type: 'stream', listening: true });
+
+  const tcp6 = net.createServer();
+  const listened = await new Promise<boolean>((resolve) => {
+    tcp6.once('error', () => resolve(false));
+    tcp6.listen(0, '::1', () => resolve(true));
+  });
+  if (listened) {
+    t.after(() => new Promise((resolve) => tcp6.close(resolve)));
+    assert.deepEqual(native.socketInfo(handleFd(tcp6)), { domain: 'inet6', type: 'stream', listening: true });
+  } else {
+    t.diagnostic('no IPv6 loopback here: inet6 not checked');
+  }
+
+  const udp = dgram.createSocket('udp4');
+  udp.bind(0, '127.0.0.1');
+  await once(udp, 'listening');
+  t.after(() => new Promise<void>((resolve) => udp.close(() => resolve())));
+  assert.deepEqual(native.socketInfo(handleFd(udp)), { domain: 'inet', type: 'dgram', listening: false });
+
+  const stream = listenAt(socketPath(), fds, 'stream');
+  assert.deepEqual(native.socketInfo(stream), { domain: 'unix', type: 'stream', listening: true });
+  const { listener, client } = pair(fds);
+  assert.deepEqual(native.socketInfo(listener), { domain: 'unix', type: 'seqpacket', listening: true });
+  assert.deepEqual(native.socketInfo(client), { domain: 'unix', type: 'seqpacket', listening: false });
+
+  const file = fds.add(fs.openSync('/dev/null', 'r'));
+  assert.throws(() => native.socketInfo(file), {
+    code: 'ENOTSOCK',
+    errno: -88,
+    syscall: 'getsockopt',
+    message: 'getsockopt ENOTSOCK',
+  });
+});
+
+test('unixConnect/unixListen errors: ENOENT, ECONNREFUSED, EAGAIN, EADDRINUSE, ENAMETOOLONG', (t) => {
+  const fds = new FdSet(t);
+  assert.throws(() => native.unixConnect(path.join(dir, 'missing.sock')), {
+    name: 'Error',
+    code: 'ENOENT',
+    errno: -2,
+    syscall: 'connect',
+    message: 'connect ENOENT',
+  });
+
+  const stale = socketPath();
+  fds.close(listenAt(stale, fds));
+  assert.ok(fs.existsSync(stale), 'unixListen/close must not unlink the socket file');
+  assert.throws(() => native.unixConnect(stale), { code: 'ECONNREFUSED', errno: -111, syscall: 'connect' });
+  assert.throws(() => native.unixListen(stale, 'seqpacket', 1), { code: 'EADDRINUSE', syscall: 'bind' });
+
+  // Backlog 0 admits one pending connection; the next one would block.
+  const full = socketPath();
+  listenAt(full, fds, 'seqpacket', 0);
+  fds.add(native.unixConnect(full));
+  assert.throws(() => native.unixConnect(full), { code: 'EAGAIN', syscall: 'connect' });
+
+  assert.throws(() => native.unixConnect(path.join(dir, 'x'.repeat(120))), { code: 'ENAMETOOLONG' });
+});
+
+test('growFdTable grows the fd table without opening or clobbering fds', (t) => {
+  const fds = new FdSet(t);
+  const { client, server } = pair(fds);
+  const fdTableSize = () => Number(/FDSize:\s*(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1]);
+  const { soft, hard } = native.fdLimit();
+  assert.ok(soft > 0 && soft <= hard, `fdLimit ${soft}/${hard}`);
+  const before = native.openFdCount();
+
+  const target = Math.min(4000, soft - 1);
+  native.growFdTable(target);
+  assert.ok(fdTableSize() > target, `FDSize ${fdTableSize()} after growFdTable(${target})`);
+  native.growFdTable(soft + 1000); // capped below the limit, not an error
+  assert.ok(fdTableSize() >= soft - 1);
+  assert.equal(native.openFdCount(), before);
+
+  // An fd in use is never replaced (dup2 onto it would have closed it).
+  native.growFdTable(client);
+  assert.deepEqual(native.socketInfo(client), { domain: 'unix', type: 'seqpacket', listening: false });
+  assert.equal(native.sendMessage(client, Buffer.from('alive'), []), true);
+  assert.equal(native.receiveMessage(server, 16)?.data.toString(), 'alive');
+  assert.equal(native.openFdCount(), before);
+});
+
+test('bad arguments throw TypeError ERR_INVALID_ARG_TYPE or RangeError ERR_OUT_OF_RANGE', (t) => {
+  const fds = new FdSet(t);
+  const { client, server } = pair(fds);
+  const bad = (v: unknown) => v as never;
+  const typeError = { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' };
+  const rangeError = { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' };
+  assert.throws(() => native.accept(bad('3')), typeError);
+  assert.throws(() => native.accept(bad(undefined)), typeError);
+  assert.throws(() => native.accept(-1), rangeError);
+  assert.throws(() => native.accept(1.5), rangeError);
+  assert.throws(() => native.unixConnect(bad(5)), typeError);
+  assert.throws(() => native.unixListen(socketPath(), bad('dgram'), 1), { name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' });
+  assert.throws(() => native.sendMessage(client, bad('str'), []), typeError);
+  assert.throws(() => native.sendMessage(client, Buffer.from('x'), bad('fds')), typeError);
+  assert.throws(() => native.sendMessage(client, Buffer.from('x'), bad(['3'])), typeError);
+  assert.throws(() => native.sendMessage(client, Buffer.alloc(0), []), rangeError);
+  assert.throws(() => native.receiveMessage(server, -1), rangeError);
+  assert.throws(() => native.poll(server, bad(null)), typeError);
+  assert.throws(() => native.growFdTable(bad('1')), typeError);
+  assert.equal(native.receiveMessage(server, 16), null, 'nothing was sent by the failed calls');
+});
