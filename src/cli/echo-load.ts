@@ -226,10 +226,12 @@ class EchoLoad {
     const done = new Promise<EchoLoadSummary>((resolve) => (this.resolve = resolve));
     this.eld.enable();
     this.startedAt = this.lastProgressAt = performance.now();
-    // Spread over the first interval so 10,000 connections do not connect and send in one tick.
+    // Connections open spread over the first interval and send their first message one interval
+    // after their slot. Sending on connect would let the connect storm's delays bunch the
+    // connections together, and each one keeps its phase from then on.
     const spacing = this.intervalMs / Math.max(1, this.conns.length);
     this.conns.forEach((conn, i) => {
-      conn.timer = setTimeout(() => this.connect(conn, i), i * spacing);
+      conn.timer = setTimeout(() => this.connect(conn, i, this.startedAt + i * spacing + this.intervalMs), i * spacing);
     });
     this.timers.push(setInterval(() => this.sweep(), SWEEP_MS));
     if (this.newRate > 0) this.timers.push(setInterval(() => this.launchDueShorts(), SHORT_TICK_MS));
@@ -262,13 +264,13 @@ class EchoLoad {
     for (const short of this.shorts) this.finishShort(short, 'ABORTED');
   }
 
-  private connect(conn: LoadConnection, index: number): void {
+  private connect(conn: LoadConnection, index: number, firstSendAt: number): void {
     conn.timer = undefined;
     conn.state = 'connecting';
     conn.waitSince = performance.now();
     const socket = connect({ host: this.host, port: this.port, localAddress: this.source(index), noDelay: true });
     conn.socket = socket;
-    socket.on('connect', () => this.onConnect(conn));
+    socket.on('connect', () => this.onConnect(conn, firstSendAt));
     socket.on('data', (chunk: Buffer) => this.onData(conn, chunk));
     socket.on('end', () => this.endConnection(conn, 'EOF'));
     socket.on('error', (err: NodeJS.ErrnoException) => this.endConnection(conn, err.code ?? 'ERROR'));
@@ -278,13 +280,25 @@ class EchoLoad {
     return this.sources.length === 0 ? undefined : this.sources[index % this.sources.length];
   }
 
-  private onConnect(conn: LoadConnection): void {
+  private onConnect(conn: LoadConnection, firstSendAt: number): void {
     conn.state = 'open';
     conn.waitSince = -1;
     this.opened++;
     this.open++;
-    if (this.stopping) this.endConnection(conn, undefined);
-    else this.send(conn);
+    if (this.stopping) {
+      this.endConnection(conn, undefined);
+      return;
+    }
+    const delay = firstSendAt - performance.now();
+    if (delay <= 0) {
+      this.send(conn);
+      return;
+    }
+    // A one-off timer: answered() arms the interval timer that is then refreshed for every message.
+    conn.timer = setTimeout(() => {
+      conn.timer = undefined;
+      this.send(conn);
+    }, delay);
   }
 
   private send(conn: LoadConnection): void {

@@ -69,7 +69,8 @@ export class UsageError extends Error {
 export function toUsageError(err: unknown): unknown {
   const code = (err as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_')) {
-    return new UsageError((err as Error).message);
+    // Some of these messages span several lines; a usage error is one line after the command name.
+    return new UsageError((err as Error).message.replace(/\s*\n\s*/g, ' ').trim());
   }
   return err;
 }
