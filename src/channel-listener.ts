@@ -17,6 +17,7 @@ function unsafe(message: string): TakeoverError {
 /**
  * Refuses a directory where another user could swap the socket file for their own: one that
  * others can write, unless it is sticky (like /tmp), where only the owner may replace a file.
+ * Who may connect is checked separately, on every connection, with SO_PEERCRED.
  */
 export function checkChannelPath(channelPath: string): void {
   if (typeof channelPath !== 'string' || channelPath.length === 0) {
@@ -39,7 +40,11 @@ export function checkChannelPath(channelPath: string): void {
   const othersCanWrite = (stat.mode & 0o022) !== 0;
   const sticky = (stat.mode & 0o1000) !== 0;
   if (othersCanWrite && !sticky) throw unsafe(`${dir} can be written by other users (mode ${(stat.mode & 0o7777).toString(8)})`);
+}
 
+/** Before replacing a stale socket file: it must be a socket of ours, nothing else. */
+export function checkReplaceable(channelPath: string): void {
+  const uid = process.getuid!();
   let file: fs.Stats;
   try {
     file = fs.lstatSync(channelPath);
@@ -83,6 +88,7 @@ export function isChannelLive(channelPath: string): boolean {
  */
 export function createChannelFd(channelPath: string): number {
   checkChannelPath(channelPath);
+  checkReplaceable(channelPath);
   if (fs.existsSync(channelPath)) {
     if (isChannelLive(channelPath)) {
       throw new TakeoverError(

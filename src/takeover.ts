@@ -8,7 +8,14 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as native from './native.js';
 import type { Channel } from './channel.js';
-import { ChannelListener, checkChannelPath, connectChannel, createChannelFd, isChannelLive } from './channel-listener.js';
+import {
+  ChannelListener,
+  checkChannelPath,
+  checkReplaceable,
+  connectChannel,
+  createChannelFd,
+  isChannelLive,
+} from './channel-listener.js';
 import { PredecessorSession, type PredecessorHost } from './predecessor.js';
 import { SuccessorSession, type InheritedListener, type SuccessorHost } from './successor.js';
 import { encode, type ListenerEntry } from './protocol.js';
@@ -207,6 +214,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
           this.incoming = new SuccessorSession(this.successorHost(), channel);
         });
         this.startFailure = undefined;
+      } else {
+        checkReplaceable(path);
       }
       this.state = 'started';
     } catch (error) {
