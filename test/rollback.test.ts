@@ -1,0 +1,154 @@
+import { after, test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { cleanup, distDir, drainAll, openClients, probeEcho, ServerProcess, tempDir, waitStopped, type ServerConfig, type SeqClient } from './helpers.js';
+
+after(cleanup);
+
+interface Running {
+  dir: string;
+  config: ServerConfig;
+  old: ServerProcess;
+  address: { port: number; host: string };
+  clients: SeqClient[];
+}
+
+/** A server with 300 connections, half of them busy (split frames), as every rollback's starting point. */
+async function running(extra: Partial<ServerConfig> = {}, dirMode = 0o700): Promise<Running> {
+  const dir = tempDir(dirMode);
+  const config: ServerConfig = { path: path.join(dir, 'channel'), listen: [{ port: 0, host: '127.0.0.1' }], ...extra };
+  const old = new ServerProcess(config);
+  const ready = await old.next('ready');
+  const address = { port: ready.addresses![0]!.port, host: '127.0.0.1' };
+  const clients = await openClients(300, [address], (i) =>
+    i % 2 === 0 ? { framesPerBurst: 3, intervalMs: 40, splitFrames: true } : { framesPerBurst: 0, intervalMs: 0 },
+  );
+  for (const c of clients) {
+    c.burst(1);
+    c.start();
+  }
+  return { dir, config, old, address, clients };
+}
+
+/** After a rollback: the old process still serves every connection and the listener, and can still be taken over. */
+async function assertOldServesEverything(r: Running): Promise<void> {
+  for (const c of r.clients) c.burst(2);
+  await probeEcho(r.address.port, r.address.host);
+  assert.deepEqual(await drainAll(r.clients), []);
+  const successor = new ServerProcess(r.config);
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.connections, r.clients.length, 'a later takeover still moves every connection');
+  assert.equal(await r.old.exited, 0);
+  for (const c of r.clients) c.burst(1);
+  assert.deepEqual(await drainAll(r.clients), []);
+  for (const c of r.clients) c.close();
+  successor.kill('SIGTERM');
+  await successor.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+}
+
+for (const step of ['hello', 'listeners', 'precopy', 'prepare'] as const) {
+  test(`a successor killed at '${step}' leaves the old process serving everything`, { timeout: 60_000 }, async () => {
+    const r = await running();
+    const doomed = new ServerProcess(r.config, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: step } });
+    await waitStopped(doomed.pid);
+    doomed.kill('SIGKILL');
+    const rollback = await r.old.next('rollback');
+    assert.equal(rollback.code, 'ERR_TAKEOVER_PEER_CLOSED');
+    await assertOldServesEverything(r);
+  });
+}
+
+for (const step of ['precopy', 'prepare'] as const) {
+  test(`a successor that hangs at '${step}' is dropped after the timeout`, { timeout: 60_000 }, async () => {
+    const r = await running({ timeoutMs: 1000 });
+    const hung = new ServerProcess({ ...r.config, timeoutMs: 60_000 }, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: step } });
+    await waitStopped(hung.pid);
+    const rollback = await r.old.next('rollback');
+    assert.equal(rollback.code, 'ERR_TAKEOVER_TIMEOUT');
+    hung.kill('SIGKILL');
+    await assertOldServesEverything(r);
+  });
+}
+
+test('a successor whose RLIMIT_NOFILE is too low refuses with ERR_TAKEOVER_FD_LIMIT', { timeout: 60_000 }, async () => {
+  const r = await running();
+  const small = new ServerProcess(r.config, { shellPrefix: 'ulimit -n 200' });
+  const error = await small.next('error');
+  assert.equal(error.code, 'ERR_TAKEOVER_FD_LIMIT');
+  assert.equal(await small.exited, 1);
+  const rollback = await r.old.next('rollback');
+  assert.equal(rollback.code, 'ERR_TAKEOVER_ABORTED');
+  assert.equal(rollback.reason, 'ERR_TAKEOVER_FD_LIMIT');
+  await assertOldServesEverything(r);
+});
+
+test('a second successor during a takeover is refused; the first can still fail and roll back', { timeout: 60_000 }, async () => {
+  const r = await running();
+  const first = new ServerProcess(r.config, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'prepare' } });
+  await waitStopped(first.pid);
+  const second = new ServerProcess(r.config);
+  const error = await second.next('error');
+  assert.equal(error.code, 'ERR_TAKEOVER_ABORTED');
+  assert.equal(error.reason, 'ERR_TAKEOVER_BUSY');
+  assert.equal((await r.old.next('refused')).code, 'ERR_TAKEOVER_BUSY');
+  first.kill('SIGKILL');
+  assert.equal((await r.old.next('rollback')).code, 'ERR_TAKEOVER_PEER_CLOSED');
+  await assertOldServesEverything(r);
+});
+
+/** What a process running as `nobody` needs, in a directory it can read (the checkout may not be). */
+function copyForNobody(): string {
+  const root = tempDir(0o755);
+  const top = path.resolve(distDir, '..');
+  fs.cpSync(path.join(top, 'package.json'), path.join(root, 'package.json'));
+  fs.cpSync(path.join(distDir, 'src'), path.join(root, 'dist', 'src'), { recursive: true });
+  fs.cpSync(path.join(distDir, 'test', 'fixtures'), path.join(root, 'dist', 'test', 'fixtures'), { recursive: true });
+  fs.cpSync(path.join(top, 'build', 'Release', 'takeover.node'), path.join(root, 'build', 'Release', 'takeover.node'));
+  fs.chmodSync(root, 0o755);
+  return path.join(root, 'dist', 'test', 'fixtures', 'echo-server.js');
+}
+
+const NOBODY = 65534;
+
+test('a successor running as another uid is refused by SO_PEERCRED, even when the socket file lets it connect', { timeout: 60_000 }, async () => {
+  const script = copyForNobody();
+  const r = await running({}, 0o755);
+  const asNobody = { script, spawn: { uid: NOBODY, gid: NOBODY } };
+
+  // Mode 0600 keeps it out at connect() already.
+  const blocked = new ServerProcess({ ...r.config, mode: 'takeover', allowUids: [0, NOBODY] }, asNobody);
+  const denied = await blocked.next('error');
+  assert.equal(denied.code, 'ERR_TAKEOVER_SYSTEM');
+  assert.match(denied.message!, /EACCES/);
+
+  // With the file opened up, the uid check is what refuses it.
+  fs.chmodSync(r.config.path, 0o666);
+  const intruder = new ServerProcess({ ...r.config, mode: 'takeover', allowUids: [0, NOBODY] }, asNobody);
+  const refused = await intruder.next('error');
+  assert.equal(refused.code, 'ERR_TAKEOVER_ABORTED');
+  assert.equal(refused.reason, 'ERR_TAKEOVER_PEER_REJECTED');
+  assert.equal((await r.old.next('refused')).code, 'ERR_TAKEOVER_PEER_REJECTED');
+  assert.equal(r.old.pending('rollback').length, 0, 'a refused peer never starts a takeover');
+  fs.chmodSync(r.config.path, 0o600);
+  await assertOldServesEverything(r);
+  fs.rmSync(path.resolve(script, '../../../..'), { recursive: true, force: true });
+});
+
+test('allowUids lets another uid take over', { timeout: 60_000 }, async () => {
+  const script = copyForNobody();
+  const r = await running({ allowUids: [0, NOBODY] }, 0o755);
+  fs.chmodSync(r.config.path, 0o666);
+  const successor = new ServerProcess({ ...r.config, mode: 'takeover' }, { script, spawn: { uid: NOBODY, gid: NOBODY } });
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.connections, 300);
+  assert.equal(await r.old.exited, 0);
+  for (const c of r.clients) c.burst(1);
+  assert.deepEqual(await drainAll(r.clients), []);
+  for (const c of r.clients) c.close();
+  successor.kill('SIGTERM');
+  await successor.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+  fs.rmSync(path.resolve(script, '../../../..'), { recursive: true, force: true });
+});
