@@ -5,7 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as native from './native.js';
-import { decodeFrame, MAX_FRAME_SIZE, type Frame, type Message } from './protocol.js';
+import { decodeFrame, encode, MAX_FRAME_SIZE, type Frame, type Message } from './protocol.js';
 import { ErrorCodes, TakeoverError, systemError } from './errors.js';
 
 export interface ChannelEvents {
@@ -118,6 +118,9 @@ export class Channel extends EventEmitter<ChannelEvents> {
   private onPoll(status: number, readable: boolean, writable: boolean): void {
     if (this.closed) return;
     if (status < 0) {
+      // libuv reports POLLERR (e.g. the peer closed with our frames unread) without reading:
+      // frames it sent before closing, such as its ABORT, are still queued and come first.
+      this.readAll();
       this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, `takeover channel poll failed (${status})`));
       return;
     }
@@ -167,7 +170,10 @@ export class Channel extends EventEmitter<ChannelEvents> {
         frame = decodeFrame(message.data, message.fds);
       } catch (error) {
         for (const fd of message.fds) native.close(fd);
-        this.fail(error instanceof TakeoverError ? error : systemError('decode', error));
+        // Tell the peer why before closing: a bad frame is the peer's bug to fix.
+        const reason = error instanceof TakeoverError ? error : systemError('decode', error);
+        this.sendLast(encode.abort(reason.code, reason.message));
+        this.emit('error', reason);
         return;
       }
       this.emit('frame', frame);

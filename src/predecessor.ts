@@ -245,7 +245,7 @@ export class PredecessorSession {
   private finish(): void {
     this.clearTimer();
     this.phase = 'done';
-    this.channel.send(encode.done(this.stats.retained));
+    this.channel.send(encode.done(this.stats.retained, Math.round(this.stats.maxPauseMs * 1000)));
     const listeners = this.listeners.length;
     this.closeListenerFds();
     const end = performance.now();

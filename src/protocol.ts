@@ -68,7 +68,8 @@ export type Frame =
   | { type: 'listening' }
   | { type: 'wave'; more: boolean; chunk: Buffer }
   | { type: 'waveAck'; seq: number }
-  | { type: 'done'; retained: number };
+  /** `maxPauseUs`: the longest wave as the predecessor measured it, freeze to WAVE_ACK. */
+  | { type: 'done'; retained: number; maxPauseUs: number };
 
 export type FrameName = Frame['type'];
 
@@ -111,7 +112,7 @@ export const encode = {
   hello: (pid: number) => frame(FrameType.HELLO, json({ pid })),
   welcome: (pid: number, listeners: number, connections: number) =>
     frame(FrameType.WELCOME, json({ pid, listeners, connections })),
-  abort: (code: string, message: string) => frame(FrameType.ABORT, json({ code, message: message.slice(0, 1000) })),
+  abort: (code: string, message: string) => frame(FrameType.ABORT, json({ code, message: (message || code).slice(0, 1000) })),
   listeners: (entries: readonly (ListenerEntry & { fd: number })[]) =>
     frame(
       FrameType.LISTENERS,
@@ -133,7 +134,7 @@ export const encode = {
   commit: () => frame(FrameType.COMMIT, Buffer.alloc(0)),
   listening: () => frame(FrameType.LISTENING, Buffer.alloc(0)),
   waveAck: (seq: number) => frame(FrameType.WAVE_ACK, u32List([seq])),
-  done: (retained: number) => frame(FrameType.DONE, json({ retained })),
+  done: (retained: number, maxPauseUs: number) => frame(FrameType.DONE, json({ retained, maxPauseUs })),
   /** A wave blob (see {@link encodeWave}) split into as many frames as it needs. */
   wave: (blob: Buffer): Message[] => {
     const frames: Message[] = [];
@@ -296,7 +297,8 @@ export function decodeFrame(data: Buffer, fds: readonly number[]): Frame {
       return { type: 'wave', more: (flags & FLAG_MORE) !== 0, chunk: body };
     case FrameType.DONE: {
       expectFds(fds, false, 'DONE');
-      return { type: 'done', retained: count(parseJson(body, 'DONE'), 'retained', 'DONE') };
+      const o = parseJson(body, 'DONE');
+      return { type: 'done', retained: count(o, 'retained', 'DONE'), maxPauseUs: count(o, 'maxPauseUs', 'DONE') };
     }
     default:
       throw protocolError(`unknown frame type ${type}`);

@@ -8,6 +8,7 @@
  * - `socket._handle.writeQueueSize`: bytes libuv accepted but the kernel has not taken yet.
  * - `new net.Socket({ fd, manualStart: true })`: wraps an fd without reading from it.
  * - `socket._readableState.ended`: EOF has been read, even if 'end' was not emitted yet.
+ * - `socket._readableState.decoder.lastNeed`: bytes of a character a StringDecoder still waits for.
  * - `server._connections` and `socket.server`: what Node's own accept path maintains.
  */
 import * as net from 'node:net';
@@ -27,7 +28,7 @@ interface WritableChunk {
 
 interface SocketInternals {
   _handle: Handle | null;
-  _readableState: { ended: boolean };
+  _readableState: { ended: boolean; decoder: { lastNeed: number } | null };
   _read(size: number): void;
   _write(chunk: unknown, encoding: BufferEncoding, cb: WriteCallback): void;
   _writev?(chunks: WritableChunk[], cb: WriteCallback): void;
@@ -107,6 +108,10 @@ export function freezeSocket(socket: net.Socket): Frozen {
   const handle = s._handle;
   if (socket.destroyed || !handle) return { fate: 'closed' };
   if (s._readableState.ended || socket.writableEnded) return { fate: 'retained' };
+  // After setEncoding() the buffered input is text and a StringDecoder may hold part of a
+  // character: neither converts back to the exact bytes, so such a connection stays here.
+  const decoder = s._readableState.decoder;
+  if (decoder && (socket.readableLength > 0 || decoder.lastNeed > 0)) return { fate: 'retained' };
 
   handle.readStop?.();
   handle.reading = false;
@@ -117,8 +122,8 @@ export function freezeSocket(socket: net.Socket): Frozen {
   socket.removeAllListeners('data');
   s._read = () => {};
   let input: Buffer = Buffer.alloc(0);
-  const buffered = socket.read() as Buffer | string | null;
-  if (buffered !== null) input = toBuffer(buffered, socket.readableEncoding ?? 'utf8');
+  const buffered = socket.read() as Buffer | null;
+  if (buffered !== null) input = buffered as Buffer;
   for (const listener of dataListeners) socket.on('data', listener);
 
   const parts: Buffer[] = [];

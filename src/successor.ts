@@ -43,6 +43,15 @@ function testPausePoint(step: string): void {
 
 const FD_HEADROOM = 64;
 
+/** What a received fd is; undefined for anything that is not a socket (a bad peer could send a file). */
+function describe(fd: number): native.SocketInfo | undefined {
+  try {
+    return native.socketInfo(fd);
+  } catch {
+    return undefined;
+  }
+}
+
 export class SuccessorSession {
   private phase: Phase = 'welcome';
   private appReady = false;
@@ -111,7 +120,7 @@ export class SuccessorSession {
       case 'waves:wave':
         return this.onWaveChunk(frame as Extract<Frame, { type: 'wave' }>);
       case 'waves:done':
-        return this.finish((frame as Extract<Frame, { type: 'done' }>).retained);
+        return this.finish(frame as Extract<Frame, { type: 'done' }>);
       default:
         if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
         if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
@@ -140,8 +149,9 @@ export class SuccessorSession {
 
   private onListeners(listeners: InheritedListener[]): void {
     for (const l of listeners) {
-      const info = native.socketInfo(l.fd);
+      const info = describe(l.fd);
       const ok =
+        info !== undefined &&
         info.listening &&
         (l.kind === 'channel'
           ? info.domain === 'unix' && info.type === 'seqpacket'
@@ -159,21 +169,25 @@ export class SuccessorSession {
   }
 
   private onConns(conns: Extract<Frame, { type: 'conns' }>['conns']): void {
-    const bad = conns.find(
-      (c) => this.held.has(c.id) || this.listeners[c.listener] === undefined || this.listeners[c.listener]!.kind === 'channel',
-    );
+    const ids = new Set<number>();
+    const bad = conns.find((c) => {
+      const duplicate = this.held.has(c.id) || ids.has(c.id);
+      ids.add(c.id);
+      return duplicate || this.listeners[c.listener] === undefined || this.listeners[c.listener]!.kind === 'channel';
+    });
     if (bad) {
       for (const { fd } of conns) native.close(fd);
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `CONNS frame has a bad entry (connection ${bad.id}, listener ${bad.listener})`));
     }
-    for (const { id, listener, fd } of conns) {
-      const info = native.socketInfo(fd);
-      if (info.type !== 'stream' || info.listening) {
-        native.close(fd);
-        return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a connected stream socket`));
-      }
-      this.held.set(id, { socket: wrapInherited(fd), listener });
+    const notStream = conns.find(({ fd }) => {
+      const info = describe(fd);
+      return info?.type !== 'stream' || info.listening;
+    });
+    if (notStream) {
+      for (const { fd } of conns) native.close(fd);
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${notStream.id} is not a connected stream socket`));
     }
+    for (const { id, listener, fd } of conns) this.held.set(id, { socket: wrapInherited(fd), listener });
     testPausePoint('precopy');
     this.channel.send(encode.ack(this.ackSeq++));
     this.expectWithin('PREPARE');
@@ -242,7 +256,6 @@ export class SuccessorSession {
     if (wave.seq !== this.expectedWave) {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave ${wave.seq} arrived, expected ${this.expectedWave}`));
     }
-    const startedAt = performance.now();
     for (const record of wave.records) {
       const conn = this.held.get(record.id);
       if (!conn) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));
@@ -260,12 +273,13 @@ export class SuccessorSession {
     }
     this.channel.send(encode.waveAck(this.expectedWave++));
     this.stats.waves++;
-    this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - startedAt);
     this.expectWithin('WAVE');
   }
 
-  private finish(retained: number): void {
+  private finish({ retained, maxPauseUs }: Extract<Frame, { type: 'done' }>): void {
     this.clearTimer();
+    // Only the predecessor sees a wave from freeze to WAVE_ACK; this side saw just its own part.
+    this.stats.maxPauseMs = maxPauseUs / 1000;
     if (this.held.size > 0 || retained !== this.stats.retained) {
       return this.abort(
         new TakeoverError(ErrorCodes.PROTOCOL, `DONE with ${this.held.size} connections never started and ${retained} retained (counted ${this.stats.retained})`),

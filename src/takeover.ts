@@ -139,6 +139,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private startFailure: ((error: Error) => void) | undefined;
   private readyPromise: Promise<TakeoverStats | null> | undefined;
   private exitScheduled = false;
+  /** This process created or inherited the channel and no successor has taken it: close() removes the files. */
+  private ownsPaths = false;
 
   /** Validates the options; nothing happens until {@link start}. Throws ERR_TAKEOVER_INVALID_OPTION. */
   constructor(options: TakeoverOptions) {
@@ -328,14 +330,16 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    */
   async close(): Promise<void> {
     if (this.state === 'closed') return;
-    const owner = this.state !== 'handed-over';
+    const handedOver = this.state === 'handed-over';
     this.state = 'closed';
     this.outgoing?.abort(new TakeoverError(ErrorCodes.ABORTED, 'the server is shutting down'));
     this.channelListener?.close();
     this.channelListener = undefined;
-    if (!owner) return;
-    for (const p of [this.options.path, ...this.records.map((r) => r.unixPath)]) {
-      if (p) fs.rmSync(p, { force: true });
+    if (handedOver) return;
+    // A Unix listener's file is ours if we bound it, or inherited it and listen on it now.
+    const unixPaths = this.records.map((r) => r.unixPath ?? (r.kind === 'unix' ? r.server.address() : null));
+    for (const p of [this.ownsPaths ? this.options.path : null, ...unixPaths]) {
+      if (typeof p === 'string') fs.rmSync(p, { force: true });
     }
   }
 
@@ -374,6 +378,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   // ---- the channel: successors arrive here ----
 
   private openChannel(fd: number): void {
+    this.ownsPaths = true;
     this.channelListener = new ChannelListener(
       fd,
       (channel) => this.onSuccessor(channel),
