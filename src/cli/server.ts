@@ -1,0 +1,373 @@
+#!/usr/bin/env node
+/**
+ * `takeover-server`: the seed's frame-echo server on top of the takeover engine. It echoes each
+ * whole 4-byte frame, prints the seed's log lines, and can be taken over (`-t`), take over
+ * (`-T`), or start its own successor on SIGUSR2.
+ *
+ * A successor's start-up time is part of every takeover's duration, so this module imports
+ * only what serving needs: no echo-load, no histogram library.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import * as net from 'node:net';
+import { parseArgs } from 'node:util';
+import { Takeover, type ListenTarget } from '../takeover.js';
+import { serverFd, socketFd } from '../sockets.js';
+import type { TakeoverStats } from '../stats.js';
+import {
+  UsageError,
+  createLogger,
+  formatPeer,
+  parseAddressFlag,
+  parseIntegerFlag,
+  parsePortFlag,
+  toUsageError,
+  type LogFormat,
+  type Logger,
+} from './format.js';
+
+const COMMAND = 'takeover-server';
+
+// The first lines keep the seed server's wording.
+const USAGE = `Usage: ${COMMAND} [OPTION...]
+-a, --listen-address IP     Address to bind TCP listener on (default 127.0.0.1)
+-p, --listen-port PORT      Port to bind TCP listener on (0: any free port)
+-b, --listen-backlog N      TCP listener backlog (default 511)
+-t, --takeover-path PATH    Takeover channel unix domain path
+-T, --takeover PATH         Perform takeover operation from the server on PATH, then serve
+                            and be takeover-able on PATH (-a/-p/-b are then not needed)
+-q, --quiet                 No per-message or per-connection lines
+    --log-format text|json  One JSON object per line with --log-format json (default text)
+-h, --help                  Display this help message
+
+kill -USR2 <pid> makes a server with a takeover path start its own successor and hand over.
+`;
+
+const OPTIONS = {
+  'listen-address': { type: 'string', short: 'a', default: '127.0.0.1' },
+  'listen-port': { type: 'string', short: 'p' },
+  'listen-backlog': { type: 'string', short: 'b', default: '511' },
+  'takeover-path': { type: 'string', short: 't' },
+  takeover: { type: 'string', short: 'T' },
+  quiet: { type: 'boolean', short: 'q', default: false },
+  'log-format': { type: 'string', default: 'text' },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const;
+
+interface ServerConfig {
+  /** Undefined with -T: the successor serves whatever it inherits. */
+  listen: { host: string; port: number; backlog: number } | undefined;
+  channel: { path: string; mode: 'fresh' | 'takeover' } | undefined;
+  quiet: boolean;
+  logFormat: LogFormat;
+  /** The command line without -t/-T, for the successor SIGUSR2 starts. */
+  successorArgs: string[];
+}
+
+function parseCommandLine(args: string[]): ServerConfig | 'help' {
+  const { values, tokens } = parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: false, tokens: true });
+  if (values.help) return 'help';
+
+  const from = values.takeover;
+  const path = values['takeover-path'];
+  if (path !== undefined && from !== undefined) throw new UsageError('-t/--takeover-path and -T/--takeover cannot be used together');
+  if (path === '' || from === '') throw new UsageError('the takeover path must not be empty');
+  const logFormat = values['log-format'];
+  if (logFormat !== 'text' && logFormat !== 'json') {
+    throw new UsageError(`invalid value for --log-format: '${logFormat}' (expected text or json)`);
+  }
+  // Validated even with -T: a successor started by SIGUSR2 carries them along.
+  const host = parseAddressFlag(values['listen-address'], '-a/--listen-address');
+  const backlog = parseIntegerFlag(values['listen-backlog'], '-b/--listen-backlog', 1, 65535);
+  const portText = values['listen-port'];
+  if (portText === undefined && from === undefined) throw new UsageError('missing required option -p/--listen-port (or -T/--takeover PATH)');
+  const port = portText === undefined ? undefined : parsePortFlag(portText, '-p/--listen-port', 0);
+
+  const dropped = new Set<number>();
+  for (const token of tokens) {
+    if (token.kind !== 'option' || (token.name !== 'takeover-path' && token.name !== 'takeover')) continue;
+    dropped.add(token.index);
+    if (!token.inlineValue) dropped.add(token.index + 1);
+  }
+  return {
+    listen: from === undefined ? { host, port: port!, backlog } : undefined,
+    channel: from !== undefined ? { path: from, mode: 'takeover' } : path !== undefined ? { path, mode: 'fresh' } : undefined,
+    quiet: values.quiet,
+    logFormat,
+    successorArgs: args.filter((_, i) => !dropped.has(i)),
+  };
+}
+
+interface Coded {
+  message?: string;
+  code?: string;
+  reason?: string;
+}
+
+/** `<message> (<code>)`, with the other side's code after an ERR_TAKEOVER_ABORTED. */
+function describeError(error: unknown): string {
+  const { message = String(error), code, reason } = error as Coded;
+  if (code === undefined) return message;
+  return `${message} (${reason === undefined ? code : `${code}: ${reason}`})`;
+}
+
+function errorFields(error: unknown): Record<string, unknown> {
+  const { code, reason } = error as Coded;
+  return { code, reason };
+}
+
+const plural = (n: number, noun: string): string => `${n} ${noun}${n === 1 ? '' : 's'}`;
+
+function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
+}
+
+function formatSummary(s: TakeoverStats): string {
+  const parts = [plural(s.connections, 'connection')];
+  if (s.retained > 0) parts.push(`${s.retained} retained`);
+  if (s.closed > 0) parts.push(`${s.closed} closed during the takeover`);
+  parts.push(
+    plural(s.waves, 'wave'),
+    `in ${formatBytes(s.bytesIn)} / out ${formatBytes(s.bytesOut)}`,
+    `max pause ${s.maxPauseMs.toFixed(1)} ms`,
+    `total ${Math.round(s.phases.totalMs)} ms`,
+  );
+  return `Takeover complete: ${parts.join(', ')} (pid ${s.predecessorPid} -> pid ${s.successorPid})`;
+}
+
+class EchoServer {
+  private readonly logger: Logger;
+  /** Per-message and per-connection lines, which -q drops. */
+  private readonly verbose: boolean;
+  private readonly servers: net.Server[] = [];
+  private readonly sockets = new Set<net.Socket>();
+  private readonly peers = new WeakMap<net.Socket, string>();
+  /** The partial frame of each connection: its application state, handed over with it. */
+  private readonly partial = new WeakMap<net.Socket, Buffer>();
+  private readonly adopted = new WeakSet<net.Socket>();
+  private takeover: Takeover | undefined;
+  private serving = false;
+  private handedOver = false;
+  private stopping = false;
+  private successor: ChildProcess | undefined;
+
+  constructor(private readonly config: ServerConfig) {
+    this.logger = createLogger({ format: config.logFormat });
+    this.verbose = !config.quiet;
+  }
+
+  // Several processes share one stdout after a SIGUSR2, so every JSON line says whose it is.
+  private log(msg: string, fields?: Record<string, unknown>): void {
+    this.logger.info(msg, { pid: process.pid, ...fields });
+  }
+
+  logError(msg: string, error: unknown): void {
+    this.logger.error(`${msg}${describeError(error)}`, { pid: process.pid, ...errorFields(error) });
+  }
+
+  /** Resolves once serving; rejects, with nothing left behind, when the server cannot start. */
+  async start(): Promise<void> {
+    process.on('SIGTERM', () => void this.stop('SIGTERM'));
+    process.on('SIGINT', () => void this.stop('SIGINT'));
+    process.on('SIGUSR2', () => this.onSuccessorSignal());
+
+    const { channel, listen } = this.config;
+    const takeover = channel && this.createTakeover(channel.path, channel.mode);
+    this.takeover = takeover;
+    await takeover?.start();
+    const targets: ListenTarget[] = takeover?.isSuccessor
+      ? takeover.inheritedListeners.map(({ name }) => ({ name }))
+      : [{ port: listen!.port, host: listen!.host, backlog: listen!.backlog }];
+    for (const target of targets) {
+      const server = net.createServer((socket) => this.onConnection(socket));
+      server.on('listening', () => this.onListening(server));
+      this.servers.push(server);
+      // With a takeover, ready() reports a listen failure too; a successor must not await the
+      // listen itself, which only settles once the predecessor has committed.
+      if (takeover) void takeover.listen(server, target);
+      else server.listen(target);
+    }
+    const stats = takeover ? await takeover.ready() : await Promise.all(this.servers.map((s) => once(s, 'listening'))).then(() => null);
+    this.serving = true;
+    for (const server of this.servers) server.on('error', (error) => this.logError('Listener error: ', error));
+    if (channel) this.log(`Starting Takeover channel on [${channel.path}] domain socket`, { path: channel.path });
+    if (stats) this.log(formatSummary(stats), { stats });
+  }
+
+  private createTakeover(path: string, mode: 'fresh' | 'takeover'): Takeover {
+    const takeover = new Takeover({
+      path,
+      mode,
+      captureState: (socket) => this.partial.get(socket),
+      restoreState: (socket, state) => this.partial.set(socket, Buffer.from(state)),
+    });
+    takeover.on('adopt', (socket) => this.adopted.add(socket));
+    takeover.on('takeover', ({ pid }) => {
+      this.log('Accepting connection from Takeover channel', { successorPid: pid });
+      if (this.verbose) this.logFdArray();
+    });
+    takeover.on('freeze', (socket) => {
+      if (this.verbose) this.logConnection('Holding connection with Peer', socket);
+    });
+    takeover.on('release', (socket) => {
+      if (this.verbose) this.logConnection('Releasing Peer', socket);
+    });
+    takeover.on('handover', (stats) => {
+      this.handedOver = true;
+      this.log('tcp_peer_release(): Tcp peers released...');
+      this.log(formatSummary(stats), { stats });
+    });
+    takeover.on('refused', (error) => this.logError('Takeover refused: ', error));
+    takeover.on('rollback', (error) => this.logError('Takeover rolled back, still serving: ', error));
+    takeover.on('warning', (error) => this.logError('Warning: ', error));
+    return takeover;
+  }
+
+  private onListening(server: net.Server): void {
+    const address = server.address();
+    const fd = serverFd(server);
+    if (address !== null && typeof address === 'object') {
+      this.log(`Starting TCP server on ${formatPeer(address.address, address.port)} (fd:${fd})`, { ...address, fd });
+    } else {
+      // A Unix listener inherited from a predecessor that is not this command.
+      this.log(`Starting Unix server (fd:${fd})`, { fd });
+    }
+  }
+
+  /** The seed's list of this process's fds: listeners, then connections. */
+  private logFdArray(): void {
+    const listeners = this.servers.map(serverFd).filter((fd) => fd >= 0);
+    const connections = [...this.sockets].map(socketFd).filter((fd) => fd >= 0);
+    const all = [...listeners, ...connections].map((fd) => `[${fd}]`).join('');
+    this.log(`Current fd_array:={${all}}`, { listeners, connections });
+  }
+
+  private logConnection(what: string, socket: net.Socket): void {
+    const peer = this.peer(socket);
+    const fd = socketFd(socket);
+    this.log(`${what} ${peer} (fd:${fd})`, { peer, fd });
+  }
+
+  // remoteAddress is gone once a socket is released or destroyed; the peer is read at the start.
+  private peer(socket: net.Socket): string {
+    return this.peers.get(socket) ?? formatPeer(undefined, undefined);
+  }
+
+  private onConnection(socket: net.Socket): void {
+    const peer = formatPeer(socket.remoteAddress, socket.remotePort);
+    this.peers.set(socket, peer);
+    this.sockets.add(socket);
+    socket.setNoDelay(true);
+    socket.on('close', () => this.sockets.delete(socket));
+    // A peer that resets is one more closed connection, nothing this server has to act on.
+    socket.on('error', () => {});
+    socket.on('data', (chunk: Buffer) => this.echo(socket, peer, chunk));
+    if (this.verbose) {
+      if (!this.adopted.has(socket)) this.logConnection('Accepting connection from Peer', socket);
+      this.logConnection('Starting connection with Peer', socket);
+    }
+  }
+
+  private echo(socket: net.Socket, peer: string, chunk: Buffer): void {
+    const held = this.partial.get(socket);
+    const data = held ? Buffer.concat([held, chunk]) : chunk;
+    const whole = data.length - (data.length % 4);
+    if (whole > 0) {
+      if (this.verbose) {
+        for (let i = 0; i < whole; i += 4) {
+          const seqnum = data.readUInt32BE(i);
+          this.log(`${peer} - seqnum:${seqnum}`, { peer, seqnum });
+        }
+      }
+      socket.write(data.subarray(0, whole));
+    }
+    if (whole < data.length) this.partial.set(socket, Buffer.from(data.subarray(whole)));
+    else this.partial.delete(socket);
+  }
+
+  private onSuccessorSignal(): void {
+    const path = this.config.channel?.path;
+    if (path === undefined) {
+      this.logger.error('SIGUSR2 ignored: no takeover path (-t or -T) to hand over on', { pid: process.pid });
+      return;
+    }
+    if (this.successor) {
+      this.log(`SIGUSR2 ignored: successor pid ${this.successor.pid} is already taking over`);
+      return;
+    }
+    if (!this.serving || this.handedOver || this.stopping) {
+      this.log('SIGUSR2 ignored: this server is not serving');
+      return;
+    }
+    const args = [...process.execArgv, process.argv[1]!, ...this.config.successorArgs, '-T', path];
+    const child = spawn(process.execPath, args, { detached: true, stdio: 'inherit' });
+    child.unref();
+    this.successor = child;
+    this.log(`SIGUSR2: starting successor pid ${child.pid}`, { successorPid: child.pid, argv: args });
+    child.on('error', (error) => {
+      this.successor = undefined;
+      this.logError('Cannot start the successor: ', error);
+    });
+    child.on('exit', (code, signal) => {
+      this.successor = undefined;
+      if (!this.handedOver) {
+        this.logger.error(`Successor pid ${child.pid} exited (${signal ?? `code ${code}`}) without taking over`, {
+          pid: process.pid,
+          successorPid: child.pid,
+          exitCode: code,
+          signal,
+        });
+      }
+    });
+  }
+
+  private async stop(signal: string): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.log(`Stopping server on ${signal}`);
+    // Before serving, the channel path may be the predecessor's, and close() would remove it;
+    // exiting drops this process's copies and the predecessor keeps (or resumes) serving.
+    if (this.serving) await this.takeover?.close();
+    for (const server of this.servers) server.close();
+    for (const socket of this.sockets) socket.destroy();
+    process.exit(0);
+  }
+}
+
+async function main(args: string[]): Promise<number | undefined> {
+  let config: ServerConfig | 'help';
+  try {
+    config = parseCommandLine(args);
+  } catch (err) {
+    const usage = toUsageError(err);
+    if (!(usage instanceof UsageError)) throw usage;
+    process.stderr.write(`${COMMAND}: ${describeError(usage)}\n`);
+    return 2;
+  }
+  if (config === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const server = new EchoServer(config);
+  try {
+    await server.start();
+  } catch (error) {
+    // Nothing to undo: the channel path is created last, once everything else listens, and
+    // exiting closes every fd this process holds.
+    server.logError(`${COMMAND}: `, error);
+    return 1;
+  }
+  return undefined;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code !== undefined) process.exit(code);
+  },
+  (err: unknown) => {
+    process.stderr.write(`${COMMAND}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);
