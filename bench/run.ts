@@ -1,0 +1,305 @@
+#!/usr/bin/env node
+/**
+ * `npm run bench`: the same echo workload against socket-takeover, `pm2 reload` (cluster mode)
+ * and a plain restart, one after the other, with one switch of processes in the middle of each;
+ * plus the C floor of the fd transfer. Writes bench/results/<time>.json, the section of
+ * BENCHMARKS.md between its markers, and docs/bench-pause.svg.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, release, tmpdir } from 'node:os';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { ProcessGroups, now } from './procs.js';
+import {
+  TARGET_SIZE,
+  collectWarnings,
+  evaluateTargets,
+  renderSection,
+  targetLines,
+  writeBenchmarksMd,
+  type BenchResults,
+  type MachineInfo,
+  type Skipped,
+} from './report.js';
+import { pauseChart } from './svg.js';
+import { buildFloor, runFloor, runSystem, type BenchContext, type FloorRun, type Paths, type SystemName, type SystemRun, type Workload } from './systems.js';
+
+const USAGE = `Usage: npm run bench -- [OPTION...]
+    --sizes N,N...         Long-lived connections per run (default 1000,10000; 100000 is refused
+                           here: see RLIMIT_NOFILE in the output)
+    --systems LIST         Any of takeover,pm2,restart,floor (default: all)
+    --interval MS          Each connection's pause after an echo before its next message (default 2000)
+    --duration S           Load duration of each run (default 12)
+    --switch-after S       When the switch starts, in seconds into the load (default 5)
+    --new-rate N           New short connections per second (default 100)
+    --per-client N         Most connections per client process (default 10000)
+    --per-source N         Most connections per source address (default 1000)
+    --client-nice N        Nice value of the client processes (default -10, needs root or
+                           CAP_SYS_NICE; 0 to leave them at the servers' priority)
+-h, --help                 This help
+`;
+
+const SYSTEM_FLAGS: Record<string, SystemName | 'floor'> = {
+  takeover: 'socket-takeover',
+  pm2: 'pm2 reload',
+  restart: 'plain restart',
+  floor: 'floor',
+};
+
+const CHART_BEFORE_MS = 2000;
+const CHART_AFTER_MS = 3000;
+
+/** fds a server process needs beyond its connections: listeners, channel, stdio, Node's own. */
+const FD_HEADROOM = 100;
+
+interface Config {
+  sizes: number[];
+  systems: (SystemName | 'floor')[];
+  workload: Workload;
+}
+
+function positive(text: string, flag: string): number {
+  const value = Number(text);
+  if (!Number.isFinite(value) || value <= 0) throw new Error(`${flag} must be a positive number, not '${text}'`);
+  return value;
+}
+
+function niceValue(text: string): number {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < -20 || value > 19) throw new Error(`--client-nice must be an integer from -20 to 19, not '${text}'`);
+  return value;
+}
+
+function parseCommandLine(args: string[]): Config | 'help' {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: {
+      sizes: { type: 'string', default: '1000,10000' },
+      systems: { type: 'string', default: 'takeover,pm2,restart,floor' },
+      interval: { type: 'string', default: '2000' },
+      duration: { type: 'string', default: '12' },
+      'switch-after': { type: 'string', default: '5' },
+      'new-rate': { type: 'string', default: '100' },
+      'per-client': { type: 'string', default: '10000' },
+      'per-source': { type: 'string', default: '1000' },
+      'client-nice': { type: 'string', default: '-10' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) return 'help';
+  const sizes = values.sizes.split(',').map((s) => Math.round(positive(s.replace(/_/g, ''), '--sizes')));
+  const systems = values.systems.split(',').map((s) => {
+    const system = SYSTEM_FLAGS[s.trim()];
+    if (!system) throw new Error(`unknown system '${s}' in --systems (expected ${Object.keys(SYSTEM_FLAGS).join(', ')})`);
+    return system;
+  });
+  const workload: Workload = {
+    intervalMs: Math.round(positive(values.interval, '--interval')),
+    durationS: positive(values.duration, '--duration'),
+    switchAfterS: positive(values['switch-after'], '--switch-after'),
+    newRate: positive(values['new-rate'], '--new-rate'),
+    perClient: Math.round(positive(values['per-client'], '--per-client')),
+    perSourceAddress: Math.round(positive(values['per-source'], '--per-source')),
+    clientNice: niceValue(values['client-nice']),
+  };
+  if (workload.switchAfterS * 1000 < workload.intervalMs) {
+    throw new Error('--switch-after must leave one --interval for every connection to open');
+  }
+  if (workload.switchAfterS + 2 > workload.durationS) throw new Error('--duration must run at least 2 s past --switch-after');
+  return { sizes, systems, workload };
+}
+
+function readNofileLimit(): { soft: number; hard: number } {
+  const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
+  const [soft, hard] = (line ?? '').split(/\s{2,}/).slice(1, 3).map((v) => (v === 'unlimited' ? Infinity : Number(v)));
+  return { soft: soft ?? Infinity, hard: hard ?? Infinity };
+}
+
+/** Node raises its soft limit to the hard one at start-up; whether the hard one can go higher, a shell tells. */
+function canRaiseNofile(need: number): boolean {
+  return spawnSync('sh', ['-c', `ulimit -n ${need}`], { stdio: 'ignore', timeout: 10_000 }).status === 0;
+}
+
+function machineInfo(): MachineInfo {
+  return {
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model.trim() ?? 'unknown CPU',
+    kernel: release(),
+    node: process.versions.node,
+    rlimitNofile: readNofileLimit(),
+    loadavgAtStart: loadavg()[0]!,
+  };
+}
+
+function findPaths(tmp: string): Paths {
+  const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+  const paths: Paths = {
+    root,
+    tmp,
+    serverScript: join(root, 'dist/src/cli/server.js'),
+    clientScript: join(root, 'dist/src/cli/client.js'),
+    echoScript: join(root, 'dist/bench/echo-server.js'),
+    pm2: join(root, 'node_modules/.bin/pm2'),
+    floorSource: join(root, 'bench/floor.c'),
+  };
+  for (const file of [paths.serverScript, paths.clientScript, paths.echoScript, paths.floorSource]) {
+    if (!existsSync(file)) throw new Error(`${relative(root, file)} is missing: run \`npx tsc -p .\` (npm ci does) first`);
+  }
+  if (!existsSync(paths.pm2)) throw new Error('node_modules/.bin/pm2 is missing: run `npm ci` first');
+  return paths;
+}
+
+function describeRun(run: SystemRun): string {
+  const head = `  ${run.system.padEnd(16)}`;
+  const l = run.load;
+  if (!l) return `${head}failed: ${run.error}`;
+  const p = l.connectionPauseMs;
+  const sw = run.switch;
+  return (
+    `${head}kept ${l.kept}, cut ${l.cut}, lost ${l.lost}, short failed ${l.short.failed}/${l.short.attempted}, ` +
+    `pause p50/p99/max ${p.p50.toFixed(1)}/${p.p99.toFixed(1)}/${p.max.toFixed(1)} ms, ` +
+    (sw ? `old gone +${sw.oldGoneMs.toFixed(0)} ms, ` : '') +
+    `client lag ${l.lagMs.toFixed(1)} ms, others' CPU ${Math.round(run.machine.others * 100)}%` +
+    (run.error ? ` [${run.error}]` : '')
+  );
+}
+
+const COLORS: Record<SystemName, string> = {
+  'socket-takeover': '#1f77b4',
+  'pm2 reload': '#d62728',
+  'plain restart': '#ff7f0e',
+};
+
+async function main(config: Config): Promise<void> {
+  const started = now();
+  const startedAt = new Date().toISOString();
+  const tmp = mkdtempSync(join(tmpdir(), 'socket-takeover-bench-'));
+  const groups = new ProcessGroups();
+  const ctx: BenchContext = { paths: findPaths(tmp), groups, cleanups: new Set(), log: (line) => process.stdout.write(`${line}\n`) };
+  // However the run ends, nothing it started outlives it.
+  process.on('exit', () => {
+    groups.killAll();
+    for (const cleanup of ctx.cleanups) cleanup();
+    rmSync(tmp, { recursive: true, force: true });
+  });
+
+  const machine = machineInfo();
+  if (config.workload.perClient + FD_HEADROOM > machine.rlimitNofile.soft) {
+    throw new Error(`--per-client ${config.workload.perClient} does not fit under RLIMIT_NOFILE ${machine.rlimitNofile.soft}`);
+  }
+  ctx.log(`socket-takeover benchmark: sizes ${config.sizes.join(', ')}; ${machine.cpus} CPUs; load average ${machine.loadavgAtStart.toFixed(2)}`);
+  const floorBinary = config.systems.includes('floor') ? buildFloor(ctx) : undefined;
+  const runs: SystemRun[] = [];
+  const floor: FloorRun[] = [];
+  const skipped: Skipped[] = [];
+  let subnet = 1;
+  for (const size of config.sizes) {
+    const need = size + FD_HEADROOM;
+    if (need > machine.rlimitNofile.soft) {
+      const { soft, hard } = machine.rlimitNofile;
+      const reason =
+        `needs ${need.toLocaleString('en-US')} fds in one server process (old and new each hold every connection ` +
+        `during a takeover; the floor's receiver too), and RLIMIT_NOFILE is ${soft.toLocaleString('en-US')} ` +
+        `(hard ${hard.toLocaleString('en-US')}), ` +
+        (canRaiseNofile(need)
+          ? `which \`ulimit -n ${need}\` before \`npm run bench\` would raise`
+          : `which cannot be raised here (\`ulimit -n ${need}\` fails${process.getuid?.() === 0 ? ', even as root' : ''})`) +
+        `; the largest size that fits is ${(soft - FD_HEADROOM).toLocaleString('en-US')}`;
+      skipped.push({ connections: size, reason });
+      ctx.log(`${size} connections: not run: ${reason}`);
+      continue;
+    }
+    ctx.log(`${size} connections:`);
+    if (floorBinary) {
+      const result = await runFloor(ctx, floorBinary, size);
+      floor.push(result);
+      ctx.log(`  C floor          ${result.error ?? `${result.transferMs!.toFixed(2)} ms (median of ${result.samplesMs!.length})`}`);
+    }
+    for (const system of config.systems) {
+      if (system === 'floor') continue;
+      const run = await runSystem(ctx, system, size, config.workload, subnet++);
+      runs.push(run);
+      ctx.log(describeRun(run));
+    }
+  }
+
+  const ranSizes = config.sizes.filter((s) => !skipped.some((k) => k.connections === s));
+  const targetSize = ranSizes.includes(TARGET_SIZE) || ranSizes.length === 0 ? TARGET_SIZE : Math.max(...ranSizes);
+  const results: BenchResults = {
+    startedAt,
+    durationS: (now() - started) / 1000,
+    machine,
+    workload: config.workload,
+    sizes: config.sizes,
+    floor,
+    runs,
+    skipped,
+    targetSize,
+    targets: evaluateTargets(runs, floor, targetSize),
+    warnings: collectWarnings(runs),
+  };
+  if (targetSize !== TARGET_SIZE) results.warnings.push(`The targets are for ${TARGET_SIZE} connections; this run checked them at ${targetSize}.`);
+
+  const root = ctx.paths.root;
+  const resultsDir = join(root, 'bench/results');
+  mkdirSync(resultsDir, { recursive: true });
+  const resultsFile = join(resultsDir, `${startedAt.replace(/[:.]/g, '-')}.json`);
+  writeFileSync(resultsFile, `${JSON.stringify(results, null, 2)}\n`);
+
+  const chartSize = [...ranSizes].reverse().find((s) => runs.some((r) => r.connections === s && r.timeline));
+  let chartPath: string | undefined;
+  if (chartSize !== undefined) {
+    chartPath = 'docs/bench-pause.svg';
+    mkdirSync(join(root, 'docs'), { recursive: true });
+    const chartRuns = runs.filter((r) => r.connections === chartSize && r.timeline);
+    writeFileSync(
+      join(root, chartPath),
+      pauseChart({
+        title: `${chartSize.toLocaleString('en-US')} connections: each system's switch at t = 0`,
+        series: chartRuns.map((r) => ({ name: r.system, color: COLORS[r.system], timeline: r.timeline! })),
+        expectedPerBucket: (chartSize * 100) / config.workload.intervalMs,
+        fromMs: -CHART_BEFORE_MS,
+        // Up to a few seconds past the slowest switch: the rest of the run only repeats itself.
+        toMs: Math.min(
+          (config.workload.durationS - config.workload.switchAfterS) * 1000,
+          Math.ceil((Math.max(0, ...chartRuns.map((r) => r.switch?.oldGoneMs ?? 0)) + CHART_AFTER_MS) / 1000) * 1000,
+        ),
+      }),
+    );
+  }
+  const section = renderSection(results, chartPath);
+  writeBenchmarksMd(join(root, 'BENCHMARKS.md'), section);
+
+  ctx.log('');
+  ctx.log(section);
+  ctx.log('');
+  ctx.log(`Targets at ${targetSize} connections:`);
+  for (const line of targetLines(results)) ctx.log(line.replace(/\*\*/g, ''));
+  ctx.log(`Results: ${relative(root, resultsFile)}, BENCHMARKS.md${chartPath ? `, ${chartPath}` : ''} (${Math.round(results.durationS)} s)`);
+}
+
+let config: Config | 'help';
+try {
+  config = parseCommandLine(process.argv.slice(2));
+} catch (error) {
+  process.stderr.write(`bench: ${error instanceof Error ? error.message : String(error)}\n${USAGE}`);
+  process.exit(2);
+}
+if (config === 'help') {
+  process.stdout.write(USAGE);
+} else {
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    process.on(signal, () => {
+      process.stderr.write(`bench: ${signal}, stopping everything it started\n`);
+      // The 'exit' handler kills the process groups, stops pm2 and removes the temp dir.
+      process.exit(code);
+    });
+  }
+  main(config).catch((error: unknown) => {
+    process.stderr.write(`bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(1);
+  });
+}
