@@ -349,16 +349,64 @@ static napi_value receive_message(napi_env env, napi_callback_info info) {
 
 /* ---- readiness watching through libuv -------------------------------------- */
 
+/*
+ * Lifetime. The poller_t is shared by two owners that go away independently:
+ *  - libuv, which uses the embedded uv_poll_t until the uv_close callback has run;
+ *  - the JS Poller object, whose methods reach the poller_t through napi_wrap for
+ *    as long as the object exists, i.e. also after close().
+ * Each owner sets its flag when it lets go and the last one frees the memory
+ * (release_poller). Freeing in the uv_close callback alone, as this code once did,
+ * left close()/stop()/start() on an already closed Poller using freed memory.
+ *
+ * While open, `self` is a strong reference, so an open Poller is never collected:
+ * the loop may call back into it at any time. close() drops every JS reference
+ * (callback, self, async context), so a closed Poller holds nothing alive and can
+ * be collected. A Poller that is dropped without close() is deliberately NOT closed
+ * when collected: closing a uv_poll_t removes its fd from epoll, and by then the fd
+ * may have been closed and its number reused by another handle, which would then
+ * silently stop receiving events. Such a Poller stays registered (inactive, if
+ * stopped) until its environment is torn down, which closes it (poller_cleanup).
+ */
 typedef struct {
   uv_poll_t handle;
   napi_env env;
   napi_ref callback;  /* strong until close(): the loop may call it at any time */
   napi_ref self;      /* the Poller object: callback receiver and async resource */
   napi_async_context async;
-  bool closed;
+  bool closed;        /* uv_close was called: the handle must not be used again */
+  bool handle_done;   /* libuv ran the close callback and no longer touches this memory */
+  bool object_done;   /* the JS object was finalized (or never wrapped): no method can reach us */
 } poller_t;
 
-static void on_poll_closed(uv_handle_t *h) { free(h->data); }
+/* Marks `this` as one of our Pollers: napi_unwrap alone would also accept an
+ * object wrapped by another addon and hand back its pointer. */
+static const napi_type_tag poller_tag = { 0x7a6b3c1d9e2f4051ULL, 0x8c4d2e6f1a3b5c70ULL };
+
+static void release_poller(poller_t *p) {
+  if (p->handle_done && p->object_done) free(p);
+}
+
+static void on_poll_closed(uv_handle_t *h) {
+  poller_t *p = h->data;
+  p->handle_done = true;
+  release_poller(p);
+}
+
+static void close_handle(poller_t *p) {
+  p->closed = true;
+  /* uv_close stops the watch (and drops the fd from epoll) at once; the memory
+   * stays in use by libuv until on_poll_closed. */
+  uv_close((uv_handle_t *)&p->handle, on_poll_closed);
+}
+
+/* Drop the JS values the poller holds. Safe on a half-built poller (NULL fields). */
+static void release_js(napi_env env, poller_t *p) {
+  if (p->callback) napi_delete_reference(env, p->callback);
+  if (p->self) napi_delete_reference(env, p->self);
+  if (p->async) napi_async_destroy(env, p->async);
+  p->callback = p->self = NULL;
+  p->async = NULL;
+}
 
 static void on_poll(uv_poll_t *h, int status, int events) {
   poller_t *p = h->data;
@@ -372,7 +420,10 @@ static void on_poll(uv_poll_t *h, int status, int events) {
       (argv[0] = num(env, status)) && (argv[1] = boolean(env, events & UV_READABLE)) &&
       (argv[2] = boolean(env, events & UV_WRITABLE)))
     /* make_callback, not call_function: it drains nextTicks and microtasks
-     * afterwards like any libuv-driven callback. It needs an object receiver. */
+     * afterwards like any libuv-driven callback. It needs an object receiver.
+     * The callback may close() the Poller: p stays valid (recv is on the stack,
+     * so the object cannot be finalized yet), but p's references must not be
+     * used after this call. */
     napi_make_callback(env, p->async, recv, cb, 3, argv, &result);
   /* A throw in the callback must reach 'uncaughtException', not vanish. */
   if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
@@ -383,16 +434,41 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   napi_close_handle_scope(env, scope);
 }
 
-/* Environment teardown (a worker exiting) before close(): still free the handle. */
+/* Environment teardown (a worker exiting) before close(): still close the handle.
+ * It runs before N-API's own teardown (hooks run in reverse order of registration),
+ * which frees the references and finalizes the object. The references are left to
+ * that teardown: napi_async_destroy here would queue async_hooks work on an
+ * environment that is shutting down. */
 static void poller_cleanup(void *arg) {
-  poller_t *p = arg;
-  p->closed = true;
-  uv_close((uv_handle_t *)&p->handle, on_poll_closed);
+  close_handle(arg);
 }
 
+/* The JS object is gone: after close() and a GC, or at environment teardown. */
+static void poller_finalize(napi_env env, void *data, void *hint) {
+  poller_t *p = data;
+  (void)hint;
+  /* Not expected (`self` keeps an open Poller alive, and teardown runs
+   * poller_cleanup first), but never free a handle libuv still uses. */
+  if (!p->closed) {
+    napi_remove_env_cleanup_hook(env, poller_cleanup, p);
+    close_handle(p);
+  }
+  p->object_done = true;
+  release_poller(p);
+}
+
+/* The poller behind `this`, or NULL with a TypeError thrown. Methods go through
+ * `this`, not through per-function data, so that a method detached from its
+ * Poller cannot outlive the memory: the object being alive is what keeps p alive. */
 static poller_t *this_poller(napi_env env, napi_callback_info info, size_t argc, napi_value *argv) {
+  napi_value self;
   void *p = NULL;
-  napi_get_cb_info(env, info, &argc, argc ? argv : NULL, NULL, &p);
+  bool tagged = false;
+  if (napi_get_cb_info(env, info, &argc, argc ? argv : NULL, &self, NULL) != napi_ok)
+    return napi_failed(env), NULL;
+  if (napi_check_object_type_tag(env, self, &poller_tag, &tagged) != napi_ok || !tagged ||
+      napi_unwrap(env, self, &p) != napi_ok || p == NULL)
+    return type_error(env, "ERR_INVALID_THIS", "Value of \"this\" must be of type Poller"), NULL;
   return p;
 }
 
@@ -400,6 +476,7 @@ static napi_value poller_start(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   bool readable, writable;
   poller_t *p = this_poller(env, info, 2, argv);
+  if (p == NULL) return NULL;
   if (napi_get_value_bool(env, argv[0], &readable) != napi_ok || napi_get_value_bool(env, argv[1], &writable) != napi_ok)
     return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"readable\" and \"writable\" arguments must be booleans");
   if (p->closed) {
@@ -414,20 +491,18 @@ static napi_value poller_start(napi_env env, napi_callback_info info) {
 /* A stopped uv_poll_t is inactive, so it does not keep the loop alive. */
 static napi_value poller_stop(napi_env env, napi_callback_info info) {
   poller_t *p = this_poller(env, info, 0, NULL);
-  if (!p->closed) uv_poll_stop(&p->handle);
+  if (p != NULL && !p->closed) uv_poll_stop(&p->handle);
   return NULL;
 }
 
 static napi_value poller_close(napi_env env, napi_callback_info info) {
   poller_t *p = this_poller(env, info, 0, NULL);
-  if (p->closed) return NULL;
-  p->closed = true;
+  if (p == NULL || p->closed) return NULL;
   napi_remove_env_cleanup_hook(env, poller_cleanup, p);
-  napi_delete_reference(env, p->callback);
-  napi_delete_reference(env, p->self);
-  napi_async_destroy(env, p->async);
-  /* uv_close stops the watch; the memory goes once libuv is done with it. */
-  uv_close((uv_handle_t *)&p->handle, on_poll_closed);
+  /* Dropping `self` lets the object be collected; poller_finalize then frees p
+   * (or on_poll_closed does, whichever comes last). */
+  release_js(env, p);
+  close_handle(p);
   return NULL;
 }
 
@@ -450,20 +525,24 @@ static napi_value poll_fd(napi_env env, napi_callback_info info) {
   p->handle.data = p;
   p->env = env;
   napi_property_descriptor methods[] = {
-    { "start", NULL, poller_start, NULL, NULL, NULL, napi_enumerable, p },
-    { "stop", NULL, poller_stop, NULL, NULL, NULL, napi_enumerable, p },
-    { "close", NULL, poller_close, NULL, NULL, NULL, napi_enumerable, p },
+    { "start", NULL, poller_start, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "stop", NULL, poller_stop, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "close", NULL, poller_close, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_value obj = object(env), name = str(env, "takeover.Poller");
-  if (!obj || !name || napi_define_properties(env, obj, 3, methods) != napi_ok ||
-      napi_async_init(env, obj, name, &p->async) != napi_ok ||
+  bool wrapped = obj && name && napi_define_properties(env, obj, 3, methods) == napi_ok &&
+                 napi_type_tag_object(env, obj, &poller_tag) == napi_ok &&
+                 napi_wrap(env, obj, p, poller_finalize, NULL, NULL) == napi_ok;
+  /* Unwrapped, no finalizer will ever come: the handle is the only owner left. */
+  if (!wrapped) p->object_done = true;
+  if (!wrapped || napi_async_init(env, obj, name, &p->async) != napi_ok ||
       napi_create_reference(env, argv[1], 1, &p->callback) != napi_ok ||
       napi_create_reference(env, obj, 1, &p->self) != napi_ok ||
       napi_add_env_cleanup_hook(env, poller_cleanup, p) != napi_ok) {
-    /* Out of memory, in practice: leak a reference rather than risk a use-after-free. */
-    p->closed = true;
-    uv_close((uv_handle_t *)&p->handle, on_poll_closed);
-    return napi_failed(env);
+    napi_value thrown = napi_failed(env); /* first, while the error info is this failure's */
+    release_js(env, p);
+    close_handle(p);
+    return thrown;
   }
   return obj;
 }

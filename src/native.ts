@@ -56,6 +56,8 @@ export interface SocketInfo {
 /**
  * Readiness watcher for one fd (a libuv `uv_poll_t` on this thread's loop).
  * The Poller does not own the fd: close the Poller first, then the fd.
+ * Call the methods on the Poller itself: detached (`const { close } = poller`) or
+ * called on another object, they throw TypeError `ERR_INVALID_THIS`.
  */
 export interface Poller {
   /**
@@ -67,8 +69,15 @@ export interface Poller {
   /** Stop watching. A stopped Poller does not keep the process alive. No-op after close(). */
   stop(): void;
   /**
-   * Stop watching for good and free the libuv handle and the callback. Idempotent.
-   * Must be called before the fd is closed; a Poller that is never closed leaks its handle.
+   * Stop watching for good: the fd leaves the event loop at once, the callback is
+   * released at once, and the libuv handle is freed once the Poller object is
+   * garbage-collected. Idempotent, at any time after the first call.
+   *
+   * Required, and before the fd is closed. A Poller that is never closed is never
+   * garbage-collected: it stays registered (and, while started, keeps the process alive)
+   * until its thread exits, which closes it. It is deliberately not closed on collection,
+   * because closing unregisters the fd number from the event loop, and by then that
+   * number may belong to another socket.
    */
   close(): void;
 }

@@ -123,9 +123,12 @@ interface ChildResult {
   stderr: string;
 }
 
-/** Run `node script args...`, optionally under `ulimit -n`. Killed after 20 s so a hang fails. */
-function runChild(script: string, args: string[], fdLimit?: number): Promise<ChildResult> {
-  const argv = [process.execPath, script, ...args];
+/**
+ * Run `node [nodeFlags...] script args...`, optionally under `ulimit -n`. Killed after 20 s
+ * so a hang fails.
+ */
+function runChild(script: string, args: string[], fdLimit?: number, nodeFlags: string[] = []): Promise<ChildResult> {
+  const argv = [process.execPath, ...nodeFlags, script, ...args];
   const child =
     fdLimit === undefined
       ? spawn(argv[0]!, argv.slice(1), { timeout: 20_000 })
@@ -444,6 +447,179 @@ test('poll: readable events, `this` is the Poller, stop() pauses, close() is ide
   poller.close();
   poller.stop();
   assert.throws(() => poller.start(true, false), { code: 'ERR_POLLER_CLOSED' });
+});
+
+test('Poller: close() twice, stop() and start() after close stay safe once the close callback has run', async (t) => {
+  const fds = new FdSet(t);
+  const { client, server } = pair(fds);
+  let calls = 0;
+  // A batch, started and closed one by one (libuv allows one started poller per fd):
+  // the bug freed each Poller's memory in the close callback, and the Pollers created
+  // below would then reuse it, so the stale calls hit live handles and crashed.
+  const closed = Array.from({ length: 100 }, () => {
+    const p = native.poll(server, () => calls++);
+    p.start(true, false);
+    p.close();
+    return p;
+  });
+  native.sendMessage(client, Buffer.from('x'), []); // server readable: a closed Poller must not fire
+  await afterPollPhase();
+  await afterPollPhase(); // both turns ran their close callbacks
+  const fresh = Array.from({ length: 100 }, () => native.poll(client, () => {}));
+  t.after(() => fresh.forEach((p) => p.close()));
+
+  for (const p of closed) {
+    p.close();
+    p.stop();
+    assert.throws(() => p.start(true, false), { code: 'ERR_POLLER_CLOSED' });
+  }
+  // The fresh Pollers are untouched by those calls: each still starts, and fires.
+  let fired = 0;
+  const woke = new Promise<void>((resolve) => {
+    const p = native.poll(server, () => {
+      fired++;
+      p.close();
+      resolve();
+    });
+    p.start(true, false);
+  });
+  await woke;
+  for (const p of fresh) p.close();
+  await afterPollPhase();
+  for (const p of [...closed, ...fresh]) {
+    p.close();
+    p.stop();
+    assert.throws(() => p.start(false, true), { code: 'ERR_POLLER_CLOSED' });
+  }
+  assert.equal(calls, 0, 'a closed Poller fired');
+  assert.equal(fired, 1);
+});
+
+test('Poller methods only work on their Poller: detached or rebound they throw ERR_INVALID_THIS', (t) => {
+  const fds = new FdSet(t);
+  const { server } = pair(fds);
+  const poller = native.poll(server, () => {});
+  t.after(() => poller.close());
+  const invalidThis = { name: 'TypeError', code: 'ERR_INVALID_THIS' };
+  const { start, stop, close } = poller;
+  assert.throws(() => start(true, false), invalidThis);
+  assert.throws(() => stop(), invalidThis);
+  assert.throws(() => close(), invalidThis);
+  assert.throws(() => stop.call({}), invalidThis);
+  assert.throws(() => close.call(Object.create(poller)), invalidThis);
+  poller.start(true, false); // still open and usable
+  poller.close();
+  assert.throws(() => close.call(undefined), invalidThis);
+});
+
+test('many Pollers created and closed under GC: no crash, and a closed Poller keeps neither itself nor its callback alive (child process)', async () => {
+  const script = path.join(dir, 'gc-child.mjs');
+  fs.writeFileSync(
+    script,
+    `import * as n from ${JSON.stringify(nativeModuleUrl)};
+if (typeof gc !== 'function') throw new Error('run with --expose-gc');
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+const listener = n.unixListen(process.argv[2], 'seqpacket', 1);
+const ROUNDS = 20, PER_ROUND = 500, KEEP = 20;
+const collected = { callback: 0, poller: 0 };
+const registry = new FinalizationRegistry((kind) => collected[kind]++);
+const kept = []; // closed Pollers kept reachable, and called again after later rounds and GCs
+let staleThrows = 0;
+// Not inlined in the async loop below: a suspended async function saves its registers,
+// which would keep the last Poller and callback reachable.
+function churn(round) {
+  for (let i = 0; i < PER_ROUND; i++) {
+    const payload = new Array(64).fill(i); // what the callback closure keeps alive
+    const callback = () => payload;
+    const p = n.poll(listener, callback);
+    registry.register(callback, 'callback');
+    if (i % 2) p.start(true, false);
+    if (i % 3 === 0) p.stop();
+    p.close();
+    if (i % 5 === 0) p.close();
+    if (round === 0 && i < KEEP) kept.push(p);
+    else registry.register(p, 'poller');
+  }
+}
+for (let round = 0; round < ROUNDS; round++) {
+  churn(round);
+  await tick();
+  await tick();
+  gc();
+  for (const p of kept) {
+    p.close();
+    p.stop();
+    try { p.start(true, false); } catch (e) { if (e.code !== 'ERR_POLLER_CLOSED') throw e; staleThrows++; }
+  }
+}
+// FinalizationRegistry callbacks run in tasks after a GC: give them a few turns.
+const total = ROUNDS * PER_ROUND;
+for (let i = 0; i < 100 && (collected.callback < total || collected.poller < total - KEEP); i++) {
+  gc();
+  await new Promise((resolve) => setTimeout(resolve, 5));
+}
+// Still reachable and closed: only now may they go.
+const keptAlive = kept.length;
+kept.forEach((p) => p.close());
+n.close(listener);
+process.stdout.write(JSON.stringify({ total, keptAlive, staleThrows, ...collected }));
+`,
+  );
+  const res = await runChild(script, [socketPath()], undefined, ['--expose-gc']);
+  assert.equal(res.signal, null, `child crashed or hung: ${res.stderr.slice(0, 500)}`);
+  assert.equal(res.code, 0, res.stderr);
+  const out = JSON.parse(res.stdout) as Record<string, number>;
+  assert.equal(out.staleThrows, 20 * 20, res.stdout);
+  // Every callback goes, including those of the closed Pollers still referenced.
+  assert.equal(out.callback, out.total, `callbacks kept alive after close(): ${res.stdout}`);
+  assert.equal(out.poller, out.total! - out.keptAlive!, `closed Pollers never collected: ${res.stdout}`);
+});
+
+test('Pollers never closed, or closed just before, are torn down with their worker thread (child process)', async () => {
+  const script = path.join(dir, 'worker-child.mjs');
+  fs.writeFileSync(
+    script,
+    `import * as n from ${JSON.stringify(nativeModuleUrl)};
+import { once } from 'node:events';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+if (isMainThread) {
+  const listener = n.unixListen(process.argv[2], 'seqpacket', 1);
+  let runs = 0;
+  for (const how of ['exit', 'terminate']) {
+    for (let i = 0; i < 10; i++) {
+      const worker = new Worker(new URL(import.meta.url), { workerData: { fd: listener, how } });
+      if (how === 'terminate') {
+        await once(worker, 'message');
+        await worker.terminate();
+      } else {
+        const [code] = await once(worker, 'exit');
+        if (code !== 0) throw new Error('worker exited with ' + code);
+      }
+      runs++;
+    }
+  }
+  n.close(listener);
+  process.stdout.write(JSON.stringify({ runs }));
+} else {
+  // One fd each: libuv refuses a second started poller on an fd. The worker's fds are
+  // left open on purpose; closing them first would be the caller's bug, not this test.
+  const { fd, how } = workerData;
+  const stopped = n.poll(n.dup(fd), () => {});
+  const started = n.poll(n.dup(fd), () => {});
+  started.start(true, true);
+  const closing = n.poll(n.dup(fd), () => {});
+  closing.close(); // its close callback is still pending when the thread goes
+  void stopped;
+  if (how === 'exit') process.exit(0);
+  parentPort.postMessage('ready');
+}
+`,
+  );
+  const res = await runChild(script, [socketPath()]);
+  // A handle left open at thread exit aborts in uv_loop_close; a double free crashes.
+  assert.equal(res.signal, null, `child crashed or hung: ${res.stderr.slice(0, 500)}`);
+  assert.equal(res.code, 0, res.stderr);
+  assert.deepEqual(JSON.parse(res.stdout), { runs: 20 });
 });
 
 test('a throw in a poll callback is an uncaughtException; a stopped Poller lets the process exit', async () => {
