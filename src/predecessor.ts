@@ -61,7 +61,7 @@ export class PredecessorSession {
   private waveStartedAt = 0;
   private timer: NodeJS.Timeout | undefined;
   private readonly started = performance.now();
-  private readonly marks = { prepare: 0, commit: 0, listening: 0 };
+  private readonly marks = { firstConns: 0, prepare: 0, commit: 0, listening: 0 };
   private readonly stats = { connections: 0, retained: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
   private successorPid = 0;
 
@@ -161,6 +161,7 @@ export class PredecessorSession {
       }
       if (batch.length === 0) break;
       if (!this.channel.trySend(encode.conns(batch))) return;
+      if (this.marks.firstConns === 0) this.marks.firstConns = performance.now();
       for (const { id } of batch) {
         this.unsent.delete(id);
         this.sent.add(id);
@@ -255,8 +256,10 @@ export class PredecessorSession {
       successorPid: this.successorPid,
       listeners,
       ...this.stats,
+      committedAt: performance.timeOrigin + this.marks.commit,
       phases: {
         precopyMs: this.marks.prepare - this.started,
+        transferMs: this.marks.firstConns === 0 ? 0 : this.marks.prepare - this.marks.firstConns,
         commitMs: this.marks.commit - this.marks.prepare,
         wavesMs: end - this.marks.listening,
         totalMs: end - this.started,

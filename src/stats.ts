@@ -20,9 +20,17 @@ export interface TakeoverStats {
   waves: number;
   /** Longest wave from freeze (predecessor) to started (successor): the longest pause any connection saw on the server side. */
   maxPauseMs: number;
+  /** When the successor's COMMIT was sent (successor) or received (predecessor): epoch ms, sub-ms precision. */
+  committedAt: number;
   phases: {
     /** Connection to PREPARE: every fd copied while the predecessor kept serving. */
     precopyMs: number;
+    /**
+     * First fd batch sent (predecessor) or received (successor) to PREPARE: the fd transfer
+     * itself, comparable with a bare SCM_RIGHTS loop. The successor wraps fds after acknowledging
+     * them, so on its side this includes the wrapping.
+     */
+    transferMs: number;
     /** PREPARE to COMMIT: the successor's start-up and verification. */
     commitMs: number;
     /** LISTENING to the last wave: reading handed over, wave by wave. */

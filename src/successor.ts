@@ -42,6 +42,20 @@ function testPausePoint(step: string): void {
 }
 
 const FD_HEADROOM = 64;
+/** Fds checked and wrapped per turn of the event loop: 28-43 us each, so about 15 ms. */
+const WRAP_CHUNK = 400;
+
+interface Held {
+  fd: number;
+  listener: number;
+  socket: net.Socket | undefined;
+}
+
+/** Drops this process's copy of an inherited connection, wrapped or not. */
+function drop(held: Held): void {
+  if (held.socket) releaseSocket(held.socket);
+  else native.close(held.fd);
+}
 
 /** What a received fd is; undefined for anything that is not a socket (a bad peer could send a file). */
 function describe(fd: number): native.SocketInfo | undefined {
@@ -56,7 +70,11 @@ export class SuccessorSession {
   private phase: Phase = 'welcome';
   private appReady = false;
   private listeners: InheritedListener[] = [];
-  private readonly held = new Map<number, { socket: net.Socket; listener: number }>();
+  /** Every inherited connection, by the predecessor's id; `socket` is set once wrapped. */
+  private readonly held = new Map<number, Held>();
+  /** Ids received but not yet checked and wrapped; worked off between frames (see wrapSome). */
+  private readonly toWrap: number[] = [];
+  private wrapScheduled = false;
   private waveChunks: Buffer[] = [];
   private waveBytes = 0;
   private expectedWave = 0;
@@ -64,7 +82,7 @@ export class SuccessorSession {
   private timer: NodeJS.Timeout | undefined;
   private predecessorPid = 0;
   private readonly started = performance.now();
-  private readonly marks = { prepare: 0, commit: 0, listening: 0 };
+  private readonly marks = { firstConns: 0, prepare: 0, commit: 0, listening: 0 };
   private readonly stats = { connections: 0, retained: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
 
   constructor(
@@ -90,7 +108,7 @@ export class SuccessorSession {
   /** The application has registered its servers: COMMIT as soon as pre-copy is verified. */
   ready(): void {
     this.appReady = true;
-    if (this.phase === 'prepared') this.commit();
+    this.maybeCommit();
   }
 
   abort(error: TakeoverError): void {
@@ -179,25 +197,56 @@ export class SuccessorSession {
       for (const { fd } of conns) native.close(fd);
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `CONNS frame has a bad entry (connection ${bad.id}, listener ${bad.listener})`));
     }
-    const notStream = conns.find(({ fd }) => {
-      const info = describe(fd);
-      return info?.type !== 'stream' || info.listening;
-    });
-    if (notStream) {
-      for (const { fd } of conns) native.close(fd);
-      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${notStream.id} is not a connected stream socket`));
-    }
-    for (const { id, listener, fd } of conns) this.held.set(id, { socket: wrapInherited(fd), listener });
+    if (this.marks.firstConns === 0) this.marks.firstConns = performance.now();
     testPausePoint('precopy');
+    for (const { id, listener, fd } of conns) {
+      this.held.set(id, { fd, listener, socket: undefined });
+      this.toWrap.push(id);
+    }
+    // Acknowledge at once and check and wrap later, in chunks: the transfer then runs at the
+    // kernel's pace, and the wrapping (the real cost) is spread over the loop while the
+    // predecessor still serves.
     this.channel.send(encode.ack(this.ackSeq++));
-    this.expectWithin('PREPARE');
+    this.scheduleWrap();
+    if (!this.isCommitted) this.expectWithin('PREPARE');
+  }
+
+  private scheduleWrap(): void {
+    if (this.wrapScheduled || this.toWrap.length === 0) return;
+    this.wrapScheduled = true;
+    setImmediate(() => {
+      this.wrapScheduled = false;
+      this.wrapSome(WRAP_CHUNK);
+    });
+  }
+
+  private wrapSome(limit: number): void {
+    if (this.phase === 'failed' || this.phase === 'done') return;
+    for (const id of this.toWrap.splice(0, limit)) {
+      const held = this.held.get(id);
+      if (!held || held.socket) continue;
+      if (!this.wrap(id, held)) return;
+    }
+    this.scheduleWrap();
+    this.maybeCommit();
+  }
+
+  /** Checks that the fd is a connected stream socket, then wraps it without reading. */
+  private wrap(id: number, held: Held): net.Socket | undefined {
+    const info = describe(held.fd);
+    if (info?.type !== 'stream' || info.listening) {
+      this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a connected stream socket`));
+      return undefined;
+    }
+    held.socket = wrapInherited(held.fd);
+    return held.socket;
   }
 
   private onClosed(ids: number[]): void {
     for (const id of ids) {
-      const conn = this.held.get(id);
-      if (!conn) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `CLOSED names unknown connection ${id}`));
-      releaseSocket(conn.socket);
+      const held = this.held.get(id);
+      if (!held) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `CLOSED names unknown connection ${id}`));
+      drop(held);
       this.held.delete(id);
       this.stats.closed++;
     }
@@ -214,10 +263,12 @@ export class SuccessorSession {
     this.phase = 'prepared';
     testPausePoint('prepare');
     this.clearTimer();
-    if (this.appReady) this.commit();
+    this.maybeCommit();
   }
 
-  private commit(): void {
+  /** COMMIT once verified, once the app is ready, and once every fd is wrapped (so no wave waits for it). */
+  private maybeCommit(): void {
+    if (this.phase !== 'prepared' || !this.appReady || this.toWrap.length > 0) return;
     const unclaimed = this.host.unclaimedListeners();
     if (unclaimed.length > 0) {
       return this.abort(
@@ -257,15 +308,19 @@ export class SuccessorSession {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave ${wave.seq} arrived, expected ${this.expectedWave}`));
     }
     for (const record of wave.records) {
-      const conn = this.held.get(record.id);
-      if (!conn) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));
-      this.held.delete(record.id);
+      const held = this.held.get(record.id);
+      if (!held) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));
       if (record.fate !== 'moved') {
-        releaseSocket(conn.socket);
+        this.held.delete(record.id);
+        drop(held);
         this.stats[record.fate]++;
         continue;
       }
-      this.host.adopt(conn.socket, conn.listener, record.input, record.output, record.state);
+      // Connections accepted after PREPARE may not be wrapped yet.
+      const socket = held.socket ?? this.wrap(record.id, held);
+      if (!socket) return;
+      this.held.delete(record.id);
+      this.host.adopt(socket, held.listener, record.input, record.output, record.state);
       this.stats.connections++;
       this.stats.bytesIn += record.input.length;
       this.stats.bytesOut += record.output.length;
@@ -294,8 +349,10 @@ export class SuccessorSession {
       successorPid: process.pid,
       listeners: this.listeners.length,
       ...this.stats,
+      committedAt: performance.timeOrigin + this.marks.commit,
       phases: {
         precopyMs: this.marks.prepare - this.started,
+        transferMs: this.marks.firstConns === 0 ? 0 : this.marks.prepare - this.marks.firstConns,
         commitMs: this.marks.commit - this.marks.prepare,
         wavesMs: end - this.marks.listening,
         totalMs: end - this.started,
@@ -311,8 +368,9 @@ export class SuccessorSession {
     this.channel.close();
     // Copies never started here: the predecessor still serves them (before COMMIT all of
     // them; after, the ones it had not frozen), so only this process's fds go.
-    for (const { socket } of this.held.values()) releaseSocket(socket);
+    for (const held of this.held.values()) drop(held);
     this.held.clear();
+    this.toWrap.length = 0;
     if (!listening) for (const { fd } of this.listeners) native.close(fd);
     this.host.onFailure(error);
   }

@@ -20,12 +20,21 @@ const USAGE = `Usage: ${COMMAND} [OPTION...]
 -c, --connections N         Long-lived connections (default 1)
 -i, --interval MS           Pause after each echo before a connection sends again (default 100)
 -d, --duration S            Stop after S seconds; 0 runs until SIGINT/SIGTERM (default 0)
-    --source-address IP     Local address to bind; repeat or comma-separate to spread connections
+    --source-address IP     Local address to bind; repeat or comma-separate to spread connections.
+                            Node binds before it connects, and each bind searches the ports already
+                            bound to that address: 10,000 connections on one address cost seconds
+                            of system time. Spread big loads over several, 1,000 or fewer on each.
     --new-rate N            Also open N short connections per second: connect, one echo, close
     --timeout MS            A connect or an echo slower than this is an error (default 10000)
     --json                  Print the final summary as one JSON object on stdout
 -q, --quiet                 No progress line, no discontinuity lines, no text summary
 -h, --help                  Display this help message
+
+Waits for echoes are timed until the run stops (-d elapsed, or the first SIGINT/SIGTERM): a wait
+in progress then counts up to the stop. Echoes still in flight are awaited and checked for loss
+and order, but not timed, since closing the other connections delays their reading; a second
+signal gives up on them. --json adds the RTT and per-connection longest-pause distributions as
+HdrHistograms (hdr-histogram-js encodeIntoCompressedBase64, microseconds), to merge exactly.
 `;
 
 interface ClientConfig {
@@ -117,9 +126,9 @@ function formatSummary(s: EchoLoadSummary): string {
   }
   lines.push(
     `  longest pause: ${ms(s.longestPauseMs)}`,
-    `  RTT: p50 ${ms(s.rttMs.p50)}, p99 ${ms(s.rttMs.p99)}, max ${ms(s.rttMs.max)}`,
+    `  RTT: p50 ${ms(s.rttMs.p50)}, p99 ${ms(s.rttMs.p99)}, max ${ms(s.rttMs.max)} (${s.untimedEchoes} echoes read after the stop not timed)`,
     `  per-connection longest pause: p50 ${ms(s.connectionPauseMs.p50)}, p99 ${ms(s.connectionPauseMs.p99)}, max ${ms(s.connectionPauseMs.max)}`,
-    `  client event-loop lag p99: ${ms(s.lagMs)}`,
+    `  client event-loop lag: p99 ${ms(s.lagMs)}, max ${ms(s.lagMaxMs)}`,
     `  result: ${s.ok ? 'OK' : 'FAILED'}`,
   );
   return `${lines.join('\n')}\n`;

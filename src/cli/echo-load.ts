@@ -61,6 +61,7 @@ export interface TimelineBucket {
   /** Start of the 100 ms bucket, in ms since the run started. */
   t: number;
   echoes: number;
+  /** Longest round trip of the echoes read in the bucket, untimed ones excepted. */
   maxRttMs: number;
 }
 
@@ -87,25 +88,48 @@ export interface EchoLoadSummary {
   /** Echoes that arrived after a higher one had already been received. */
   reordered: number;
   /**
+   * Echoes left out of `rttMs` and the timeline's `maxRttMs`: those read after stop(), which
+   * are still checked for loss and order. From stop() on, closing the other connections keeps
+   * the client busy (10,000 sockets in one go), so it reads them late, and their time would be
+   * its own delay rather than the server's.
+   */
+  untimedEchoes: number;
+  /**
    * Long-lived connection failures by code. EOF = closed by the server before the end,
    * ETIMEDOUT = connect or echo slower than `timeoutMs`, ABORTED = given up by a second stop().
    */
   errors: Record<string, number>;
   short: { attempted: number; succeeded: number; failed: number; errors: Record<string, number> };
-  /** The longest any connection waited for an echo. */
+  /**
+   * The longest any connection waited for an echo. A wait still in progress at stop() counts
+   * until stop(): what was seen of it before the client's own shutdown began.
+   */
   longestPauseMs: number;
   rttMs: Percentiles;
-  /** Distribution over connections of each connection's longest wait for an echo. */
+  /** Distribution over connections of each connection's longest wait for an echo, timed as above. */
   connectionPauseMs: Percentiles;
-  /** Event-loop delay p99 of this process; when high, the figures above include our own lag. */
+  /**
+   * `rttMs` and `connectionPauseMs` in full, so that several clients' distributions merge exactly:
+   * hdr-histogram-js encodeIntoCompressedBase64 (the HdrHistogram V2 compressed format), values
+   * in microseconds. decodeFromCompressedBase64 each, then add() them into one.
+   */
+  histograms: { rttUs: string; connectionPauseUs: string };
+  /**
+   * Event-loop delay p99 and max of this process, from the start to stop(). The client timestamps
+   * an echo when its loop gets to it, so any wait may include up to `lagMaxMs` of its own delay.
+   */
   lagMs: number;
+  lagMaxMs: number;
   timeline: TimelineBucket[];
   /** Nothing lost, duplicated or reordered, and no connection (long or short) failed. */
   ok: boolean;
 }
 
 export type EchoLoadRun = Promise<EchoLoadSummary> & {
-  /** First call: stop sending and wait for the echoes in flight. Second call: give up on them. */
+  /**
+   * First call: stop sending and timing (see `untimedEchoes`), and wait for the echoes in flight.
+   * Second call: give up on them.
+   */
   stop(): void;
 };
 
@@ -175,6 +199,8 @@ class EchoLoad {
   private readonly conns: LoadConnection[];
 
   private startedAt = 0;
+  /** performance.now() at the first stop(): no wait is timed past it. */
+  private stoppedAt = Infinity;
   private stopping = false;
   private aborted = false;
   private finished = false;
@@ -188,6 +214,7 @@ class EchoLoad {
   private openAtEnd = 0;
   private cut = 0;
   private echoes = 0;
+  private untimedEchoes = 0;
   private lost = 0;
   private duplicated = 0;
   private reordered = 0;
@@ -246,6 +273,9 @@ class EchoLoad {
       return;
     }
     this.stopping = true;
+    this.stoppedAt = performance.now();
+    // The loop below and the closing of every socket are the client's own work, not a lag of the run.
+    this.eld.disable();
     for (const conn of this.conns) {
       if (conn.state === 'idle') this.discard(conn);
       // An open connection waiting for nothing is done; one with an echo in flight closes when it lands.
@@ -330,8 +360,7 @@ class EchoLoad {
   private onEcho(conn: LoadConnection, got: number, now: number): void {
     const expected = conn.expected;
     if (got === expected) {
-      if (conn.waitSince >= 0) this.recordRtt(now, Math.round((now - conn.waitSince) * 1000));
-      this.echoes++;
+      this.recordEcho(conn, now);
       conn.expected++;
       this.answered(conn, now);
     } else if (got > expected) {
@@ -365,20 +394,27 @@ class EchoLoad {
   }
 
   private noteWait(conn: LoadConnection, now: number): void {
-    const waitUs = Math.round((now - conn.waitSince) * 1000);
+    const waitUs = Math.round((Math.min(now, this.stoppedAt) - conn.waitSince) * 1000);
     conn.waitSince = -1;
     if (waitUs > conn.longestWaitUs) conn.longestWaitUs = waitUs;
     if (waitUs > this.longestPauseUs) this.longestPauseUs = waitUs;
   }
 
-  private recordRtt(now: number, rttUs: number): void {
-    this.rtt.recordValue(rttUs);
+  private recordEcho(conn: LoadConnection, now: number): void {
+    this.echoes++;
     const bucket = Math.floor((now - this.startedAt) / BUCKET_MS);
     while (this.bucketEchoes.length <= bucket) {
       this.bucketEchoes.push(0);
       this.bucketMaxRttUs.push(0);
     }
     this.bucketEchoes[bucket]!++;
+    // Not asked for yet (a server sending ahead), or read after stop(): see `untimedEchoes`.
+    if (conn.waitSince < 0 || now > this.stoppedAt) {
+      this.untimedEchoes++;
+      return;
+    }
+    const rttUs = Math.round((now - conn.waitSince) * 1000);
+    this.rtt.recordValue(rttUs);
     if (rttUs > this.bucketMaxRttUs[bucket]!) this.bucketMaxRttUs[bucket] = rttUs;
   }
 
@@ -463,8 +499,9 @@ class EchoLoad {
     for (const conn of this.conns) {
       if (conn.waitSince < 0) continue;
       const waitedMs = now - conn.waitSince;
+      const timedMs = Math.min(now, this.stoppedAt) - conn.waitSince;
       if (waitedMs > this.timeoutMs) this.endConnection(conn, 'ETIMEDOUT');
-      else if (conn.state === 'open' && waitedMs * 1000 > longestPendingUs) longestPendingUs = waitedMs * 1000;
+      else if (conn.state === 'open' && timedMs * 1000 > longestPendingUs) longestPendingUs = timedMs * 1000;
     }
     for (const short of this.shorts) {
       if (now - short.startedAt > this.timeoutMs) this.finishShort(short, 'ETIMEDOUT');
@@ -489,7 +526,6 @@ class EchoLoad {
     this.finished = true;
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.length = 0;
-    this.eld.disable();
     this.resolve(this.summary());
   }
 
@@ -501,7 +537,7 @@ class EchoLoad {
       timeline.push({ t: i * BUCKET_MS, echoes: this.bucketEchoes[i] ?? 0, maxRttMs: (this.bucketMaxRttUs[i] ?? 0) / 1000 });
     }
     // The delay histogram measures whole timer periods, so an idle loop reads as the resolution.
-    const lagMs = this.eld.count > 0 ? Math.max(0, this.eld.percentile(99) / 1e6 - ELD_RESOLUTION_MS) : 0;
+    const lagMs = (ns: number): number => (this.eld.count > 0 ? round3(Math.max(0, ns / 1e6 - ELD_RESOLUTION_MS)) : 0);
     return {
       target: formatPeer(this.host, this.port),
       elapsedMs: Math.round(elapsedMs),
@@ -515,12 +551,18 @@ class EchoLoad {
       lost: this.lost,
       duplicated: this.duplicated,
       reordered: this.reordered,
+      untimedEchoes: this.untimedEchoes,
       errors: this.errors,
       short: { attempted: this.shortAttempted, succeeded: this.shortSucceeded, failed: this.shortFailed, errors: this.shortErrors },
       longestPauseMs: this.longestPauseUs / 1000,
       rttMs: percentilesMs(this.rtt),
       connectionPauseMs: percentilesMs(this.connectionPause),
-      lagMs: round3(lagMs),
+      histograms: {
+        rttUs: hdr.encodeIntoCompressedBase64(this.rtt),
+        connectionPauseUs: hdr.encodeIntoCompressedBase64(this.connectionPause),
+      },
+      lagMs: lagMs(this.eld.percentile(99)),
+      lagMaxMs: lagMs(this.eld.max),
       timeline,
       // Every cut connection also counted an error code, so `cut` needs no check of its own.
       ok: this.errorTotal === 0 && this.shortFailed === 0 && this.lost === 0 && this.duplicated === 0 && this.reordered === 0,
