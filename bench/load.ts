@@ -3,6 +3,7 @@
  * each on its own source addresses), and the merge of their JSON summaries into one result.
  */
 import { setPriority } from 'node:os';
+import * as hdr from 'hdr-histogram-js';
 import type { EchoLoadSummary, Percentiles, TimelineBucket } from '../src/cli/echo-load.js';
 import { now, type Child, type ProcessGroups } from './procs.js';
 
@@ -42,15 +43,6 @@ function raisePriority(pid: number, nice: number): boolean {
   }
 }
 
-/** Percentiles merged from several clients: max is exact; p50/p99 are exact only with one client. */
-export interface MergedPercentiles extends Percentiles {
-  /**
-   * False when several clients each sent only their own percentiles: a quantile of the union
-   * then lies between the smallest and largest client's value, and p50/p99 are that upper bound.
-   */
-  exact: boolean;
-}
-
 export interface ClientRun {
   pid: number;
   connections: number;
@@ -73,10 +65,14 @@ export interface LoadResult {
   reordered: number;
   errors: Record<string, number>;
   short: { attempted: number; succeeded: number; failed: number; errors: Record<string, number> };
-  connectionPauseMs: MergedPercentiles;
-  rttMs: MergedPercentiles;
-  /** The worst client's event-loop delay p99. */
+  /** Over every client's connections (or echoes), as if one client had recorded them all. */
+  connectionPauseMs: Percentiles;
+  rttMs: Percentiles;
+  /** Echoes read after their client's stop: checked, not in rttMs. */
+  untimedEchoes: number;
+  /** The worst client's event-loop delay p99 and max: each client's lag only delays its own echoes. */
   lagMs: number;
+  lagMaxMs: number;
   /** The clients' nice value, or undefined when it could not be set. */
   clientNice: number | undefined;
 }
@@ -147,12 +143,20 @@ function addCounts(into: Record<string, number>, from: Record<string, number>): 
   for (const [key, n] of Object.entries(from)) into[key] = (into[key] ?? 0) + n;
 }
 
-function mergePercentiles(all: Percentiles[]): MergedPercentiles {
+/**
+ * Adding HdrHistograms is exact: the sum holds the same counts in the same buckets as one
+ * histogram that recorded every value, so its percentiles are those of all the clients together.
+ */
+function mergePercentiles(encoded: string[], maxes: number[]): Percentiles {
+  const [merged, ...rest] = encoded.map((base64) => hdr.decodeFromCompressedBase64(base64));
+  // A client that ran past its histogram's range resized it; the sum must be able to follow.
+  merged!.autoResize = true;
+  for (const histogram of rest) merged!.add(histogram);
   return {
-    p50: Math.max(...all.map((p) => p.p50)),
-    p99: Math.max(...all.map((p) => p.p99)),
-    max: Math.max(...all.map((p) => p.max)),
-    exact: all.length === 1,
+    p50: merged!.getValueAtPercentile(50) / 1000,
+    p99: merged!.getValueAtPercentile(99) / 1000,
+    // The clients' own max is the exact value; a decoded one is the top of its bucket.
+    max: Math.max(...maxes),
   };
 }
 
@@ -181,9 +185,17 @@ export function mergeClients(clients: ClientRun[]): Omit<LoadResult, 'clientNice
       failed: sum((s) => s.short.failed),
       errors: shortErrors,
     },
-    connectionPauseMs: mergePercentiles(clients.map((c) => c.summary.connectionPauseMs)),
-    rttMs: mergePercentiles(clients.map((c) => c.summary.rttMs)),
+    connectionPauseMs: mergePercentiles(
+      clients.map((c) => c.summary.histograms.connectionPauseUs),
+      clients.map((c) => c.summary.connectionPauseMs.max),
+    ),
+    rttMs: mergePercentiles(
+      clients.map((c) => c.summary.histograms.rttUs),
+      clients.map((c) => c.summary.rttMs.max),
+    ),
+    untimedEchoes: sum((s) => s.untimedEchoes),
     lagMs: Math.max(...clients.map((c) => c.summary.lagMs)),
+    lagMaxMs: Math.max(...clients.map((c) => c.summary.lagMaxMs)),
   };
 }
 

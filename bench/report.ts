@@ -3,6 +3,7 @@
  * tables printed on the console and written into BENCHMARKS.md between its markers.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import type { LoadResult } from './load.js';
 import type { FloorRun, SystemRun, Workload } from './systems.js';
 
 export interface MachineInfo {
@@ -47,8 +48,10 @@ export const TARGET_SIZE = 10_000;
 const PAUSE_TARGET_MS = 50;
 const FLOOR_RATIO_TARGET = 3;
 const OLD_GONE_TARGET_MS = 1000;
-/** Client event-loop delay (p99) above which its own pause figures are not to be trusted. */
+/** Client event-loop delay p99 above which many of its waits include its own delay. */
 export const LAG_WARNING_MS = 10;
+/** ...and max above which one stall of its own could make half a target-sized pause by itself. */
+export const LAG_MAX_WARNING_MS = PAUSE_TARGET_MS / 2;
 /** Share of the machine's CPU used by other people's processes during a run worth a warning. */
 export const OTHERS_WARNING = 0.1;
 
@@ -121,14 +124,18 @@ export function evaluateTargets(runs: SystemRun[], floor: FloorRun[], size: numb
   return results;
 }
 
+function lagged(load: LoadResult): boolean {
+  return load.lagMs > LAG_WARNING_MS || load.lagMaxMs > LAG_MAX_WARNING_MS;
+}
+
 export function collectWarnings(runs: SystemRun[]): string[] {
   const warnings: string[] = [];
   for (const run of runs) {
     const label = `${run.system} at ${int(run.connections)}`;
-    if (run.load && run.load.lagMs > LAG_WARNING_MS) {
+    if (run.load && lagged(run.load)) {
       warnings.push(
-        `${label}: the load generator lagged (client event-loop delay p99 ${fmt(run.load.lagMs)} ms): ` +
-          'its pauses include up to that much of its own delay.',
+        `${label}: the load generator lagged (client event-loop delay p99 ${fmt(run.load.lagMs)} ms, max ${fmt(run.load.lagMaxMs)} ms): ` +
+          `any wait it timed may include up to ${fmt(run.load.lagMaxMs)} ms of its own delay (one delay sample in a hundred was over ${fmt(run.load.lagMs)} ms).`,
       );
     }
     if (run.machine.others > OTHERS_WARNING) {
@@ -136,9 +143,6 @@ export function collectWarnings(runs: SystemRun[]): string[] {
     }
     if (run.load && run.load.clientNice === undefined) {
       warnings.push(`${label}: the clients' priority could not be raised (needs root or CAP_SYS_NICE): the busy servers may starve them.`);
-    }
-    if (run.load && !run.load.connectionPauseMs.exact) {
-      warnings.push(`${label}: ${run.load.clients.length} clients; pause p50/p99 are upper bounds (the largest client's value).`);
     }
   }
   return warnings;
@@ -150,7 +154,7 @@ const SWITCH_TAIL_MS = 1000;
 /**
  * Longest echo wait that ended before the switch, during it (until the old process is gone,
  * plus a second), and after, from the merged 100 ms timeline: the per-connection figures span
- * the whole run, and this tells the switch apart from warm-up, noise and the clients' own stop.
+ * the whole run, and this tells the switch apart from warm-up and noise.
  */
 export function waitsAroundSwitch(run: SystemRun): { before: number; during: number; after: number } {
   const end = (run.switch?.oldGoneMs ?? 0) + SWITCH_TAIL_MS;
@@ -161,13 +165,12 @@ export function waitsAroundSwitch(run: SystemRun): { before: number; during: num
 
 function pauseCell(run: SystemRun): string {
   const p = run.load!.connectionPauseMs;
-  const bound = p.exact ? '' : '≤';
-  return `${bound}${fmt(p.p50)} / ${bound}${fmt(p.p99)} / ${fmt(p.max)}`;
+  return `${fmt(p.p50)} / ${fmt(p.p99)} / ${fmt(p.max)}`;
 }
 
 function systemsTable(results: BenchResults): string[] {
   const lines = [
-    '| connections | system | kept | cut | resets | refused | lost / dup / reord | pause per connection p50 / p99 / max (ms) | longest wait before / during / after the switch (ms) | new serving (ms) | old gone (ms) | peak RSS old / new (MiB) | client lag p99 (ms) | CPU busy (others) |',
+    '| connections | system | kept | cut | resets | refused | lost / dup / reord | pause per connection p50 / p99 / max (ms) | longest wait before / during / after the switch (ms) | new serving (ms) | old gone (ms) | peak RSS old / new (MiB) | client lag p99 / max (ms) | CPU busy (others) |',
     '|---:|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---:|---|',
   ];
   for (const run of results.runs) {
@@ -181,7 +184,7 @@ function systemsTable(results: BenchResults): string[] {
     const resets = (l.errors.ECONNRESET ?? 0) + (l.short.errors.ECONNRESET ?? 0);
     const refused = (l.errors.ECONNREFUSED ?? 0) + (l.short.errors.ECONNREFUSED ?? 0);
     const sw = run.switch;
-    const lag = l.lagMs > LAG_WARNING_MS ? `**${fmt(l.lagMs)}** ⚠` : fmt(l.lagMs);
+    const lag = lagged(l) ? `**${fmt(l.lagMs)} / ${fmt(l.lagMaxMs)}** ⚠` : `${fmt(l.lagMs)} / ${fmt(l.lagMaxMs)}`;
     const failed = run.error ? ` (${run.error.replace(/\|/g, '/').slice(0, 120)})` : '';
     const waits = waitsAroundSwitch(run);
     lines.push(
@@ -247,13 +250,16 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
       '',
       'kept/cut: long-lived connections open at the end / closed or reset by the server. resets, refused: ECONNRESET and ' +
         'ECONNREFUSED on any connection, refused out of the short connections attempted. pause: each connection\'s longest ' +
-        'wait for an echo over the whole run, over connections. longest wait before / during / after the switch: the ' +
-        'longest echo wait that ended before the switch began, until 1 s after the old process was gone, and later (from ' +
-        'the clients\' 100 ms timelines); before is the machine\'s noise without any switch, after includes the clients\' ' +
-        'own stop. new serving: ms after the switch began (successor spawned, `pm2 reload` run, ' +
-        'SIGTERM sent) until the successor\'s summary line, `pm2 reload` returned, or the new process listened; old gone: ' +
-        'until the old process exited. CPU busy: share of both cores over the run, and in brackets the share used by ' +
-        'processes that are not part of the benchmark.',
+        'wait for an echo over the whole run, over all connections (the clients\' HdrHistograms added, so p50 and p99 are ' +
+        'exact); waits are timed until the client stops, and echoes still in flight then are checked for loss but not ' +
+        'timed, since the client closing every other connection delays their reading. longest wait before / during / ' +
+        'after the switch: the longest echo wait that ended before the switch began, until 1 s after the old process was ' +
+        'gone, and later (from the clients\' 100 ms timelines); before is the machine\'s noise without any switch. new ' +
+        'serving: ms after the switch began (successor spawned, `pm2 reload` run, SIGTERM sent) until the successor\'s ' +
+        'summary line, `pm2 reload` returned, or the new process listened; old gone: until the old process exited. client ' +
+        'lag: event-loop delay p99 / max of the worst client from its start to its stop; an echo is timed when the ' +
+        'client\'s loop reads it, so any wait may include up to the max of the client\'s own delay. CPU busy: share of ' +
+        'both cores over the run, and in brackets the share used by processes that are not part of the benchmark.',
     );
   }
   const phases = takeoverTable(results);
@@ -264,8 +270,14 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
       '',
       ...phases,
       '',
-      'Phases from the old process\'s summary line. The C floor moves the same number of connected TCP sockets between ' +
-        'two processes with SCM_RIGHTS, 253 per message, 4 messages in flight (median of its rounds).',
+      'Phases from the old process\'s summary line. pre-copy: from the successor\'s connection to PREPARE, the ' +
+        'handshake and every connection\'s fd sent and acknowledged while the old process keeps serving. The successor ' +
+        'acknowledges each batch on receipt, before it checks and wraps the fds, so the wrapping of the last batch falls ' +
+        'in commit; a batch that arrives while it is still wrapping an earlier one waits to be acknowledged, and that ' +
+        'wait is in pre-copy. The C floor moves the same number of connected TCP sockets between two processes with ' +
+        'SCM_RIGHTS, 253 per message, 4 messages in flight, and nothing else (median of its rounds). commit: PREPARE to ' +
+        'COMMIT. old gone after commit: from the commit (the summary line\'s arrival, stepped back by the time from the ' +
+        'commit to the end of the waves) to the old process\'s exit.',
     );
   }
   if (chartPath) {

@@ -162,7 +162,7 @@ function describeRun(run: SystemRun): string {
     `${head}kept ${l.kept}, cut ${l.cut}, lost ${l.lost}, short failed ${l.short.failed}/${l.short.attempted}, ` +
     `pause p50/p99/max ${p.p50.toFixed(1)}/${p.p99.toFixed(1)}/${p.max.toFixed(1)} ms, ` +
     (sw ? `old gone +${sw.oldGoneMs.toFixed(0)} ms, ` : '') +
-    `client lag ${l.lagMs.toFixed(1)} ms, others' CPU ${Math.round(run.machine.others * 100)}%` +
+    `client lag p99/max ${l.lagMs.toFixed(1)}/${l.lagMaxMs.toFixed(1)} ms, others' CPU ${Math.round(run.machine.others * 100)}%` +
     (run.error ? ` [${run.error}]` : '')
   );
 }
@@ -241,7 +241,7 @@ async function main(config: Config): Promise<void> {
     targets: evaluateTargets(runs, floor, targetSize),
     warnings: collectWarnings(runs),
   };
-  if (targetSize !== TARGET_SIZE) results.warnings.push(`The targets are for ${TARGET_SIZE} connections; this run checked them at ${targetSize}.`);
+  if (targetSize !== TARGET_SIZE) results.warnings.push(`The targets are for ${TARGET_SIZE.toLocaleString('en-US')} connections; this run checked them at ${targetSize.toLocaleString('en-US')}.`);
 
   const root = ctx.paths.root;
   const resultsDir = join(root, 'bench/results');

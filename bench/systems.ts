@@ -165,9 +165,9 @@ function takeoverScenario(ctx: BenchContext): Scenario {
     async switchOver(startedAt) {
       const predecessor = waitForLine(
         old!,
-        (line) => {
+        (line, at) => {
           const stats = parseJson(line)?.stats as TakeoverStats | undefined;
-          return stats?.role === 'predecessor' ? { stats, time: Date.parse(String(parseJson(line)!.time)) } : undefined;
+          return stats?.role === 'predecessor' ? { stats, at } : undefined;
         },
         'the predecessor summary line',
       );
@@ -186,8 +186,12 @@ function takeoverScenario(ctx: BenchContext): Scenario {
         'the takeover',
       );
       const { phases } = pred.stats;
-      // The summary line is written when the last wave is acknowledged: step back to the commit.
-      const commitAt = pred.time - (phases.totalMs - phases.precopyMs - phases.commitMs);
+      // The stats hold durations only: step back from the summary line's arrival by the time from
+      // the commit to the end of the last wave. The arrival is on this process's clock, like the
+      // exit's, and read by the same event loop (the line's own "time" has ms resolution and
+      // another process's wall clock). It comes after the end of the waves by the flush of DONE,
+      // the log write and the pipe, so the commit lands that much late and the figure is short by it.
+      const commitAt = pred.at - (phases.totalMs - phases.precopyMs - phases.commitMs);
       return {
         newServingMs: succ.at - startedAt,
         oldGoneMs: oldExit.at - startedAt,

@@ -2,10 +2,13 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { EventEmitter, once } from 'node:events';
 import net from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { runEchoLoad, type EchoLoadSummary } from '../src/cli/echo-load.js';
+import * as hdr from 'hdr-histogram-js';
+import { mergeClients, type ClientRun } from '../bench/load.js';
+import { runEchoLoad, type EchoLoadRun, type EchoLoadSummary, type Percentiles } from '../src/cli/echo-load.js';
 import { createLogger, formatPeer, toUsageError, UsageError } from '../src/cli/format.js';
 
 const CLIENT = fileURLToPath(new URL('../src/cli/client.js', import.meta.url));
@@ -134,6 +137,15 @@ function assertClose(exact: number, fromHistogram: number): void {
   assert.ok(fromHistogram >= exact && fromHistogram <= exact * 1.002, `${fromHistogram} is not ${exact}`);
 }
 
+/** Decodes one of the summary's histograms and checks it against the percentiles next to it. */
+function decodeMatching(base64: string, percentiles: Percentiles): hdr.Histogram {
+  const histogram = hdr.decodeFromCompressedBase64(base64);
+  assert.equal(histogram.getValueAtPercentile(50) / 1000, percentiles.p50);
+  assert.equal(histogram.getValueAtPercentile(99) / 1000, percentiles.p99);
+  assertClose(percentiles.max, histogram.maxValue / 1000);
+  return histogram;
+}
+
 const noErrors = { ECONNRESET: 0, ECONNREFUSED: 0, EPIPE: 0, EOF: 0, ETIMEDOUT: 0 };
 
 async function ipv6Available(): Promise<boolean> {
@@ -171,7 +183,11 @@ describe('takeover-client against test servers', { timeout: TEST_TIMEOUT }, () =
       assert.ok(s.rttMs.p50 <= s.rttMs.p99 && s.rttMs.p99 <= s.rttMs.max && s.rttMs.max > 0);
       assert.ok(s.connectionPauseMs.p50 <= s.connectionPauseMs.max);
       assertClose(s.connectionPauseMs.max, s.longestPauseMs);
-      assert.ok(s.lagMs >= 0);
+      assert.ok(s.lagMs >= 0 && s.lagMaxMs >= s.lagMs, `lag p99 ${s.lagMs}, max ${s.lagMaxMs}`);
+      // At most one echo per connection is in flight when the run stops.
+      assert.ok(s.untimedEchoes <= s.connections, String(s.untimedEchoes));
+      assert.equal(decodeMatching(s.histograms.rttUs, s.rttMs).totalCount, s.echoes - s.untimedEchoes);
+      assert.equal(decodeMatching(s.histograms.connectionPauseUs, s.connectionPauseMs).totalCount, s.opened);
       assert.equal(
         s.timeline.reduce((sum, bucket) => sum + bucket.echoes, 0),
         s.echoes,
@@ -456,6 +472,92 @@ describe('runEchoLoad in-process', { timeout: TEST_TIMEOUT }, () => {
         assert.equal(s.openAtEnd, 3);
         assert.equal(s.echoes, 0);
       },
+    );
+  });
+
+  test('a wait in progress at stop() is timed until stop(); its late echo is checked, not timed', async () => {
+    const DELAY_MS = 400;
+    const STOP_AFTER_MS = 100;
+    let run: EchoLoadRun | undefined;
+    let heldMs = 0;
+    await withServer(
+      ({ socket, message, n }) => {
+        if (n < 3) {
+          socket.write(message);
+          return;
+        }
+        const receivedAt = performance.now();
+        setTimeout(() => socket.destroyed || socket.write(message), DELAY_MS);
+        setTimeout(() => {
+          heldMs = performance.now() - receivedAt;
+          run!.stop();
+        }, STOP_AFTER_MS);
+      },
+      async (server) => {
+        run = runEchoLoad({ host: '127.0.0.1', port: server.port, intervalMs: 5 });
+        const s = await run;
+        assert.equal(s.ok, true);
+        assert.deepEqual([s.echoes, s.lost, s.untimedEchoes, server.messages], [4, 0, 1, 4]);
+        assert.ok(s.elapsedMs >= DELAY_MS, `the run ended after ${s.elapsedMs} ms, before the late echo`);
+        // Timed to its echo the wait would be 400 ms, and the client's own shutdown would pass for the server's pause.
+        // The client's wait began before the server held the message, so it lasted at least as long.
+        assert.ok(s.longestPauseMs >= heldMs && s.longestPauseMs < DELAY_MS - 100, `${s.longestPauseMs} ms, held ${heldMs} ms`);
+        assert.ok(s.rttMs.max < STOP_AFTER_MS, String(s.rttMs.max));
+        assert.ok(Math.max(...s.timeline.map((b) => b.maxRttMs)) < STOP_AFTER_MS);
+        assert.equal(s.timeline.reduce((sum, bucket) => sum + bucket.echoes, 0), 4);
+        assert.equal(decodeMatching(s.histograms.rttUs, s.rttMs).totalCount, 3);
+        const pause = decodeMatching(s.histograms.connectionPauseUs, s.connectionPauseMs);
+        assert.equal(pause.totalCount, 1);
+        assertClose(s.longestPauseMs, pause.maxValue / 1000);
+      },
+    );
+  });
+
+  test('an echo read after stop() is still checked for loss', async () => {
+    let run: EchoLoadRun | undefined;
+    await withServer(
+      ({ socket, message, n }) => {
+        if (n < 3) {
+          socket.write(message);
+          return;
+        }
+        setTimeout(() => socket.destroyed || socket.write(uint32(n + 1)), 150);
+        setTimeout(() => run!.stop(), 50);
+      },
+      async (server) => {
+        run = runEchoLoad({ host: '127.0.0.1', port: server.port, intervalMs: 5 });
+        const s = await run;
+        assert.equal(s.ok, false);
+        assert.deepEqual([s.echoes, s.lost, s.openAtEnd], [3, 1, 1]);
+      },
+    );
+  });
+
+  test("bench's merge of several clients' histograms is exact, not the largest client's percentiles", async () => {
+    const SLOW_MS = 150;
+    await withServer(echo, (fast) =>
+      withServer(
+        ({ socket, message }) => {
+          setTimeout(() => socket.destroyed || socket.write(message), SLOW_MS);
+        },
+        async (slow) => {
+          const load = (port: number, connections: number): EchoLoadRun =>
+            runEchoLoad({ host: '127.0.0.1', port, connections, intervalMs: 10, durationMs: 700 });
+          const summaries = await Promise.all([load(fast.port, 30), load(slow.port, 10)]);
+          const [f, s] = summaries;
+          assert.ok(f!.connectionPauseMs.max < SLOW_MS && s!.connectionPauseMs.p50 >= SLOW_MS, 'the two clients do not overlap');
+          const clients = summaries.map((summary): ClientRun => ({ pid: 0, connections: summary.connections, sources: [], startedAt: 0, exitCode: 0, summary }));
+          const merged = mergeClients(clients);
+          // 40 connections, 30 of them fast: the median is a fast one, the 99th percentile a slow one.
+          assert.ok(merged.connectionPauseMs.p50 <= f!.connectionPauseMs.max, `p50 ${merged.connectionPauseMs.p50}`);
+          assert.ok(merged.connectionPauseMs.p99 >= SLOW_MS, `p99 ${merged.connectionPauseMs.p99}`);
+          assert.equal(merged.connectionPauseMs.max, s!.connectionPauseMs.max);
+          // Echoes: 30 fast connections answer about 15 times as often as 10 slow ones, so the RTT median is fast too.
+          assert.ok(merged.rttMs.p50 < SLOW_MS && merged.rttMs.p99 >= SLOW_MS, `RTT p50 ${merged.rttMs.p50}, p99 ${merged.rttMs.p99}`);
+          assert.equal(merged.untimedEchoes, f!.untimedEchoes + s!.untimedEchoes);
+          assert.equal(merged.lagMaxMs, Math.max(f!.lagMaxMs, s!.lagMaxMs));
+        },
+      ),
     );
   });
 
