@@ -26,6 +26,8 @@ export class Channel extends EventEmitter<ChannelEvents> {
   private wantWritable = false;
   private closeAfterFlush = false;
   private lingering = false;
+  /** A send failed: later frames are dropped until the failure is reported. */
+  private sendError: TakeoverError | undefined;
   private closed = false;
 
   /** Takes ownership of `fd`: the channel closes it. */
@@ -101,10 +103,22 @@ export class Channel extends EventEmitter<ChannelEvents> {
   }
 
   private sendNow(message: Message): boolean {
+    if (this.sendError) return true;
     try {
       return native.sendMessage(this.fd, message.data, message.fds);
     } catch (error) {
-      this.fail(systemError('takeover channel send', error));
+      if (this.sendError) return true;
+      const code = (error as { code?: string }).code;
+      this.sendError =
+        code === 'EPIPE' || code === 'ECONNRESET'
+          ? new TakeoverError(ErrorCodes.PEER_CLOSED, 'the other side closed the takeover channel', { cause: error })
+          : systemError('takeover channel send', error);
+      // Not now, from inside a caller's send: first read what the peer sent before it went
+      // away (its ABORT says why), then fail.
+      setImmediate(() => {
+        this.readAll();
+        this.fail(this.sendError!);
+      });
       return true;
     }
   }

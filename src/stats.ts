@@ -27,11 +27,10 @@ export interface TakeoverStats {
     precopyMs: number;
     /**
      * First fd batch sent (predecessor) or received (successor) to PREPARE: the fd transfer
-     * itself, comparable with a bare SCM_RIGHTS loop. The successor wraps fds after acknowledging
-     * them, so on its side this includes the wrapping.
+     * itself, comparable with a bare SCM_RIGHTS loop (the successor wraps the fds after PREPARE).
      */
     transferMs: number;
-    /** PREPARE to COMMIT: the successor's start-up and verification. */
+    /** PREPARE to COMMIT: the successor checks and wraps every fd, and waits for its app's ready(). */
     commitMs: number;
     /** LISTENING to the last wave: reading handed over, wave by wave. */
     wavesMs: number;

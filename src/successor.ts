@@ -203,12 +203,12 @@ export class SuccessorSession {
       this.held.set(id, { fd, listener, socket: undefined });
       this.toWrap.push(id);
     }
-    // Acknowledge at once and check and wrap later, in chunks: the transfer then runs at the
-    // kernel's pace, and the wrapping (the real cost) is spread over the loop while the
-    // predecessor still serves.
+    // Acknowledge at once; check and wrap after PREPARE, in chunks. The transfer then runs at
+    // the kernel's pace (a busy loop here would delay every ACK), and the wrapping, the real
+    // cost, still happens while the predecessor serves: it is COMMIT that waits for it.
     this.channel.send(encode.ack(this.ackSeq++));
-    this.scheduleWrap();
-    if (!this.isCommitted) this.expectWithin('PREPARE');
+    if (this.isCommitted) this.scheduleWrap();
+    else this.expectWithin('PREPARE');
   }
 
   private scheduleWrap(): void {
@@ -263,6 +263,7 @@ export class SuccessorSession {
     this.phase = 'prepared';
     testPausePoint('prepare');
     this.clearTimer();
+    this.scheduleWrap();
     this.maybeCommit();
   }
 

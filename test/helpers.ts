@@ -157,7 +157,7 @@ export class SeqClient {
 
   constructor(port: number, host: string, private options: CheckerOptions) {
     this.socket = net.connect({ port, host });
-    live.add({ kill: () => this.socket.destroy() });
+    live.add({ kill: () => this.close() });
     this.socket.setNoDelay(true);
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('error', (error) => this.problems.push(`error ${(error as NodeJS.ErrnoException).code}`));
