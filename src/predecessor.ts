@@ -46,8 +46,12 @@ export interface PredecessorHost {
 
 type Phase = 'hello' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
 
-/** Unacknowledged CONNS batches in flight: bounds fds in flight (ETOOMANYREFS) and memory. */
-const BATCH_WINDOW = 4;
+/**
+ * Unacknowledged CONNS batches in flight. Each round trip costs a loop turn on both sides, which
+ * under load is milliseconds; 16 x 253 fds in flight stays far below the per-user limit on fds in
+ * flight (RLIMIT_NOFILE) that makes sendmsg fail with ETOOMANYREFS.
+ */
+const BATCH_WINDOW = 16;
 
 export class PredecessorSession {
   private phase: Phase = 'hello';
