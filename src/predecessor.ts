@@ -23,6 +23,7 @@ import {
 } from './protocol.js';
 import { freezeSocket, releaseSocket, socketFd } from './sockets.js';
 import { ErrorCodes, TakeoverError } from './errors.js';
+import { Deadline } from './deadline.js';
 import type { TakeoverStats } from './stats.js';
 
 /** What the session needs from the process it runs in (implemented by Takeover). */
@@ -63,21 +64,25 @@ export class PredecessorSession {
   private waveQueue: { id: number; socket: net.Socket | undefined }[] = [];
   private waveSeq = 0;
   private waveStartedAt = 0;
-  private timer: NodeJS.Timeout | undefined;
   private readonly started = performance.now();
   private readonly marks = { firstConns: 0, prepare: 0, commit: 0, listening: 0 };
   private readonly stats = { connections: 0, retained: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
   private successorPid = 0;
 
+  private readonly deadline: Deadline;
+
   constructor(
     private readonly host: PredecessorHost,
     private readonly channel: Channel,
   ) {
+    this.deadline = new Deadline(host.options.timeoutMs, (what, ms) =>
+      this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the successor sent no ${what} within ${ms} ms`)),
+    );
     channel.on('frame', (frame) => this.onFrame(frame));
     channel.on('writable', () => this.pump());
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the successor closed the takeover channel')));
-    this.expectWithin('HELLO');
+    this.deadline.expect('HELLO');
   }
 
   get isCommitted(): boolean {
@@ -140,7 +145,7 @@ export class PredecessorSession {
     this.channel.send(encode.listeners(this.listeners));
     for (const id of connections.keys()) this.unsent.add(id);
     this.phase = 'precopy';
-    this.expectWithin('ACK');
+    this.deadline.expect('ACK');
     this.pump();
   }
 
@@ -177,7 +182,7 @@ export class PredecessorSession {
       this.closedUnsent = this.closedUnsent.slice(MAX_IDS_PER_FRAME);
     }
     if (this.unsent.size > 0 || this.batchesInFlight > 0) {
-      this.expectWithin('ACK');
+      this.deadline.expect('ACK');
       return;
     }
     if (this.phase === 'precopy') {
@@ -185,7 +190,7 @@ export class PredecessorSession {
       this.channel.send(encode.prepare(digest.connections, digest.idSum, digest.idXor));
       this.marks.prepare = performance.now();
       this.phase = 'prepared';
-      this.expectWithin('COMMIT');
+      this.deadline.expect('COMMIT');
     } else {
       this.startWaves();
     }
@@ -233,7 +238,7 @@ export class PredecessorSession {
       this.host.onRelease(socket);
       releaseSocket(socket);
     }
-    this.expectWithin('WAVE_ACK');
+    this.deadline.expect('WAVE_ACK');
   }
 
   private onWaveAck(seq: number): void {
@@ -248,7 +253,7 @@ export class PredecessorSession {
   }
 
   private finish(): void {
-    this.clearTimer();
+    this.deadline.clear();
     this.phase = 'done';
     this.channel.send(encode.done(this.stats.retained, Math.round(this.stats.maxPauseMs * 1000)));
     const listeners = this.listeners.length;
@@ -279,7 +284,7 @@ export class PredecessorSession {
     const committed = this.isCommitted;
     const started = this.phase !== 'hello';
     this.phase = 'failed';
-    this.clearTimer();
+    this.deadline.clear();
     this.channel.close();
     if (committed) {
       // The successor may be gone with the connections already frozen; the rest never
@@ -296,17 +301,5 @@ export class PredecessorSession {
   private closeListenerFds(): void {
     for (const { fd } of this.listeners) native.close(fd);
     this.listeners = [];
-  }
-
-  private expectWithin(what: string): void {
-    this.clearTimer();
-    this.timer = setTimeout(() => {
-      this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the successor sent no ${what} within ${this.host.options.timeoutMs} ms`));
-    }, this.host.options.timeoutMs);
-  }
-
-  private clearTimer(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
   }
 }

@@ -14,6 +14,7 @@ import type { Channel } from './channel.js';
 import { decodeWave, digestIds, encode, MAX_WAVE_SIZE, type Frame, type ListenerEntry } from './protocol.js';
 import { releaseSocket, wrapInherited } from './sockets.js';
 import { ErrorCodes, TakeoverError } from './errors.js';
+import { Deadline } from './deadline.js';
 import type { TakeoverStats } from './stats.js';
 
 export interface InheritedListener extends ListenerEntry {
@@ -79,16 +80,20 @@ export class SuccessorSession {
   private waveBytes = 0;
   private expectedWave = 0;
   private ackSeq = 0;
-  private timer: NodeJS.Timeout | undefined;
   private predecessorPid = 0;
   private readonly started = performance.now();
   private readonly marks = { firstConns: 0, prepare: 0, commit: 0, listening: 0 };
   private readonly stats = { connections: 0, retained: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
 
+  private readonly deadline: Deadline;
+
   constructor(
     private readonly host: SuccessorHost,
     private readonly channel: Channel,
   ) {
+    this.deadline = new Deadline(host.options.timeoutMs, (what, ms) =>
+      this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the predecessor sent no ${what} within ${ms} ms`)),
+    );
     channel.on('frame', (frame) => this.onFrame(frame));
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the predecessor closed the takeover channel')));
@@ -98,7 +103,7 @@ export class SuccessorSession {
     }
     channel.send(encode.hello(process.pid));
     testPausePoint('hello');
-    this.expectWithin('WELCOME');
+    this.deadline.expect('WELCOME');
   }
 
   get isCommitted(): boolean {
@@ -162,7 +167,7 @@ export class SuccessorSession {
     // One growth of the fd table now, instead of many slow ones while fds arrive.
     native.growFdTable(open + needed + FD_HEADROOM);
     this.phase = 'listeners';
-    this.expectWithin('LISTENERS');
+    this.deadline.expect('LISTENERS');
   }
 
   private onListeners(listeners: InheritedListener[]): void {
@@ -183,7 +188,7 @@ export class SuccessorSession {
     this.phase = 'precopy';
     testPausePoint('listeners');
     this.host.onListeners(listeners);
-    this.expectWithin('PREPARE');
+    this.deadline.expect('PREPARE');
   }
 
   private onConns(conns: Extract<Frame, { type: 'conns' }>['conns']): void {
@@ -208,7 +213,7 @@ export class SuccessorSession {
     // cost, still happens while the predecessor serves: it is COMMIT that waits for it.
     this.channel.send(encode.ack(this.ackSeq++));
     if (this.isCommitted) this.scheduleWrap();
-    else this.expectWithin('PREPARE');
+    else this.deadline.expect('PREPARE');
   }
 
   private scheduleWrap(): void {
@@ -262,7 +267,7 @@ export class SuccessorSession {
     this.marks.prepare = performance.now();
     this.phase = 'prepared';
     testPausePoint('prepare');
-    this.clearTimer();
+    this.deadline.clear();
     this.scheduleWrap();
     this.maybeCommit();
   }
@@ -279,14 +284,14 @@ export class SuccessorSession {
     this.channel.send(encode.commit());
     this.marks.commit = performance.now();
     this.phase = 'committed';
-    this.expectWithin('LISTENING');
+    this.deadline.expect('LISTENING');
   }
 
   private onListening(): void {
     this.marks.listening = performance.now();
     this.phase = 'waves';
     this.host.startListening();
-    this.expectWithin('WAVE');
+    this.deadline.expect('WAVE');
   }
 
   private onWaveChunk(frame: Extract<Frame, { type: 'wave' }>): void {
@@ -329,11 +334,11 @@ export class SuccessorSession {
     }
     this.channel.send(encode.waveAck(this.expectedWave++));
     this.stats.waves++;
-    this.expectWithin('WAVE');
+    this.deadline.expect('WAVE');
   }
 
   private finish({ retained, maxPauseUs }: Extract<Frame, { type: 'done' }>): void {
-    this.clearTimer();
+    this.deadline.clear();
     // Only the predecessor sees a wave from freeze to WAVE_ACK; this side saw just its own part.
     this.stats.maxPauseMs = maxPauseUs / 1000;
     if (this.held.size > 0 || retained !== this.stats.retained) {
@@ -365,7 +370,7 @@ export class SuccessorSession {
     if (this.phase === 'done' || this.phase === 'failed') return;
     const listening = this.phase === 'waves';
     this.phase = 'failed';
-    this.clearTimer();
+    this.deadline.clear();
     this.channel.close();
     // Copies never started here: the predecessor still serves them (before COMMIT all of
     // them; after, the ones it had not frozen), so only this process's fds go.
@@ -374,17 +379,5 @@ export class SuccessorSession {
     this.toWrap.length = 0;
     if (!listening) for (const { fd } of this.listeners) native.close(fd);
     this.host.onFailure(error);
-  }
-
-  private expectWithin(what: string): void {
-    this.clearTimer();
-    this.timer = setTimeout(() => {
-      this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the predecessor sent no ${what} within ${this.host.options.timeoutMs} ms`));
-    }, this.host.options.timeoutMs);
-  }
-
-  private clearTimer(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
   }
 }

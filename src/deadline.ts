@@ -1,0 +1,20 @@
+/** One pending wait for the other side of a takeover: each new wait replaces the previous one. */
+export class Deadline {
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly ms: number,
+    private readonly onExpired: (what: string, ms: number) => void,
+  ) {}
+
+  /** Calls the expiry handler unless {@link clear} or another `expect` comes within the time. */
+  expect(what: string): void {
+    this.clear();
+    this.timer = setTimeout(() => this.onExpired(what, this.ms), this.ms);
+  }
+
+  clear(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
