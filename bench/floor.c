@@ -1,7 +1,8 @@
 /*
  * The kernel floor of a socket takeover: how long SCM_RIGHTS takes to move N connected TCP
  * sockets from one process to another, with nothing else in the way (no protocol, no event
- * loop, no wrapping). The benchmark divides the engine's pre-copy time by this figure.
+ * loop, no wrapping). The benchmark divides the engine's transfer time (phases.transferMs: first
+ * batch sent to PREPARE) by this figure.
  *
  * Usage: floor N ROUNDS
  * Prints one JSON object on stdout; exits 3 when N sockets do not fit under RLIMIT_NOFILE.
@@ -30,7 +31,7 @@
 #include <unistd.h>
 
 #define FDS_PER_BATCH 253
-#define WINDOW 4
+#define WINDOW 16
 /* Listener, channel, pipe ends and stdio, with room to spare. */
 #define SPARE_FDS 16
 

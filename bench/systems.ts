@@ -49,7 +49,7 @@ export interface SwitchResult {
   /** Times in ms after the switch began (the successor spawned, `pm2 reload` run, SIGTERM sent). */
   newServingMs: number;
   oldGoneMs: number;
-  /** socket-takeover: from the commit (the old process stops accepting) to the old process gone. */
+  /** socket-takeover: from the commit (the old process's `stats.committedAt`) to the old process gone. */
   oldGoneAfterCommitMs?: number;
   /** Plain restart: no process listening between the old one's exit and the new one's listen. */
   listenerGapMs?: number;
@@ -185,17 +185,14 @@ function takeoverScenario(ctx: BenchContext): Scenario {
         SWITCH_TIMEOUT_MS,
         'the takeover',
       );
-      const { phases } = pred.stats;
-      // The stats hold durations only: step back from the summary line's arrival by the time from
-      // the commit to the end of the last wave. The arrival is on this process's clock, like the
-      // exit's, and read by the same event loop (the line's own "time" has ms resolution and
-      // another process's wall clock). It comes after the end of the waves by the flush of DONE,
-      // the log write and the pipe, so the commit lands that much late and the figure is short by it.
-      const commitAt = pred.at - (phases.totalMs - phases.precopyMs - phases.commitMs);
+      // committedAt is the old process's performance.timeOrigin + performance.now() at the commit,
+      // the same formula as now() here: epoch ms, each process's origin read from the machine's
+      // realtime clock at its start, so the two subtract directly.
+      const { committedAt } = pred.stats;
       return {
         newServingMs: succ.at - startedAt,
         oldGoneMs: oldExit.at - startedAt,
-        oldGoneAfterCommitMs: oldExit.at - commitAt,
+        oldGoneAfterCommitMs: typeof committedAt === 'number' ? oldExit.at - committedAt : undefined,
         predecessor: pred.stats,
         successor: succ.stats,
         oldPid: old!.pid,
@@ -384,6 +381,9 @@ export interface FloorRun {
   minMs?: number;
   samplesMs?: number[];
   batches?: number;
+  fdsPerBatch?: number;
+  /** Batches in flight before the sender waits for an acknowledgement. */
+  window?: number;
 }
 
 export const FLOOR_ROUNDS = 7;
@@ -410,5 +410,7 @@ export async function runFloor(ctx: BenchContext, binary: string, connections: n
     minMs: result.minMs as number,
     samplesMs: result.transferMs as number[],
     batches: result.batches as number,
+    fdsPerBatch: result.fdsPerBatch as number,
+    window: result.window as number,
   };
 }

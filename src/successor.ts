@@ -281,8 +281,8 @@ export class SuccessorSession {
         new TakeoverError(ErrorCodes.LISTENER_UNCLAIMED, `the predecessor listens on ${unclaimed.join(', ')}, which this process did not listen() on`),
       );
     }
-    this.channel.send(encode.commit());
     this.marks.commit = performance.now();
+    this.channel.send(encode.commit());
     this.phase = 'committed';
     this.deadline.expect('LISTENING');
   }
