@@ -11,7 +11,7 @@
  * process): the peer opens N connections to the sender's listener, the sender accepts them and
  * passes its N ends to the receiver, the way a server hands its connections to a successor.
  * Batches and window match the engine (src/protocol.ts MAX_FDS_PER_FRAME, src/predecessor.ts
- * BATCH_WINDOW) so the ratio compares the same transfer pattern.
+ * batchWindow()) so the ratio compares the same transfer pattern.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -31,9 +31,16 @@
 #include <unistd.h>
 
 #define FDS_PER_BATCH 253
-#define WINDOW 16
 /* Listener, channel, pipe ends and stdio, with room to spare. */
 #define SPARE_FDS 16
+
+/* The engine's window: half of RLIMIT_NOFILE in fds in flight (ETOOMANYREFS), 4 to 64 batches. */
+static int batch_window(void) {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 4;
+  long window = (long)(limit.rlim_cur / 2 / FDS_PER_BATCH);
+  return window < 4 ? 4 : window > 64 ? 64 : (int)window;
+}
 
 static void die(const char *what) {
   printf("{\"error\":\"%s: %s\"}\n", what, strerror(errno));
@@ -206,6 +213,7 @@ int main(int argc, char **argv) {
   double setup_ms = now_ms() - accept_start;
 
   int batches = (n + FDS_PER_BATCH - 1) / FDS_PER_BATCH;
+  int window = batch_window();
   double *samples = malloc(sizeof(double) * rounds);
   if (samples == NULL) die("malloc");
   for (int r = 0; r < rounds; r++) {
@@ -213,7 +221,7 @@ int main(int argc, char **argv) {
     double start = now_ms();
     int sent = 0, acked = 0;
     while (acked < batches) {
-      if (sent < batches && sent - acked < WINDOW) {
+      if (sent < batches && sent - acked < window) {
         int first = sent * FDS_PER_BATCH;
         int count = n - first < FDS_PER_BATCH ? n - first : FDS_PER_BATCH;
         send_batch(channel[0], fds + first, count);
@@ -232,7 +240,7 @@ int main(int argc, char **argv) {
   waitpid(peer_pid, NULL, 0);
 
   printf("{\"connections\":%d,\"batches\":%d,\"fdsPerBatch\":%d,\"window\":%d,\"setupMs\":%.3f,\"transferMs\":[",
-         n, batches, FDS_PER_BATCH, WINDOW, setup_ms);
+         n, batches, FDS_PER_BATCH, window, setup_ms);
   for (int r = 0; r < rounds; r++) printf("%s%.3f", r ? "," : "", samples[r]);
   qsort(samples, rounds, sizeof(double), compare);
   printf("],\"medianMs\":%.3f,\"minMs\":%.3f}\n", samples[rounds / 2], samples[0]);

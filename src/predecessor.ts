@@ -48,11 +48,13 @@ export interface PredecessorHost {
 type Phase = 'hello' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
 
 /**
- * Unacknowledged CONNS batches in flight. Each round trip costs a loop turn on both sides, which
- * under load is milliseconds; 16 x 253 fds in flight stays far below the per-user limit on fds in
- * flight (RLIMIT_NOFILE) that makes sendmsg fail with ETOOMANYREFS.
+ * Unacknowledged CONNS batches in flight. Each acknowledgement round trip costs a loop turn on
+ * both sides, milliseconds under load, so the window is as wide as is safe: a non-root sender
+ * with more fds in flight than its RLIMIT_NOFILE gets ETOOMANYREFS, so half of that, at most 64.
  */
-const BATCH_WINDOW = 16;
+function batchWindow(): number {
+  return Math.max(4, Math.min(64, Math.floor(native.fdLimit().soft / 2 / MAX_FDS_PER_FRAME)));
+}
 
 export class PredecessorSession {
   private phase: Phase = 'hello';
@@ -70,6 +72,7 @@ export class PredecessorSession {
   private successorPid = 0;
 
   private readonly deadline: Deadline;
+  private readonly window = batchWindow();
 
   constructor(
     private readonly host: PredecessorHost,
@@ -156,7 +159,7 @@ export class PredecessorSession {
   private pump(): void {
     if (this.phase !== 'precopy' && this.phase !== 'committed') return;
     const connections = this.host.connections();
-    while (this.batchesInFlight < BATCH_WINDOW && this.unsent.size > 0) {
+    while (this.batchesInFlight < this.window && this.unsent.size > 0) {
       const batch: { id: number; listener: number; fd: number }[] = [];
       for (const id of this.unsent) {
         const conn = connections.get(id);
