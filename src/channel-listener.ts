@@ -9,6 +9,7 @@ import { Channel } from './channel.js';
 import { ErrorCodes, TakeoverError, systemError } from './errors.js';
 
 const CHANNEL_BACKLOG = 16;
+const ACCEPT_RETRY_MS = 100;
 
 function unsafe(message: string): TakeoverError {
   return new TakeoverError(ErrorCodes.PATH_UNSAFE, message);
@@ -83,6 +84,21 @@ export function isChannelLive(channelPath: string): boolean {
 }
 
 /**
+ * True when any live socket is bound at the path, whatever its type: our connect is
+ * SOCK_SEQPACKET, and the kernel answers EPROTOTYPE for a live socket of another type (a stale
+ * file gives ECONNREFUSED first).
+ */
+export function isSocketLive(socketPath: string): boolean {
+  try {
+    native.close(native.unixConnect(socketPath));
+    return true;
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    return code !== 'ECONNREFUSED' && code !== 'ENOENT';
+  }
+}
+
+/**
  * Creates the channel socket at the path, mode 0600. A socket file that nobody listens on is
  * stale (its server died) and is replaced; a live one is somebody else's server.
  */
@@ -120,6 +136,7 @@ export class ChannelListener {
   readonly fd: number;
   private readonly poller: native.Poller;
   private closed = false;
+  private accepting = false;
 
   constructor(fd: number, onChannel: (channel: Channel) => void, onError: (error: TakeoverError) => void) {
     this.fd = fd;
@@ -134,7 +151,11 @@ export class ChannelListener {
         try {
           accepted = native.accept(fd);
         } catch (error) {
+          // Out of fds (EMFILE) and the like: the poll is level-triggered and would fire again
+          // at once, so back off and let the successor wait in the backlog meanwhile.
           onError(systemError('takeover channel accept', error));
+          this.poller.stop();
+          setTimeout(() => this.setAccepting(this.accepting), ACCEPT_RETRY_MS).unref();
           return;
         }
         if (accepted < 0) return;
@@ -152,6 +173,7 @@ export class ChannelListener {
 
   /** Start or stop accepting; while stopped, successors wait in the backlog. */
   setAccepting(on: boolean): void {
+    this.accepting = on;
     if (this.closed) return;
     if (on) this.poller.start(true, false);
     else this.poller.stop();

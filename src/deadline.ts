@@ -10,7 +10,14 @@ export class Deadline {
   /** Calls the expiry handler unless {@link clear} or another `expect` comes within the time. */
   expect(what: string): void {
     this.clear();
-    this.timer = setTimeout(() => this.onExpired(what, this.ms), this.ms);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.onExpired(what, this.ms);
+    }, this.ms);
+  }
+
+  get armed(): boolean {
+    return this.timer !== undefined;
   }
 
   clear(): void {

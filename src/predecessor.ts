@@ -32,7 +32,8 @@ export interface PredecessorHost {
   /** Listeners to send, each with a dup'ed fd the session owns and closes. */
   duplicateListeners(): (ListenerEntry & { fd: number })[];
   connections(): ReadonlyMap<number, { socket: net.Socket; listener: number }>;
-  captureState(socket: net.Socket): Buffer | undefined;
+  /** The app's state for a connection about to be frozen; 'failed' when its hook threw or returned a non-Buffer. */
+  captureState(socket: net.Socket): Buffer | undefined | 'failed';
   /** Point of no return: stop accepting TCP connections and successors. */
   stopAccepting(): void;
   /** After a failure past the point of no return: accept again on the dups (ownership passes). */
@@ -43,6 +44,8 @@ export interface PredecessorHost {
   onRollback(error: TakeoverError, started: boolean): void;
   onHello(pid: number): void;
   onHandover(stats: TakeoverStats): void;
+  /** A failure after LISTENING while the successor lives: it keeps what it has, this process the rest. */
+  onPartialHandover(error: TakeoverError, stats: TakeoverStats): void;
 }
 
 type Phase = 'hello' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
@@ -52,6 +55,20 @@ type Phase = 'hello' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' |
  * both sides, milliseconds under load, so the window is as wide as is safe: a non-root sender
  * with more fds in flight than its RLIMIT_NOFILE gets ETOOMANYREFS, so half of that, at most 64.
  */
+/** A wave stops growing past this many bytes of input, output and state: bounds one wave's memory and pause. */
+const WAVE_BYTE_BUDGET = 64 * 1024 * 1024;
+/** Larger than a wave record's u32 lengths and MAX_WAVE_SIZE allow: such a connection stays here. */
+const MAX_CONNECTION_BYTES = 256 * 1024 * 1024;
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 function batchWindow(): number {
   return Math.max(4, Math.min(64, Math.floor(native.fdLimit().soft / 2 / MAX_FDS_PER_FRAME)));
 }
@@ -122,6 +139,7 @@ export class PredecessorSession {
       case 'precopy:ack':
       case 'committed:ack':
         this.batchesInFlight--;
+        this.deadline.clear(); // progress: pump() arms a fresh wait if more is outstanding
         return this.pump();
       case 'prepared:commit':
         return this.onCommit();
@@ -131,6 +149,8 @@ export class PredecessorSession {
         if (frame.type === 'abort') {
           return this.fail(new TakeoverError(ErrorCodes.ABORTED, `the successor aborted: ${frame.message}`, { reason: frame.code }));
         }
+        if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
+        if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
         return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `unexpected ${frame.type} frame during ${this.phase}`));
     }
   }
@@ -185,7 +205,9 @@ export class PredecessorSession {
       this.closedUnsent = this.closedUnsent.slice(MAX_IDS_PER_FRAME);
     }
     if (this.unsent.size > 0 || this.batchesInFlight > 0) {
-      this.deadline.expect('ACK');
+      // Armed once per wait: the app's own accepts and closes call pump() too, and must not
+      // keep postponing the timeout of a successor that stopped answering.
+      if (!this.deadline.armed) this.deadline.expect('ACK');
       return;
     }
     if (this.phase === 'precopy') {
@@ -200,6 +222,7 @@ export class PredecessorSession {
   }
 
   private onCommit(): void {
+    this.deadline.clear();
     this.marks.commit = performance.now();
     this.phase = 'committed';
     this.host.stopAccepting();
@@ -216,25 +239,35 @@ export class PredecessorSession {
   }
 
   private nextWave(): void {
-    const wave = this.waveQueue.splice(0, this.host.options.waveSize);
     this.waveStartedAt = performance.now();
     const records: WaveRecord[] = [];
     const released: net.Socket[] = [];
-    for (const { id, socket } of wave) {
-      const frozen = socket ? freezeSocket(socket) : { fate: 'closed' as const };
-      if (frozen.fate !== 'moved') {
-        records.push({ id, fate: frozen.fate });
-        this.stats[frozen.fate === 'closed' ? 'closed' : 'retained']++;
+    let waveBytes = 0;
+    while (records.length < this.host.options.waveSize && waveBytes < WAVE_BYTE_BUDGET && this.waveQueue.length > 0) {
+      const { id, socket } = this.waveQueue.shift()!;
+      if (!socket || socket.destroyed) {
+        records.push({ id, fate: 'closed' });
+        this.stats.closed++;
         continue;
       }
-      const state = this.host.captureState(socket!);
-      records.push({ id, fate: 'moved', input: frozen.input, output: frozen.output, state });
+      // Asked before the freeze (nothing reaches the app in between): a hook that fails, or a
+      // connection too big for one wave record, leaves the connection here, still served.
+      const bytes = socket.writableLength + socket.readableLength;
+      const state = bytes > MAX_CONNECTION_BYTES ? 'failed' : this.host.captureState(socket);
+      const frozen = state === 'failed' ? { fate: 'retained' as const } : freezeSocket(socket);
+      if (frozen.fate !== 'moved') {
+        records.push({ id, fate: frozen.fate });
+        this.stats[frozen.fate]++;
+        continue;
+      }
+      waveBytes += bytes + (state?.length ?? 0);
+      records.push({ id, fate: 'moved', input: frozen.input, output: frozen.output, state: state as Buffer | undefined });
       this.stats.connections++;
       this.stats.bytesIn += frozen.input.length;
       this.stats.bytesOut += frozen.output.length;
       this.stats.stateBytes += state?.length ?? 0;
-      this.host.onFreeze(socket!);
-      released.push(socket!);
+      this.host.onFreeze(socket);
+      released.push(socket);
     }
     for (const message of encode.wave(encodeWave({ seq: this.waveSeq, records }))) this.channel.send(message);
     for (const socket of released) {
@@ -259,14 +292,20 @@ export class PredecessorSession {
     this.deadline.clear();
     this.phase = 'done';
     this.channel.send(encode.done(this.stats.retained, Math.round(this.stats.maxPauseMs * 1000)));
-    const listeners = this.listeners.length;
+    const stats = this.statsNow();
     this.closeListenerFds();
+    // Report (and maybe exit) only once DONE is on the wire.
+    this.channel.once('close', () => this.host.onHandover(stats));
+    this.channel.closeWhenFlushed();
+  }
+
+  private statsNow(): TakeoverStats {
     const end = performance.now();
-    const stats: TakeoverStats = {
+    return {
       role: 'predecessor',
       predecessorPid: process.pid,
       successorPid: this.successorPid,
-      listeners,
+      listeners: this.listeners.length,
       ...this.stats,
       committedAt: performance.timeOrigin + this.marks.commit,
       phases: {
@@ -277,18 +316,26 @@ export class PredecessorSession {
         totalMs: end - this.started,
       },
     };
-    // Report (and maybe exit) only once DONE is on the wire.
-    this.channel.once('close', () => this.host.onHandover(stats));
-    this.channel.closeWhenFlushed();
   }
 
   private fail(error: TakeoverError): void {
     if (this.phase === 'done' || this.phase === 'failed') return;
     const committed = this.isCommitted;
-    const started = this.phase !== 'hello';
+    const listening = this.phase === 'waves';
+    const started = this.successorPid !== 0;
     this.phase = 'failed';
     this.deadline.clear();
     this.channel.close();
+    if (listening && isAlive(this.successorPid)) {
+      // The successor accepts on the listeners and the channel now and serves what it started:
+      // taking them back would make two processes accept. The connections not frozen yet never
+      // left this process, so it finishes them, as retained ones, and then exits.
+      this.stats.retained += this.waveQueue.length;
+      this.waveQueue = [];
+      this.closeListenerFds();
+      this.host.onPartialHandover(error, this.statsNow());
+      return;
+    }
     if (committed) {
       // The successor may be gone with the connections already frozen; the rest never
       // stopped here, and the listeners' dups let this process accept again.

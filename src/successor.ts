@@ -32,7 +32,8 @@ export interface SuccessorHost {
   startListening(): void;
   adopt(socket: net.Socket, listener: number, input: Buffer, output: Buffer, state: Buffer | undefined): void;
   onFailure(error: TakeoverError): void;
-  onDone(stats: TakeoverStats): void;
+  /** Finished; with `warning` when it ended early after LISTENING (some connections stayed with the predecessor). */
+  onDone(stats: TakeoverStats, warning?: TakeoverError): void;
 }
 
 type Phase = 'welcome' | 'listeners' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
@@ -348,8 +349,12 @@ export class SuccessorSession {
     }
     this.phase = 'done';
     this.channel.close();
+    this.host.onDone(this.statsNow());
+  }
+
+  private statsNow(): TakeoverStats {
     const end = performance.now();
-    this.host.onDone({
+    return {
       role: 'successor',
       predecessorPid: this.predecessorPid,
       successorPid: process.pid,
@@ -363,7 +368,7 @@ export class SuccessorSession {
         wavesMs: end - this.marks.listening,
         totalMs: end - this.started,
       },
-    });
+    };
   }
 
   private fail(error: TakeoverError): void {
@@ -377,7 +382,13 @@ export class SuccessorSession {
     for (const held of this.held.values()) drop(held);
     this.held.clear();
     this.toWrap.length = 0;
-    if (!listening) for (const { fd } of this.listeners) native.close(fd);
-    this.host.onFailure(error);
+    if (!listening) {
+      for (const { fd } of this.listeners) native.close(fd);
+      this.host.onFailure(error);
+      return;
+    }
+    // Listening already: this process owns the listeners and the channel and serves what it
+    // started; the predecessor finishes the connections it had not frozen.
+    this.host.onDone(this.statsNow(), error);
   }
 }

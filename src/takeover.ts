@@ -15,6 +15,7 @@ import {
   connectChannel,
   createChannelFd,
   isChannelLive,
+  isSocketLive,
 } from './channel-listener.js';
 import { PredecessorSession, type PredecessorHost } from './predecessor.js';
 import { SuccessorSession, type InheritedListener, type SuccessorHost } from './successor.js';
@@ -78,6 +79,8 @@ interface ListenerRecord {
   server: net.Server;
   /** Unix listeners this process created and must unlink when it is the last owner. */
   unixPath?: string;
+  /** Adopted from the predecessor (listening from the commit on) rather than bound here. */
+  inherited: boolean;
   listening: Promise<void>;
 }
 
@@ -89,6 +92,8 @@ interface Claim {
 }
 
 type State = 'new' | 'starting' | 'started' | 'readying' | 'serving' | 'handed-over' | 'closed' | 'failed';
+
+const CHANNEL_LISTENER_NAME = 'takeover-channel';
 
 function invalid(message: string): TakeoverError {
   return new TakeoverError(ErrorCodes.INVALID_OPTION, message);
@@ -139,6 +144,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private startFailure: ((error: Error) => void) | undefined;
   private readyPromise: Promise<TakeoverStats | null> | undefined;
   private exitScheduled = false;
+  /** Why the inbound takeover failed, for a ready() that comes after. */
+  private failure: TakeoverError | undefined;
   /** This process created or inherited the channel and no successor has taken it: close() removes the files. */
   private ownsPaths = false;
 
@@ -258,17 +265,20 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       throw invalid(`no inherited listener is named '${String(target.name)}'`);
     }
     const name = listenerName(target);
+    if (name.length === 0 || name.length > 1000 || name === CHANNEL_LISTENER_NAME) {
+      throw invalid(`a listener name must be 1 to 1000 characters and not '${CHANNEL_LISTENER_NAME}'`);
+    }
     if (this.records.some((r) => r.name === name)) throw invalid(`a listener named '${name}' is already registered`);
     if (this.records.some((r) => r.server === server)) throw invalid('this server is already registered');
 
     const index = this.records.length;
     const inherited = this.inherited.find((l) => l.name === name && l.kind !== 'channel');
     const kind: 'tcp' | 'unix' = 'path' in target ? 'unix' : 'port' in target ? 'tcp' : (inherited!.kind as 'tcp' | 'unix');
+    if (inherited && inherited.kind !== kind) throw invalid(`the predecessor's listener '${name}' is ${inherited.kind}, not ${kind}`);
     server.prependListener('connection', (socket: net.Socket) => this.track(socket, index));
     let listening: Promise<void>;
-    const record: ListenerRecord = { name, kind, server, listening: Promise.resolve() };
+    const record: ListenerRecord = { name, kind, server, inherited: inherited !== undefined, listening: Promise.resolve() };
     if (inherited) {
-      if (inherited.kind !== kind) throw invalid(`the predecessor's listener '${name}' is ${inherited.kind}, not ${kind}`);
       listening = new Promise<void>((resolve, reject) => this.claims.set(name, { record, fd: inherited.fd, resolve, reject }));
     } else {
       listening = whenListening(server);
@@ -298,11 +308,11 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.state = 'readying';
     this.readyPromise = this.becomeReady().then(
       (stats) => {
-        this.state = 'serving';
+        if (this.state !== 'closed') this.state = 'serving';
         return stats;
       },
       (error: Error) => {
-        this.state = 'failed';
+        if (this.state !== 'closed') this.state = 'failed';
         throw error;
       },
     );
@@ -315,9 +325,20 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       this.openChannel(createChannelFd(this.options.path));
       return null;
     }
+    // This process's own new listeners must work before it commits: after COMMIT the
+    // predecessor is gone, and a listener that failed then would be an outage.
+    try {
+      await Promise.all(this.records.filter((r) => !r.inherited).map((r) => r.listening));
+    } catch (error) {
+      const reason = error instanceof TakeoverError ? error : systemError('listen', error);
+      this.incoming?.abort(reason);
+      throw reason;
+    }
+    const incoming = this.incoming;
+    if (!incoming) throw this.failure ?? new TakeoverError(ErrorCodes.INVALID_STATE, 'the takeover is no longer running');
     const stats = await new Promise<TakeoverStats>((resolve, reject) => {
       this.settleReady = { resolve, reject };
-      this.incoming!.ready();
+      incoming.ready();
     });
     await Promise.all(this.records.map((r) => r.listening));
     return stats;
@@ -330,9 +351,19 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    */
   async close(): Promise<void> {
     if (this.state === 'closed') return;
+    // Past a commit, the other process depends on this one finishing: let the takeover end.
+    if (this.outgoing?.isCommitted) {
+      await new Promise((resolve) => {
+        this.once('handover', resolve);
+        this.once('rollback', resolve);
+      });
+    }
+    if (this.incoming?.isCommitted) await this.readyPromise?.catch(() => {});
     const handedOver = this.state === 'handed-over';
     this.state = 'closed';
-    this.outgoing?.abort(new TakeoverError(ErrorCodes.ABORTED, 'the server is shutting down'));
+    const shuttingDown = new TakeoverError(ErrorCodes.ABORTED, 'the server is shutting down');
+    this.outgoing?.abort(shuttingDown);
+    this.incoming?.abort(shuttingDown);
     this.channelListener?.close();
     this.channelListener = undefined;
     if (handedOver) return;
@@ -361,7 +392,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
 
   private createUnixListener(path: string, backlog: number): number {
     if (fs.existsSync(path)) {
-      if (isChannelLive(path) || !fs.lstatSync(path).isSocket()) {
+      if (isSocketLive(path) || !fs.lstatSync(path).isSocket()) {
         throw new TakeoverError(ErrorCodes.SYSTEM, `listen ${path}: EADDRINUSE`);
       }
       fs.rmSync(path);
@@ -407,16 +438,28 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     return {
       options: this.options,
       duplicateListeners: () => {
-        const entries: (ListenerEntry & { fd: number })[] = this.records.map((r) => {
-          const fd = serverFd(r.server);
-          if (fd < 0) throw new TakeoverError(ErrorCodes.INVALID_STATE, `server '${r.name}' is not listening`);
-          return { name: r.name, kind: r.kind, fd: native.dup(fd) };
-        });
-        entries.push({ name: 'takeover-channel', kind: 'channel', fd: native.dup(this.channelListener!.fd) });
+        const stopped = this.records.find((r) => serverFd(r.server) < 0);
+        if (stopped) throw new TakeoverError(ErrorCodes.INVALID_STATE, `server '${stopped.name}' is not listening`);
+        const entries: (ListenerEntry & { fd: number })[] = this.records.map((r) => ({
+          name: r.name,
+          kind: r.kind,
+          fd: native.dup(serverFd(r.server)),
+        }));
+        entries.push({ name: CHANNEL_LISTENER_NAME, kind: 'channel', fd: native.dup(this.channelListener!.fd) });
         return entries;
       },
       connections: () => this.conns,
-      captureState: (socket) => this.options.captureState?.(socket),
+      captureState: (socket) => {
+        if (!this.options.captureState) return undefined;
+        try {
+          const state = this.options.captureState(socket);
+          if (state === undefined || Buffer.isBuffer(state)) return state;
+          throw new TypeError(`captureState returned ${typeof state}, not a Buffer or undefined`);
+        } catch (error) {
+          this.emit('warning', new TakeoverError(ErrorCodes.INVALID_STATE, `captureState failed; the connection stays here: ${String(error)}`, { cause: error }));
+          return 'failed';
+        }
+      },
       stopAccepting: () => {
         this.channelListener?.setAccepting(false);
         for (const r of this.records) stopAccepting(r.server);
@@ -429,22 +472,38 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         }
         this.channelListener?.setAccepting(true);
       },
-      onFreeze: (socket) => this.emit('freeze', socket),
-      onRelease: (socket) => this.emit('release', socket),
+      onFreeze: (socket) => this.emitSafely('freeze', socket),
+      onRelease: (socket) => this.emitSafely('release', socket),
       onHello: (pid) => this.emit('takeover', { pid, uid: peerUid }),
       onRollback: (error, started) => {
         this.outgoing = undefined;
         if (started) this.emit('rollback', error);
       },
-      onHandover: (stats) => {
-        this.outgoing = undefined;
-        this.state = 'handed-over';
-        this.channelListener?.close();
-        this.channelListener = undefined;
-        this.emit('handover', stats);
-        this.maybeExit();
+      onPartialHandover: (error, stats) => {
+        this.emit('warning', error);
+        this.retire(stats);
       },
+      onHandover: (stats) => this.retire(stats),
     };
+  }
+
+  /** Handed over: the successor owns the channel and listeners; exit once the last connection here closes. */
+  private retire(stats: TakeoverStats): void {
+    this.outgoing = undefined;
+    this.state = 'handed-over';
+    this.channelListener?.close();
+    this.channelListener = undefined;
+    this.emit('handover', stats);
+    this.maybeExit();
+  }
+
+  /** Application listeners run inside the takeover's steps; one that throws must not stop them halfway. */
+  private emitSafely(event: 'freeze' | 'release' | 'adopt', socket: net.Socket): void {
+    try {
+      this.emit(event, socket);
+    } catch (error) {
+      this.emit('warning', new TakeoverError(ErrorCodes.INVALID_STATE, `a '${event}' listener threw: ${String(error)}`, { cause: error }));
+    }
   }
 
   private successorHost(): SuccessorHost {
@@ -470,20 +529,26 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         this.track(socket, index);
         startInherited(socket, server, input, output, () => {
           if (state) {
-            if (this.options.restoreState) this.options.restoreState(socket, state);
-            else this.emit('warning', new TakeoverError(ErrorCodes.INVALID_STATE, 'connection state arrived but no restoreState hook is set'));
+            try {
+              if (!this.options.restoreState) throw new Error('no restoreState hook is set');
+              this.options.restoreState(socket, state);
+            } catch (error) {
+              this.emit('warning', new TakeoverError(ErrorCodes.INVALID_STATE, `connection state could not be restored: ${String(error)}`, { cause: error }));
+            }
           }
-          this.emit('adopt', socket);
+          this.emitSafely('adopt', socket);
         });
       },
       onFailure: (error) => {
         this.incoming = undefined;
+        this.failure = error;
         for (const claim of this.claims.values()) claim.reject(error);
         this.startFailure?.(error);
         this.settleReady?.reject(error);
       },
-      onDone: (stats) => {
+      onDone: (stats, warning) => {
         this.incoming = undefined;
+        if (warning) this.emit('warning', warning);
         this.settleReady?.resolve(stats);
       },
     };
