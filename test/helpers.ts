@@ -39,6 +39,7 @@ export interface ServerConfig {
   timeoutMs?: number;
   waveSize?: number;
   allowUids?: number[];
+  failCapture?: boolean;
 }
 
 const live = new Set<{ kill(): void }>();

@@ -1,6 +1,7 @@
 import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { cleanup, distDir, drainAll, openClients, probeEcho, ServerProcess, tempDir, waitStopped, type ServerConfig, type SeqClient } from './helpers.js';
 
@@ -151,4 +152,55 @@ test('allowUids lets another uid take over', { timeout: 60_000 }, async () => {
   await successor.exited;
   fs.rmSync(r.dir, { recursive: true, force: true });
   fs.rmSync(path.resolve(script, '../../../..'), { recursive: true, force: true });
+});
+
+test('a successor whose own new listener fails does not commit: the old process keeps everything', { timeout: 60_000 }, async () => {
+  const r = await running();
+  const squatter = net.createServer();
+  await new Promise<void>((resolve) => squatter.listen(0, '127.0.0.1', resolve));
+  const taken = (squatter.address() as net.AddressInfo).port;
+  const successor = new ServerProcess({ ...r.config, listen: [...r.config.listen, { port: taken, host: '127.0.0.1' }] });
+  const error = await successor.next('error');
+  assert.match(error.message!, /EADDRINUSE/);
+  const rollback = await r.old.next('rollback');
+  assert.equal(rollback.code, 'ERR_TAKEOVER_ABORTED');
+  squatter.close();
+  await assertOldServesEverything(r);
+});
+
+test('the ACK timeout is not postponed by connections opening and closing on the old process', { timeout: 60_000 }, async () => {
+  const r = await running({ timeoutMs: 1000 });
+  const hung = new ServerProcess({ ...r.config, timeoutMs: 60_000 }, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'precopy' } });
+  await waitStopped(hung.pid);
+  // Churn: every probe is a connection added then closed, each a reason for the old process to pump.
+  let churning = true;
+  const churn = (async () => {
+    while (churning) await probeEcho(r.address.port, r.address.host);
+  })();
+  const started = Date.now();
+  const rollback = await r.old.next('rollback', 10_000);
+  churning = false;
+  await churn;
+  assert.equal(rollback.code, 'ERR_TAKEOVER_TIMEOUT');
+  assert.ok(Date.now() - started < 5000, `rolled back after ${Date.now() - started} ms despite the churn`);
+  hung.kill('SIGKILL');
+  await assertOldServesEverything(r);
+});
+
+test('a captureState hook that throws leaves those connections with the old process, served to the end', { timeout: 60_000 }, async () => {
+  const r = await running({ failCapture: true });
+  const successor = new ServerProcess({ ...r.config, failCapture: false });
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.connections, 0);
+  assert.equal(ready.stats!.retained, r.clients.length);
+  assert.ok(r.old.pending('warning').length > 0, 'the old process reports the failing hook');
+  // The old process serves its retained connections, the successor the new ones.
+  for (const c of r.clients) c.burst(2);
+  await probeEcho(r.address.port, r.address.host);
+  assert.deepEqual(await drainAll(r.clients), []);
+  for (const c of r.clients) c.close();
+  assert.equal(await r.old.exited, 0, 'the old process exits once its last connection closed');
+  successor.kill('SIGTERM');
+  await successor.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
 });
