@@ -200,3 +200,45 @@ test('a successor facing a predecessor that sends nonsense fails with a code and
   assert.equal(native.openFdCount(), before, 'no fd left behind');
   fs.rmSync(dir, { recursive: true });
 });
+
+test('listener names are validated; a Unix path held by a live stream server is not stolen', async () => {
+  const dir = tempDir();
+  const takeover = await Takeover.start({ path: path.join(dir, 'channel'), mode: 'fresh' });
+  for (const name of ['', 'takeover-channel', 'x'.repeat(1001)]) {
+    assert.throws(() => takeover.listen(net.createServer(), { port: 0, name }), assertCode('ERR_TAKEOVER_INVALID_OPTION'), name);
+  }
+  const busyPath = path.join(dir, 'busy.sock');
+  const other = net.createServer();
+  await new Promise<void>((resolve) => other.listen(busyPath, resolve));
+  assert.throws(() => takeover.listen(net.createServer(), { path: busyPath }), assertCode('ERR_TAKEOVER_SYSTEM'));
+  assert.ok(fs.statSync(busyPath).isSocket(), "the other server's socket file is left alone");
+  await new Promise((r) => other.close(r));
+  await takeover.close();
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('fds attached to an unexpected frame are closed by the old process', async () => {
+  const dir = tempDir();
+  const fresh = await freshServer(dir);
+  const before = native.openFdCount();
+  const client = rawClient(path.join(dir, 'channel'));
+  client.send(encode.hello(process.pid).data);
+  // Skip WELCOME and LISTENERS (closing the listener dups they carry), then send CONNS out of turn.
+  for (let i = 0; i < 2; i++) {
+    const frame = await client.receive();
+    if (frame !== 'eof' && frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
+  }
+  const fds = Array.from({ length: 50 }, () => native.dup(client.fd));
+  const conns = encode.conns(fds.map((fd, i) => ({ id: i + 1, listener: 0, fd })));
+  native.sendMessage(client.fd, conns.data, fds);
+  for (const fd of fds) native.close(fd);
+  let reply: Frame | 'eof';
+  do reply = await client.receive();
+  while (reply !== 'eof' && reply.type !== 'abort');
+  assert.ok(reply !== 'eof' && reply.code === 'ERR_TAKEOVER_PROTOCOL');
+  client.close();
+  for (let i = 0; i < 100 && native.openFdCount() !== before; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(native.openFdCount(), before, 'no fd of the bad frame kept');
+  await shutdown(fresh);
+  fs.rmSync(dir, { recursive: true });
+});
