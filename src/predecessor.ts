@@ -81,6 +81,8 @@ export class PredecessorSession {
   private batchesInFlight = 0;
   private listeners: (ListenerEntry & { fd: number })[] = [];
   private waveQueue: { id: number; socket: net.Socket | undefined }[] = [];
+  /** Next entry of waveQueue to freeze (an index: shift() on 10,000 entries costs per call). */
+  private waveCursor = 0;
   private waveSeq = 0;
   private waveStartedAt = 0;
   private readonly started = performance.now();
@@ -243,8 +245,8 @@ export class PredecessorSession {
     const records: WaveRecord[] = [];
     const released: net.Socket[] = [];
     let waveBytes = 0;
-    while (records.length < this.host.options.waveSize && waveBytes < WAVE_BYTE_BUDGET && this.waveQueue.length > 0) {
-      const { id, socket } = this.waveQueue.shift()!;
+    while (records.length < this.host.options.waveSize && waveBytes < WAVE_BYTE_BUDGET && this.waveCursor < this.waveQueue.length) {
+      const { id, socket } = this.waveQueue[this.waveCursor++]!;
       if (!socket || socket.destroyed) {
         records.push({ id, fate: 'closed' });
         this.stats.closed++;
@@ -284,7 +286,7 @@ export class PredecessorSession {
     this.stats.waves++;
     this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - this.waveStartedAt);
     this.waveSeq++;
-    if (this.waveQueue.length > 0) return this.nextWave();
+    if (this.waveCursor < this.waveQueue.length) return this.nextWave();
     this.finish();
   }
 
@@ -330,7 +332,7 @@ export class PredecessorSession {
       // The successor accepts on the listeners and the channel now and serves what it started:
       // taking them back would make two processes accept. The connections not frozen yet never
       // left this process, so it finishes them, as retained ones, and then exits.
-      this.stats.retained += this.waveQueue.length;
+      this.stats.retained += this.waveQueue.length - this.waveCursor;
       this.waveQueue = [];
       this.closeListenerFds();
       this.host.onPartialHandover(error, this.statsNow());

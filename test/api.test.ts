@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { Takeover, TakeoverError } from '../src/index.js';
 import * as native from '../src/native.js';
 import { decodeFrame, encode, HEADER_SIZE, MAX_FRAME_SIZE, type Frame } from '../src/protocol.js';
-import { cleanup, tempDir } from './helpers.js';
+import { cleanup, ServerProcess, tempDir } from './helpers.js';
 
 after(cleanup);
 
@@ -241,4 +241,27 @@ test('fds attached to an unexpected frame are closed by the old process', async 
   assert.equal(native.openFdCount(), before, 'no fd of the bad frame kept');
   await shutdown(fresh);
   fs.rmSync(dir, { recursive: true });
+});
+
+test('ready() after the takeover already failed rejects with that TakeoverError', { timeout: 30_000 }, async () => {
+  const dir = tempDir();
+  const channelPath = path.join(dir, 'channel');
+  const old = new ServerProcess({ path: channelPath, listen: [{ port: 0, host: '127.0.0.1' }], timeoutMs: 500 });
+  await old.next('ready');
+  const successor = await Takeover.start({ path: channelPath, mode: 'takeover', exitOnHandover: false });
+  successor.listen(net.createServer(), { port: 0, host: '127.0.0.1' });
+  // The app takes longer than the predecessor's timeout to become ready.
+  const rollback = await old.next('rollback');
+  assert.equal(rollback.code, 'ERR_TAKEOVER_TIMEOUT');
+  await assert.rejects(successor.ready(), (error: unknown) => {
+    assert.ok(error instanceof TakeoverError, String(error));
+    assert.equal(error.code, 'ERR_TAKEOVER_ABORTED');
+    assert.equal(error.reason, 'ERR_TAKEOVER_TIMEOUT');
+    return true;
+  });
+  await successor.close();
+  assert.ok(fs.existsSync(channelPath), "a failed successor's close() leaves the predecessor's channel");
+  old.kill('SIGTERM');
+  await old.exited;
+  fs.rmSync(dir, { recursive: true, force: true });
 });
