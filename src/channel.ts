@@ -26,6 +26,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
   private wantWritable = false;
   private closeAfterFlush = false;
   private lingering = false;
+  private peerReset = false;
   /** A send failed: later frames are dropped until the failure is reported. */
   private sendError: TakeoverError | undefined;
   private closed = false;
@@ -159,6 +160,12 @@ export class Channel extends EventEmitter<ChannelEvents> {
         message = native.receiveMessage(this.fd, MAX_FRAME_SIZE);
       } catch (error) {
         const code = (error as { code?: string }).code;
+        // A peer that closed with our frames unread leaves ECONNRESET pending, and the kernel
+        // reports it once, before the frames the peer sent first (its ABORT, say): read on.
+        if (code === 'ECONNRESET' && !this.peerReset) {
+          this.peerReset = true;
+          continue;
+        }
         this.fail(
           code === 'ECONNRESET'
             ? new TakeoverError(ErrorCodes.PEER_CLOSED, 'the other side closed the takeover channel abruptly', { cause: error })
@@ -170,7 +177,10 @@ export class Channel extends EventEmitter<ChannelEvents> {
         );
         return;
       }
-      if (message === null) return;
+      if (message === null) {
+        if (this.peerReset) this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the other side closed the takeover channel abruptly'));
+        return;
+      }
       if (message.data.length === 0 && message.fds.length === 0) {
         this.destroy();
         return;

@@ -24,7 +24,7 @@ import {
 import { freezeSocket, releaseSocket, socketFd } from './sockets.js';
 import { ErrorCodes, TakeoverError } from './errors.js';
 import { Deadline } from './deadline.js';
-import type { TakeoverStats } from './stats.js';
+import { StatsRecorder, type TakeoverStats } from './stats.js';
 
 /** What the session needs from the process it runs in (implemented by Takeover). */
 export interface PredecessorHost {
@@ -51,9 +51,9 @@ export interface PredecessorHost {
 type Phase = 'hello' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
 
 /**
- * Unacknowledged CONNS batches in flight. Each acknowledgement round trip costs a loop turn on
- * both sides, milliseconds under load, so the window is as wide as is safe: a non-root sender
- * with more fds in flight than its RLIMIT_NOFILE gets ETOOMANYREFS, so half of that, at most 64.
+ * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
+ * both sides, so the window is as wide as is safe: a non-root sender with more fds in flight
+ * than its RLIMIT_NOFILE gets ETOOMANYREFS, so half of that, at most 64 batches.
  */
 /** A wave stops growing past this many bytes of input, output and state: bounds one wave's memory and pause. */
 const WAVE_BYTE_BUDGET = 64 * 1024 * 1024;
@@ -85,9 +85,9 @@ export class PredecessorSession {
   private waveCursor = 0;
   private waveSeq = 0;
   private waveStartedAt = 0;
-  private readonly started = performance.now();
-  private readonly marks = { firstConns: 0, prepare: 0, commit: 0, listening: 0 };
-  private readonly stats = { connections: 0, retained: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
+  private readonly recorder = new StatsRecorder();
+  private readonly stats = this.recorder.counts;
+  private readonly marks = this.recorder.marks;
   private successorPid = 0;
 
   private readonly deadline: Deadline;
@@ -302,23 +302,14 @@ export class PredecessorSession {
   }
 
   private statsNow(): TakeoverStats {
-    const end = performance.now();
-    return {
+    return this.recorder.snapshot({
       role: 'predecessor',
       predecessorPid: process.pid,
       successorPid: this.successorPid,
       listeners: this.listeners.length,
-      ...this.stats,
-      committedAt: performance.timeOrigin + this.marks.commit,
-      phases: {
-        precopyMs: this.marks.prepare - this.started,
-        transferMs: this.marks.firstConns === 0 ? 0 : this.marks.prepare - this.marks.firstConns,
-        commitMs: this.marks.commit - this.marks.prepare,
-        wavesMs: end - this.marks.listening,
-        totalMs: end - this.started,
-      },
-    };
+    });
   }
+
 
   private fail(error: TakeoverError): void {
     if (this.phase === 'done' || this.phase === 'failed') return;
@@ -334,8 +325,9 @@ export class PredecessorSession {
       // left this process, so it finishes them, as retained ones, and then exits.
       this.stats.retained += this.waveQueue.length - this.waveCursor;
       this.waveQueue = [];
+      const stats = this.statsNow();
       this.closeListenerFds();
-      this.host.onPartialHandover(error, this.statsNow());
+      this.host.onPartialHandover(error, stats);
       return;
     }
     if (committed) {

@@ -37,3 +37,33 @@ export interface TakeoverStats {
     totalMs: number;
   };
 }
+
+type Counts = Pick<TakeoverStats, 'connections' | 'retained' | 'closed' | 'bytesIn' | 'bytesOut' | 'stateBytes' | 'waves' | 'maxPauseMs'>;
+
+/**
+ * What one side of a takeover records as it goes (both sides record the same things, each from
+ * its own point of view), turned into {@link TakeoverStats} by {@link StatsRecorder.snapshot}.
+ */
+export class StatsRecorder {
+  readonly started = performance.now();
+  /** performance.now() at each step; 0 until reached. */
+  readonly marks = { firstConns: 0, prepare: 0, commit: 0, listening: 0 };
+  readonly counts: Counts = { connections: 0, retained: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
+
+  snapshot(who: Pick<TakeoverStats, 'role' | 'predecessorPid' | 'successorPid' | 'listeners'>): TakeoverStats {
+    const end = performance.now();
+    const { marks, started } = this;
+    return {
+      ...who,
+      ...this.counts,
+      committedAt: performance.timeOrigin + marks.commit,
+      phases: {
+        precopyMs: marks.prepare - started,
+        transferMs: marks.firstConns === 0 ? 0 : marks.prepare - marks.firstConns,
+        commitMs: marks.commit - marks.prepare,
+        wavesMs: end - marks.listening,
+        totalMs: end - started,
+      },
+    };
+  }
+}

@@ -15,7 +15,7 @@ import { decodeWave, digestIds, encode, MAX_WAVE_SIZE, type Frame, type Listener
 import { releaseSocket, wrapInherited } from './sockets.js';
 import { ErrorCodes, TakeoverError } from './errors.js';
 import { Deadline } from './deadline.js';
-import type { TakeoverStats } from './stats.js';
+import { StatsRecorder, type TakeoverStats } from './stats.js';
 
 export interface InheritedListener extends ListenerEntry {
   fd: number;
@@ -44,6 +44,8 @@ function testPausePoint(step: string): void {
 }
 
 const FD_HEADROOM = 64;
+/** Fd table slots prepared before HELLO (8 bytes each); WELCOME grows it further if needed. */
+const PREGROWN_FDS = 65536;
 /** Fds checked and wrapped per turn of the event loop: 28-43 us each, so about 15 ms. */
 const WRAP_CHUNK = 400;
 
@@ -82,9 +84,9 @@ export class SuccessorSession {
   private expectedWave = 0;
   private ackSeq = 0;
   private predecessorPid = 0;
-  private readonly started = performance.now();
-  private readonly marks = { firstConns: 0, prepare: 0, commit: 0, listening: 0 };
-  private readonly stats = { connections: 0, retained: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
+  private readonly recorder = new StatsRecorder();
+  private readonly stats = this.recorder.counts;
+  private readonly marks = this.recorder.marks;
 
   private readonly deadline: Deadline;
 
@@ -102,6 +104,9 @@ export class SuccessorSession {
       this.abort(new TakeoverError(ErrorCodes.PEER_REJECTED, `the process on the channel runs as uid ${channel.peer.uid}, which is not allowed`));
       return;
     }
+    // Grow the fd table before the transfer starts: in a multithreaded process each growth
+    // waits for an RCU grace period (measured 5-20 ms), which would otherwise fall inside it.
+    native.growFdTable(Math.min(native.fdLimit().soft - 1, PREGROWN_FDS));
     channel.send(encode.hello(process.pid));
     testPausePoint('hello');
     this.deadline.expect('WELCOME');
@@ -353,23 +358,14 @@ export class SuccessorSession {
   }
 
   private statsNow(): TakeoverStats {
-    const end = performance.now();
-    return {
+    return this.recorder.snapshot({
       role: 'successor',
       predecessorPid: this.predecessorPid,
       successorPid: process.pid,
       listeners: this.listeners.length,
-      ...this.stats,
-      committedAt: performance.timeOrigin + this.marks.commit,
-      phases: {
-        precopyMs: this.marks.prepare - this.started,
-        transferMs: this.marks.firstConns === 0 ? 0 : this.marks.prepare - this.marks.firstConns,
-        commitMs: this.marks.commit - this.marks.prepare,
-        wavesMs: end - this.marks.listening,
-        totalMs: end - this.started,
-      },
-    };
+    });
   }
+
 
   private fail(error: TakeoverError): void {
     if (this.phase === 'done' || this.phase === 'failed') return;
