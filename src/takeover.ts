@@ -36,7 +36,7 @@ export interface TakeoverOptions {
   allowUids?: readonly number[];
   /** How long to wait for each step of the other side before giving up. Default 10,000 ms. */
   timeoutMs?: number;
-  /** Connections frozen and started together; each pauses for one wave. Default 256. */
+  /** Connections frozen and started together; each pauses for one wave. Default 128. */
   waveSize?: number;
   /** Exit (code 0) once handed over and no retained connection is left. Default true. */
   exitOnHandover?: boolean;
@@ -168,7 +168,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       mode,
       allowUids,
       timeoutMs: positiveInteger(options.timeoutMs, 'timeoutMs', 10_000),
-      waveSize: positiveInteger(options.waveSize, 'waveSize', 256),
+      waveSize: positiveInteger(options.waveSize, 'waveSize', 128),
       exitOnHandover: options.exitOnHandover ?? true,
       captureState: options.captureState,
       restoreState: options.restoreState,
