@@ -1,5 +1,6 @@
 import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
+import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -261,6 +262,27 @@ test('ready() after the takeover already failed rejects with that TakeoverError'
   });
   await successor.close();
   assert.ok(fs.existsSync(channelPath), "a failed successor's close() leaves the predecessor's channel");
+  old.kill('SIGTERM');
+  await old.exited;
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("a successor's close() before its commit aborts the takeover; the predecessor keeps serving", { timeout: 30_000 }, async () => {
+  const dir = tempDir();
+  const channelPath = path.join(dir, 'channel');
+  const old = new ServerProcess({ path: channelPath, listen: [{ port: 0, host: '127.0.0.1' }] });
+  const port = (await old.next('ready')).addresses![0]!.port;
+  const successor = await Takeover.start({ path: channelPath, mode: 'takeover', exitOnHandover: false });
+  successor.listen(net.createServer(), { port: 0, host: '127.0.0.1' });
+  await successor.close();
+  const rollback = await old.next('rollback');
+  assert.equal(rollback.code, 'ERR_TAKEOVER_ABORTED');
+  assert.ok(fs.existsSync(channelPath), "the predecessor's channel stays");
+  const client = net.connect(port, '127.0.0.1');
+  client.write(Buffer.from([0, 0, 0, 7]));
+  const [echo] = (await once(client, 'data')) as [Buffer];
+  assert.deepEqual(echo, Buffer.from([0, 0, 0, 7]));
+  client.destroy();
   old.kill('SIGTERM');
   await old.exited;
   fs.rmSync(dir, { recursive: true, force: true });
