@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { afterEach, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { runEchoLoad } from '../src/cli/echo-load.js';
-import { probeEcho, tempDir } from './helpers.js';
+import { probeEcho, tempDir, ipv6Available } from './helpers.js';
 
 const SERVER = fileURLToPath(new URL('../src/cli/server.js', import.meta.url));
 // Per test, not per suite: a suite's timeout cancels the tests after a hung one as well.
@@ -187,17 +187,6 @@ function summaryLine(from = String.raw`(\d+)`, to = String.raw`(\d+)`): RegExp {
   );
 }
 
-async function ipv6Available(): Promise<boolean> {
-  const server = net.createServer();
-  try {
-    server.listen(0, '::1');
-    await once(server, 'listening');
-    server.close();
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('takeover-server command line', () => {
   test('-h prints the seed-style usage and exits 0', { timeout }, async () => {

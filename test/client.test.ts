@@ -10,6 +10,7 @@ import * as hdr from 'hdr-histogram-js';
 import { mergeClients, type ClientRun } from '../bench/load.js';
 import { runEchoLoad, type EchoLoadRun, type EchoLoadSummary, type Percentiles } from '../src/cli/echo-load.js';
 import { createLogger, formatPeer, toUsageError, UsageError } from '../src/cli/format.js';
+import { ipv6Available } from './helpers.js';
 
 const CLIENT = fileURLToPath(new URL('../src/cli/client.js', import.meta.url));
 const TEST_TIMEOUT = 60_000;
@@ -148,17 +149,6 @@ function decodeMatching(base64: string, percentiles: Percentiles): hdr.Histogram
 
 const noErrors = { ECONNRESET: 0, ECONNREFUSED: 0, EPIPE: 0, EOF: 0, ETIMEDOUT: 0 };
 
-async function ipv6Available(): Promise<boolean> {
-  const server = net.createServer();
-  try {
-    server.listen(0, '::1');
-    await once(server, 'listening');
-    server.close();
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('takeover-client against test servers', { timeout: TEST_TIMEOUT }, () => {
   test('a correct echo server: exit 0 and a consistent JSON summary', async () => {

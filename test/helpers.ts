@@ -282,3 +282,16 @@ export async function probeEcho(port: number, host: string): Promise<void> {
   client.close();
   if (client.problems.length > 0) throw new Error(`probe of [${host}]:${port}: ${client.problems.join(', ')}`);
 }
+
+/** False on a machine without IPv6 loopback: IPv6 cases then say so instead of failing. */
+export async function ipv6Available(): Promise<boolean> {
+  const server = net.createServer();
+  try {
+    server.listen(0, '::1');
+    await once(server, 'listening');
+    server.close();
+    return true;
+  } catch {
+    return false;
+  }
+}

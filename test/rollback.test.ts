@@ -32,6 +32,17 @@ async function running(extra: Partial<ServerConfig> = {}, dirMode = 0o700): Prom
   return { dir, config, old, address, clients };
 }
 
+/** Once the successor took everything: the old process exits, every client is still served, then all is stopped. */
+async function finishOn(successor: ServerProcess, r: Running): Promise<void> {
+  assert.equal(await r.old.exited, 0);
+  for (const c of r.clients) c.burst(1);
+  assert.deepEqual(await drainAll(r.clients), []);
+  for (const c of r.clients) c.close();
+  successor.kill('SIGTERM');
+  await successor.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+}
+
 /** After a rollback: the old process still serves every connection and the listener, and can still be taken over. */
 async function assertOldServesEverything(r: Running): Promise<void> {
   for (const c of r.clients) c.burst(2);
@@ -40,13 +51,7 @@ async function assertOldServesEverything(r: Running): Promise<void> {
   const successor = new ServerProcess(r.config);
   const ready = await successor.next('ready');
   assert.equal(ready.stats!.connections, r.clients.length, 'a later takeover still moves every connection');
-  assert.equal(await r.old.exited, 0);
-  for (const c of r.clients) c.burst(1);
-  assert.deepEqual(await drainAll(r.clients), []);
-  for (const c of r.clients) c.close();
-  successor.kill('SIGTERM');
-  await successor.exited;
-  fs.rmSync(r.dir, { recursive: true, force: true });
+  await finishOn(successor, r);
 }
 
 for (const step of ['hello', 'listeners', 'precopy', 'prepare'] as const) {
@@ -144,13 +149,7 @@ test('allowUids lets another uid take over', { timeout: 60_000 }, async () => {
   const successor = new ServerProcess({ ...r.config, mode: 'takeover' }, { script, spawn: { uid: NOBODY, gid: NOBODY } });
   const ready = await successor.next('ready');
   assert.equal(ready.stats!.connections, 300);
-  assert.equal(await r.old.exited, 0);
-  for (const c of r.clients) c.burst(1);
-  assert.deepEqual(await drainAll(r.clients), []);
-  for (const c of r.clients) c.close();
-  successor.kill('SIGTERM');
-  await successor.exited;
-  fs.rmSync(r.dir, { recursive: true, force: true });
+  await finishOn(successor, r);
   fs.rmSync(path.resolve(script, '../../../..'), { recursive: true, force: true });
 });
 
