@@ -319,6 +319,7 @@ export class SuccessorSession {
     if (wave.seq !== this.expectedWave) {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave ${wave.seq} arrived, expected ${this.expectedWave}`));
     }
+    testPausePoint(`wave${wave.seq}`);
     for (const record of wave.records) {
       const held = this.held.get(record.id);
       if (!held) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));

@@ -203,3 +203,27 @@ test('a captureState hook that throws leaves those connections with the old proc
   await successor.exited;
   fs.rmSync(r.dir, { recursive: true, force: true });
 });
+
+test('a successor that stalls mid-waves keeps what it started; the old process finishes the rest, nothing is lost', { timeout: 60_000 }, async () => {
+  const r = await running({ timeoutMs: 1000, waveSize: 100 });
+  const successor = new ServerProcess({ ...r.config, timeoutMs: 10_000 }, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
+  await waitStopped(successor.pid);
+  // The old process gives up on WAVE_ACK 1 but must not take the listeners back from a live successor.
+  const warning = await r.old.next('warning');
+  assert.equal(warning.code, 'ERR_TAKEOVER_TIMEOUT');
+  const handover = await r.old.next('handover');
+  assert.equal(handover.stats!.retained, 100, 'the last wave never left the old process');
+  process.kill(successor.pid, 'SIGCONT');
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.connections, 200, 'the successor started waves 0 and 1');
+  assert.equal(successor.pending('warning').length, 1, 'and says the takeover ended early');
+  for (const c of r.clients) c.burst(2);
+  await probeEcho(r.address.port, r.address.host);
+  assert.deepEqual(await drainAll(r.clients), []);
+  for (const c of r.clients) c.close();
+  assert.equal(await r.old.exited, 0, 'the old process exits once its retained connections closed');
+  await probeEcho(r.address.port, r.address.host);
+  successor.kill('SIGTERM');
+  await successor.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+});
