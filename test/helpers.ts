@@ -28,6 +28,7 @@ export interface ServerEvent {
   reason?: string;
   message?: string;
   successor?: boolean;
+  channelExists?: boolean;
   addresses?: net.AddressInfo[];
   stats?: { connections: number; retained: number; closed: number; waves: number; bytesIn: number; bytesOut: number; stateBytes: number; maxPauseMs: number };
 }

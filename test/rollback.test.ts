@@ -227,3 +227,25 @@ test('a successor that stalls mid-waves keeps what it started; the old process f
   await successor.exited;
   fs.rmSync(r.dir, { recursive: true, force: true });
 });
+
+test("the old process's close() during a committed takeover lets it finish and leaves the channel to the successor", { timeout: 60_000 }, async () => {
+  const r = await running({ timeoutMs: 1000, waveSize: 100 });
+  const successor = new ServerProcess({ ...r.config, timeoutMs: 10_000 }, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
+  await waitStopped(successor.pid);
+  r.old.kill('SIGTERM');
+  const closed = await r.old.next('closed');
+  assert.equal(r.old.pending('handover').length, 1, 'close() waited for the takeover to end');
+  assert.equal(closed.channelExists, true, 'the channel path now belongs to the successor');
+  assert.equal(await r.old.exited, 0);
+  process.kill(successor.pid, 'SIGCONT');
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.connections, 200);
+  // The successor owns the listener and the channel: new clients and a further takeover work.
+  await probeEcho(r.address.port, r.address.host);
+  const next = new ServerProcess(r.config);
+  assert.equal((await next.next('ready')).stats!.connections, 200);
+  for (const c of r.clients) c.close();
+  next.kill('SIGTERM');
+  await next.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+});
