@@ -49,6 +49,11 @@ export class Channel extends EventEmitter<ChannelEvents> {
     return this.closed;
   }
 
+  /** Closed, or a send failed and the failure is about to be reported: nothing sent now arrives. */
+  get isBroken(): boolean {
+    return this.closed || this.sendError !== undefined;
+  }
+
   /**
    * Queues a frame behind any frame not yet sent. The fds must stay open until the frame is
    * on the wire (the kernel then holds its own references); use {@link trySend} for fds

@@ -8,6 +8,7 @@
  * Before COMMIT this process never stops serving anything, so a rollback only has to drop
  * the successor. After COMMIT a failure resumes what has not been frozen yet.
  */
+import * as fs from 'node:fs';
 import type * as net from 'node:net';
 import * as native from './native.js';
 import type { Channel } from './channel.js';
@@ -60,12 +61,13 @@ const WAVE_BYTE_BUDGET = 64 * 1024 * 1024;
 /** Larger than a wave record's u32 lengths and MAX_WAVE_SIZE allow: such a connection stays here. */
 const MAX_CONNECTION_BYTES = 256 * 1024 * 1024;
 
+/** Running, or stopped; not gone, and not a zombie (dead, waiting for its parent to reap it). */
 function isAlive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
   }
 }
 
@@ -194,7 +196,11 @@ export class PredecessorSession {
         if (batch.length === MAX_FDS_PER_FRAME) break;
       }
       if (batch.length === 0) break;
-      if (!this.channel.trySend(encode.conns(batch))) return;
+      if (!this.channel.trySend(encode.conns(batch))) {
+        // Waiting for the socket to drain: a successor that stopped reading must still time out.
+        if (!this.deadline.armed) this.deadline.expect('ACK');
+        return;
+      }
       if (this.marks.firstConns === 0) this.marks.firstConns = performance.now();
       for (const { id } of batch) {
         this.unsent.delete(id);
@@ -241,6 +247,8 @@ export class PredecessorSession {
   }
 
   private nextWave(): void {
+    // A send already failed (the successor died): freezing now would hand connections to nobody.
+    if (this.channel.isBroken) return;
     this.waveStartedAt = performance.now();
     const records: WaveRecord[] = [];
     const released: net.Socket[] = [];
@@ -255,7 +263,8 @@ export class PredecessorSession {
       // Asked before the freeze (nothing reaches the app in between): a hook that fails, or a
       // connection too big for one wave record, leaves the connection here, still served.
       const bytes = socket.writableLength + socket.readableLength;
-      const state = bytes > MAX_CONNECTION_BYTES ? 'failed' : this.host.captureState(socket);
+      const captured = bytes > MAX_CONNECTION_BYTES ? 'failed' : this.host.captureState(socket);
+      const state = captured !== 'failed' && bytes + (captured?.length ?? 0) > MAX_CONNECTION_BYTES ? 'failed' : captured;
       const frozen = state === 'failed' ? { fate: 'retained' as const } : freezeSocket(socket);
       if (frozen.fate !== 'moved') {
         records.push({ id, fate: frozen.fate });
@@ -319,7 +328,8 @@ export class PredecessorSession {
     this.phase = 'failed';
     this.deadline.clear();
     this.channel.close();
-    if (listening && isAlive(this.successorPid)) {
+    // Only a WAVE_ACK proves the successor listens; before it, taking everything back is right.
+    if (listening && this.waveSeq > 0 && isAlive(this.successorPid)) {
       // The successor accepts on the listeners and the channel now and serves what it started:
       // taking them back would make two processes accept. The connections not frozen yet never
       // left this process, so it finishes them, as retained ones, and then exits.

@@ -106,7 +106,11 @@ export class SuccessorSession {
     }
     // Grow the fd table before the transfer starts: in a multithreaded process each growth
     // waits for an RCU grace period (measured 5-20 ms), which would otherwise fall inside it.
-    native.growFdTable(Math.min(native.fdLimit().soft - 1, PREGROWN_FDS));
+    try {
+      native.growFdTable(Math.min(native.fdLimit().soft - 1, PREGROWN_FDS));
+    } catch {
+      // Only an optimisation: WELCOME grows the table again anyway.
+    }
     channel.send(encode.hello(process.pid));
     testPausePoint('hello');
     this.deadline.expect('WELCOME');
@@ -218,8 +222,12 @@ export class SuccessorSession {
     // the kernel's pace (a busy loop here would delay every ACK), and the wrapping, the real
     // cost, still happens while the predecessor serves: it is COMMIT that waits for it.
     this.channel.send(encode.ack(this.ackSeq++));
-    if (this.isCommitted) this.scheduleWrap();
-    else this.deadline.expect('PREPARE');
+    if (this.isCommitted) {
+      this.scheduleWrap();
+      this.deadline.expect('LISTENING');
+    } else {
+      this.deadline.expect('PREPARE');
+    }
   }
 
   private scheduleWrap(): void {
@@ -320,20 +328,23 @@ export class SuccessorSession {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave ${wave.seq} arrived, expected ${this.expectedWave}`));
     }
     testPausePoint(`wave${wave.seq}`);
+    // Check the whole wave before starting any of it: failing halfway would drop the rest,
+    // which the predecessor has already released.
     for (const record of wave.records) {
       const held = this.held.get(record.id);
       if (!held) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));
+      if (record.fate === 'moved' && !held.socket && !this.wrap(record.id, held)) return;
+    }
+    for (const record of wave.records) {
+      const held = this.held.get(record.id)!;
       if (record.fate !== 'moved') {
         this.held.delete(record.id);
         drop(held);
         this.stats[record.fate]++;
         continue;
       }
-      // Connections accepted after PREPARE may not be wrapped yet.
-      const socket = held.socket ?? this.wrap(record.id, held);
-      if (!socket) return;
       this.held.delete(record.id);
-      this.host.adopt(socket, held.listener, record.input, record.output, record.state);
+      this.host.adopt(held.socket!, held.listener, record.input, record.output, record.state);
       this.stats.connections++;
       this.stats.bytesIn += record.input.length;
       this.stats.bytesOut += record.output.length;

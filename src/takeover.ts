@@ -353,9 +353,14 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     if (this.state === 'closed') return;
     // Past a commit, the other process depends on this one finishing: let the takeover end.
     if (this.outgoing?.isCommitted) {
-      await new Promise((resolve) => {
-        this.once('handover', resolve);
-        this.once('rollback', resolve);
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.off('handover', done);
+          this.off('rollback', done);
+          resolve();
+        };
+        this.on('handover', done);
+        this.on('rollback', done);
       });
     }
     if (this.incoming?.isCommitted) await this.readyPromise?.catch(() => {});
