@@ -116,8 +116,8 @@ export function evaluateTargets(runs: SystemRun[], floor: FloorRun[], size: numb
         `${margin(ratio, FLOOR_RATIO_TARGET, 'x')}; at most ${fmt(floorRun.transferMs * FLOOR_RATIO_TARGET)} ms would meet it` +
         (ratio <= FLOOR_RATIO_TARGET
           ? ''
-          : '; limited by the successor\'s one-time fd-table growth (an RCU grace period, 6-14 ms) after the first batch is ' +
-            'sent, its per-batch work, and V8 JIT threads competing for the 2 cores, see "What keeps the transfer above the floor"'),
+          : '; limited by the successor\'s per-batch work on its event loop, preemption, and V8 JIT threads competing for ' +
+            'the 2 cores, see "What keeps the transfer above the floor"'),
     });
   } else {
     results.push(unmeasured(ratioName, floorRun?.error ?? why ?? 'no transfer time'));
