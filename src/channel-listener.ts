@@ -73,16 +73,6 @@ export function connectChannel(channelPath: string): Channel {
   return new Channel(fd);
 }
 
-/** True when a live process accepts connections on the path. */
-export function isChannelLive(channelPath: string): boolean {
-  try {
-    native.close(native.unixConnect(channelPath));
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * True when any live socket is bound at the path, whatever its type: our connect is
  * SOCK_SEQPACKET, and the kernel answers EPROTOTYPE for a live socket of another type (a stale
@@ -106,7 +96,7 @@ export function createChannelFd(channelPath: string): number {
   checkChannelPath(channelPath);
   checkReplaceable(channelPath);
   if (fs.existsSync(channelPath)) {
-    if (isChannelLive(channelPath)) {
+    if (isSocketLive(channelPath)) {
       throw new TakeoverError(
         ErrorCodes.CHANNEL_IN_USE,
         `a server already listens on the takeover path ${channelPath}; take it over instead`,

@@ -8,7 +8,6 @@
  * Before COMMIT this process never stops serving anything, so a rollback only has to drop
  * the successor. After COMMIT a failure resumes what has not been frozen yet.
  */
-import * as fs from 'node:fs';
 import type * as net from 'node:net';
 import * as native from './native.js';
 import type { Channel } from './channel.js';
@@ -25,6 +24,7 @@ import {
 import { freezeSocket, releaseSocket, socketFd } from './sockets.js';
 import { ErrorCodes, TakeoverError } from './errors.js';
 import { Deadline } from './deadline.js';
+import { isAlive } from './processes.js';
 import { StatsRecorder, type TakeoverStats } from './stats.js';
 
 /** What the session needs from the process it runs in (implemented by Takeover). */
@@ -51,26 +51,16 @@ export interface PredecessorHost {
 
 type Phase = 'hello' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
 
-/**
- * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
- * both sides, so the window is as wide as is safe: a non-root sender with more fds in flight
- * than its RLIMIT_NOFILE gets ETOOMANYREFS, so half of that, at most 64 batches.
- */
 /** A wave stops growing past this many bytes of input, output and state: bounds one wave's memory and pause. */
 const WAVE_BYTE_BUDGET = 64 * 1024 * 1024;
 /** Larger than a wave record's u32 lengths and MAX_WAVE_SIZE allow: such a connection stays here. */
 const MAX_CONNECTION_BYTES = 256 * 1024 * 1024;
 
-/** Running, or stopped; not gone, and not a zombie (dead, waiting for its parent to reap it). */
-function isAlive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
+/**
+ * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
+ * both sides, so the window is as wide as is safe: a non-root sender with more fds in flight
+ * than its RLIMIT_NOFILE gets ETOOMANYREFS, so half of that, at most 64 batches.
+ */
 function batchWindow(): number {
   return Math.max(4, Math.min(64, Math.floor(native.fdLimit().soft / 2 / MAX_FDS_PER_FRAME)));
 }
@@ -318,7 +308,6 @@ export class PredecessorSession {
       listeners: this.listeners.length,
     });
   }
-
 
   private fail(error: TakeoverError): void {
     if (this.phase === 'done' || this.phase === 'failed') return;

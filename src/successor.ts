@@ -378,7 +378,6 @@ export class SuccessorSession {
     });
   }
 
-
   private fail(error: TakeoverError): void {
     if (this.phase === 'done' || this.phase === 'failed') return;
     const listening = this.phase === 'waves';

@@ -14,7 +14,6 @@ import {
   checkReplaceable,
   connectChannel,
   createChannelFd,
-  isChannelLive,
   isSocketLive,
 } from './channel-listener.js';
 import { PredecessorSession, type PredecessorHost } from './predecessor.js';
@@ -211,7 +210,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     const { path, mode } = this.options;
     try {
       checkChannelPath(path);
-      if (mode === 'fresh' && isChannelLive(path)) {
+      if (mode === 'fresh' && isSocketLive(path)) {
         throw new TakeoverError(ErrorCodes.CHANNEL_IN_USE, `a server already listens on the takeover path ${path}; take it over instead`);
       }
       const channel = mode === 'fresh' ? undefined : this.connectUnlessAuto(path);

@@ -8,17 +8,9 @@ import { EventEmitter, once } from 'node:events';
 import * as fs from 'node:fs';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { isAlive } from '../src/processes.js';
 
 const DEMO = fileURLToPath(new URL('../src/cli/demo.js', import.meta.url));
-
-function isAlive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
-  } catch {
-    return false;
-  }
-}
 
 /** Servers get SIGTERM as the demo leaves; their exit is not the demo's to wait for. */
 async function gone(pids: number[]): Promise<void> {

@@ -9,6 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { isAlive } from '../processes.js';
 import type { TakeoverStats } from '../stats.js';
 import { runEchoLoad, type EchoLoadRun, type EchoLoadSummary } from './echo-load.js';
 
@@ -39,15 +40,6 @@ interface Step {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Linux: a zombie (a successor started by SIGUSR2 whose parent exited) counts as gone. */
-function isAlive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
-  } catch {
-    return false;
-  }
-}
 
 /** Every server's stdout, successors started by SIGUSR2 included (they inherit it). */
 class ServerLogs {
