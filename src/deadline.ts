@@ -7,13 +7,14 @@ export class Deadline {
     private readonly onExpired: (what: string, ms: number) => void,
   ) {}
 
-  /** Calls the expiry handler unless {@link clear} or another `expect` comes within the time. */
-  expect(what: string): void {
+  /** Calls the expiry handler unless {@link clear} or another `expect` comes within the time (plus `extraMs`). */
+  expect(what: string, extraMs = 0): void {
     this.clear();
+    const ms = Math.min(this.ms + extraMs, 2 ** 31 - 1);
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.onExpired(what, this.ms);
-    }, this.ms);
+      this.onExpired(what, ms);
+    }, ms);
   }
 
   get armed(): boolean {

@@ -2,6 +2,8 @@
  * Every failure this library reports is a {@link TakeoverError} with a stable `code`,
  * so callers branch on codes, never on messages. The codes are listed in the README.
  */
+import type { Socket } from 'node:net';
+
 export const ErrorCodes = {
   /** An option or argument has the wrong type or value. */
   INVALID_OPTION: 'ERR_TAKEOVER_INVALID_OPTION',
@@ -31,6 +33,16 @@ export const ErrorCodes = {
   LISTENER_UNCLAIMED: 'ERR_TAKEOVER_LISTENER_UNCLAIMED',
   /** A system call failed; `cause` is Node's system error. */
   SYSTEM: 'ERR_TAKEOVER_SYSTEM',
+  /** An application hook or event listener threw (`cause`); the takeover went on without it. */
+  HOOK_FAILED: 'ERR_TAKEOVER_HOOK_FAILED',
+  /** This process wrote to (or ended) a connection that has moved to the successor; `socket` says which. */
+  CONNECTION_MOVED: 'ERR_TAKEOVER_CONNECTION_MOVED',
+  /** A TLS server was given to `listen()`: its sessions live in this process's OpenSSL and cannot move. */
+  TLS_UNSUPPORTED: 'ERR_TAKEOVER_TLS_UNSUPPORTED',
+  /** `upgrade()`'s successor process exited, or never connected, before the takeover finished. */
+  SUCCESSOR_FAILED: 'ERR_TAKEOVER_SUCCESSOR_FAILED',
+  /** The native addon could not be loaded (`cause` says why). */
+  ADDON_LOAD: 'ERR_TAKEOVER_ADDON_LOAD',
 } as const;
 
 export type TakeoverErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
@@ -40,11 +52,14 @@ export class TakeoverError extends Error {
   readonly code: TakeoverErrorCode;
   /** For `ERR_TAKEOVER_ABORTED`: the code the other side gave. */
   readonly reason: string | undefined;
+  /** For `ERR_TAKEOVER_CONNECTION_MOVED`: the connection concerned. */
+  readonly socket: Socket | undefined;
 
-  constructor(code: TakeoverErrorCode, message: string, options: { cause?: unknown; reason?: string } = {}) {
+  constructor(code: TakeoverErrorCode, message: string, options: { cause?: unknown; reason?: string; socket?: Socket } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.reason = options.reason;
+    this.socket = options.socket;
   }
 }
 
@@ -52,5 +67,15 @@ export class TakeoverError extends Error {
 export function systemError(what: string, cause: unknown): TakeoverError {
   if (cause instanceof TakeoverError) return cause;
   const code = (cause as { code?: unknown })?.code;
-  return new TakeoverError(ErrorCodes.SYSTEM, `${what}: ${typeof code === 'string' ? code : String(cause)}`, { cause });
+  return new TakeoverError(ErrorCodes.SYSTEM, `${what}: ${typeof code === 'string' ? code : describe(cause)}`, { cause });
+}
+
+/** A short description of anything thrown, for a message; the thing itself goes in `cause`. */
+export function describe(thrown: unknown): string {
+  return thrown instanceof Error ? thrown.message : String(thrown);
+}
+
+/** An application hook or listener threw: reported with its own code, the original kept as `cause`. */
+export function hookError(what: string, thrown: unknown): TakeoverError {
+  return new TakeoverError(ErrorCodes.HOOK_FAILED, `${what} threw: ${describe(thrown)}`, { cause: thrown });
 }

@@ -18,29 +18,43 @@ import {
   MAX_FDS_PER_FRAME,
   MAX_IDS_PER_FRAME,
   type Frame,
+  type AdapterKind,
   type ListenerEntry,
   type WaveRecord,
 } from './protocol.js';
-import { freezeSocket, releaseSocket, socketFd } from './sockets.js';
+import { freezeSocket, socketFd } from './sockets.js';
+import type { Readiness } from './adapters/adapter.js';
 import { ErrorCodes, TakeoverError } from './errors.js';
 import { Deadline } from './deadline.js';
 import { isAlive } from './processes.js';
 import { StatsRecorder, type TakeoverStats } from './stats.js';
 
+/** What a connection carries besides its bytes, from its adapter and the application's hook. */
+export interface CapturedState {
+  adapter: AdapterKind;
+  protocolState: Buffer | undefined;
+  state: Buffer | undefined;
+}
+
 /** What the session needs from the process it runs in (implemented by Takeover). */
 export interface PredecessorHost {
-  readonly options: { timeoutMs: number; waveSize: number };
+  readonly options: { timeoutMs: number; waveSize: number; quiesceTimeoutMs: number };
   /** Listeners to send, each with a dup'ed fd the session owns and closes. */
   duplicateListeners(): (ListenerEntry & { fd: number })[];
   connections(): ReadonlyMap<number, { socket: net.Socket; listener: number }>;
-  /** The app's state for a connection about to be frozen; 'failed' when its hook threw or returned a non-Buffer. */
-  captureState(socket: net.Socket): Buffer | undefined | 'failed';
+  /** May this connection move now (its adapter's answer and the application's busy marks)? */
+  readiness(id: number): Readiness;
+  /** Its adapter's and the application's state, just before the freeze; 'failed' when either threw (it then stays here). */
+  capture(id: number): CapturedState | 'failed';
+  /** The connection stays here for good: let its protocol finish it. */
+  retain(id: number): void;
   /** Point of no return: stop accepting TCP connections and successors. */
   stopAccepting(): void;
   /** After a failure past the point of no return: accept again on the dups (ownership passes). */
   resumeAccepting(listeners: readonly (ListenerEntry & { fd: number })[]): void;
   onFreeze(socket: net.Socket): void;
-  onRelease(socket: net.Socket): void;
+  /** The connection now lives in the successor: drop this process's copy (no FIN). */
+  release(id: number, socket: net.Socket): void;
   /** Called on every failure; `started` is false for a peer that never said HELLO (e.g. a liveness probe). */
   onRollback(error: TakeoverError, started: boolean): void;
   onHello(pid: number): void;
@@ -55,6 +69,8 @@ type Phase = 'hello' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' |
 const WAVE_BYTE_BUDGET = 64 * 1024 * 1024;
 /** Larger than a wave record's u32 lengths and MAX_WAVE_SIZE allow: such a connection stays here. */
 const MAX_CONNECTION_BYTES = 256 * 1024 * 1024;
+/** How often deferred connections are asked again when nothing told the session they may be quiet. */
+const QUIESCE_RETRY_MS = 10;
 
 /**
  * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
@@ -77,6 +93,13 @@ export class PredecessorSession {
   private waveCursor = 0;
   private waveSeq = 0;
   private waveStartedAt = 0;
+  private waveInFlight = false;
+  /** Connections that were busy when their turn came: asked again until quiet or the quiescence bound. */
+  private readonly deferred = new Map<number, net.Socket>();
+  /** Deferred connections reported quiet while a wave was in flight: asked first in the next wave. */
+  private readonly maybeQuiet = new Set<number>();
+  private quiesceDeadline = 0;
+  private retryTimer: NodeJS.Timeout | undefined;
   private readonly recorder = new StatsRecorder();
   private readonly stats = this.recorder.counts;
   private readonly marks = this.recorder.marks;
@@ -120,6 +143,17 @@ export class PredecessorSession {
     if (this.phase !== 'prepared') this.pump();
   }
 
+  /** An adapter or the application says a connection may have become quiet: move it while it is. */
+  connectionMaybeQuiet(id: number): void {
+    if (this.phase !== 'waves' || !this.deferred.has(id)) return;
+    if (this.waveInFlight) {
+      this.maybeQuiet.add(id);
+      return;
+    }
+    this.clearRetry();
+    this.nextWave();
+  }
+
   /** Tells the successor why, then rolls back. */
   abort(error: TakeoverError): void {
     this.channel.sendLast(encode.abort(error.code, error.message));
@@ -129,7 +163,7 @@ export class PredecessorSession {
   private onFrame(frame: Frame): void {
     switch (`${this.phase}:${frame.type}`) {
       case 'hello:hello':
-        return this.onHello((frame as Extract<Frame, { type: 'hello' }>).pid);
+        return this.onHello();
       case 'precopy:ack':
       case 'committed:ack':
         this.batchesInFlight--;
@@ -149,9 +183,11 @@ export class PredecessorSession {
     }
   }
 
-  private onHello(pid: number): void {
-    this.successorPid = pid;
-    this.host.onHello(pid);
+  private onHello(): void {
+    // The kernel's word (SO_PEERCRED), not the peer's: in another pid namespace, or lying, the
+    // pid a peer claims names some other process, and liveness checks would ask about that one.
+    this.successorPid = this.channel.peer.pid;
+    this.host.onHello(this.successorPid);
     try {
       this.listeners = this.host.duplicateListeners();
     } catch (error) {
@@ -228,65 +264,130 @@ export class PredecessorSession {
   }
 
   private startWaves(): void {
-    this.channel.send(encode.listening());
+    const { quiesceTimeoutMs } = this.host.options;
+    this.channel.send(encode.listening(quiesceTimeoutMs));
     this.marks.listening = performance.now();
+    this.quiesceDeadline = this.marks.listening + quiesceTimeoutMs;
     this.phase = 'waves';
     const connections = this.host.connections();
     this.waveQueue = [...this.sent].map((id) => ({ id, socket: connections.get(id)?.socket }));
     this.nextWave();
   }
 
+  /**
+   * Freezes and sends the next wave: connections in queue order, then (once the queue is done)
+   * deferred ones that have become quiet. With only busy connections left, waits for one to
+   * turn quiet, and past the quiescence bound leaves them here. Wave 0 always goes out, even
+   * with nothing but deferrals in it: its WAVE_ACK proves the successor listens.
+   */
   private nextWave(): void {
     // A send already failed (the successor died): freezing now would hand connections to nobody.
     if (this.channel.isBroken) return;
     this.waveStartedAt = performance.now();
     const records: WaveRecord[] = [];
-    const released: net.Socket[] = [];
-    let waveBytes = 0;
-    while (records.length < this.host.options.waveSize && waveBytes < WAVE_BYTE_BUDGET && this.waveCursor < this.waveQueue.length) {
+    const released: { id: number; socket: net.Socket }[] = [];
+    const budget = { bytes: 0 };
+    const room = () => records.length < this.host.options.waveSize && budget.bytes < WAVE_BYTE_BUDGET;
+    for (const id of this.maybeQuiet) {
+      if (!room()) break;
+      this.maybeQuiet.delete(id);
+      const socket = this.deferred.get(id);
+      if (socket && this.host.readiness(id) === 'quiet') this.consider(id, socket, records, released, budget);
+    }
+    while (room() && this.waveCursor < this.waveQueue.length) {
       const { id, socket } = this.waveQueue[this.waveCursor++]!;
-      if (!socket || socket.destroyed) {
-        records.push({ id, fate: 'closed' });
-        this.stats.closed++;
-        continue;
+      this.consider(id, socket, records, released, budget);
+    }
+    if (this.waveCursor === this.waveQueue.length) {
+      const pastBound = performance.now() >= this.quiesceDeadline;
+      for (const [id, socket] of this.deferred) {
+        if (!room()) break;
+        if (pastBound) {
+          this.deferred.delete(id);
+          records.push({ id, fate: 'retained' });
+          this.stats.retained++;
+          this.host.retain(id);
+        } else if (socket.destroyed || this.host.readiness(id) !== 'busy') {
+          this.consider(id, socket, records, released, budget);
+        }
       }
-      // Asked before the freeze (nothing reaches the app in between): a hook that fails, or a
-      // connection too big for one wave record, leaves the connection here, still served.
-      const bytes = socket.writableLength + socket.readableLength;
-      const captured = bytes > MAX_CONNECTION_BYTES ? 'failed' : this.host.captureState(socket);
-      const state = captured !== 'failed' && bytes + (captured?.length ?? 0) > MAX_CONNECTION_BYTES ? 'failed' : captured;
-      const frozen = state === 'failed' ? { fate: 'retained' as const } : freezeSocket(socket);
-      if (frozen.fate !== 'moved') {
-        records.push({ id, fate: frozen.fate });
-        this.stats[frozen.fate]++;
-        continue;
-      }
-      waveBytes += bytes + (state?.length ?? 0);
-      records.push({ id, fate: 'moved', input: frozen.input, output: frozen.output, state: state as Buffer | undefined });
-      this.stats.connections++;
-      this.stats.bytesIn += frozen.input.length;
-      this.stats.bytesOut += frozen.output.length;
-      this.stats.stateBytes += state?.length ?? 0;
-      this.host.onFreeze(socket);
-      released.push(socket);
+    }
+    if (records.length === 0 && this.waveSeq > 0) {
+      if (this.deferred.size === 0) return this.finish();
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = undefined;
+        this.nextWave();
+      }, Math.max(0, Math.min(QUIESCE_RETRY_MS, this.quiesceDeadline - performance.now())));
+      return;
     }
     for (const message of encode.wave(encodeWave({ seq: this.waveSeq, records }))) this.channel.send(message);
-    for (const socket of released) {
-      this.host.onRelease(socket);
-      releaseSocket(socket);
-    }
+    for (const { id, socket } of released) this.host.release(id, socket);
+    this.waveInFlight = true;
     this.deadline.expect('WAVE_ACK');
+  }
+
+  /** Decides one connection's fate in the wave being built; a moved one is frozen here and released once the wave is sent. */
+  private consider(
+    id: number,
+    socket: net.Socket | undefined,
+    records: WaveRecord[],
+    released: { id: number; socket: net.Socket }[],
+    budget: { bytes: number },
+  ): void {
+    const wasDeferred = this.deferred.delete(id);
+    if (!socket || socket.destroyed) {
+      records.push({ id, fate: 'closed' });
+      this.stats.closed++;
+      return;
+    }
+    const readiness = this.host.readiness(id);
+    if (readiness === 'busy') {
+      this.deferred.set(id, socket);
+      // The successor hears of a deferral once; it keeps its copy until a later wave decides.
+      if (!wasDeferred) {
+        records.push({ id, fate: 'deferred' });
+        this.stats.deferred++;
+      }
+      return;
+    }
+    // Asked before the freeze (nothing reaches the app in between): a hook that fails, or a
+    // connection too big for one wave record, leaves the connection here, still served.
+    const bytes = socket.writableLength + socket.readableLength;
+    const captured = readiness === 'never' || bytes > MAX_CONNECTION_BYTES ? 'failed' : this.host.capture(id);
+    const stateBytes = captured === 'failed' ? 0 : (captured.protocolState?.length ?? 0) + (captured.state?.length ?? 0);
+    const frozen = captured === 'failed' || bytes + stateBytes > MAX_CONNECTION_BYTES ? { fate: 'retained' as const } : freezeSocket(socket);
+    if (frozen.fate !== 'moved') {
+      records.push({ id, fate: frozen.fate });
+      this.stats[frozen.fate]++;
+      if (frozen.fate === 'retained') this.host.retain(id);
+      return;
+    }
+    const { adapter, protocolState, state } = captured as CapturedState;
+    budget.bytes += bytes + stateBytes;
+    records.push({ id, fate: 'moved', adapter, input: frozen.input, output: frozen.output, protocolState, state });
+    this.stats.connections++;
+    this.stats.bytesIn += frozen.input.length;
+    this.stats.bytesOut += frozen.output.length;
+    this.stats.stateBytes += stateBytes;
+    this.host.onFreeze(socket);
+    released.push({ id, socket });
   }
 
   private onWaveAck(seq: number): void {
     if (seq !== this.waveSeq) {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq}, expected ${this.waveSeq}`));
     }
+    this.waveInFlight = false;
+    this.deadline.clear();
     this.stats.waves++;
     this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - this.waveStartedAt);
     this.waveSeq++;
-    if (this.waveCursor < this.waveQueue.length) return this.nextWave();
-    this.finish();
+    this.nextWave();
+  }
+
+  private clearRetry(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
   }
 
   private finish(): void {
@@ -316,13 +417,16 @@ export class PredecessorSession {
     const started = this.successorPid !== 0;
     this.phase = 'failed';
     this.deadline.clear();
+    this.clearRetry();
     this.channel.close();
     // Only a WAVE_ACK proves the successor listens; before it, taking everything back is right.
     if (listening && this.waveSeq > 0 && isAlive(this.successorPid)) {
       // The successor accepts on the listeners and the channel now and serves what it started:
       // taking them back would make two processes accept. The connections not frozen yet never
       // left this process, so it finishes them, as retained ones, and then exits.
-      this.stats.retained += this.waveQueue.length - this.waveCursor;
+      this.stats.retained += this.waveQueue.length - this.waveCursor + this.deferred.size;
+      for (const id of this.deferred.keys()) this.host.retain(id);
+      this.deferred.clear();
       this.waveQueue = [];
       const stats = this.statsNow();
       this.closeListenerFds();

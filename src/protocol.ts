@@ -14,7 +14,8 @@
  */
 import { ErrorCodes, TakeoverError } from './errors.js';
 
-export const PROTOCOL_VERSION = 1;
+/** 2: LISTENING carries the quiescence bound; wave records carry the adapter, its state, and the 'deferred' fate. */
+export const PROTOCOL_VERSION = 2;
 export const MAGIC = 0x5354;
 export const HEADER_SIZE = 12;
 /** One seqpacket message stays well under the default socket buffer (about 208 KiB). */
@@ -25,6 +26,8 @@ export const MAX_FDS_PER_FRAME = 253;
 /** A reassembled wave may carry much pending output; this bounds what a bad peer can make us buffer. */
 export const MAX_WAVE_SIZE = 1024 * 1024 * 1024;
 const FLAG_MORE = 1;
+/** Longest quiescence bound a LISTENING frame may announce (one day); also the option's limit. */
+export const MAX_QUIESCE_MS = 24 * 60 * 60 * 1000;
 
 export const FrameType = {
   HELLO: 1,
@@ -65,7 +68,8 @@ export type Frame =
   | { type: 'closed'; ids: number[] }
   | { type: 'prepare'; connections: number; idSum: number; idXor: number }
   | { type: 'commit' }
-  | { type: 'listening' }
+  /** `quiesceMs`: how long the predecessor may keep deferring busy connections before it retains them. */
+  | { type: 'listening'; quiesceMs: number }
   | { type: 'wave'; more: boolean; chunk: Buffer }
   | { type: 'waveAck'; seq: number }
   /** `maxPauseUs`: the longest wave as the predecessor measured it, freeze to WAVE_ACK. */
@@ -132,7 +136,7 @@ export const encode = {
   prepare: (connections: number, idSum: number, idXor: number) =>
     frame(FrameType.PREPARE, json({ connections, idSum, idXor })),
   commit: () => frame(FrameType.COMMIT, Buffer.alloc(0)),
-  listening: () => frame(FrameType.LISTENING, Buffer.alloc(0)),
+  listening: (quiesceMs: number) => frame(FrameType.LISTENING, json({ quiesceMs })),
   waveAck: (seq: number) => frame(FrameType.WAVE_ACK, u32List([seq])),
   done: (retained: number, maxPauseUs: number) => frame(FrameType.DONE, json({ retained, maxPauseUs })),
   /** A wave blob (see {@link encodeWave}) split into as many frames as it needs. */
@@ -162,7 +166,7 @@ function parseJson(body: Buffer, what: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-function count(obj: Record<string, unknown>, key: string, what: string, max = 0xffffffff): number {
+function integer(obj: Record<string, unknown>, key: string, what: string, max = 0xffffffff): number {
   const v = obj[key];
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
     throw protocolError(`${what} frame: '${key}' must be an integer in 0..${max}`);
@@ -216,16 +220,16 @@ export function decodeFrame(data: Buffer, fds: readonly number[]): Frame {
     case FrameType.HELLO: {
       expectFds(fds, false, 'HELLO');
       const o = parseJson(body, 'HELLO');
-      return { type: 'hello', pid: count(o, 'pid', 'HELLO') };
+      return { type: 'hello', pid: integer(o, 'pid', 'HELLO') };
     }
     case FrameType.WELCOME: {
       expectFds(fds, false, 'WELCOME');
       const o = parseJson(body, 'WELCOME');
       return {
         type: 'welcome',
-        pid: count(o, 'pid', 'WELCOME'),
-        listeners: count(o, 'listeners', 'WELCOME', MAX_FDS_PER_FRAME),
-        connections: count(o, 'connections', 'WELCOME'),
+        pid: integer(o, 'pid', 'WELCOME'),
+        listeners: integer(o, 'listeners', 'WELCOME', MAX_FDS_PER_FRAME),
+        connections: integer(o, 'connections', 'WELCOME'),
       };
     }
     case FrameType.ABORT: {
@@ -280,17 +284,19 @@ export function decodeFrame(data: Buffer, fds: readonly number[]): Frame {
       const o = parseJson(body, 'PREPARE');
       return {
         type: 'prepare',
-        connections: count(o, 'connections', 'PREPARE'),
-        idSum: count(o, 'idSum', 'PREPARE'),
-        idXor: count(o, 'idXor', 'PREPARE'),
+        connections: integer(o, 'connections', 'PREPARE'),
+        idSum: integer(o, 'idSum', 'PREPARE'),
+        idXor: integer(o, 'idXor', 'PREPARE'),
       };
     }
     case FrameType.COMMIT:
+      expectFds(fds, false, 'COMMIT');
+      expectBody(body, 0, 'COMMIT');
+      return { type: 'commit' };
     case FrameType.LISTENING: {
-      const what = type === FrameType.COMMIT ? 'COMMIT' : 'LISTENING';
-      expectFds(fds, false, what);
-      expectBody(body, 0, what);
-      return { type: type === FrameType.COMMIT ? 'commit' : 'listening' };
+      expectFds(fds, false, 'LISTENING');
+      const o = parseJson(body, 'LISTENING');
+      return { type: 'listening', quiesceMs: integer(o, 'quiesceMs', 'LISTENING', MAX_QUIESCE_MS) };
     }
     case FrameType.WAVE:
       expectFds(fds, false, 'WAVE');
@@ -298,7 +304,7 @@ export function decodeFrame(data: Buffer, fds: readonly number[]): Frame {
     case FrameType.DONE: {
       expectFds(fds, false, 'DONE');
       const o = parseJson(body, 'DONE');
-      return { type: 'done', retained: count(o, 'retained', 'DONE'), maxPauseUs: count(o, 'maxPauseUs', 'DONE') };
+      return { type: 'done', retained: integer(o, 'retained', 'DONE'), maxPauseUs: integer(o, 'maxPauseUs', 'DONE') };
     }
     default:
       throw protocolError(`unknown frame type ${type}`);
@@ -307,50 +313,64 @@ export function decodeFrame(data: Buffer, fds: readonly number[]): Frame {
 
 // ---- waves: the per-connection bytes and state moved at freeze time ----
 
-/** What happened to a connection when its wave was frozen. */
+/** Which adapter (src/adapters/) speaks for a connection; the successor adopts it through the same one. */
+export const ADAPTER_KINDS = ['net', 'http', 'ws'] as const;
+export type AdapterKind = (typeof ADAPTER_KINDS)[number];
+
+/** What happened to a connection when a wave named it. */
 export type WaveRecord =
-  | { id: number; fate: 'moved'; input: Buffer; output: Buffer; state: Buffer | undefined }
-  /** Half-closed in the old process: it stays there until it ends. */
+  | {
+      id: number;
+      fate: 'moved';
+      adapter: AdapterKind;
+      input: Buffer;
+      output: Buffer;
+      /** The adapter's protocol state (e.g. a WebSocket's negotiated extensions). */
+      protocolState: Buffer | undefined;
+      /** The application's state, from its `captureState` hook. */
+      state: Buffer | undefined;
+    }
+  /** It stays in the old process, which finishes it (half-closed, too big, still busy at the quiescence bound). */
   | { id: number; fate: 'retained' }
   /** Closed before its wave: the successor drops its copy. */
-  | { id: number; fate: 'closed' };
+  | { id: number; fate: 'closed' }
+  /** Not quiet yet (its application owes it something): a later wave names it again. */
+  | { id: number; fate: 'deferred' };
 
 export interface Wave {
   seq: number;
   records: WaveRecord[];
 }
 
-const FATES = ['moved', 'retained', 'closed'] as const;
+const FATES = ['moved', 'retained', 'closed', 'deferred'] as const;
 const HAS_STATE = 0x10;
-const RECORD_HEADER = 4 + 1 + 4 + 4 + 4;
+const HAS_PROTOCOL_STATE = 0x20;
+/** u32 id, u8 fate|flags, u8 adapter, then four u32 lengths: input, output, protocol state, state. */
+const RECORD_HEADER = 4 + 1 + 1 + 4 * 4;
 
 export function encodeWave(wave: Wave): Buffer {
   let size = 8;
   for (const r of wave.records) {
-    size += RECORD_HEADER + (r.fate === 'moved' ? r.input.length + r.output.length + (r.state?.length ?? 0) : 0);
+    size += RECORD_HEADER + (r.fate === 'moved' ? r.input.length + r.output.length + (r.protocolState?.length ?? 0) + (r.state?.length ?? 0) : 0);
   }
   const blob = Buffer.allocUnsafe(size);
   blob.writeUInt32BE(wave.seq, 0);
   blob.writeUInt32BE(wave.records.length, 4);
   let at = 8;
   for (const r of wave.records) {
-    blob.writeUInt32BE(r.id, at);
     const moved = r.fate === 'moved' ? r : undefined;
-    blob.writeUInt8(FATES.indexOf(r.fate) | (moved?.state ? HAS_STATE : 0), at + 4);
-    blob.writeUInt32BE(moved?.input.length ?? 0, at + 5);
-    blob.writeUInt32BE(moved?.output.length ?? 0, at + 9);
-    blob.writeUInt32BE(moved?.state?.length ?? 0, at + 13);
+    const parts = moved ? [moved.input, moved.output, moved.protocolState, moved.state] : [];
+    blob.writeUInt32BE(r.id, at);
+    blob.writeUInt8(FATES.indexOf(r.fate) | (moved?.protocolState ? HAS_PROTOCOL_STATE : 0) | (moved?.state ? HAS_STATE : 0), at + 4);
+    blob.writeUInt8(moved ? ADAPTER_KINDS.indexOf(moved.adapter) : 0, at + 5);
+    for (let i = 0; i < 4; i++) blob.writeUInt32BE(parts[i]?.length ?? 0, at + 6 + i * 4);
     at += RECORD_HEADER;
-    if (moved) {
-      for (const part of [moved.input, moved.output, moved.state]) {
-        if (part) at += part.copy(blob, at);
-      }
-    }
+    for (const part of parts) if (part) at += part.copy(blob, at);
   }
   return blob;
 }
 
-/** Validates a reassembled wave: counts, lengths, fates, no id twice. Slices share the blob's memory. */
+/** Validates a reassembled wave: counts, lengths, fates, adapters, no id twice. Slices share the blob's memory. */
 export function decodeWave(blob: Buffer): Wave {
   if (blob.length < 8) throw protocolError('wave shorter than its header');
   const seq = blob.readUInt32BE(0);
@@ -364,24 +384,37 @@ export function decodeWave(blob: Buffer): Wave {
     const id = blob.readUInt32BE(at);
     const flags = blob.readUInt8(at + 4);
     const fate = FATES[flags & 0x0f];
-    if (fate === undefined || flags & ~(0x0f | HAS_STATE)) throw protocolError(`wave record has bad flags ${flags}`);
-    const lengths = [blob.readUInt32BE(at + 5), blob.readUInt32BE(at + 9), blob.readUInt32BE(at + 13)] as const;
+    if (fate === undefined || flags & ~(0x0f | HAS_STATE | HAS_PROTOCOL_STATE)) throw protocolError(`wave record has bad flags ${flags}`);
+    const adapter = ADAPTER_KINDS[blob.readUInt8(at + 5)];
+    if (adapter === undefined) throw protocolError(`wave record names unknown adapter ${blob.readUInt8(at + 5)}`);
+    const lengths = [0, 1, 2, 3].map((k) => blob.readUInt32BE(at + 6 + k * 4));
     at += RECORD_HEADER;
-    const total = lengths[0] + lengths[1] + lengths[2];
+    const total = lengths.reduce((a, b) => a + b, 0);
     if (at + total > blob.length) throw protocolError('wave record data runs past the end');
     if (seen.has(id)) throw protocolError(`wave names connection ${id} twice`);
     seen.add(id);
     if (fate !== 'moved') {
-      if (total !== 0 || flags & HAS_STATE) throw protocolError(`a ${fate} wave record carries data`);
+      if (total !== 0 || flags & (HAS_STATE | HAS_PROTOCOL_STATE) || adapter !== 'net') throw protocolError(`a ${fate} wave record carries data`);
       records.push({ id, fate });
       continue;
     }
-    if (!(flags & HAS_STATE) && lengths[2] !== 0) throw protocolError('wave record has state bytes but no state flag');
-    const input = blob.subarray(at, at + lengths[0]);
-    const output = blob.subarray(at + lengths[0], at + lengths[0] + lengths[1]);
-    const state = flags & HAS_STATE ? blob.subarray(at + lengths[0] + lengths[1], at + total) : undefined;
-    records.push({ id, fate, input, output, state });
-    at += total;
+    if ((!(flags & HAS_PROTOCOL_STATE) && lengths[2]! !== 0) || (!(flags & HAS_STATE) && lengths[3]! !== 0)) {
+      throw protocolError('wave record has state bytes but no state flag');
+    }
+    const parts: Buffer[] = [];
+    for (const length of lengths) {
+      parts.push(blob.subarray(at, at + length));
+      at += length;
+    }
+    records.push({
+      id,
+      fate,
+      adapter,
+      input: parts[0]!,
+      output: parts[1]!,
+      protocolState: flags & HAS_PROTOCOL_STATE ? parts[2]! : undefined,
+      state: flags & HAS_STATE ? parts[3]! : undefined,
+    });
   }
   if (at !== blob.length) throw protocolError(`wave has ${blob.length - at} trailing bytes`);
   return { seq, records };

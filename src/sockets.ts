@@ -56,11 +56,16 @@ export function socketFd(socket: net.Socket): number {
 }
 
 /**
- * Remembers the chunks a socket has handed to libuv and not yet seen completed, so that
- * {@link freezeSocket} can recover the part libuv has not written. Installed on every
- * connection the library tracks; Writable dispatches one `_write`/`_writev` at a time.
+ * The write libuv holds for each tracked socket: its chunks, so that {@link freezeSocket} can
+ * recover the part libuv has not written, and its completion, so that {@link releaseMoved} can
+ * complete it successfully. Writable dispatches one `_write`/`_writev` at a time.
  */
-const inFlight = new WeakMap<net.Socket, Buffer[]>();
+interface PendingWrite {
+  chunks: Buffer[];
+  /** Completes the Writable's write once; later calls (libuv's own, after a release) do nothing. */
+  complete: WriteCallback;
+}
+const inFlight = new WeakMap<net.Socket, PendingWrite>();
 
 function toBuffer(chunk: unknown, encoding: BufferEncoding): Buffer {
   if (Buffer.isBuffer(chunk)) return chunk;
@@ -68,24 +73,29 @@ function toBuffer(chunk: unknown, encoding: BufferEncoding): Buffer {
   return Buffer.from(String(chunk), encoding);
 }
 
+function pendingWrite(socket: net.Socket, chunks: Buffer[], cb: WriteCallback): WriteCallback {
+  let done = false;
+  const complete: WriteCallback = (error) => {
+    if (done) return;
+    done = true;
+    if (inFlight.get(socket) === pending) inFlight.delete(socket);
+    cb(error);
+  };
+  const pending = { chunks, complete };
+  inFlight.set(socket, pending);
+  return complete;
+}
+
 export function trackWrites(socket: net.Socket): void {
   const s = internals(socket);
   const write = s._write;
   s._write = function (chunk, encoding, cb) {
-    inFlight.set(socket, [toBuffer(chunk, encoding)]);
-    write.call(this, chunk, encoding, (error) => {
-      inFlight.delete(socket);
-      cb(error);
-    });
+    write.call(this, chunk, encoding, pendingWrite(socket, [toBuffer(chunk, encoding)], cb));
   };
   const writev = s._writev;
   if (writev) {
     s._writev = function (chunks, cb) {
-      inFlight.set(socket, chunks.map((c) => toBuffer(c.chunk, c.encoding)));
-      writev.call(this, chunks, (error) => {
-        inFlight.delete(socket);
-        cb(error);
-      });
+      writev.call(this, chunks, pendingWrite(socket, chunks.map((c) => toBuffer(c.chunk, c.encoding)), cb));
     };
   }
 }
@@ -130,53 +140,127 @@ export function freezeSocket(socket: net.Socket): Frozen {
   const queued = handle.writeQueueSize ?? 0;
   const inflight = inFlight.get(socket);
   if (inflight && queued > 0) {
-    const all = Buffer.concat(inflight);
+    const all = Buffer.concat(inflight.chunks);
     parts.push(all.subarray(Math.max(0, all.length - queued)));
   }
   for (const { chunk, encoding } of s.writableBuffer ?? []) parts.push(toBuffer(chunk, encoding));
   return { fate: 'moved', input, output: Buffer.concat(parts) };
 }
 
+/** Socket events that would tell the application the connection ended: it did not, it moved. */
+const ENDING_EVENTS = new Set<string | symbol>(['close', 'end', 'error']);
+
 /**
- * Drops this process's copy of a socket another process now owns: closes the fd only.
+ * Drops this process's copy of a connection another process now serves: closes the fd only.
  * Never `end()`: that would send FIN on the connection the successor is serving.
+ *
+ * The application's view stays truthful. The writes it made before the freeze travelled with
+ * the connection, so their callbacks succeed. The socket emits `'moved'` instead of
+ * `'close'`/`'end'`. A later `write()` or `end()` cannot reach the client from here:
+ * `onLateUse` reports it (its error goes to the write's callback), so it is never silently lost.
+ * Call it in the same tick as {@link freezeSocket}: libuv must not write the recovered bytes itself.
  */
-export function releaseSocket(socket: net.Socket): void {
-  inFlight.delete(socket);
+export function releaseMoved(socket: net.Socket, onLateUse: (what: 'write' | 'end') => Error): void {
+  const s = internals(socket);
+  s._write = (_chunk, _encoding, cb) => cb();
+  s._writev = (_chunks, cb) => cb();
+  while (socket.writableCorked > 0) socket.uncork();
+  // Completing the write libuv holds lets the Writable pass its buffer through the no-ops above,
+  // so every callback succeeds; libuv's own completion, when the handle closes, is ignored.
+  inFlight.get(socket)?.complete(null);
+  const emit = socket.emit;
+  socket.emit = function (this: net.Socket, event: string | symbol, ...args: unknown[]) {
+    return ENDING_EVENTS.has(event) ? false : emit.apply(this, [event, ...args] as Parameters<typeof emit>);
+  } as typeof socket.emit;
   socket.destroy();
+  socket.write = function (this: net.Socket, _chunk: unknown, encoding?: unknown, cb?: unknown) {
+    const callback = typeof encoding === 'function' ? encoding : cb;
+    const error = onLateUse('write');
+    if (typeof callback === 'function') process.nextTick(callback as WriteCallback, error);
+    return false;
+  } as typeof socket.write;
+  socket.end = function (this: net.Socket, chunk?: unknown) {
+    onLateUse(chunk === undefined || typeof chunk === 'function' ? 'end' : 'write');
+    return this;
+  } as typeof socket.end;
+  (emit as (event: string) => boolean).call(socket, 'moved');
+}
+
+/** Drops a copy of a connection that never started in this process (its fd only, no FIN). */
+export function dropCopy(socket: net.Socket): void {
+  socket.destroy();
+}
+
+/** What Node's accept path would give a socket of this server (lib/net.js onconnection). */
+export interface AcceptOptions {
+  allowHalfOpen: boolean;
+  pauseOnConnect: boolean;
+  highWaterMark: number | undefined;
+  noDelay: boolean;
+  keepAlive: boolean;
+  /** Seconds, as net.Server stores it. */
+  keepAliveInitialDelay: number;
+}
+
+export function acceptOptions(server: net.Server): AcceptOptions {
+  const s = server as unknown as Partial<AcceptOptions>;
+  return {
+    allowHalfOpen: s.allowHalfOpen === true,
+    pauseOnConnect: s.pauseOnConnect === true,
+    highWaterMark: s.highWaterMark,
+    noDelay: s.noDelay === true,
+    keepAlive: s.keepAlive === true,
+    keepAliveInitialDelay: s.keepAliveInitialDelay ?? 0,
+  };
 }
 
 /**
  * Wraps an inherited connection fd without reading from it: the predecessor still serves it.
- * The 28-43 us this costs per socket is paid during pre-copy, not during the pause.
+ * The 28-43 us this costs per socket is paid during pre-copy, not during the pause. The stream
+ * options are fixed at construction, so they come from the server that will own the socket.
  */
-export function wrapInherited(fd: number): net.Socket {
-  return new net.Socket({ fd, readable: true, writable: true, manualStart: true } as net.SocketConstructorOpts);
+export function wrapInherited(fd: number, options: AcceptOptions): net.Socket {
+  const socket = new net.Socket({
+    fd,
+    readable: true,
+    writable: true,
+    manualStart: true,
+    allowHalfOpen: options.allowHalfOpen,
+    readableHighWaterMark: options.highWaterMark,
+    writableHighWaterMark: options.highWaterMark,
+  } as net.SocketConstructorOpts);
+  if (options.noDelay) socket.setNoDelay(true);
+  if (options.keepAlive) socket.setKeepAlive(true, options.keepAliveInitialDelay * 1000);
+  return socket;
+}
+
+/** Writes the predecessor's unsent output, then puts its unread input back ahead of anything new. */
+export function replayCarried(socket: net.Socket, input: Buffer, output: Buffer): void {
+  if (output.length > 0) socket.write(output);
+  if (input.length > 0) socket.unshift(input);
 }
 
 /**
- * Makes an inherited socket live in this process, as Node's accept path would, with the
- * predecessor's unsent output first and its unread input ahead of anything new.
+ * Makes an inherited socket live in this process as Node's accept path would: counted by its
+ * server, `'connection'` emitted, reading started unless the server pauses on connect.
  */
-export function startInherited(
-  socket: net.Socket,
-  server: net.Server,
-  input: Buffer,
-  output: Buffer,
-  beforeConnection: () => void,
-): void {
-  if (output.length > 0) socket.write(output);
-  if (input.length > 0) socket.unshift(input);
+export function startInherited(socket: net.Socket, server: net.Server, beforeConnection: () => void): void {
   const s = internals(socket);
   (server as unknown as ServerInternals)._connections++;
   s.server = server;
   s._server = server;
   beforeConnection();
   server.emit('connection', socket);
-  socket.read(0);
+  if (acceptOptions(server).pauseOnConnect) socket.pause();
+  else socket.read(0);
 }
 
 /** Stops accepting on a server without touching its connections (http.Server's close() would drop idle keep-alive ones). */
 export function stopAccepting(server: net.Server): void {
   if (serverFd(server) >= 0) net.Server.prototype.close.call(server);
+}
+
+/** A TLS server's sessions live in OpenSSL inside this process: they cannot move. */
+export function isTlsServer(server: net.Server): boolean {
+  return typeof (server as unknown as { setSecureContext?: unknown }).setSecureContext === 'function';
 }

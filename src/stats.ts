@@ -7,8 +7,13 @@ export interface TakeoverStats {
   listeners: number;
   /** Connections now served by the successor. */
   connections: number;
-  /** Connections half-closed at freeze time, left to the predecessor to finish. */
+  /**
+   * Connections left to the predecessor to finish: half-closed at freeze time, too big, a
+   * failed hook, a protocol state that cannot move, or still busy at the quiescence bound.
+   */
   retained: number;
+  /** Connections that were busy when their turn came ("not yet") and waited for a later wave. */
+  deferred: number;
   /** Connections that closed while being handed over. */
   closed: number;
   /** Bytes read by the predecessor but not consumed, replayed in the successor. */
@@ -32,13 +37,13 @@ export interface TakeoverStats {
     transferMs: number;
     /** PREPARE to COMMIT: the successor checks and wraps every fd, and waits for its app's ready(). */
     commitMs: number;
-    /** LISTENING to the last wave: reading handed over, wave by wave. */
+    /** LISTENING to the last wave: reading handed over, wave by wave, deferred connections included. */
     wavesMs: number;
     totalMs: number;
   };
 }
 
-type Counts = Pick<TakeoverStats, 'connections' | 'retained' | 'closed' | 'bytesIn' | 'bytesOut' | 'stateBytes' | 'waves' | 'maxPauseMs'>;
+type Counts = Pick<TakeoverStats, 'connections' | 'retained' | 'deferred' | 'closed' | 'bytesIn' | 'bytesOut' | 'stateBytes' | 'waves' | 'maxPauseMs'>;
 
 /**
  * What one side of a takeover records as it goes (both sides record the same things, each from
@@ -48,7 +53,7 @@ export class StatsRecorder {
   readonly started = performance.now();
   /** performance.now() at each step; 0 until reached. */
   readonly marks = { firstConns: 0, prepare: 0, commit: 0, listening: 0 };
-  readonly counts: Counts = { connections: 0, retained: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
+  readonly counts: Counts = { connections: 0, retained: 0, deferred: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
 
   snapshot(who: Pick<TakeoverStats, 'role' | 'predecessorPid' | 'successorPid' | 'listeners'>): TakeoverStats {
     const end = performance.now();

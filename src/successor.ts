@@ -11,8 +11,8 @@
 import type * as net from 'node:net';
 import * as native from './native.js';
 import type { Channel } from './channel.js';
-import { decodeWave, digestIds, encode, MAX_WAVE_SIZE, type Frame, type ListenerEntry } from './protocol.js';
-import { releaseSocket, wrapInherited } from './sockets.js';
+import { decodeWave, digestIds, encode, MAX_WAVE_SIZE, type Frame, type ListenerEntry, type WaveRecord } from './protocol.js';
+import { dropCopy, wrapInherited, type AcceptOptions } from './sockets.js';
 import { ErrorCodes, TakeoverError } from './errors.js';
 import { Deadline } from './deadline.js';
 import { StatsRecorder, type TakeoverStats } from './stats.js';
@@ -22,26 +22,26 @@ export interface InheritedListener extends ListenerEntry {
 }
 
 /** What the session needs from the process it runs in (implemented by Takeover). */
+/** The protocol steps a successor passes, in order; `wave<N>` once wave N arrived, before it starts. */
+export type SuccessorStep = 'hello' | 'listeners' | 'precopy' | 'prepare' | `wave${number}`;
+
 export interface SuccessorHost {
-  readonly options: { timeoutMs: number; allowUids: readonly number[] };
+  readonly options: { timeoutMs: number; allowUids: readonly number[]; onStep?: ((step: SuccessorStep) => void) | undefined };
   /** Called once the listeners are known, so the app's listen() calls can claim them. */
   onListeners(listeners: readonly InheritedListener[]): void;
   /** Names of inherited listeners the app has not claimed; COMMIT waits for none. */
   unclaimedListeners(): string[];
+  /** How the server that claimed this inherited listener accepts its sockets (known once the app is ready). */
+  acceptOptions(listener: number): AcceptOptions;
   /** LISTENING: start accepting on every claimed listener and on the channel. */
   startListening(): void;
-  adopt(socket: net.Socket, listener: number, input: Buffer, output: Buffer, state: Buffer | undefined): void;
+  adopt(socket: net.Socket, listener: number, record: Extract<WaveRecord, { fate: 'moved' }>): void;
   onFailure(error: TakeoverError): void;
   /** Finished; with `warning` when it ended early after LISTENING (some connections stayed with the predecessor). */
   onDone(stats: TakeoverStats, warning?: TakeoverError): void;
 }
 
 type Phase = 'welcome' | 'listeners' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
-
-/** Stops this process at a named step so tests can kill or freeze it there (SIGSTOP). */
-function testPausePoint(step: string): void {
-  if (process.env.SOCKET_TAKEOVER_TEST_PAUSE_AT === step) process.kill(process.pid, 'SIGSTOP');
-}
 
 const FD_HEADROOM = 64;
 /** Fd table slots prepared before HELLO (8 bytes each); WELCOME grows it further if needed. */
@@ -57,7 +57,7 @@ interface Held {
 
 /** Drops this process's copy of an inherited connection, wrapped or not. */
 function drop(held: Held): void {
-  if (held.socket) releaseSocket(held.socket);
+  if (held.socket) dropCopy(held.socket);
   else native.close(held.fd);
 }
 
@@ -82,6 +82,10 @@ export class SuccessorSession {
   private waveChunks: Buffer[] = [];
   private waveBytes = 0;
   private expectedWave = 0;
+  /** Connections the predecessor deferred (busy when their turn came): a later wave decides them. */
+  private readonly deferred = new Set<number>();
+  /** How long the predecessor may wait for deferred connections (from LISTENING). */
+  private quiesceMs = 0;
   private ackSeq = 0;
   private predecessorPid = 0;
   private readonly recorder = new StatsRecorder();
@@ -112,8 +116,17 @@ export class SuccessorSession {
       // Only an optimisation: WELCOME grows the table again anyway.
     }
     channel.send(encode.hello(process.pid));
-    testPausePoint('hello');
+    this.step('hello');
     this.deadline.expect('WELCOME');
+  }
+
+  /** The application's step observer (tests stop the process there); it must not break the session. */
+  private step(step: SuccessorStep): void {
+    try {
+      this.host.options.onStep?.(step);
+    } catch {
+      // An observer's failure is not the takeover's.
+    }
   }
 
   get isCommitted(): boolean {
@@ -123,6 +136,7 @@ export class SuccessorSession {
   /** The application has registered its servers: COMMIT as soon as pre-copy is verified. */
   ready(): void {
     this.appReady = true;
+    if (this.phase === 'prepared') this.scheduleWrap();
     this.maybeCommit();
   }
 
@@ -149,7 +163,7 @@ export class SuccessorSession {
       case 'precopy:prepare':
         return this.onPrepare(frame as Extract<Frame, { type: 'prepare' }>);
       case 'committed:listening':
-        return this.onListening();
+        return this.onListening((frame as Extract<Frame, { type: 'listening' }>).quiesceMs);
       case 'waves:wave':
         return this.onWaveChunk(frame as Extract<Frame, { type: 'wave' }>);
       case 'waves:done':
@@ -196,7 +210,7 @@ export class SuccessorSession {
     }
     this.listeners = listeners;
     this.phase = 'precopy';
-    testPausePoint('listeners');
+    this.step('listeners');
     this.host.onListeners(listeners);
     this.deadline.expect('PREPARE');
   }
@@ -213,7 +227,7 @@ export class SuccessorSession {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `CONNS frame has a bad entry (connection ${bad.id}, listener ${bad.listener})`));
     }
     if (this.marks.firstConns === 0) this.marks.firstConns = performance.now();
-    testPausePoint('precopy');
+    this.step('precopy');
     for (const { id, listener, fd } of conns) {
       this.held.set(id, { fd, listener, socket: undefined });
       this.toWrap.push(id);
@@ -230,8 +244,9 @@ export class SuccessorSession {
     }
   }
 
+  /** Wrapping needs the app's servers (their accept options), so it starts once the app is ready. */
   private scheduleWrap(): void {
-    if (this.wrapScheduled || this.toWrap.length === 0) return;
+    if (this.wrapScheduled || this.toWrap.length === 0 || !this.appReady) return;
     this.wrapScheduled = true;
     setImmediate(() => {
       this.wrapScheduled = false;
@@ -257,7 +272,7 @@ export class SuccessorSession {
       this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a connected stream socket`));
       return undefined;
     }
-    held.socket = wrapInherited(held.fd);
+    held.socket = wrapInherited(held.fd, this.host.acceptOptions(held.listener));
     return held.socket;
   }
 
@@ -280,7 +295,7 @@ export class SuccessorSession {
     }
     this.marks.prepare = performance.now();
     this.phase = 'prepared';
-    testPausePoint('prepare');
+    this.step('prepare');
     this.deadline.clear();
     this.scheduleWrap();
     this.maybeCommit();
@@ -301,7 +316,8 @@ export class SuccessorSession {
     this.deadline.expect('LISTENING');
   }
 
-  private onListening(): void {
+  private onListening(quiesceMs: number): void {
+    this.quiesceMs = quiesceMs;
     this.marks.listening = performance.now();
     this.phase = 'waves';
     this.host.startListening();
@@ -327,32 +343,41 @@ export class SuccessorSession {
     if (wave.seq !== this.expectedWave) {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave ${wave.seq} arrived, expected ${this.expectedWave}`));
     }
-    testPausePoint(`wave${wave.seq}`);
+    this.step(`wave${wave.seq}`);
     // Check the whole wave before starting any of it: failing halfway would drop the rest,
     // which the predecessor has already released.
     for (const record of wave.records) {
       const held = this.held.get(record.id);
       if (!held) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));
+      if (record.fate === 'deferred' && this.deferred.has(record.id)) {
+        return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave defers connection ${record.id} twice`));
+      }
       if (record.fate === 'moved' && !held.socket && !this.wrap(record.id, held)) return;
     }
     for (const record of wave.records) {
       const held = this.held.get(record.id)!;
+      if (record.fate === 'deferred') {
+        this.deferred.add(record.id);
+        this.stats.deferred++;
+        continue;
+      }
+      this.deferred.delete(record.id);
+      this.held.delete(record.id);
       if (record.fate !== 'moved') {
-        this.held.delete(record.id);
         drop(held);
         this.stats[record.fate]++;
         continue;
       }
-      this.held.delete(record.id);
-      this.host.adopt(held.socket!, held.listener, record.input, record.output, record.state);
+      this.host.adopt(held.socket!, held.listener, record);
       this.stats.connections++;
       this.stats.bytesIn += record.input.length;
       this.stats.bytesOut += record.output.length;
-      this.stats.stateBytes += record.state?.length ?? 0;
+      this.stats.stateBytes += (record.protocolState?.length ?? 0) + (record.state?.length ?? 0);
     }
     this.channel.send(encode.waveAck(this.expectedWave++));
     this.stats.waves++;
-    this.deadline.expect('WAVE');
+    // While connections are deferred the predecessor may rightly stay silent up to its bound.
+    this.deadline.expect('WAVE', this.deferred.size > 0 ? this.quiesceMs : 0);
   }
 
   private finish({ retained, maxPauseUs }: Extract<Frame, { type: 'done' }>): void {

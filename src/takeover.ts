@@ -1,148 +1,96 @@
 /**
- * The public lifecycle, in one sentence: `start()` (fresh, or take over from whoever listens on
- * the channel path), `listen()` each server, `ready()`; later a successor takes this process
- * over, `'handover'` fires, and the process exits once it has nothing left.
+ * The public lifecycle, in one sentence: `start()` (fresh, or as the successor of whoever listens
+ * on the channel path), `listen()` each server, `ready()`; later `upgrade()` (or any successor)
+ * takes this process over, `'handover'` fires, and `done()` resolves once nothing is left here.
  */
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
+import type * as http from 'node:http';
 import * as net from 'node:net';
 import * as native from './native.js';
 import type { Channel } from './channel.js';
-import {
-  ChannelListener,
-  checkChannelPath,
-  checkReplaceable,
-  connectChannel,
-  createChannelFd,
-  isSocketLive,
-} from './channel-listener.js';
+import { ChannelListener, checkChannelPath, checkReplaceable, connectChannel, createChannelFd, isSocketLive } from './channel-listener.js';
 import { PredecessorSession, type PredecessorHost } from './predecessor.js';
-import { SuccessorSession, type InheritedListener, type SuccessorHost } from './successor.js';
-import { encode, type ListenerEntry } from './protocol.js';
-import { serverFd, startInherited, stopAccepting, trackWrites } from './sockets.js';
-import { ErrorCodes, TakeoverError, systemError } from './errors.js';
+import { SuccessorSession, type SuccessorHost } from './successor.js';
+import { encode, type ListenerEntry, type WaveRecord } from './protocol.js';
+import { acceptOptions, isTlsServer, releaseMoved, serverFd, stopAccepting, trackWrites } from './sockets.js';
+import { ErrorCodes, TakeoverError, hookError, systemError } from './errors.js';
 import type { TakeoverStats } from './stats.js';
+import { resolveOptions, invalidOption, type ResolvedOptions, type TakeoverOptions } from './options.js';
+import { CHANNEL_LISTENER_NAME, ListenerRegistry, whenListening, type ListenerRecord, type ListenTarget } from './listeners.js';
+import { Connections } from './connections.js';
+import type { ConnectionAdapter } from './adapters/adapter.js';
+import { NetAdapter } from './adapters/net.js';
+import { HttpAdapter } from './adapters/http.js';
+import { WebSocketAdapter, type WebSocketServerLike } from './adapters/ws.js';
+import { spawnSuccessor, type UpgradeOptions } from './upgrade.js';
 
-export interface TakeoverOptions {
-  /** Path of the takeover channel (a Unix socket, created mode 0600). */
-  path: string;
-  /**
-   * 'fresh': start a new server (fails if one is live on `path`); 'takeover': take over from the
-   * server on `path` (fails if there is none); 'auto' (default): take over if one is live.
-   */
-  mode?: 'auto' | 'fresh' | 'takeover';
-  /** Uids allowed on the other end of the channel (SO_PEERCRED). Default: this process's uid. */
-  allowUids?: readonly number[];
-  /** How long to wait for each step of the other side before giving up. Default 10,000 ms. */
-  timeoutMs?: number;
-  /** Connections frozen and started together; each pauses for one wave. Default 128. */
-  waveSize?: number;
-  /** Exit (code 0) once handed over and no retained connection is left. Default true. */
-  exitOnHandover?: boolean;
-  /** Old process, at freeze time: application state of a connection (e.g. a half-parsed frame). */
-  captureState?: (socket: net.Socket) => Buffer | undefined;
-  /** New process, before the server's 'connection' event: the state captured by the old one. */
-  restoreState?: (socket: net.Socket, state: Buffer) => void;
-}
+export type { TakeoverOptions } from './options.js';
+export type { ListenTarget } from './listeners.js';
+export type { UpgradeOptions } from './upgrade.js';
 
-export type ListenTarget =
-  | { port: number; host?: string; backlog?: number; ipv6Only?: boolean; name?: string }
-  | { path: string; backlog?: number; name?: string }
-  /** Only an inherited listener of that name (see {@link Takeover.inheritedListeners}). */
-  | { name: string };
+/**
+ * - `new`, `starting`, `started` (after `start()`), `readying` (in `ready()`), `serving`;
+ * - `handing-over`: a successor is taking this process over (it still serves what has not moved);
+ * - `draining`: handed over; connections that could not move are finishing here;
+ * - `done`: nothing left here ({@link Takeover.done} has resolved);
+ * - `closed` (after `close()`), `failed` (`start()` or `ready()` failed).
+ */
+export type TakeoverState = 'new' | 'starting' | 'started' | 'readying' | 'serving' | 'handing-over' | 'draining' | 'done' | 'closed' | 'failed';
 
 export interface TakeoverEvents {
   /** Old process: a successor connected and passed the uid check. */
-  takeover: [peer: { pid: number; uid: number }];
+  successor: [peer: { pid: number; uid: number }];
   /** Old process: a peer was turned away (uid not allowed, or a takeover already running). */
   refused: [error: TakeoverError];
   /** Old process: a takeover failed; everything it had not frozen keeps being served here. */
   rollback: [error: TakeoverError];
   /** Old process: a connection stopped here, its bytes taken out for the successor. */
   freeze: [socket: net.Socket];
-  /** Old process: this process's copy of a handed-over connection is about to be closed (no FIN). */
+  /** Old process: a connection now lives in the successor; its socket here emits `'moved'`, not `'close'`. */
   release: [socket: net.Socket];
-  /** Old process: everything is handed over. */
+  /** Old process: everything that could move has moved. */
   handover: [stats: TakeoverStats];
-  /** Old process: handed over and nothing left; exits next unless `exitOnHandover` is false. */
-  exit: [];
+  /** Old process: handed over and the last connection left here has closed: time to exit. */
+  done: [stats: TakeoverStats];
   /** New process: an inherited connection now lives here (before the server's 'connection'). */
   adopt: [socket: net.Socket];
+  /** Old process: `upgrade()` started this successor process. */
+  upgrade: [successor: { pid: number; args: readonly string[] }];
   /** Something went wrong that did not stop this process from serving. */
   warning: [error: TakeoverError];
 }
 
-interface ListenerRecord {
-  name: string;
-  kind: 'tcp' | 'unix';
-  server: net.Server;
-  /** Unix listeners this process created and must unlink when it is the last owner. */
-  unixPath?: string;
-  /** Adopted from the predecessor (listening from the commit on) rather than bound here. */
-  inherited: boolean;
-  listening: Promise<void>;
-}
-
 interface Claim {
   record: ListenerRecord;
-  fd: number;
   resolve: () => void;
   reject: (error: Error) => void;
 }
 
-type State = 'new' | 'starting' | 'started' | 'readying' | 'serving' | 'handed-over' | 'closed' | 'failed';
-
-const CHANNEL_LISTENER_NAME = 'takeover-channel';
-
-function invalid(message: string): TakeoverError {
-  return new TakeoverError(ErrorCodes.INVALID_OPTION, message);
-}
-
-function positiveInteger(value: unknown, name: string, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) throw invalid(`${name} must be a positive integer`);
-  return value;
-}
-
-function listenerName(target: ListenTarget): string {
-  if (target.name !== undefined) return target.name;
-  if ('path' in target) return `unix:${target.path}`;
-  return 'port' in target ? `tcp:${target.host ?? ''}:${target.port}` : '';
-}
-
-function whenListening(server: net.Server): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (error: Error) => {
-      server.off('listening', onListening);
-      reject(error);
-    };
-    const onListening = () => {
-      server.off('error', onError);
-      resolve();
-    };
-    server.once('error', onError);
-    server.once('listening', onListening);
-  });
+interface Upgrade {
+  pid: number;
+  resolve: (stats: TakeoverStats) => void;
+  reject: (error: TakeoverError) => void;
 }
 
 export class Takeover extends EventEmitter<TakeoverEvents> {
-  readonly options: Required<Omit<TakeoverOptions, 'captureState' | 'restoreState'>> &
-    Pick<TakeoverOptions, 'captureState' | 'restoreState'>;
-  private state: State = 'new';
+  readonly options: ResolvedOptions;
+  private currentState: TakeoverState = 'new';
   private role: 'fresh' | 'successor' = 'fresh';
-  private readonly records: ListenerRecord[] = [];
-  private readonly conns = new Map<number, { socket: net.Socket; listener: number }>();
-  private readonly ids = new WeakMap<net.Socket, number>();
-  private nextId = 1;
+  private readonly registry = new ListenerRegistry();
+  private readonly connections = new Connections();
+  private readonly webSocketAdapters: WebSocketAdapter[] = [];
   private channelListener: ChannelListener | undefined;
   private outgoing: PredecessorSession | undefined;
   private incoming: SuccessorSession | undefined;
-  private inherited: InheritedListener[] = [];
-  private readonly claims = new Map<string, Claim>();
+  private readonly claims: Claim[] = [];
   private settleReady: { resolve: (stats: TakeoverStats) => void; reject: (error: Error) => void } | undefined;
-  private startFailure: ((error: Error) => void) | undefined;
+  private settleStart: { resolve: () => void; reject: (error: Error) => void } | undefined;
   private readyPromise: Promise<TakeoverStats | null> | undefined;
-  private exitScheduled = false;
+  private upgrading: Upgrade | undefined;
+  private handoverStats: TakeoverStats | undefined;
+  private readonly donePromise: Promise<TakeoverStats>;
+  private resolveDone!: (stats: TakeoverStats) => void;
   /** Why the inbound takeover failed, for a ready() that comes after. */
   private failure: TakeoverError | undefined;
   /** This process created or inherited the channel and no successor has taken it: close() removes the files. */
@@ -151,27 +99,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   /** Validates the options; nothing happens until {@link start}. Throws ERR_TAKEOVER_INVALID_OPTION. */
   constructor(options: TakeoverOptions) {
     super();
-    if (options === null || typeof options !== 'object') throw invalid('options must be an object');
-    const mode = options.mode ?? 'auto';
-    if (!['auto', 'fresh', 'takeover'].includes(mode)) throw invalid(`mode must be 'auto', 'fresh' or 'takeover'`);
-    const allowUids = options.allowUids ?? [process.getuid!()];
-    if (!Array.isArray(allowUids) || allowUids.some((u) => !Number.isInteger(u) || u < 0)) {
-      throw invalid('allowUids must be an array of uids');
-    }
-    for (const hook of ['captureState', 'restoreState'] as const) {
-      if (options[hook] !== undefined && typeof options[hook] !== 'function') throw invalid(`${hook} must be a function`);
-    }
-    if (typeof options.path !== 'string' || options.path.length === 0) throw invalid('path must be a non-empty string');
-    this.options = {
-      path: options.path,
-      mode,
-      allowUids,
-      timeoutMs: positiveInteger(options.timeoutMs, 'timeoutMs', 10_000),
-      waveSize: positiveInteger(options.waveSize, 'waveSize', 128),
-      exitOnHandover: options.exitOnHandover ?? true,
-      captureState: options.captureState,
-      restoreState: options.restoreState,
-    };
+    this.options = resolveOptions(options);
+    this.donePromise = new Promise((resolve) => (this.resolveDone = resolve));
+    this.connections.onMaybeQuiet = (id) => this.outgoing?.connectionMaybeQuiet(id);
   }
 
   /** `new Takeover(options)` then `start()`. */
@@ -179,6 +109,10 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     const takeover = new Takeover(options);
     await takeover.start();
     return takeover;
+  }
+
+  get state(): TakeoverState {
+    return this.currentState;
   }
 
   /** True when this process is taking over (or took over) from a predecessor. */
@@ -191,22 +125,22 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * serves whatever its predecessor served: `listen(server, { name })` for each.
    */
   get inheritedListeners(): readonly { name: string; kind: 'tcp' | 'unix' }[] {
-    return this.inherited.flatMap((l) => (l.kind === 'channel' ? [] : [{ name: l.name, kind: l.kind }]));
+    return this.registry.claimable.map((l) => ({ name: l.name, kind: l.kind as 'tcp' | 'unix' }));
   }
 
   /** Connections tracked by this process (those of servers passed to {@link listen}). */
   get connectionCount(): number {
-    return this.conns.size;
+    return this.connections.size;
   }
 
   /**
-   * Fresh: checks the channel path. Takeover: connects to the predecessor, checks its uid and
+   * Fresh: checks the channel path. Successor: connects to the predecessor, checks its uid and
    * receives its listeners; pre-copy of the connections goes on in the background.
    * Throws ERR_TAKEOVER_PATH_UNSAFE, _CHANNEL_IN_USE, _NO_PREDECESSOR, _PEER_REJECTED, _ABORTED...
    */
   async start(): Promise<void> {
     this.expectState('new', 'start');
-    this.state = 'starting';
+    this.currentState = 'starting';
     const { path, mode } = this.options;
     try {
       checkChannelPath(path);
@@ -217,24 +151,21 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       if (channel) {
         this.role = 'successor';
         await new Promise<void>((resolve, reject) => {
-          this.startFailure = reject;
-          this.inheritedReady = resolve;
+          this.settleStart = { resolve, reject };
           this.incoming = new SuccessorSession(this.successorHost(), channel);
         });
-        this.startFailure = undefined;
+        this.settleStart = undefined;
       } else {
         checkReplaceable(path);
       }
-      this.state = 'started';
+      this.currentState = 'started';
     } catch (error) {
-      this.state = 'failed';
+      this.currentState = 'failed';
       throw error;
     }
   }
 
-  private inheritedReady: (() => void) | undefined;
-
-  /** In 'auto' mode nobody listening means a fresh start; in 'takeover' mode it is an error. */
+  /** In 'auto' mode nobody listening means a fresh start; in 'successor' mode it is an error. */
   private connectUnlessAuto(path: string): Channel | undefined {
     try {
       return connectChannel(path);
@@ -246,54 +177,68 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
 
   /**
    * Makes `server` listen on `target`: on the predecessor's listener of the same name when
-   * taking over (the promise then settles at commit, so call `ready()` without awaiting this
-   * first), else on a new socket. Every connection of the server is tracked for takeovers.
-   * The name defaults to `tcp:<host>:<port>` or `unix:<path>`, exactly as given.
+   * taking over, else on a new socket. Every connection of the server is tracked for takeovers,
+   * through the adapter of its protocol: `http.Server`s move keep-alive connections between
+   * requests, other servers whenever they are not marked {@link busy}.
+   *
+   * Resolves once the server listens, or (successor) once it has claimed the predecessor's
+   * listener, which starts accepting at the commit; safe to await before `ready()`. A failure
+   * rejects this promise and `ready()`. The name defaults to `tcp:<host>:<port>` or
+   * `unix:<path>`, exactly as given. Throws ERR_TAKEOVER_TLS_UNSUPPORTED for a TLS server.
    */
   listen(server: net.Server, target: ListenTarget): Promise<void> {
     this.expectState('started', 'listen');
-    if (!(server instanceof net.Server)) throw invalid('server must be a net.Server (or a subclass such as http.Server)');
-    if (target === null || typeof target !== 'object') throw invalid('target must be an object');
-    if ('path' in target) {
-      if (typeof target.path !== 'string' || target.path.length === 0) throw invalid('target.path must be a non-empty string');
-    } else if ('port' in target) {
-      if (!Number.isInteger(target.port) || target.port < 0 || target.port > 65535) {
-        throw invalid('target.port must be an integer in 0..65535');
-      }
-    } else if (typeof target.name !== 'string' || !this.inherited.some((l) => l.name === target.name && l.kind !== 'channel')) {
-      throw invalid(`no inherited listener is named '${String(target.name)}'`);
+    if (!(server instanceof net.Server)) throw invalidOption('server must be a net.Server (or a subclass such as http.Server)');
+    if (isTlsServer(server)) {
+      throw new TakeoverError(
+        ErrorCodes.TLS_UNSUPPORTED,
+        'a TLS server cannot be handed over (its sessions live in this process); terminate TLS in front and listen() with plain HTTP or TCP',
+      );
     }
-    const name = listenerName(target);
-    if (name.length === 0 || name.length > 1000 || name === CHANNEL_LISTENER_NAME) {
-      throw invalid(`a listener name must be 1 to 1000 characters and not '${CHANNEL_LISTENER_NAME}'`);
-    }
-    if (this.records.some((r) => r.name === name)) throw invalid(`a listener named '${name}' is already registered`);
-    if (this.records.some((r) => r.server === server)) throw invalid('this server is already registered');
-
-    const index = this.records.length;
-    const inherited = this.inherited.find((l) => l.name === name && l.kind !== 'channel');
-    const kind: 'tcp' | 'unix' = 'path' in target ? 'unix' : 'port' in target ? 'tcp' : (inherited!.kind as 'tcp' | 'unix');
-    if (inherited && inherited.kind !== kind) throw invalid(`the predecessor's listener '${name}' is ${inherited.kind}, not ${kind}`);
+    const { name, kind, inherited } = this.registry.check(server, target);
+    const index = this.registry.records.length;
+    const record: ListenerRecord = { name, kind, server, adapter: this.adapterFor(server), inherited, listening: Promise.resolve() };
     server.prependListener('connection', (socket: net.Socket) => this.track(socket, index));
-    let listening: Promise<void>;
-    const record: ListenerRecord = { name, kind, server, inherited: inherited !== undefined, listening: Promise.resolve() };
+    let claimed: Promise<void>;
     if (inherited) {
-      listening = new Promise<void>((resolve, reject) => this.claims.set(name, { record, fd: inherited.fd, resolve, reject }));
+      record.listening = new Promise<void>((resolve, reject) => this.claims.push({ record, resolve, reject }));
+      claimed = Promise.resolve();
     } else {
-      listening = whenListening(server);
-      if ('path' in target) {
-        record.unixPath = target.path;
-        server.listen({ fd: this.createUnixListener(target.path, target.backlog ?? 511) });
-      } else if ('port' in target) {
-        const { port, host, backlog, ipv6Only } = target;
-        server.listen({ port, host, backlog, ipv6Only });
-      }
+      record.listening = whenListening(server);
+      this.registry.bind(record, target);
+      claimed = record.listening;
     }
-    // A rejection is reported by ready() as well; this keeps an unawaited listen() from crashing.
-    listening.catch(() => {});
-    record.listening = listening;
-    this.records.push(record);
-    return listening;
+    // ready() reports a failure to listen as well: an unawaited listen() must not crash the process.
+    record.listening.catch(() => {});
+    this.registry.records.push(record);
+    return claimed;
+  }
+
+  /**
+   * Hands this `ws` WebSocketServer's connections over at frame boundaries, and gives the ones
+   * a predecessor hands over to it as `'connection'` events. Call it before `ready()`, once per
+   * WebSocketServer, on both sides. It makes the server negotiate permessage-deflate without
+   * context takeover (compression windows cannot move).
+   */
+  webSockets(wss: WebSocketServerLike): void {
+    if (!['started', 'readying', 'serving'].includes(this.currentState)) this.expectState('started', 'webSockets');
+    if (wss === null || typeof wss !== 'object' || typeof wss.handleUpgrade !== 'function' || typeof wss.options?.WebSocket !== 'function') {
+      throw invalidOption('webSockets() takes a ws WebSocketServer');
+    }
+    if (this.webSocketAdapters.some((a) => a.server === wss)) throw invalidOption('this WebSocketServer is already registered');
+    this.webSocketAdapters.push(new WebSocketAdapter(wss));
+  }
+
+  /**
+   * Marks a connection (a `net.Socket`, or a WebSocket of a server given to {@link webSockets})
+   * busy: a takeover does not move it until the returned function is called. Mark each request
+   * your application answers asynchronously; a connection still busy at `quiesceTimeoutMs`
+   * stays in this process, which finishes it. Marks nest.
+   */
+  busy(connection: net.Socket | object): () => void {
+    const socket = connection instanceof net.Socket ? connection : this.webSocketAdapters.map((a) => a.socketOf(connection)).find((s) => s);
+    if (!socket) throw invalidOption('busy() takes a net.Socket or a WebSocket of a server given to webSockets()');
+    return this.connections.markBusy(socket);
   }
 
   /**
@@ -304,14 +249,14 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   ready(): Promise<TakeoverStats | null> {
     if (this.readyPromise) return this.readyPromise;
     this.expectState('started', 'ready');
-    this.state = 'readying';
+    this.currentState = 'readying';
     this.readyPromise = this.becomeReady().then(
       (stats) => {
-        if (this.state !== 'closed') this.state = 'serving';
+        if (this.currentState === 'readying') this.currentState = 'serving';
         return stats;
       },
       (error: Error) => {
-        if (this.state !== 'closed') this.state = 'failed';
+        if (this.currentState === 'readying') this.currentState = 'failed';
         throw error;
       },
     );
@@ -319,17 +264,18 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   }
 
   private async becomeReady(): Promise<TakeoverStats | null> {
+    const records = this.registry.records;
     if (!this.isSuccessor) {
-      await Promise.all(this.records.map((r) => r.listening));
+      await Promise.all(records.map((r) => r.listening));
       this.openChannel(createChannelFd(this.options.path));
       return null;
     }
     // This process's own new listeners must work before it commits: after COMMIT the
     // predecessor is gone, and a listener that failed then would be an outage.
     try {
-      await Promise.all(this.records.filter((r) => !r.inherited).map((r) => r.listening));
+      await Promise.all(records.filter((r) => !r.inherited).map((r) => r.listening));
     } catch (error) {
-      const reason = error instanceof TakeoverError ? error : systemError('listen', error);
+      const reason = systemError('listen', error);
       this.incoming?.abort(reason);
       throw reason;
     }
@@ -339,8 +285,72 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       this.settleReady = { resolve, reject };
       incoming.ready();
     });
-    await Promise.all(this.records.map((r) => r.listening));
+    await Promise.all(records.map((r) => r.listening));
     return stats;
+  }
+
+  /**
+   * Starts a successor (this program again, same arguments, unless `options.args` says
+   * otherwise) and lets it take this process over. Resolves with this side's stats at the
+   * handover; rejects with the rollback's error (this process then serves on), or with
+   * ERR_TAKEOVER_SUCCESSOR_FAILED if the successor exits or never connects within `timeoutMs`.
+   * One at a time: ERR_TAKEOVER_BUSY while a takeover runs.
+   */
+  upgrade(options: UpgradeOptions = {}): Promise<TakeoverStats> {
+    if (this.upgrading || this.outgoing) return Promise.reject(new TakeoverError(ErrorCodes.BUSY, 'a takeover is already in progress'));
+    if (this.currentState !== 'serving') {
+      return Promise.reject(new TakeoverError(ErrorCodes.INVALID_STATE, `upgrade() needs a serving process (state: ${this.currentState})`));
+    }
+    let child;
+    try {
+      child = spawnSuccessor(options);
+    } catch (error) {
+      return Promise.reject(error instanceof TakeoverError ? error : systemError('spawn', error));
+    }
+    return new Promise<TakeoverStats>((resolve, reject) => {
+      const failed = (message: string) => new TakeoverError(ErrorCodes.SUCCESSOR_FAILED, `successor pid ${child.pid} ${message}`);
+      const timer = setTimeout(() => {
+        if (this.upgrading?.pid !== child.pid || this.outgoing) return;
+        child.kill('SIGKILL');
+        settle.reject(failed(`did not take over within ${this.options.timeoutMs} ms`));
+      }, this.options.timeoutMs);
+      const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+        // Exiting is the successor's right once it has confirmed; before, it is a failure.
+        if (this.handoverStats) return;
+        settle.reject(failed(`exited (${signal ?? `code ${code}`}) before the takeover finished`));
+      };
+      const settle: Upgrade = {
+        pid: child.pid ?? -1,
+        resolve: (stats) => {
+          cleanup();
+          resolve(stats);
+        },
+        reject: (error) => {
+          cleanup();
+          reject(error);
+        },
+      };
+      const cleanup = () => {
+        clearTimeout(timer);
+        child.off('exit', onExit);
+        child.off('error', onError);
+        if (this.upgrading === settle) this.upgrading = undefined;
+      };
+      const onError = (error: Error) => settle.reject(Object.assign(failed(`could not start: ${error.message}`), { cause: error }));
+      child.once('exit', onExit);
+      child.once('error', onError);
+      this.upgrading = settle;
+      this.emit('upgrade', { pid: settle.pid, args: child.spawnargs.slice(1) });
+    });
+  }
+
+  /**
+   * Resolves once this process has handed everything over and the last connection it kept has
+   * closed, with the handover's stats: the time to exit. The library never exits the process
+   * itself; `takeover.done().then(() => process.exit(0))` is the usual ending.
+   */
+  done(): Promise<TakeoverStats> {
+    return this.donePromise;
   }
 
   /**
@@ -349,65 +359,58 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * to close.
    */
   async close(): Promise<void> {
-    if (this.state === 'closed') return;
+    if (this.currentState === 'closed') return;
     // Past a commit, the other process depends on this one finishing: let the takeover end.
     if (this.outgoing?.isCommitted) {
       await new Promise<void>((resolve) => {
-        const done = () => {
-          this.off('handover', done);
-          this.off('rollback', done);
+        const settled = () => {
+          this.off('handover', settled);
+          this.off('rollback', settled);
           resolve();
         };
-        this.on('handover', done);
-        this.on('rollback', done);
+        this.on('handover', settled);
+        this.on('rollback', settled);
       });
     }
     if (this.incoming?.isCommitted) await this.readyPromise?.catch(() => {});
-    const handedOver = this.state === 'handed-over';
-    this.state = 'closed';
+    const handedOver = this.handoverStats !== undefined;
+    this.currentState = 'closed';
     const shuttingDown = new TakeoverError(ErrorCodes.ABORTED, 'the server is shutting down');
     this.outgoing?.abort(shuttingDown);
     this.incoming?.abort(shuttingDown);
     this.channelListener?.close();
     this.channelListener = undefined;
     if (handedOver) return;
-    // A Unix listener's file is ours if we bound it, or inherited it and listen on it now.
-    const unixPaths = this.records.map((r) => r.unixPath ?? (r.kind === 'unix' ? r.server.address() : null));
-    for (const p of [this.ownsPaths ? this.options.path : null, ...unixPaths]) {
+    for (const p of [this.ownsPaths ? this.options.path : null, ...this.registry.unixPaths()]) {
       if (typeof p === 'string') fs.rmSync(p, { force: true });
     }
   }
 
   // ---- connections ----
 
-  private track(socket: net.Socket, listener: number): void {
-    if (this.ids.has(socket)) return;
-    const id = this.nextId++;
-    this.ids.set(socket, id);
-    this.conns.set(id, { socket, listener });
-    trackWrites(socket);
-    socket.once('close', () => {
-      this.conns.delete(id);
-      this.outgoing?.connectionClosed(id);
-      this.maybeExit();
-    });
-    this.outgoing?.connectionAdded(id);
+  private adapterFor(server: net.Server): ConnectionAdapter {
+    const onMaybeQuiet = (socket: net.Socket) => {
+      const id = this.connections.idOf(socket);
+      if (id !== undefined) this.outgoing?.connectionMaybeQuiet(id);
+    };
+    return isHttpServer(server) ? new HttpAdapter(server, onMaybeQuiet) : new NetAdapter(server);
   }
 
-  private createUnixListener(path: string, backlog: number): number {
-    if (fs.existsSync(path)) {
-      if (isSocketLive(path) || !fs.lstatSync(path).isSocket()) {
-        throw new TakeoverError(ErrorCodes.SYSTEM, `listen ${path}: EADDRINUSE`);
-      }
-      fs.rmSync(path);
-    }
-    try {
-      // Through the addon, not server.listen({ path }): libuv unlinks a path it bound when the
-      // server closes, which would pull the file from under the successor.
-      return native.unixListen(path, 'stream', backlog);
-    } catch (error) {
-      throw systemError(`listen ${path}`, error);
-    }
+  /** The adapter speaking for a connection now: an upgraded one belongs to its WebSocket server. */
+  private adapterOf(socket: net.Socket, listener: number): ConnectionAdapter {
+    return this.webSocketAdapters.find((a) => a.owns(socket)) ?? this.registry.records[listener]!.adapter;
+  }
+
+  private track(socket: net.Socket, listener: number): void {
+    const connection = this.connections.add(socket, listener);
+    if (!connection) return;
+    trackWrites(socket);
+    socket.once('close', () => {
+      this.connections.delete(connection.id);
+      this.outgoing?.connectionClosed(connection.id);
+      this.maybeDone();
+    });
+    this.outgoing?.connectionAdded(connection.id);
   }
 
   // ---- the channel: successors arrive here ----
@@ -432,56 +435,85 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     if (!this.options.allowUids.includes(uid)) {
       return refuse(ErrorCodes.PEER_REJECTED, `uid ${uid} (pid ${pid}) is not allowed to take over`);
     }
-    if (this.outgoing || this.incoming || this.state !== 'serving') {
+    if (this.outgoing || this.incoming || this.currentState !== 'serving') {
       return refuse(ErrorCodes.BUSY, `a takeover is already in progress (refused pid ${pid})`);
     }
-    this.outgoing = new PredecessorSession(this.predecessorHost(channel.peer.uid), channel);
+    this.outgoing = new PredecessorSession(this.predecessorHost(uid), channel);
   }
 
   private predecessorHost(peerUid: number): PredecessorHost {
+    const conns = this.connections.all;
+    const connection = (id: number) => conns.get(id)!;
     return {
       options: this.options,
       duplicateListeners: () => {
-        const stopped = this.records.find((r) => serverFd(r.server) < 0);
+        const records = this.registry.records;
+        const stopped = records.find((r) => serverFd(r.server) < 0);
         if (stopped) throw new TakeoverError(ErrorCodes.INVALID_STATE, `server '${stopped.name}' is not listening`);
-        const entries: (ListenerEntry & { fd: number })[] = this.records.map((r) => ({
-          name: r.name,
-          kind: r.kind,
-          fd: native.dup(serverFd(r.server)),
-        }));
+        const entries: (ListenerEntry & { fd: number })[] = records.map((r) => ({ name: r.name, kind: r.kind, fd: native.dup(serverFd(r.server)) }));
         entries.push({ name: CHANNEL_LISTENER_NAME, kind: 'channel', fd: native.dup(this.channelListener!.fd) });
         return entries;
       },
-      connections: () => this.conns,
-      captureState: (socket) => {
-        if (!this.options.captureState) return undefined;
+      connections: () => conns,
+      readiness: (id) => {
+        const { socket, listener } = connection(id);
+        return this.connections.readiness(socket, this.adapterOf(socket, listener));
+      },
+      capture: (id) => {
+        const { socket, listener } = connection(id);
+        const adapter = this.adapterOf(socket, listener);
         try {
-          const state = this.options.captureState(socket);
-          if (state === undefined || Buffer.isBuffer(state)) return state;
-          throw new TypeError(`captureState returned ${typeof state}, not a Buffer or undefined`);
+          const protocolState = adapter.capture(socket);
+          const state = this.options.captureState?.(socket);
+          if (state !== undefined && !Buffer.isBuffer(state)) throw new TypeError(`captureState returned ${typeof state}, not a Buffer or undefined`);
+          return { adapter: adapter.kind, protocolState, state };
         } catch (error) {
-          this.emit('warning', new TakeoverError(ErrorCodes.INVALID_STATE, `captureState failed; the connection stays here: ${String(error)}`, { cause: error }));
+          this.emit('warning', hookError('capturing the connection state (the connection stays here)', error));
           return 'failed';
         }
       },
+      retain: (id) => {
+        const { socket, listener } = connection(id);
+        this.adapterOf(socket, listener).retain(socket);
+      },
       stopAccepting: () => {
         this.channelListener?.setAccepting(false);
-        for (const r of this.records) stopAccepting(r.server);
+        for (const r of this.registry.records) stopAccepting(r.server);
       },
       resumeAccepting: (listeners) => {
         for (const entry of listeners) {
-          const record = this.records.find((r) => r.name === entry.name);
+          const record = this.registry.records.find((r) => r.name === entry.name);
           if (record && serverFd(record.server) < 0) record.server.listen({ fd: entry.fd });
           else native.close(entry.fd);
         }
         this.channelListener?.setAccepting(true);
       },
       onFreeze: (socket) => this.emitSafely('freeze', socket),
-      onRelease: (socket) => this.emitSafely('release', socket),
-      onHello: (pid) => this.emit('takeover', { pid, uid: peerUid }),
+      release: (id, socket) => {
+        const { listener } = connection(id);
+        const adapter = this.adapterOf(socket, listener);
+        this.emitSafely('release', socket);
+        this.connections.delete(id);
+        adapter.forget(socket);
+        releaseMoved(socket, (what) => {
+          const error = new TakeoverError(
+            ErrorCodes.CONNECTION_MOVED,
+            `${what}() on a connection that moved to the successor: it does not reach the client from this process`,
+            { socket },
+          );
+          this.emit('warning', error);
+          return error;
+        });
+      },
+      onHello: (pid) => {
+        this.currentState = 'handing-over';
+        this.emit('successor', { pid, uid: peerUid });
+      },
       onRollback: (error, started) => {
         this.outgoing = undefined;
+        if (this.currentState === 'handing-over') this.currentState = 'serving';
         if (started) this.emit('rollback', error);
+        this.upgrading?.reject(error);
       },
       onPartialHandover: (error, stats) => {
         this.emit('warning', error);
@@ -491,14 +523,24 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     };
   }
 
-  /** Handed over: the successor owns the channel and listeners; exit once the last connection here closes. */
+  /** Handed over: the successor owns the channel and listeners; done once the last connection here closes. */
   private retire(stats: TakeoverStats): void {
     this.outgoing = undefined;
-    this.state = 'handed-over';
+    this.handoverStats = stats;
+    if (this.currentState !== 'closed') this.currentState = 'draining';
     this.channelListener?.close();
     this.channelListener = undefined;
     this.emit('handover', stats);
-    this.maybeExit();
+    this.upgrading?.resolve(stats);
+    this.maybeDone();
+  }
+
+  private maybeDone(): void {
+    const stats = this.handoverStats;
+    if (!stats || this.connections.size > 0 || this.currentState === 'done') return;
+    if (this.currentState === 'draining') this.currentState = 'done';
+    this.resolveDone(stats);
+    this.emit('done', stats);
   }
 
   /** Application listeners run inside the takeover's steps; one that throws must not stop them halfway. */
@@ -506,7 +548,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     try {
       this.emit(event, socket);
     } catch (error) {
-      this.emit('warning', new TakeoverError(ErrorCodes.INVALID_STATE, `a '${event}' listener threw: ${String(error)}`, { cause: error }));
+      this.emit('warning', hookError(`a '${event}' listener`, error));
     }
   }
 
@@ -514,40 +556,24 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     return {
       options: this.options,
       onListeners: (listeners) => {
-        this.inherited = [...listeners];
-        this.inheritedReady?.();
+        this.registry.inherited = [...listeners];
+        this.settleStart?.resolve();
       },
-      unclaimedListeners: () =>
-        this.inherited.filter((l) => l.kind !== 'channel' && !this.claims.has(l.name)).map((l) => l.name),
+      unclaimedListeners: () => this.registry.unclaimed(),
+      acceptOptions: (listener) => acceptOptions(this.registry.forWireIndex(listener)!.server),
       startListening: () => {
-        for (const claim of this.claims.values()) {
-          whenListening(claim.record.server).then(claim.resolve, claim.reject);
-          claim.record.server.listen({ fd: claim.fd });
+        for (const { record, resolve, reject } of this.claims) {
+          whenListening(record.server).then(resolve, reject);
+          record.server.listen({ fd: record.inherited!.fd });
         }
-        this.openChannel(this.inherited.find((l) => l.kind === 'channel')!.fd);
+        this.openChannel(this.registry.channel!.fd);
       },
-      adopt: (socket, listener, input, output, state) => {
-        const name = this.inherited[listener]!.name;
-        const index = this.records.findIndex((r) => r.name === name);
-        const server = this.records[index]!.server;
-        this.track(socket, index);
-        startInherited(socket, server, input, output, () => {
-          if (state) {
-            try {
-              if (!this.options.restoreState) throw new Error('no restoreState hook is set');
-              this.options.restoreState(socket, state);
-            } catch (error) {
-              this.emit('warning', new TakeoverError(ErrorCodes.INVALID_STATE, `connection state could not be restored: ${String(error)}`, { cause: error }));
-            }
-          }
-          this.emitSafely('adopt', socket);
-        });
-      },
+      adopt: (socket, listener, record) => this.adopt(socket, listener, record),
       onFailure: (error) => {
         this.incoming = undefined;
         this.failure = error;
-        for (const claim of this.claims.values()) claim.reject(error);
-        this.startFailure?.(error);
+        for (const claim of this.claims) claim.reject(error);
+        this.settleStart?.reject(error);
         this.settleReady?.reject(error);
       },
       onDone: (stats, warning) => {
@@ -558,16 +584,52 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     };
   }
 
-  private maybeExit(): void {
-    if (this.state !== 'handed-over' || this.conns.size > 0 || this.exitScheduled) return;
-    this.exitScheduled = true;
-    this.emit('exit');
-    if (this.options.exitOnHandover) setImmediate(() => process.exit(0));
-  }
-
-  private expectState(expected: State, method: string): void {
-    if (this.state !== expected) {
-      throw new TakeoverError(ErrorCodes.INVALID_STATE, `${method}() cannot be called now (state: ${this.state})`);
+  private adopt(socket: net.Socket, wireListener: number, record: Extract<WaveRecord, { fate: 'moved' }>): void {
+    const listener = this.registry.forWireIndex(wireListener)!;
+    const index = this.registry.records.indexOf(listener);
+    const adapter =
+      record.adapter === 'ws'
+        ? this.webSocketAdapters.find((a) => a.accepts(record.protocolState))
+        : record.adapter === listener.adapter.kind
+          ? listener.adapter
+          : undefined;
+    if (!adapter) {
+      this.emit('warning', new TakeoverError(
+        ErrorCodes.INVALID_STATE,
+        `a ${record.adapter} connection arrived on '${listener.name}', which has no ${record.adapter === 'ws' ? 'webSockets() server for it' : `${record.adapter} server`}: it is closed`,
+        { socket },
+      ));
+      socket.destroy();
+      return;
+    }
+    this.track(socket, index);
+    const prepare = () => {
+      if (record.state) {
+        try {
+          if (!this.options.restoreState) throw new Error('no restoreState hook is set');
+          this.options.restoreState(socket, record.state);
+        } catch (error) {
+          this.emit('warning', hookError('restoreState', error));
+        }
+      }
+      this.emitSafely('adopt', socket);
+    };
+    try {
+      adapter.adopt(socket, { input: record.input, output: record.output, protocolState: record.protocolState }, prepare);
+    } catch (error) {
+      this.emit('warning', new TakeoverError(ErrorCodes.PROTOCOL, `a ${adapter.kind} connection could not be adopted: it is closed`, { cause: error, socket }));
+      socket.destroy();
     }
   }
+
+  private expectState(expected: TakeoverState, method: string): void {
+    if (this.currentState !== expected) {
+      throw new TakeoverError(ErrorCodes.INVALID_STATE, `${method}() cannot be called now (state: ${this.currentState})`);
+    }
+  }
+}
+
+/** An http.Server (or a subclass such as Express's or Fastify's server), without loading node:http. */
+function isHttpServer(server: net.Server): server is http.Server {
+  return typeof (server as { setTimeout?: unknown }).setTimeout === 'function' && 'keepAliveTimeout' in server && 'headersTimeout' in server;
 }

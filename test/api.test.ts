@@ -20,7 +20,7 @@ function assertCode(code: string): (error: unknown) => boolean {
 }
 
 async function freshServer(dir: string, name = 'channel'): Promise<{ takeover: Takeover; server: net.Server }> {
-  const takeover = await Takeover.start({ path: path.join(dir, name), mode: 'fresh', exitOnHandover: false });
+  const takeover = await Takeover.start({ path: path.join(dir, name), mode: 'fresh' });
   const server = net.createServer((s) => s.pipe(s));
   takeover.listen(server, { port: 0, host: '127.0.0.1' });
   await takeover.ready();
@@ -85,7 +85,7 @@ test('a stale socket file is replaced; the channel is a 0600 socket; close() rem
 test('a fresh start refuses a live channel and leaves it alone; takeover mode needs a live one', async () => {
   const dir = tempDir();
   const channelPath = path.join(dir, 'channel');
-  await assert.rejects(Takeover.start({ path: channelPath, mode: 'takeover' }), assertCode('ERR_TAKEOVER_NO_PREDECESSOR'));
+  await assert.rejects(Takeover.start({ path: channelPath, mode: 'successor' }), assertCode('ERR_TAKEOVER_NO_PREDECESSOR'));
   const live = await freshServer(dir);
   const second = new Takeover({ path: channelPath, mode: 'fresh' });
   await assert.rejects(second.start(), assertCode('ERR_TAKEOVER_CHANNEL_IN_USE'));
@@ -175,7 +175,7 @@ test('a successor facing a predecessor that sends nonsense fails with a code and
     encode.welcome(1, 1, 0).data,
   ]) {
     const listenFd = native.unixListen(channelPath, 'seqpacket', 1);
-    const successor = new Takeover({ path: channelPath, mode: 'takeover', timeoutMs: 1000 });
+    const successor = new Takeover({ path: channelPath, mode: 'successor', timeoutMs: 1000 });
     const started = successor.start();
     const peerFd = await (async () => {
       for (;;) {
@@ -249,7 +249,7 @@ test('ready() after the takeover already failed rejects with that TakeoverError'
   const channelPath = path.join(dir, 'channel');
   const old = new ServerProcess({ path: channelPath, listen: [{ port: 0, host: '127.0.0.1' }], timeoutMs: 500 });
   await old.next('ready');
-  const successor = await Takeover.start({ path: channelPath, mode: 'takeover', exitOnHandover: false });
+  const successor = await Takeover.start({ path: channelPath, mode: 'successor' });
   successor.listen(net.createServer(), { port: 0, host: '127.0.0.1' });
   // The app takes longer than the predecessor's timeout to become ready.
   const rollback = await old.next('rollback');
@@ -272,7 +272,7 @@ test("a successor's close() before its commit aborts the takeover; the predecess
   const channelPath = path.join(dir, 'channel');
   const old = new ServerProcess({ path: channelPath, listen: [{ port: 0, host: '127.0.0.1' }] });
   const port = (await old.next('ready')).addresses![0]!.port;
-  const successor = await Takeover.start({ path: channelPath, mode: 'takeover', exitOnHandover: false });
+  const successor = await Takeover.start({ path: channelPath, mode: 'successor' });
   successor.listen(net.createServer(), { port: 0, host: '127.0.0.1' });
   await successor.close();
   const rollback = await old.next('rollback');

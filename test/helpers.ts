@@ -36,7 +36,7 @@ export interface ServerEvent {
 export interface ServerConfig {
   path: string;
   listen: ({ port: number; host?: string } | { path: string })[];
-  mode?: 'auto' | 'fresh' | 'takeover';
+  mode?: 'auto' | 'fresh' | 'successor';
   timeoutMs?: number;
   waveSize?: number;
   allowUids?: number[];

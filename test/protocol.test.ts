@@ -94,7 +94,7 @@ test('every frame type round-trips through encode and decodeFrame', () => {
     [encode.closed([7, 0, 0xffffffff]), { type: 'closed', ids: [7, 0, 0xffffffff] }],
     [encode.prepare(3, 0xffffffff, 0), { type: 'prepare', connections: 3, idSum: 0xffffffff, idXor: 0 }],
     [encode.commit(), { type: 'commit' }],
-    [encode.listening(), { type: 'listening' }],
+    [encode.listening(2500), { type: 'listening', quiesceMs: 2500 }],
     [encode.waveAck(9), { type: 'waveAck', seq: 9 }],
     [encode.done(2, 1500), { type: 'done', retained: 2, maxPauseUs: 1500 }],
   ];
@@ -127,7 +127,7 @@ test('encode throws RangeError past MAX_BODY_SIZE and MAX_FDS_PER_FRAME; at the 
 test('decodeFrame rejects a bad header', () => {
   rejects(() => decodeFrame(Buffer.alloc(HEADER_SIZE - 1), []), /frame of 11 bytes is shorter than its header/);
   rejects(() => decodeFrame(raw(FrameType.COMMIT, '', { magic: 0x5453 }), []), /bad frame magic/);
-  rejects(() => decodeFrame(raw(FrameType.COMMIT, '', { version: 2 }), []), /protocol version 2 is not supported \(this side speaks 1\)/);
+  rejects(() => decodeFrame(raw(FrameType.COMMIT, '', { version: 1 }), []), /protocol version 1 is not supported \(this side speaks 2\)/);
   for (const type of [0, 14, 255]) rejects(() => decodeFrame(raw(type), []), new RegExp(`unknown frame type ${type}$`));
   rejects(() => decodeFrame(raw(FrameType.COMMIT, '', { reserved: 1 }), []), /reserved header byte is not 0/);
   rejects(() => decodeFrame(raw(FrameType.ACK, 'abc', { bodyLength: 4 }), []), /header says 4 body bytes, frame has 3/);
@@ -162,6 +162,11 @@ test('decodeFrame rejects JSON bodies that are not JSON objects with the right f
   rejects(abort(7, 'm'), /'code' must be a string/);
   rejects(abort('C', ''), /'message' must be a string of 1\.\.1000 characters/);
   rejects(abort('C', 'm'.repeat(1001)), /'message' must be a string/);
+  const listening = (body: unknown) => () => decodeFrame(json(FrameType.LISTENING, body), []);
+  rejects(listening({}), /LISTENING frame: 'quiesceMs' must be an integer in 0\.\.86400000/);
+  rejects(listening({ quiesceMs: 86_400_001 }), /'quiesceMs' must be an integer in 0\.\.86400000/);
+  rejects(listening({ quiesceMs: -1 }), /'quiesceMs' must be an integer/);
+  rejects(listening([1]), /'quiesceMs' must be an integer/);
 });
 
 test('decodeFrame rejects fds on every frame type that must not carry any', () => {
@@ -173,7 +178,7 @@ test('decodeFrame rejects fds on every frame type that must not carry any', () =
     ['CLOSED', encode.closed([1])],
     ['PREPARE', encode.prepare(1, 1, 1)],
     ['COMMIT', encode.commit()],
-    ['LISTENING', encode.listening()],
+    ['LISTENING', encode.listening(0)],
     ['WAVE', encode.wave(Buffer.from('x'))[0]!],
     ['WAVE_ACK', encode.waveAck(1)],
     ['DONE', encode.done(1, 1)],
@@ -211,9 +216,7 @@ test('decodeFrame checks the sizes of binary bodies', () => {
     for (const size of [0, 3, 5, 8]) rejects(() => decodeFrame(raw(type, 'x'.repeat(size)), []), new RegExp(`^${name} frame body must be 4 bytes, got ${size}$`));
   }
   for (const size of [0, 3, 5]) rejects(() => decodeFrame(raw(FrameType.CLOSED, 'x'.repeat(size)), []), /CLOSED frame body must be a non-empty list of u32/);
-  for (const [type, name] of [[FrameType.COMMIT, 'COMMIT'], [FrameType.LISTENING, 'LISTENING']] as const) {
-    rejects(() => decodeFrame(raw(type, 'x'), []), new RegExp(`^${name} frame body must be 0 bytes, got 1$`));
-  }
+  rejects(() => decodeFrame(raw(FrameType.COMMIT, 'x'), []), /^COMMIT frame body must be 0 bytes, got 1$/);
 });
 
 // ---- waves ----
@@ -221,22 +224,31 @@ test('decodeFrame checks the sizes of binary bodies', () => {
 const sampleWave: Wave = {
   seq: 0xffffffff,
   records: [
-    { id: 0, fate: 'moved', input: Buffer.from('in'), output: Buffer.from('out'), state: Buffer.from('state') },
-    { id: 1, fate: 'moved', input: Buffer.from('only input'), output: Buffer.alloc(0), state: undefined },
-    { id: 2, fate: 'moved', input: Buffer.alloc(0), output: Buffer.from('only output'), state: Buffer.alloc(0) },
-    { id: 3, fate: 'moved', input: Buffer.alloc(0), output: Buffer.alloc(0), state: undefined },
+    { id: 0, fate: 'moved', adapter: 'net', input: Buffer.from('in'), output: Buffer.from('out'), protocolState: undefined, state: Buffer.from('state') },
+    { id: 1, fate: 'moved', adapter: 'http', input: Buffer.from('only input'), output: Buffer.alloc(0), protocolState: Buffer.from('{}'), state: undefined },
+    { id: 2, fate: 'moved', adapter: 'ws', input: Buffer.alloc(0), output: Buffer.from('only output'), protocolState: Buffer.alloc(0), state: Buffer.alloc(0) },
+    { id: 3, fate: 'moved', adapter: 'net', input: Buffer.alloc(0), output: Buffer.alloc(0), protocolState: undefined, state: undefined },
     { id: 4, fate: 'retained' },
+    { id: 5, fate: 'deferred' },
     { id: 0xffffffff, fate: 'closed' },
   ],
 };
 
-test('encodeWave lays out seq, count, then per record: id, flags, three lengths, the bytes', () => {
-  const blob = encodeWave({ seq: 7, records: [{ id: 9, fate: 'moved', input: Buffer.from('i'), output: Buffer.from('oo'), state: Buffer.from('s') }, { id: 5, fate: 'closed' }] });
+test('encodeWave lays out seq, count, then per record: id, fate|flags, adapter, four lengths, the bytes', () => {
+  const blob = encodeWave({
+    seq: 7,
+    records: [
+      { id: 9, fate: 'moved', adapter: 'ws', input: Buffer.from('i'), output: Buffer.from('oo'), protocolState: Buffer.from('ppp'), state: Buffer.from('s') },
+      { id: 5, fate: 'closed' },
+      { id: 6, fate: 'deferred' },
+    ],
+  });
   const expected = Buffer.concat([
-    Buffer.from([0, 0, 0, 7, 0, 0, 0, 2]),
-    Buffer.from([0, 0, 0, 9, 0x10, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1]),
-    Buffer.from('ioos'),
-    Buffer.from([0, 0, 0, 5, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    Buffer.from([0, 0, 0, 7, 0, 0, 0, 3]),
+    Buffer.from([0, 0, 0, 9, 0x30, 2, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 1]),
+    Buffer.from('iooppps'),
+    Buffer.from([0, 0, 0, 5, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    Buffer.from([0, 0, 0, 6, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
   ]);
   assert.deepEqual(blob, expected);
 });
@@ -263,8 +275,8 @@ test('encode.wave splits a big wave over frames, MORE on all but the last; it re
     seq: 3,
     records: [
       ...sampleWave.records,
-      { id: 10, fate: 'moved', input: big(70_000), output: big(150_000), state: big(20_000) },
-      { id: 11, fate: 'moved', input: Buffer.alloc(0), output: big(MAX_BODY_SIZE), state: undefined },
+      { id: 10, fate: 'moved', adapter: 'net', input: big(70_000), output: big(150_000), protocolState: big(300), state: big(20_000) },
+      { id: 11, fate: 'moved', adapter: 'http', input: Buffer.alloc(0), output: big(MAX_BODY_SIZE), protocolState: undefined, state: undefined },
     ],
   };
   const blob = encodeWave(wave);
@@ -286,12 +298,13 @@ test('an empty wave is still one frame', () => {
   assert.equal(encode.wave(Buffer.alloc(0)).length, 1);
 });
 
-/** One wave record by hand: id, flags byte, the three lengths, then `data`. */
-function record(id: number, flags: number, lengths: [number, number, number], data = ''): Buffer {
-  const head = Buffer.alloc(17);
+/** One wave record by hand: id, flags byte, adapter byte, the four lengths, then `data`. */
+function record(id: number, flags: number, lengths: [number, number, number, number], data = '', adapter = 0): Buffer {
+  const head = Buffer.alloc(22);
   head.writeUInt32BE(id, 0);
   head.writeUInt8(flags, 4);
-  lengths.forEach((n, i) => head.writeUInt32BE(n, 5 + i * 4));
+  head.writeUInt8(adapter, 5);
+  lengths.forEach((n, i) => head.writeUInt32BE(n, 6 + i * 4));
   return Buffer.concat([head, Buffer.from(data)]);
 }
 
@@ -305,26 +318,31 @@ function blob(count: number, ...records: Buffer[]): Buffer {
 const MOVED = 0;
 const RETAINED = 1;
 const CLOSED = 2;
+const DEFERRED = 3;
 const HAS_STATE = 0x10;
+const HAS_PROTOCOL_STATE = 0x20;
 
 test('decodeWave rejects malformed waves', () => {
-  assert.deepEqual(decodeWave(blob(1, record(1, MOVED | HAS_STATE, [1, 1, 1], 'abc'))).records.length, 1);
+  assert.deepEqual(decodeWave(blob(1, record(1, MOVED | HAS_STATE | HAS_PROTOCOL_STATE, [1, 1, 1, 1], 'abcd', 2))).records.length, 1);
   rejects(() => decodeWave(Buffer.alloc(7)), /wave shorter than its header/);
-  rejects(() => decodeWave(blob(2, record(1, CLOSED, [0, 0, 0]))), /wave claims 2 records in 25 bytes/);
+  rejects(() => decodeWave(blob(2, record(1, CLOSED, [0, 0, 0, 0]))), /wave claims 2 records in 30 bytes/);
   rejects(() => decodeWave(blob(0xffffffff)), /wave claims 4294967295 records in 8 bytes/);
-  rejects(() => decodeWave(blob(1, record(1, MOVED, [5, 0, 0], 'ab'))), /wave record data runs past the end/);
-  rejects(() => decodeWave(blob(1, record(1, MOVED, [0xffffffff, 0xffffffff, 0xffffffff]))), /data runs past the end/);
-  rejects(() => decodeWave(blob(2, record(1, MOVED, [10, 0, 0], '0123456789'), Buffer.alloc(7))), /wave record header runs past the end/);
-  rejects(() => decodeWave(Buffer.concat([blob(1, record(1, CLOSED, [0, 0, 0])), Buffer.from('x')])), /wave has 1 trailing bytes/);
-  rejects(() => decodeWave(blob(0, record(1, CLOSED, [0, 0, 0]))), /wave has 17 trailing bytes/);
-  rejects(() => decodeWave(blob(2, record(7, RETAINED, [0, 0, 0]), record(7, MOVED, [0, 0, 0]))), /wave names connection 7 twice/);
-  for (const flags of [3, 0x0f, 0x20, 0x80, 0x12 | 0x40]) {
-    rejects(() => decodeWave(blob(1, record(1, flags, [0, 0, 0]))), new RegExp(`wave record has bad flags ${flags}$`));
+  rejects(() => decodeWave(blob(1, record(1, MOVED, [5, 0, 0, 0], 'ab'))), /wave record data runs past the end/);
+  rejects(() => decodeWave(blob(1, record(1, MOVED, [0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff]))), /data runs past the end/);
+  rejects(() => decodeWave(blob(2, record(1, MOVED, [10, 0, 0, 0], '0123456789'), Buffer.alloc(15))), /wave record header runs past the end/);
+  rejects(() => decodeWave(Buffer.concat([blob(1, record(1, CLOSED, [0, 0, 0, 0])), Buffer.from('x')])), /wave has 1 trailing bytes/);
+  rejects(() => decodeWave(blob(0, record(1, CLOSED, [0, 0, 0, 0]))), /wave has 22 trailing bytes/);
+  rejects(() => decodeWave(blob(2, record(7, RETAINED, [0, 0, 0, 0]), record(7, MOVED, [0, 0, 0, 0]))), /wave names connection 7 twice/);
+  for (const flags of [4, 0x0f, 0x40, 0x80, 0x12 | 0x40]) {
+    rejects(() => decodeWave(blob(1, record(1, flags, [0, 0, 0, 0]))), new RegExp(`wave record has bad flags ${flags}$`));
   }
-  rejects(() => decodeWave(blob(1, record(1, RETAINED, [1, 0, 0], 'x'))), /a retained wave record carries data/);
-  rejects(() => decodeWave(blob(1, record(1, CLOSED, [0, 0, 1], 'x'))), /a closed wave record carries data/);
-  rejects(() => decodeWave(blob(1, record(1, CLOSED | HAS_STATE, [0, 0, 0]))), /a closed wave record carries data/);
-  rejects(() => decodeWave(blob(1, record(1, MOVED, [0, 0, 2], 'st'))), /wave record has state bytes but no state flag/);
+  rejects(() => decodeWave(blob(1, record(1, MOVED, [0, 0, 0, 0], '', 3))), /wave record names unknown adapter 3$/);
+  rejects(() => decodeWave(blob(1, record(1, RETAINED, [1, 0, 0, 0], 'x'))), /a retained wave record carries data/);
+  rejects(() => decodeWave(blob(1, record(1, CLOSED, [0, 0, 0, 1], 'x'))), /a closed wave record carries data/);
+  rejects(() => decodeWave(blob(1, record(1, CLOSED | HAS_STATE, [0, 0, 0, 0]))), /a closed wave record carries data/);
+  rejects(() => decodeWave(blob(1, record(1, DEFERRED, [0, 0, 0, 0], '', 1))), /a deferred wave record carries data/);
+  rejects(() => decodeWave(blob(1, record(1, MOVED, [0, 0, 0, 2], 'st'))), /wave record has state bytes but no state flag/);
+  rejects(() => decodeWave(blob(1, record(1, MOVED, [0, 0, 2, 0], 'st'))), /wave record has state bytes but no state flag/);
 });
 
 test('digestIds is order-independent and tells apart different sets of the same size', () => {
@@ -399,7 +417,7 @@ const seedFrames: Message[] = [
   encode.closed([1, 2]),
   encode.prepare(2, 3, 3),
   encode.commit(),
-  encode.listening(),
+  encode.listening(10),
   encode.waveAck(1),
   encode.done(1, 250),
   ...encode.wave(Buffer.alloc(MAX_BODY_SIZE + 10)),

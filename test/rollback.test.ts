@@ -124,14 +124,14 @@ test('a successor running as another uid is refused by SO_PEERCRED, even when th
   const asNobody = { script, spawn: { uid: NOBODY, gid: NOBODY } };
 
   // Mode 0600 keeps it out at connect() already.
-  const blocked = new ServerProcess({ ...r.config, mode: 'takeover', allowUids: [0, NOBODY] }, asNobody);
+  const blocked = new ServerProcess({ ...r.config, mode: 'successor', allowUids: [0, NOBODY] }, asNobody);
   const denied = await blocked.next('error');
   assert.equal(denied.code, 'ERR_TAKEOVER_SYSTEM');
   assert.match(denied.message!, /EACCES/);
 
   // With the file opened up, the uid check is what refuses it.
   fs.chmodSync(r.config.path, 0o666);
-  const intruder = new ServerProcess({ ...r.config, mode: 'takeover', allowUids: [0, NOBODY] }, asNobody);
+  const intruder = new ServerProcess({ ...r.config, mode: 'successor', allowUids: [0, NOBODY] }, asNobody);
   const refused = await intruder.next('error');
   assert.equal(refused.code, 'ERR_TAKEOVER_ABORTED');
   assert.equal(refused.reason, 'ERR_TAKEOVER_PEER_REJECTED');
@@ -146,7 +146,7 @@ test('allowUids lets another uid take over', { timeout: 60_000 }, async () => {
   const script = copyForNobody();
   const r = await running({ allowUids: [0, NOBODY] }, 0o755);
   fs.chmodSync(r.config.path, 0o666);
-  const successor = new ServerProcess({ ...r.config, mode: 'takeover' }, { script, spawn: { uid: NOBODY, gid: NOBODY } });
+  const successor = new ServerProcess({ ...r.config, mode: 'successor' }, { script, spawn: { uid: NOBODY, gid: NOBODY } });
   const ready = await successor.next('ready');
   assert.equal(ready.stats!.connections, 300);
   await finishOn(successor, r);

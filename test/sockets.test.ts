@@ -16,7 +16,9 @@ import * as net from 'node:net';
 import * as native from '../src/native.js';
 import {
   freezeSocket,
-  releaseSocket,
+  releaseMoved,
+  replayCarried,
+  acceptOptions,
   serverFd,
   socketFd,
   startInherited,
@@ -24,6 +26,13 @@ import {
   trackWrites,
   wrapInherited,
 } from '../src/sockets.js';
+
+/** How a plain net.Server accepts, for sockets wrapped as a successor would wrap them. */
+const plain = acceptOptions(net.createServer());
+/** A late write in these tests is a bug in the test itself. */
+const lateUse = (what: string) => {
+  throw new Error(`${what}() after the release`);
+};
 
 const MiB = 1024 * 1024;
 /** A broken internal usually shows up as a hang (bytes that never arrive): fail it instead. */
@@ -168,8 +177,8 @@ function watchPushes(socket: net.Socket) {
 /** What a takeover does to one connection: freeze and release it here, wrap a dup of its fd as the successor does. */
 function handOff(scope: Scope, socket: net.Socket) {
   const frozen = freezeSocket(socket);
-  const successor = scope.socket(wrapInherited(native.dup(socketFd(socket))));
-  releaseSocket(socket);
+  const successor = scope.socket(wrapInherited(native.dup(socketFd(socket)), plain));
+  releaseMoved(socket, lateUse);
   return { frozen, successor };
 }
 
@@ -199,7 +208,8 @@ test('wrapInherited does not read: bytes stay in the kernel until startInherited
   assert.equal(successor.bytesRead, 0);
 
   const received = new Promise<Buffer>((resolve) => server.once('connection', (s: net.Socket) => resolve(readBytes(s, 21))));
-  startInherited(successor, server, Buffer.alloc(0), Buffer.alloc(0), () => {});
+  replayCarried(successor, Buffer.alloc(0), Buffer.alloc(0));
+  startInherited(successor, server, () => {});
   assert.equal((await received).toString(), 'sent before the start');
 });
 
@@ -230,7 +240,7 @@ for (const size of [13, 256 * 1024]) {
     client.write('after the freeze');
     await Promise.race([scope.kernelHasData(socketFd(accepted)), pushes.none()]);
     const successor = scope.socket(new net.Socket({ fd: native.dup(socketFd(accepted)) }));
-    releaseSocket(accepted);
+    releaseMoved(accepted, lateUse);
     const rest = await readBytes(successor, size + 16 - frozen.input.length);
     assert.ok(Buffer.concat([frozen.input, rest]).equals(Buffer.concat([sent, Buffer.from('after the freeze')])), 'input ++ kernel bytes differ from what was sent');
     assert.equal(Buffer.concat(seen).toString(), 'consumed');
@@ -330,7 +340,7 @@ for (const scenario of pendingOutput) {
     trackWrites(accepted);
     const written = scenario.write(accepted);
     const frozen = freezeSocket(accepted);
-    releaseSocket(accepted);
+    releaseMoved(accepted, lateUse);
     assert.equal(frozen.fate, 'moved');
     if (frozen.fate !== 'moved') return;
     assert.ok(frozen.output.length > 0, 'the scenario left no output pending');
@@ -372,7 +382,7 @@ test('releaseSocket closes only its own fd: the connection lives on through a du
   // Unread bytes at close() would make the kernel reset the connection if this were its last fd.
   client.write('ping');
   await scope.kernelHasData(dup);
-  releaseSocket(accepted);
+  releaseMoved(accepted, lateUse);
   assert.equal(accepted.destroyed, true);
   assert.equal(socketFd(accepted), -1);
 
@@ -401,7 +411,8 @@ test('startInherited: output first, input before new bytes, hook before connecti
     input = readBytes(s, 8);
   });
   const peerReceived = readBytes(client, 9);
-  startInherited(socket, server, Buffer.from('INPUT'), Buffer.from('OUTPUT'), () => order.push('hook'));
+  replayCarried(socket, Buffer.from('INPUT'), Buffer.from('OUTPUT'));
+  startInherited(socket, server, () => order.push('hook'));
   assert.deepEqual(order, ['hook', 'connection']);
   assert.equal((await peerReceived).toString(), 'OUTPUTAPP');
   assert.equal((await input!).toString(), 'INPUTNEW');

@@ -7,11 +7,11 @@
  * A successor's start-up time is part of every takeover's duration, so this module imports
  * only what serving needs: no echo-load, no histogram library.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import * as net from 'node:net';
 import { parseArgs } from 'node:util';
 import { Takeover, type ListenTarget } from '../takeover.js';
+import { ErrorCodes, type TakeoverError } from '../errors.js';
 import { serverFd, socketFd } from '../sockets.js';
 import type { TakeoverStats } from '../stats.js';
 import {
@@ -57,7 +57,7 @@ const OPTIONS = {
 interface ServerConfig {
   /** Undefined with -T: the successor serves whatever it inherits. */
   listen: { host: string; port: number; backlog: number } | undefined;
-  channel: { path: string; mode: 'fresh' | 'takeover' } | undefined;
+  channel: { path: string; mode: 'fresh' | 'successor' } | undefined;
   quiet: boolean;
   logFormat: LogFormat;
   /** The command line without -t/-T, for the successor SIGUSR2 starts. */
@@ -91,7 +91,7 @@ function parseCommandLine(args: string[]): ServerConfig | 'help' {
   }
   return {
     listen: from === undefined ? { host, port: port!, backlog } : undefined,
-    channel: from !== undefined ? { path: from, mode: 'takeover' } : path !== undefined ? { path, mode: 'fresh' } : undefined,
+    channel: from !== undefined ? { path: from, mode: 'successor' } : path !== undefined ? { path, mode: 'fresh' } : undefined,
     quiet: values.quiet,
     logFormat,
     successorArgs: args.filter((_, i) => !dropped.has(i)),
@@ -151,7 +151,8 @@ class EchoServer {
   private serving = false;
   private handedOver = false;
   private stopping = false;
-  private successor: ChildProcess | undefined;
+  /** The successor SIGUSR2 started, until its upgrade settles. */
+  private successorPid: number | undefined;
 
   constructor(private readonly config: ServerConfig) {
     this.logger = createLogger({ format: config.logFormat });
@@ -196,7 +197,7 @@ class EchoServer {
     if (stats) this.log(formatSummary(stats), { stats });
   }
 
-  private createTakeover(path: string, mode: 'fresh' | 'takeover'): Takeover {
+  private createTakeover(path: string, mode: 'fresh' | 'successor'): Takeover {
     const takeover = new Takeover({
       path,
       mode,
@@ -204,7 +205,7 @@ class EchoServer {
       restoreState: (socket, state) => this.partial.set(socket, Buffer.from(state)),
     });
     takeover.on('adopt', (socket) => this.adopted.add(socket));
-    takeover.on('takeover', ({ pid }) => {
+    takeover.on('successor', ({ pid }) => {
       this.log('Accepting connection from Takeover channel', { successorPid: pid });
       if (this.verbose) this.logFdArray();
     });
@@ -219,6 +220,12 @@ class EchoServer {
       this.log('tcp_peer_release(): Tcp peers released...');
       this.log(formatSummary(stats), { stats });
     });
+    takeover.on('upgrade', ({ pid, args }) => {
+      this.successorPid = pid;
+      this.log(`SIGUSR2: starting successor pid ${pid}`, { successorPid: pid, argv: args });
+    });
+    // The old process has nothing left to serve: its exit is this command's to make.
+    void takeover.done().then(() => process.exit(0));
     takeover.on('refused', (error) => this.logError('Takeover refused: ', error));
     takeover.on('rollback', (error) => this.logError('Takeover rolled back, still serving: ', error));
     takeover.on('warning', (error) => this.logError('Warning: ', error));
@@ -293,8 +300,8 @@ class EchoServer {
       this.logger.error('SIGUSR2 ignored: no takeover path (-t or -T) to hand over on', { pid: process.pid });
       return;
     }
-    if (this.successor) {
-      this.log(`SIGUSR2 ignored: successor pid ${this.successor.pid} is already taking over`);
+    if (this.successorPid !== undefined) {
+      this.log(`SIGUSR2 ignored: successor pid ${this.successorPid} is already taking over`);
       return;
     }
     if (!this.serving || this.handedOver || this.stopping) {
@@ -302,25 +309,15 @@ class EchoServer {
       return;
     }
     const args = [...process.execArgv, process.argv[1]!, ...this.config.successorArgs, '-T', path];
-    const child = spawn(process.execPath, args, { detached: true, stdio: 'inherit' });
-    child.unref();
-    this.successor = child;
-    this.log(`SIGUSR2: starting successor pid ${child.pid}`, { successorPid: child.pid, argv: args });
-    child.on('error', (error) => {
-      this.successor = undefined;
-      this.logError('Cannot start the successor: ', error);
-    });
-    child.on('exit', (code, signal) => {
-      this.successor = undefined;
-      if (!this.handedOver) {
-        this.logger.error(`Successor pid ${child.pid} exited (${signal ?? `code ${code}`}) without taking over`, {
-          pid: process.pid,
-          successorPid: child.pid,
-          exitCode: code,
-          signal,
-        });
-      }
-    });
+    this.takeover!.upgrade({ args }).then(
+      () => (this.successorPid = undefined),
+      (error: TakeoverError) => {
+        const pid = this.successorPid;
+        this.successorPid = undefined;
+        // A rollback is logged as such; a successor that died before it began is not.
+        if (error.code === ErrorCodes.SUCCESSOR_FAILED) this.logError(`Successor pid ${pid} did not take over: `, error);
+      },
+    );
   }
 
   private async stop(signal: string): Promise<void> {
