@@ -139,14 +139,14 @@ function findPaths(tmp: string): Paths {
   const paths: Paths = {
     root,
     tmp,
-    serverScript: join(root, 'dist/src/cli/server.js'),
-    clientScript: join(root, 'dist/src/cli/client.js'),
-    echoScript: join(root, 'dist/bench/echo-server.js'),
+    serverScript: join(root, 'dist/cli/server.js'),
+    clientScript: join(root, 'dist-dev/tools/load-client.js'),
+    echoScript: join(root, 'dist-dev/bench/echo-server.js'),
     pm2: join(root, 'node_modules/.bin/pm2'),
     floorSource: join(root, 'bench/floor.c'),
   };
   for (const file of [paths.serverScript, paths.clientScript, paths.echoScript, paths.floorSource]) {
-    if (!existsSync(file)) throw new Error(`${relative(root, file)} is missing: run \`npx tsc -p .\` (npm ci does) first`);
+    if (!existsSync(file)) throw new Error(`${relative(root, file)} is missing: run \`npm run build:dev\` (npm run bench does) first`);
   }
   if (!existsSync(paths.pm2)) throw new Error('node_modules/.bin/pm2 is missing: run `npm ci` first');
   return paths;

@@ -13,7 +13,7 @@ import { EventEmitter, once } from 'node:events';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
-import * as native from '../src/native.js';
+import * as native from '#lib/native.js';
 import {
   freezeSocket,
   releaseSocket,
@@ -23,7 +23,7 @@ import {
   stopAccepting,
   trackWrites,
   wrapInherited,
-} from '../src/sockets.js';
+} from '#lib/sockets.js';
 
 const MiB = 1024 * 1024;
 /** A broken internal usually shows up as a hang (bytes that never arrive): fail it instead. */
