@@ -140,7 +140,10 @@ function addonLoadError(message: string, cause: unknown): Error {
 
 const addon = load();
 
-/** The most fds one message can carry (the kernel's SCM_MAX_FD). */
+/**
+ * The most fds one message can carry (the kernel's SCM_MAX_FD). native/takeover.c has its own
+ * MAX_FDS; test/native.test.ts checks that the addon takes exactly this many.
+ */
 export const MAX_FDS_PER_MESSAGE = 253;
 
 /**

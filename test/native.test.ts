@@ -264,27 +264,30 @@ test('a TCP socket, a FIFO and a file arrive as distinct new working fds', async
   fds.close(gotFile);
 });
 
-test('253 fds in one message arrive as 253 distinct fds; 254 is a RangeError', (t) => {
+// native/takeover.c cannot import MAX_FDS_PER_MESSAGE: sending exactly that many, then one more,
+// checks that its own MAX_FDS agrees.
+test('MAX_FDS_PER_MESSAGE (253, SCM_MAX_FD) fds in one message arrive as distinct fds; one more is a RangeError', (t) => {
   const fds = new FdSet(t);
   const { client, server } = pair(fds);
   const devNull = fds.add(fs.openSync('/dev/null', 'r'));
-  assert.equal(native.MAX_FDS_PER_MESSAGE, 253);
+  const max = native.MAX_FDS_PER_MESSAGE;
+  assert.equal(max, 253);
 
-  assert.throws(() => native.sendMessage(client, Buffer.from('x'), new Array<number>(254).fill(devNull)), {
+  assert.throws(() => native.sendMessage(client, Buffer.from('x'), new Array<number>(max + 1).fill(devNull)), {
     name: 'RangeError',
     code: 'ERR_OUT_OF_RANGE',
   });
   assert.equal(native.receiveMessage(server, 16), null, 'the refused message must not be sent');
 
   const before = native.openFdCount();
-  assert.equal(native.sendMessage(client, Buffer.from('many'), new Array<number>(253).fill(devNull)), true);
+  assert.equal(native.sendMessage(client, Buffer.from('many'), new Array<number>(max).fill(devNull)), true);
   const msg = native.receiveMessage(server, 16);
   assert.ok(msg);
   msg.fds.forEach((fd) => fds.add(fd));
   assert.equal(msg.data.toString(), 'many');
-  assert.equal(msg.fds.length, 253);
-  assert.equal(new Set(msg.fds).size, 253);
-  assert.equal(native.openFdCount(), before + 253);
+  assert.equal(msg.fds.length, max);
+  assert.equal(new Set(msg.fds).size, max);
+  assert.equal(native.openFdCount(), before + max);
   msg.fds.forEach((fd) => fds.close(fd));
   assert.equal(native.openFdCount(), before);
 });
