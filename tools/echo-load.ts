@@ -365,7 +365,8 @@ class EchoLoad {
       this.answered(conn, now);
     } else if (got > expected) {
       this.lost += got - expected;
-      (conn.missing ??= []).push(expected, got);
+      conn.missing ??= [];
+      conn.missing.push(expected, got);
       conn.expected = got + 1;
       this.discontinuity(conn, 'lost', got, expected);
       this.answered(conn, now);
