@@ -2,7 +2,7 @@
  * The benchmark's baseline server: the same 4-byte frame echo as takeover-server, in plain
  * Node with no takeover, for `pm2 reload` (cluster mode) and the plain restart.
  *
- * Usage: node dist/bench/echo-server.js PORT [HOST]
+ * Usage: node dist-dev/bench/echo-server.js PORT [HOST]
  * Prints one line once listening. On SIGINT (what pm2 sends) or SIGTERM it stops accepting and
  * exits: established connections cannot outlive their process, which is what the benchmark shows.
  */

@@ -4,7 +4,7 @@
  */
 import { setPriority } from 'node:os';
 import * as hdr from 'hdr-histogram-js';
-import type { EchoLoadSummary, Percentiles, TimelineBucket } from '../src/cli/echo-load.js';
+import type { EchoLoadSummary, Percentiles, TimelineBucket } from '../tools/echo-load.js';
 import { now, type Child, type ProcessGroups } from './procs.js';
 
 export interface LoadPlan {

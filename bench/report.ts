@@ -1,6 +1,7 @@
 /**
  * Turns a run's results into words: the targets (reported, never asserted), the markdown
- * tables printed on the console and written into BENCHMARKS.md between its markers.
+ * tables printed on the console and written into bench/results/latest.md (and, with --write-docs,
+ * into BENCHMARKS.md between its markers).
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { LoadResult } from './load.js';

@@ -2,8 +2,10 @@
 /**
  * `npm run bench`: the same echo workload against socket-takeover, `pm2 reload` (cluster mode)
  * and a plain restart, one after the other, with one switch of processes in the middle of each;
- * plus the C floor of the fd transfer. Writes bench/results/<time>.json, the section of
- * BENCHMARKS.md between its markers, and docs/bench-pause.svg.
+ * plus the C floor of the fd transfer. Writes bench/results/<time>.json, and latest.json,
+ * latest.md and latest.svg next to it (all untracked). Only with --write-docs does it replace the
+ * section of BENCHMARKS.md between its markers and docs/bench-pause.svg: the committed figures
+ * change when someone decides to publish a run, not on every run.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -38,6 +40,7 @@ const USAGE = `Usage: npm run bench -- [OPTION...]
     --per-source N         Most connections per source address (default 1000)
     --client-nice N        Nice value of the client processes (default -10, needs root or
                            CAP_SYS_NICE; 0 to leave them at the servers' priority)
+    --write-docs           Also replace the figures in BENCHMARKS.md and docs/bench-pause.svg
 -h, --help                 This help
 `;
 
@@ -58,6 +61,7 @@ interface Config {
   sizes: number[];
   systems: (SystemName | 'floor')[];
   workload: Workload;
+  writeDocs: boolean;
 }
 
 function positive(text: string, flag: string): number {
@@ -86,6 +90,7 @@ function parseCommandLine(args: string[]): Config | 'help' {
       'per-client': { type: 'string', default: '10000' },
       'per-source': { type: 'string', default: '1000' },
       'client-nice': { type: 'string', default: '-10' },
+      'write-docs': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -109,7 +114,7 @@ function parseCommandLine(args: string[]): Config | 'help' {
     throw new Error('--switch-after must leave one --interval for every connection to open');
   }
   if (workload.switchAfterS + 2 > workload.durationS) throw new Error('--duration must run at least 2 s past --switch-after');
-  return { sizes, systems, workload };
+  return { sizes, systems, workload, writeDocs: values['write-docs'] };
 }
 
 function readNofileLimit(): { soft: number; hard: number } {
@@ -139,14 +144,14 @@ function findPaths(tmp: string): Paths {
   const paths: Paths = {
     root,
     tmp,
-    serverScript: join(root, 'dist/src/cli/server.js'),
-    clientScript: join(root, 'dist/src/cli/client.js'),
-    echoScript: join(root, 'dist/bench/echo-server.js'),
+    serverScript: join(root, 'dist/cli/server.js'),
+    clientScript: join(root, 'dist-dev/tools/load-client.js'),
+    echoScript: join(root, 'dist-dev/bench/echo-server.js'),
     pm2: join(root, 'node_modules/.bin/pm2'),
     floorSource: join(root, 'bench/floor.c'),
   };
   for (const file of [paths.serverScript, paths.clientScript, paths.echoScript, paths.floorSource]) {
-    if (!existsSync(file)) throw new Error(`${relative(root, file)} is missing: run \`npx tsc -p .\` (npm ci does) first`);
+    if (!existsSync(file)) throw new Error(`${relative(root, file)} is missing: run \`npm run build:dev\` (npm run bench does) first`);
   }
   if (!existsSync(paths.pm2)) throw new Error('node_modules/.bin/pm2 is missing: run `npm ci` first');
   return paths;
@@ -250,35 +255,48 @@ async function main(config: Config): Promise<void> {
   writeFileSync(resultsFile, `${JSON.stringify(results, null, 2)}\n`);
 
   const chartSize = [...ranSizes].reverse().find((s) => runs.some((r) => r.connections === s && r.timeline));
-  let chartPath: string | undefined;
-  if (chartSize !== undefined) {
-    chartPath = 'docs/bench-pause.svg';
-    mkdirSync(join(root, 'docs'), { recursive: true });
-    const chartRuns = runs.filter((r) => r.connections === chartSize && r.timeline);
-    writeFileSync(
-      join(root, chartPath),
-      pauseChart({
-        title: `${chartSize.toLocaleString('en-US')} connections: each system's switch at t = 0`,
-        series: chartRuns.map((r) => ({ name: r.system, color: COLORS[r.system], timeline: r.timeline! })),
-        expectedPerBucket: (chartSize * 100) / config.workload.intervalMs,
-        fromMs: -CHART_BEFORE_MS,
-        // Up to a few seconds past the slowest switch: the rest of the run only repeats itself.
-        toMs: Math.min(
-          (config.workload.durationS - config.workload.switchAfterS) * 1000,
-          Math.ceil((Math.max(0, ...chartRuns.map((r) => r.switch?.oldGoneMs ?? 0)) + CHART_AFTER_MS) / 1000) * 1000,
-        ),
-      }),
-    );
+  const chartRuns = runs.filter((r) => r.connections === chartSize && r.timeline);
+  const chart =
+    chartSize === undefined
+      ? undefined
+      : pauseChart({
+          title: `${chartSize.toLocaleString('en-US')} connections: each system's switch at t = 0`,
+          series: chartRuns.map((r) => ({ name: r.system, color: COLORS[r.system], timeline: r.timeline! })),
+          expectedPerBucket: (chartSize * 100) / config.workload.intervalMs,
+          fromMs: -CHART_BEFORE_MS,
+          // Up to a few seconds past the slowest switch: the rest of the run only repeats itself.
+          toMs: Math.min(
+            (config.workload.durationS - config.workload.switchAfterS) * 1000,
+            Math.ceil((Math.max(0, ...chartRuns.map((r) => r.switch?.oldGoneMs ?? 0)) + CHART_AFTER_MS) / 1000) * 1000,
+          ),
+        });
+  const written = [relative(root, resultsFile)];
+  const latest = (name: string, content: string): void => {
+    writeFileSync(join(resultsDir, name), content);
+    written.push(`bench/results/${name}`);
+  };
+  latest('latest.json', `${JSON.stringify(results, null, 2)}\n`);
+  if (chart) latest('latest.svg', chart);
+  // Each copy links the chart next to it.
+  latest('latest.md', `${renderSection(results, chart ? 'latest.svg' : undefined)}\n`);
+  const section = renderSection(results, chart ? 'docs/bench-pause.svg' : undefined);
+  if (config.writeDocs) {
+    if (chart) {
+      mkdirSync(join(root, 'docs'), { recursive: true });
+      writeFileSync(join(root, 'docs/bench-pause.svg'), chart);
+      written.push('docs/bench-pause.svg');
+    }
+    writeBenchmarksMd(join(root, 'BENCHMARKS.md'), section);
+    written.push('BENCHMARKS.md');
   }
-  const section = renderSection(results, chartPath);
-  writeBenchmarksMd(join(root, 'BENCHMARKS.md'), section);
 
   ctx.log('');
   ctx.log(section);
   ctx.log('');
   ctx.log(`Targets at ${targetSize} connections:`);
   for (const line of targetLines(results)) ctx.log(line.replace(/\*\*/g, ''));
-  ctx.log(`Results: ${relative(root, resultsFile)}, BENCHMARKS.md${chartPath ? `, ${chartPath}` : ''} (${Math.round(results.durationS)} s)`);
+  ctx.log(`Results: ${written.join(', ')} (${Math.round(results.durationS)} s)`);
+  if (!config.writeDocs) ctx.log('BENCHMARKS.md and docs/bench-pause.svg unchanged: `npm run bench -- --write-docs` replaces their figures.');
 }
 
 let config: Config | 'help';

@@ -2,7 +2,7 @@
  * The chart of BENCHMARKS.md, as a self-contained SVG (no library, no fonts to load): for one
  * size, every system's longest echo wait per 100 ms and its echoes per 100 ms, around the switch.
  */
-import type { TimelineBucket } from '../src/cli/echo-load.js';
+import type { TimelineBucket } from '../tools/echo-load.js';
 
 export interface Series {
   name: string;
@@ -59,6 +59,7 @@ export function pauseChart(options: ChartOptions): string {
   const height = shareTop + PANEL_HEIGHT + 60;
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${height}" viewBox="0 0 ${WIDTH} ${height}" font-family="sans-serif" font-size="12">`,
+    `<title>${esc(options.title)}</title>`,
     `<rect width="${WIDTH}" height="${height}" fill="white"/>`,
     `<text x="${LEFT}" y="24" font-size="15" font-weight="bold">${esc(options.title)}</text>`,
   ];

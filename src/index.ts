@@ -3,4 +3,5 @@ export type { TakeoverOptions, TakeoverEvents, TakeoverState, ListenTarget, Upgr
 export type { TakeoverStats } from './stats.js';
 export type { SuccessorStep } from './successor.js';
 export { TakeoverError, ErrorCodes } from './errors.js';
+export { fdOf } from './fd-of.js';
 export type { TakeoverErrorCode } from './errors.js';

@@ -15,11 +15,18 @@
  *   `'ERR_INVALID_ARG_TYPE'`; out-of-range numbers throw `RangeError` with code
  *   `'ERR_OUT_OF_RANGE'`.
  *
+ * The addon is build/Release/takeover.node, else build/Debug/takeover.node, under the package
+ * root; the environment variable `SOCKET_TAKEOVER_ADDON` names another `.node` file instead.
+ * Importing this module throws an Error with code `'ERR_TAKEOVER_ADDON_LOAD'` when the addon
+ * cannot be loaded.
+ *
  * @module
  */
 import { readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ErrorCodes, TakeoverError } from './errors.js';
 
 /** Credentials of the process at the other end of a Unix socket (`SO_PEERCRED`). */
 export interface PeerCredentials {
@@ -97,22 +104,47 @@ interface Addon {
   socketInfo(fd: number): SocketInfo;
 }
 
-/** Path of the compiled addon, from dist/src/native.js up to the package root. */
-const addonPath = fileURLToPath(new URL('../../build/Release/takeover.node', import.meta.url));
+/** Names a `.node` file to load instead of the package's own build. */
+const ADDON_ENV = 'SOCKET_TAKEOVER_ADDON';
+
+/** The package root, from dist/native.js. */
+const packageRoot = new URL('../', import.meta.url);
+
+function addonCandidates(): string[] {
+  const override = process.env[ADDON_ENV];
+  // An override is the only candidate: falling back to another build would hide a wrong path.
+  if (override) return [resolve(override)];
+  return ['build/Release/takeover.node', 'build/Debug/takeover.node'].map((file) => fileURLToPath(new URL(file, packageRoot)));
+}
 
 function load(): Addon {
-  try {
-    return createRequire(import.meta.url)(addonPath) as Addon;
-  } catch (error) {
-    throw new Error(`cannot load the takeover addon at ${addonPath} (build it with \`node-gyp rebuild\`)`, {
-      cause: error,
-    });
+  const require = createRequire(import.meta.url);
+  const candidates = addonCandidates();
+  let notFound: unknown;
+  for (const file of candidates) {
+    try {
+      return require(file) as Addon;
+    } catch (error) {
+      // A build that exists but fails to load (wrong ABI, missing symbol) is the one to report.
+      if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw addonLoadError(`cannot load the takeover addon at ${file}`, error);
+      notFound ??= error;
+    }
   }
+  const how = process.env[ADDON_ENV] ? `check ${ADDON_ENV}` : 'build it with `npm rebuild socket-takeover` or `node-gyp rebuild`';
+  throw addonLoadError(`no takeover addon at ${candidates.join(' or ')} (${how})`, notFound);
+}
+
+/** `cause` keeps what `require` threw. */
+function addonLoadError(message: string, cause: unknown): TakeoverError {
+  return new TakeoverError(ErrorCodes.ADDON_LOAD, message, { cause });
 }
 
 const addon = load();
 
-/** The most fds one message can carry (the kernel's SCM_MAX_FD). */
+/**
+ * The most fds one message can carry (the kernel's SCM_MAX_FD). native/takeover.c has its own
+ * MAX_FDS; test/native.test.ts checks that the addon takes exactly this many.
+ */
 export const MAX_FDS_PER_MESSAGE = 253;
 
 /**

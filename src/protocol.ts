@@ -13,6 +13,7 @@
  *          8  u32 body length
  */
 import { ErrorCodes, TakeoverError } from './errors.js';
+import { MAX_FDS_PER_MESSAGE } from './native.js';
 
 /** 2: LISTENING carries the quiescence bound; wave records carry the adapter, its state, and the 'deferred' fate. */
 export const PROTOCOL_VERSION = 2;
@@ -21,8 +22,8 @@ export const HEADER_SIZE = 12;
 /** One seqpacket message stays well under the default socket buffer (about 208 KiB). */
 export const MAX_FRAME_SIZE = 64 * 1024;
 export const MAX_BODY_SIZE = MAX_FRAME_SIZE - HEADER_SIZE;
-/** SCM_RIGHTS carries at most 253 fds per message on Linux (SCM_MAX_FD). */
-export const MAX_FDS_PER_FRAME = 253;
+/** The fds one frame may carry: as many as one message (SCM_MAX_FD). */
+export const MAX_FDS_PER_FRAME = MAX_FDS_PER_MESSAGE;
 /** A reassembled wave may carry much pending output; this bounds what a bad peer can make us buffer. */
 export const MAX_WAVE_SIZE = 1024 * 1024 * 1024;
 const FLAG_MORE = 1;

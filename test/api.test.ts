@@ -4,9 +4,9 @@ import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { Takeover, TakeoverError } from '../src/index.js';
-import * as native from '../src/native.js';
-import { decodeFrame, encode, HEADER_SIZE, MAX_FRAME_SIZE, type Frame } from '../src/protocol.js';
+import { Takeover, TakeoverError } from '#lib/index.js';
+import * as native from '#lib/native.js';
+import { decodeFrame, encode, HEADER_SIZE, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
 import { cleanup, ServerProcess, tempDir } from './helpers.js';
 
 after(cleanup);

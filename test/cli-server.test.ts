@@ -10,10 +10,10 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterEach, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { runEchoLoad } from '../src/cli/echo-load.js';
+import { runEchoLoad } from '../tools/echo-load.js';
 import { distDir, probeEcho, tempDir, ipv6Available } from './helpers.js';
 
-const SERVER = fileURLToPath(new URL('../src/cli/server.js', import.meta.url));
+const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 // Per test, not per suite: a suite's timeout cancels the tests after a hung one as well.
 const timeout = 20_000;
 
@@ -123,8 +123,8 @@ async function run(args: string[]): Promise<{ code: number | null; stdout: strin
   return { code, stdout: server.lines.out.join('\n'), stderr: server.lines.err.join('\n') };
 }
 
-const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-const exact = (s: string): RegExp => new RegExp(`^${escape(s)}$`);
+const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const exact = (s: string): RegExp => new RegExp(`^${escapeRegExp(s)}$`);
 
 function frames(...values: number[]): Buffer {
   const buffer = Buffer.alloc(values.length * 4);
@@ -195,7 +195,7 @@ describe('takeover-server command line', () => {
     assert.equal(stderr, '');
     assert.match(stdout, /^Usage: takeover-server \[OPTION\.\.\.\]\n/);
     for (const flag of ['-a, --listen-address', '-p, --listen-port', '-b, --listen-backlog', '-t, --takeover-path', '-T, --takeover', '-h, --help']) {
-      assert.match(stdout, new RegExp(`^${escape(flag)} `, 'm'));
+      assert.match(stdout, new RegExp(`^${escapeRegExp(flag)} `, 'm'));
     }
   });
 
@@ -333,7 +333,7 @@ describe('takeover-server log lines', () => {
     const client = new RawClient(port);
     await once(client.socket, 'connect');
     const peer = client.peer;
-    const accepted = await a.line(new RegExp(`^Accepting connection from Peer ${escape(peer)} \\(fd:(\\d+)\\)$`));
+    const accepted = await a.line(new RegExp(`^Accepting connection from Peer ${escapeRegExp(peer)} \\(fd:(\\d+)\\)$`));
     const connFd = Number(accepted.value[1]);
     await a.line(exact(`Starting connection with Peer ${peer} (fd:${connFd})`), accepted.index + 1);
 
@@ -360,7 +360,7 @@ describe('takeover-server log lines', () => {
     ]);
     assert.deepEqual(a.lines.err, []);
 
-    assertInOrder(b.lines.out, [new RegExp(`^Starting connection with Peer ${escape(peer)} \\(fd:\\d+\\)$`), exact(`Starting Takeover channel on [${channel}] domain socket`)]);
+    assertInOrder(b.lines.out, [new RegExp(`^Starting connection with Peer ${escapeRegExp(peer)} \\(fd:\\d+\\)$`), exact(`Starting Takeover channel on [${channel}] domain socket`)]);
     assert.ok(b.lines.out.some((line) => new RegExp(`^Starting TCP server on \\[127\\.0\\.0\\.1\\]:${port} \\(fd:\\d+\\)$`).test(line)));
     assert.ok(!b.lines.out.some((line) => line.startsWith('Accepting connection from Peer')), 'an adopted connection is not accepted again');
 

@@ -8,11 +8,13 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as hdr from 'hdr-histogram-js';
 import { mergeClients, type ClientRun } from '../bench/load.js';
-import { runEchoLoad, type EchoLoadRun, type EchoLoadSummary, type Percentiles } from '../src/cli/echo-load.js';
-import { createLogger, formatPeer, toUsageError, UsageError } from '../src/cli/format.js';
+import { runEchoLoad, type EchoLoadRun, type EchoLoadSummary, type Percentiles } from '../tools/echo-load.js';
+import { createLogger, formatPeer, toUsageError, UsageError } from '#lib/cli/format.js';
 import { ipv6Available } from './helpers.js';
 
-const CLIENT = fileURLToPath(new URL('../src/cli/client.js', import.meta.url));
+/** The load client (tools/), which the load tests run; takeover-client is its shipped single-connection mode. */
+const LOAD_CLIENT = fileURLToPath(new URL('../tools/load-client.js', import.meta.url));
+const SEED_CLIENT = fileURLToPath(import.meta.resolve('#lib/cli/client.js'));
 const TEST_TIMEOUT = 60_000;
 const CLIENT_TIMEOUT = 20_000;
 
@@ -22,9 +24,9 @@ interface Run {
   stderr: string;
 }
 
-async function runClient(args: string[], onSpawn?: (child: ReturnType<typeof spawn>) => void): Promise<Run> {
+async function runClient(args: string[], onSpawn?: (child: ReturnType<typeof spawn>) => void, script = LOAD_CLIENT): Promise<Run> {
   // A client that hangs is killed, failing its test with code null instead of holding the runner open.
-  const child = spawn(process.execPath, [CLIENT, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: CLIENT_TIMEOUT, killSignal: 'SIGKILL' });
+  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: CLIENT_TIMEOUT, killSignal: 'SIGKILL' });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
@@ -150,7 +152,7 @@ function decodeMatching(base64: string, percentiles: Percentiles): hdr.Histogram
 const noErrors = { ECONNRESET: 0, ECONNREFUSED: 0, EPIPE: 0, EOF: 0, ETIMEDOUT: 0 };
 
 
-describe('takeover-client against test servers', { timeout: TEST_TIMEOUT }, () => {
+describe('the clients against test servers', { timeout: TEST_TIMEOUT }, () => {
   test('a correct echo server: exit 0 and a consistent JSON summary', async () => {
     await withServer(echo, async (server) => {
       const run = await runClient(['-p', String(server.port), '-c', '20', '-i', '20', '-d', '1', '--json']);
@@ -341,34 +343,68 @@ describe('takeover-client against test servers', { timeout: TEST_TIMEOUT }, () =
     );
   });
 
-  test('single-connection seed mode prints the discontinuity with the real numbers', async () => {
+  test('takeover-client, and the load client with one connection, print the discontinuity with the real numbers', async () => {
     await withServer(
       (ctx) => {
         // A jump past 2^16 also checks that all 4 bytes are read, on this echo and the next ones.
         ctx.socket.write(ctx.n === 2 ? uint32(0x10002) : ctx.message);
       },
       async (server) => {
-        const run = await runClient(['-p', String(server.port), '-d', '0.5']);
+        for (const script of [SEED_CLIENT, LOAD_CLIENT]) {
+          const run = await runClient(['-p', String(server.port), '-d', '0.5'], undefined, script);
+          assert.equal(run.code, 1, run.stderr);
+          assert.match(run.stdout, /^Seqnum discontinuity !!! \(got 65538 != expected 2\)$/m);
+          assert.equal(run.stdout.match(/Seqnum discontinuity/g)?.length, 1, run.stdout);
+          assert.match(run.stdout, /echoes: [3-5] \(\d+\/s\), lost 65536, duplicated 0\b/);
+          assert.match(run.stdout, /result: FAILED/);
+        }
+      },
+    );
+  });
+
+  test('takeover-client and the load client run until SIGINT, then print the summary and exit 0', async () => {
+    for (const script of [SEED_CLIENT, LOAD_CLIENT]) {
+      await withServer(echo, async (server) => {
+        const run = await runClient(
+          ['-p', String(server.port)],
+          (child) => {
+            void waitForMessages(server, 3).then(() => child.kill('SIGINT'));
+          },
+          script,
+        );
+        assert.equal(run.code, 0, run.stderr);
+        assert.match(run.stdout, /^Summary for \[127\.0\.0\.1\]:\d+/m);
+        assert.match(run.stdout, /1 opened, 1 open at end, 0 cut/);
+        assert.match(run.stdout, /result: OK/);
+        assert.equal(run.stderr, '');
+      });
+    }
+  });
+
+  test('takeover-client: a server that closes the connection is a failure', async () => {
+    await withServer(
+      (ctx) => (ctx.n === 2 ? ctx.socket.end() : ctx.socket.write(ctx.message)),
+      async (server) => {
+        const run = await runClient(['-p', String(server.port)], undefined, SEED_CLIENT);
         assert.equal(run.code, 1, run.stderr);
-        assert.match(run.stdout, /^Seqnum discontinuity !!! \(got 65538 != expected 2\)$/m);
-        assert.equal(run.stdout.match(/Seqnum discontinuity/g)?.length, 1, run.stdout);
-        assert.match(run.stdout, /echoes: [3-5] \(\d+\/s\), lost 65536, duplicated 0, reordered 0/);
+        assert.match(run.stdout, /echoes: 2 \(\d+\/s\), lost 1, duplicated 0/);
+        assert.match(run.stdout, /error: EOF \(closed by server\)/);
+        assert.match(run.stdout, /1 opened, 0 open at end, 1 cut/);
         assert.match(run.stdout, /result: FAILED/);
       },
     );
   });
 
-  test('seed mode runs until SIGINT, then prints the summary and exits 0', async () => {
-    await withServer(echo, async (server) => {
-      const run = await runClient(['-p', String(server.port)], (child) => {
-        void waitForMessages(server, 3).then(() => child.kill('SIGINT'));
-      });
-      assert.equal(run.code, 0, run.stderr);
-      assert.match(run.stdout, /^Summary for \[127\.0\.0\.1\]:\d+/m);
-      assert.match(run.stdout, /1 opened, 1 open at end, 0 cut/);
-      assert.match(run.stdout, /result: OK/);
-      assert.equal(run.stderr, '');
-    });
+  test('takeover-client: a duplicated echo is reported and fails the run', async () => {
+    await withServer(
+      (ctx) => ctx.socket.write(ctx.n === 1 ? Buffer.concat([ctx.message, ctx.message]) : ctx.message),
+      async (server) => {
+        const run = await runClient(['-p', String(server.port), '-i', '10', '-d', '0.3'], undefined, SEED_CLIENT);
+        assert.equal(run.code, 1, run.stderr);
+        assert.match(run.stdout, /^Seqnum discontinuity !!! \(got 1 != expected 2\)$/m);
+        assert.match(run.stdout, /lost 0, duplicated 1/);
+      },
+    );
   });
 
   test('--new-rate against a closed port counts refused short connections', async () => {
@@ -396,43 +432,51 @@ describe('takeover-client against test servers', { timeout: TEST_TIMEOUT }, () =
   });
 });
 
-describe('takeover-client command line', { timeout: TEST_TIMEOUT }, () => {
-  const cases: Array<[string[], RegExp]> = [
+describe('the clients\' command lines', { timeout: TEST_TIMEOUT }, () => {
+  // A third element names the one command the case is for; without it, it is for both.
+  const cases: Array<[string[], RegExp, ('takeover-client' | 'load-client')?]> = [
     [[], /missing required option -p\/--connect-port/],
     [['-p', 'abc'], /-p\/--connect-port: 'abc'/],
     [['-p', '70000'], /-p\/--connect-port: '70000'/],
     [['-p', '0'], /-p\/--connect-port: '0'/],
     [['-p', '1234', '--bogus'], /Unknown option '--bogus'/],
     [['-p', '1234', '-a', 'not-an-ip'], /-a\/--connect-address: 'not-an-ip' is not an IPv4 or IPv6 address/],
-    [['-p', '1234', '--connections=-1'], /-c\/--connections: '-1'/],
-    [['-p', '1234', '-c', '-1'], /Option '-c' argument is ambiguous/],
+    [['-p', '1234', '--connections=-1'], /-c\/--connections: '-1'/, 'load-client'],
+    [['-p', '1234', '-c', '-1'], /Option '-c' argument is ambiguous/, 'load-client'],
+    [['-p', '1234', '-c', '2'], /Unknown option '-c'/, 'takeover-client'],
     [['-p', '1234', '-p'], /argument missing/],
     [['-p', '1234', '-d', 'soon'], /-d\/--duration: 'soon'/],
-    [['-p', '1234', '--source-address', '::1'], /not the same IP version/],
+    [['-p', '1234', '--source-address', '::1'], /not the same IP version/, 'load-client'],
     [['-p', '1234', 'extra'], /Unexpected argument 'extra'/],
   ];
-  for (const [args, message] of cases) {
-    test(`usage error: ${args.join(' ') || '(no flags)'}`, async () => {
-      const run = await runClient(args);
-      assert.equal(run.code, 2);
-      assert.equal(run.stdout, '');
-      assert.match(run.stderr, /^takeover-client: /);
-      assert.match(run.stderr, message);
-      assert.equal(run.stderr.trim().split('\n').length, 1, run.stderr);
+  const clients = [
+    { command: 'takeover-client', script: SEED_CLIENT },
+    { command: 'load-client', script: LOAD_CLIENT },
+  ];
+  for (const { command, script } of clients) {
+    for (const [args, message] of cases.filter(([, , only]) => only === undefined || only === command)) {
+      test(`${command} usage error: ${args.join(' ') || '(no flags)'}`, async () => {
+        const run = await runClient(args, undefined, script);
+        assert.equal(run.code, 2);
+        assert.equal(run.stdout, '');
+        assert.match(run.stderr, new RegExp(`^${command}: `));
+        assert.match(run.stderr, message);
+        assert.equal(run.stderr.trim().split('\n').length, 1, run.stderr);
+      });
+    }
+
+    test(`${command} -h prints the seed-style usage and exits 0`, async () => {
+      for (const flag of ['-h', '--help']) {
+        const run = await runClient([flag], undefined, script);
+        assert.equal(run.code, 0);
+        assert.equal(run.stderr, '');
+        assert.match(run.stdout, new RegExp(`^Usage: ${command} \\[OPTION\\.\\.\\.\\]\\n`));
+        for (const line of [/^-a, --connect-address .*Connection Address/m, /^-p, --connect-port .*Connection Port/m, /^-h, --help .*Display this help message/m]) {
+          assert.match(run.stdout, line);
+        }
+      }
     });
   }
-
-  test('-h prints the seed-style usage and exits 0', async () => {
-    for (const flag of ['-h', '--help']) {
-      const run = await runClient([flag]);
-      assert.equal(run.code, 0);
-      assert.equal(run.stderr, '');
-      assert.match(run.stdout, /^Usage: takeover-client \[OPTION\.\.\.\]\n/);
-      for (const line of [/^-a, --connect-address .*Connection Address/m, /^-p, --connect-port .*Connection Port/m, /^-h, --help .*Display this help message/m]) {
-        assert.match(run.stdout, line);
-      }
-    }
-  });
 });
 
 describe('runEchoLoad in-process', { timeout: TEST_TIMEOUT }, () => {

@@ -6,18 +6,19 @@
  */
 import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as native from '../src/native.js';
+import { fileURLToPath } from 'node:url';
+import * as native from '#lib/native.js';
 
 const O_NONBLOCK = 0o4000;
 const O_CLOEXEC = 0o2000000;
-const nativeModuleUrl = new URL('../src/native.js', import.meta.url).href;
+const nativeModuleUrl = import.meta.resolve('#lib/native.js');
 
 let dir = '';
 let baseline = 0;
@@ -263,27 +264,30 @@ test('a TCP socket, a FIFO and a file arrive as distinct new working fds', async
   fds.close(gotFile);
 });
 
-test('253 fds in one message arrive as 253 distinct fds; 254 is a RangeError', (t) => {
+// native/takeover.c cannot import MAX_FDS_PER_MESSAGE: sending exactly that many, then one more,
+// checks that its own MAX_FDS agrees.
+test('MAX_FDS_PER_MESSAGE (253, SCM_MAX_FD) fds in one message arrive as distinct fds; one more is a RangeError', (t) => {
   const fds = new FdSet(t);
   const { client, server } = pair(fds);
   const devNull = fds.add(fs.openSync('/dev/null', 'r'));
-  assert.equal(native.MAX_FDS_PER_MESSAGE, 253);
+  const max = native.MAX_FDS_PER_MESSAGE;
+  assert.equal(max, 253);
 
-  assert.throws(() => native.sendMessage(client, Buffer.from('x'), new Array<number>(254).fill(devNull)), {
+  assert.throws(() => native.sendMessage(client, Buffer.from('x'), new Array<number>(max + 1).fill(devNull)), {
     name: 'RangeError',
     code: 'ERR_OUT_OF_RANGE',
   });
   assert.equal(native.receiveMessage(server, 16), null, 'the refused message must not be sent');
 
   const before = native.openFdCount();
-  assert.equal(native.sendMessage(client, Buffer.from('many'), new Array<number>(253).fill(devNull)), true);
+  assert.equal(native.sendMessage(client, Buffer.from('many'), new Array<number>(max).fill(devNull)), true);
   const msg = native.receiveMessage(server, 16);
   assert.ok(msg);
   msg.fds.forEach((fd) => fds.add(fd));
   assert.equal(msg.data.toString(), 'many');
-  assert.equal(msg.fds.length, 253);
-  assert.equal(new Set(msg.fds).size, 253);
-  assert.equal(native.openFdCount(), before + 253);
+  assert.equal(msg.fds.length, max);
+  assert.equal(new Set(msg.fds).size, max);
+  assert.equal(native.openFdCount(), before + max);
   msg.fds.forEach((fd) => fds.close(fd));
   assert.equal(native.openFdCount(), before);
 });
@@ -774,4 +778,39 @@ test('bad arguments throw TypeError ERR_INVALID_ARG_TYPE or RangeError ERR_OUT_O
   assert.throws(() => native.poll(server, bad(null)), typeError);
   assert.throws(() => native.growFdTable(bad('1')), typeError);
   assert.equal(native.receiveMessage(server, 16), null, 'nothing was sent by the failed calls');
+});
+
+/** Imports native.js in a child process with SOCKET_TAKEOVER_ADDON set; what the import threw, or 'loaded'. */
+function loadWithOverride(addon: string): { code?: string; causeCode?: string; message?: string } | 'loaded' {
+  const script = `import(${JSON.stringify(nativeModuleUrl)}).then(
+  (n) => process.stdout.write(JSON.stringify(n.fdLimit().soft > 0 ? 'loaded' : 'no fd limit')),
+  (e) => process.stdout.write(JSON.stringify({ code: e.code, causeCode: e.cause?.code, message: e.message })),
+);`;
+  const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+    env: { ...process.env, SOCKET_TAKEOVER_ADDON: addon },
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  assert.equal(child.status, 0, child.stderr);
+  return JSON.parse(child.stdout) as ReturnType<typeof loadWithOverride>;
+}
+
+test('SOCKET_TAKEOVER_ADDON loads that file, and only that one; a failure is ERR_TAKEOVER_ADDON_LOAD with the cause', () => {
+  const release = fileURLToPath(new URL('../build/Release/takeover.node', nativeModuleUrl));
+  const copy = path.join(dir, 'copy.node');
+  fs.copyFileSync(release, copy);
+  assert.equal(loadWithOverride(copy), 'loaded');
+
+  const missing = loadWithOverride(path.join(dir, 'missing.node'));
+  assert.ok(missing !== 'loaded');
+  assert.equal(missing.code, 'ERR_TAKEOVER_ADDON_LOAD');
+  assert.equal(missing.causeCode, 'MODULE_NOT_FOUND');
+  assert.match(missing.message!, /missing\.node .*check SOCKET_TAKEOVER_ADDON/);
+
+  const notAnAddon = path.join(dir, 'text.node');
+  fs.writeFileSync(notAnAddon, 'not a shared object');
+  const broken = loadWithOverride(notAnAddon);
+  assert.ok(broken !== 'loaded');
+  assert.equal(broken.code, 'ERR_TAKEOVER_ADDON_LOAD');
+  assert.equal(broken.causeCode, 'ERR_DLOPEN_FAILED');
 });

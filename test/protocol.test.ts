@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TakeoverError } from '../src/errors.js';
+import { TakeoverError } from '#lib/errors.js';
 import {
   decodeFrame,
   decodeWave,
@@ -21,7 +21,7 @@ import {
   type Frame,
   type Message,
   type Wave,
-} from '../src/protocol.js';
+} from '#lib/protocol.js';
 
 const decode = (m: Message): Frame => decodeFrame(m.data, m.fds);
 

@@ -109,11 +109,11 @@ function copyForNobody(): string {
   const root = tempDir(0o755);
   const top = path.resolve(distDir, '..');
   fs.cpSync(path.join(top, 'package.json'), path.join(root, 'package.json'));
-  fs.cpSync(path.join(distDir, 'src'), path.join(root, 'dist', 'src'), { recursive: true });
-  fs.cpSync(path.join(distDir, 'test', 'fixtures'), path.join(root, 'dist', 'test', 'fixtures'), { recursive: true });
+  fs.cpSync(path.join(top, 'dist'), path.join(root, 'dist'), { recursive: true });
+  fs.cpSync(path.join(distDir, 'test', 'fixtures'), path.join(root, 'dist-dev', 'test', 'fixtures'), { recursive: true });
   fs.cpSync(path.join(top, 'build', 'Release', 'takeover.node'), path.join(root, 'build', 'Release', 'takeover.node'));
   fs.chmodSync(root, 0o755);
-  return path.join(root, 'dist', 'test', 'fixtures', 'echo-server.js');
+  return path.join(root, 'dist-dev', 'test', 'fixtures', 'echo-server.js');
 }
 
 const NOBODY = 65534;

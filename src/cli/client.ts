@@ -1,46 +1,37 @@
 #!/usr/bin/env node
-import { isIP } from 'node:net';
+/**
+ * `takeover-client`: the seed's client. One connection sends 4-byte big-endian sequence numbers,
+ * one at a time, `-i` ms after each echo, and checks that every echo is the number it sent.
+ *
+ * The load mode (thousands of connections, short connections, histograms) is the load client in
+ * tools/, outside the package, so that the package has no runtime dependency.
+ */
+import { connect, type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { runEchoLoad, type EchoLoadOptions, type EchoLoadProgress, type EchoLoadSummary } from './echo-load.js';
-import {
-  UsageError,
-  parseAddressFlag,
-  parseIntegerFlag,
-  parseNumberFlag,
-  parsePortFlag,
-  toUsageError,
-} from './format.js';
+import { UsageError, formatPeer, parseAddressFlag, parseIntegerFlag, parseNumberFlag, parsePortFlag, toUsageError } from './format.js';
 
 const COMMAND = 'takeover-client';
+/** How long the stop waits for the echo in flight before counting it lost. */
+const STOP_GRACE_MS = 1000;
 
-// The first lines keep the seed client's wording; the rest is the load mode.
 const USAGE = `Usage: ${COMMAND} [OPTION...]
 -a, --connect-address IP    Connection Address (default 127.0.0.1)
 -p, --connect-port PORT     Connection Port
--c, --connections N         Long-lived connections (default 1)
--i, --interval MS           Pause after each echo before a connection sends again (default 100)
+-i, --interval MS           Pause after each echo before sending again (default 100)
 -d, --duration S            Stop after S seconds; 0 runs until SIGINT/SIGTERM (default 0)
-    --source-address IP     Local address to bind; repeat or comma-separate to spread connections.
-                            Node binds before it connects, and each bind searches the ports already
-                            bound to that address: 10,000 connections on one address cost seconds
-                            of system time. Spread big loads over several, 1,000 or fewer on each.
-    --new-rate N            Also open N short connections per second: connect, one echo, close
-    --timeout MS            A connect or an echo slower than this is an error (default 10000)
-    --json                  Print the final summary as one JSON object on stdout
--q, --quiet                 No progress line, no discontinuity lines, no text summary
 -h, --help                  Display this help message
 
-Waits for echoes are timed until the run stops (-d elapsed, or the first SIGINT/SIGTERM): a wait
-in progress then counts up to the stop. Echoes still in flight are awaited and checked for loss
-and order, but not timed, since closing the other connections delays their reading; a second
-signal gives up on them. --json adds the RTT and per-connection longest-pause distributions as
-HdrHistograms (hdr-histogram-js encodeIntoCompressedBase64, microseconds), to merge exactly.
+Prints a line for every echo that is not the number sent, and a summary when it stops. Exits 1
+if an echo was lost or duplicated, or if the connection failed. At the stop, the echo in flight
+is awaited for up to ${STOP_GRACE_MS} ms; a second SIGINT/SIGTERM gives up on it at once.
 `;
 
 interface ClientConfig {
-  load: EchoLoadOptions & { connections: number };
-  json: boolean;
-  quiet: boolean;
+  host: string;
+  port: number;
+  intervalMs: number;
+  durationMs: number;
 }
 
 function parseCommandLine(args: string[]): ClientConfig | 'help' {
@@ -51,86 +42,172 @@ function parseCommandLine(args: string[]): ClientConfig | 'help' {
     options: {
       'connect-address': { type: 'string', short: 'a', default: '127.0.0.1' },
       'connect-port': { type: 'string', short: 'p' },
-      connections: { type: 'string', short: 'c', default: '1' },
       interval: { type: 'string', short: 'i', default: '100' },
       duration: { type: 'string', short: 'd', default: '0' },
-      'source-address': { type: 'string', multiple: true, default: [] },
-      'new-rate': { type: 'string', default: '0' },
-      timeout: { type: 'string', default: '10000' },
-      json: { type: 'boolean', default: false },
-      quiet: { type: 'boolean', short: 'q', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
   if (values.help) return 'help';
-
   const host = parseAddressFlag(values['connect-address'], '-a/--connect-address');
   if (values['connect-port'] === undefined) throw new UsageError('missing required option -p/--connect-port');
-  const port = parsePortFlag(values['connect-port'], '-p/--connect-port');
-  const connections = parseIntegerFlag(values.connections, '-c/--connections', 0, 1_000_000);
-  const newRate = parseNumberFlag(values['new-rate'], '--new-rate', 0);
-  if (connections === 0 && newRate === 0) throw new UsageError('-c/--connections 0 needs --new-rate');
+  return {
+    host,
+    port: parsePortFlag(values['connect-port'], '-p/--connect-port'),
+    intervalMs: parseIntegerFlag(values.interval, '-i/--interval', 0, 86_400_000),
+    durationMs: Math.round(parseNumberFlag(values.duration, '-d/--duration', 0) * 1000),
+  };
+}
 
-  const sourceAddresses = values['source-address'].flatMap((list) => list.split(','));
-  for (const source of sourceAddresses) {
-    parseAddressFlag(source, '--source-address');
-    // The kernel would refuse the bind with EINVAL on every connection; say why up front.
-    if (isIP(source) !== isIP(host)) {
-      throw new UsageError(`--source-address ${source} and -a/--connect-address ${host} are not the same IP version`);
+interface Summary {
+  target: string;
+  elapsedMs: number;
+  intervalMs: number;
+  opened: boolean;
+  /** Why the connection ended before the stop: an error code, or EOF (closed by the server). */
+  failure: string | undefined;
+  echoes: number;
+  /** Numbers skipped by a higher echo, or whose echo never came. */
+  lost: number;
+  duplicated: number;
+  longestPauseMs: number;
+}
+
+class SeedClient {
+  private readonly socket: Socket;
+  private readonly startedAt = performance.now();
+  private readonly done: Promise<Summary>;
+  private resolve!: (summary: Summary) => void;
+  private timer: NodeJS.Timeout | undefined;
+  /** The number in flight, or the next one to send when nothing is. */
+  private expected = 0;
+  /** performance.now() when the echo in flight was sent; -1 when nothing is in flight. */
+  private waitSince = -1;
+  private partial = 0;
+  private partialLength = 0;
+  private stopping = false;
+  private finished = false;
+  private opened = false;
+  private failure: string | undefined;
+  private echoes = 0;
+  private lost = 0;
+  private duplicated = 0;
+  private longestPauseMs = 0;
+
+  constructor(
+    private readonly config: ClientConfig,
+    private readonly onDiscontinuity: (got: number, expected: number) => void,
+  ) {
+    this.done = new Promise((resolve) => (this.resolve = resolve));
+    this.socket = connect({ host: config.host, port: config.port, noDelay: true });
+    this.socket.on('connect', () => {
+      this.opened = true;
+      this.send();
+    });
+    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.socket.on('end', () => this.fail('EOF'));
+    this.socket.on('error', (err: NodeJS.ErrnoException) => this.fail(err.code ?? 'ERROR'));
+    // Unref'd: a connection that failed earlier must not keep the process alive until then.
+    if (config.durationMs > 0) setTimeout(() => this.stop(), config.durationMs).unref();
+  }
+
+  get summary(): Promise<Summary> {
+    return this.done;
+  }
+
+  /** First call: stop sending and wait for the echo in flight. Second call: give up on it. */
+  stop(): void {
+    if (this.stopping || this.waitSince < 0) {
+      if (this.waitSince >= 0) this.lost++;
+      this.finish();
+      return;
+    }
+    this.stopping = true;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.stop(), STOP_GRACE_MS);
+  }
+
+  private send(): void {
+    const message = Buffer.allocUnsafe(4);
+    // A misbehaving server can push `expected` past 2^32 - 1; wrap rather than throw.
+    message.writeUInt32BE(this.expected >>> 0);
+    this.waitSince = performance.now();
+    this.socket.write(message);
+  }
+
+  // The stream may split or coalesce messages anyhow, so it is consumed 4 bytes at a time.
+  private onData(chunk: Buffer): void {
+    for (const byte of chunk) {
+      this.partial = this.partial * 256 + byte;
+      if (++this.partialLength < 4) continue;
+      this.onEcho(this.partial);
+      this.partial = 0;
+      this.partialLength = 0;
+      if (this.finished) return;
     }
   }
 
-  return {
-    load: {
-      host,
-      port,
-      connections,
-      intervalMs: parseIntegerFlag(values.interval, '-i/--interval', 0, 86_400_000),
-      durationMs: Math.round(parseNumberFlag(values.duration, '-d/--duration', 0) * 1000),
-      sourceAddresses,
-      newRate,
-      timeoutMs: parseIntegerFlag(values.timeout, '--timeout', 1, 86_400_000),
-    },
-    json: values.json,
-    quiet: values.quiet,
-  };
+  private onEcho(got: number): void {
+    const expected = this.expected;
+    if (got < expected) {
+      this.duplicated++;
+      this.onDiscontinuity(got, expected);
+      return;
+    }
+    if (got === expected) {
+      this.echoes++;
+    } else {
+      this.lost += got - expected;
+      this.onDiscontinuity(got, expected);
+    }
+    this.expected = got + 1;
+    // A server sending ahead of what was asked is checked above, but does not pace the client.
+    if (this.waitSince < 0) return;
+    this.longestPauseMs = Math.max(this.longestPauseMs, performance.now() - this.waitSince);
+    this.waitSince = -1;
+    if (this.stopping) this.finish();
+    else this.timer = setTimeout(() => this.send(), this.config.intervalMs);
+  }
+
+  private fail(code: string): void {
+    if (this.finished) return;
+    this.failure = code;
+    if (this.waitSince >= 0) this.lost++;
+    this.finish();
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    clearTimeout(this.timer);
+    this.socket.destroy();
+    this.resolve({
+      target: formatPeer(this.config.host, this.config.port),
+      elapsedMs: performance.now() - this.startedAt,
+      intervalMs: this.config.intervalMs,
+      opened: this.opened,
+      failure: this.failure,
+      echoes: this.echoes,
+      lost: this.lost,
+      duplicated: this.duplicated,
+      longestPauseMs: this.longestPauseMs,
+    });
+  }
 }
 
 const ms = (value: number): string => `${Math.round(value * 1000) / 1000} ms`;
 
-function formatProgress(p: EchoLoadProgress): string {
-  return (
-    `${(p.elapsedMs / 1000).toFixed(1)}s  open ${p.open}  echoes/s ${p.echoesPerSec}  ` +
-    `lost ${p.lost}  errors ${p.errors}  longest pause ${ms(p.longestPauseMs)}`
-  );
-}
+const ok = (s: Summary): boolean => s.opened && s.failure === undefined && s.lost === 0 && s.duplicated === 0;
 
-function formatCounts(counts: Record<string, number>): string {
-  return Object.entries(counts)
-    .map(([code, n]) => `${code === 'EOF' ? 'EOF (closed by server)' : code} ${n}`)
-    .join(', ');
-}
-
-function formatSummary(s: EchoLoadSummary): string {
+// The wording follows the load client's summary, so that both read the same.
+function formatSummary(s: Summary): string {
+  const openAtEnd = s.opened && s.failure === undefined ? 1 : 0;
   const lines = [
     `Summary for ${s.target} after ${(s.elapsedMs / 1000).toFixed(1)}s (interval ${s.intervalMs} ms)`,
-    `  connections: ${s.connections} requested, ${s.opened} opened, ${s.openAtEnd} open at end, ${s.cut} cut`,
-    `  echoes: ${s.echoes} (${s.echoesPerSec}/s), lost ${s.lost}, duplicated ${s.duplicated}, reordered ${s.reordered}`,
-    `  errors: ${formatCounts(s.errors)}`,
+    `  connections: 1 requested, ${s.opened ? 1 : 0} opened, ${openAtEnd} open at end, ${s.opened ? 1 - openAtEnd : 0} cut`,
+    `  echoes: ${s.echoes} (${Math.round((s.echoes * 1000) / s.elapsedMs)}/s), lost ${s.lost}, duplicated ${s.duplicated}`,
   ];
-  if (s.short.attempted > 0) {
-    lines.push(
-      `  short connections: ${s.short.attempted} attempted, ${s.short.succeeded} succeeded, ${s.short.failed} failed` +
-        ` (${formatCounts(s.short.errors)})`,
-    );
-  }
-  lines.push(
-    `  longest pause: ${ms(s.longestPauseMs)}`,
-    `  RTT: p50 ${ms(s.rttMs.p50)}, p99 ${ms(s.rttMs.p99)}, max ${ms(s.rttMs.max)} (${s.untimedEchoes} echoes read after the stop not timed)`,
-    `  per-connection longest pause: p50 ${ms(s.connectionPauseMs.p50)}, p99 ${ms(s.connectionPauseMs.p99)}, max ${ms(s.connectionPauseMs.max)}`,
-    `  client event-loop lag: p99 ${ms(s.lagMs)}, max ${ms(s.lagMaxMs)}`,
-    `  result: ${s.ok ? 'OK' : 'FAILED'}`,
-  );
+  if (s.failure !== undefined) lines.push(`  error: ${s.failure === 'EOF' ? 'EOF (closed by server)' : s.failure}`);
+  lines.push(`  longest pause: ${ms(s.longestPauseMs)}`, `  result: ${ok(s) ? 'OK' : 'FAILED'}`);
   return `${lines.join('\n')}\n`;
 }
 
@@ -148,45 +225,17 @@ async function main(args: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
-  const { load, json, quiet } = config;
-
-  let progressShown = false;
-  const clearProgress = (): void => {
-    if (progressShown) process.stderr.write('\r\x1b[K');
-    progressShown = false;
-  };
-  // With --json, stdout carries nothing but the summary object.
-  const lineOut = json ? process.stderr : process.stdout;
-  const run = runEchoLoad(load, {
-    progressIntervalMs: 500,
-    onProgress:
-      quiet || !process.stderr.isTTY
-        ? undefined
-        : (progress) => {
-            process.stderr.write(`\r${formatProgress(progress)}\x1b[K`);
-            progressShown = true;
-          },
-    onDiscontinuity: quiet
-      ? undefined
-      : ({ local, got, expected }) => {
-          clearProgress();
-          // One connection prints the seed's exact line; with many, the local end names the culprit.
-          const prefix = load.connections > 1 ? `${local} - ` : '';
-          lineOut.write(`${prefix}Seqnum discontinuity !!! (got ${got} != expected ${expected})\n`);
-        },
+  const client = new SeedClient(config, (got, expected) => {
+    process.stdout.write(`Seqnum discontinuity !!! (got ${got} != expected ${expected})\n`);
   });
-  // First signal: stop and wait for echoes in flight; a second one gives up on them.
-  const onSignal = (): void => run.stop();
+  const onSignal = (): void => client.stop();
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  const summary = await run;
+  const summary = await client.summary;
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
-
-  clearProgress();
-  if (json) process.stdout.write(`${JSON.stringify(summary)}\n`);
-  else if (!quiet) process.stdout.write(formatSummary(summary));
-  return summary.ok ? 0 : 1;
+  process.stdout.write(formatSummary(summary));
+  return ok(summary) ? 0 : 1;
 }
 
 main(process.argv.slice(2)).then(

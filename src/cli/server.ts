@@ -4,16 +4,13 @@
  * whole 4-byte frame, prints the seed's log lines, and can be taken over (`-t`), take over
  * (`-T`), or start its own successor on SIGUSR2.
  *
- * A successor's start-up time is part of every takeover's duration, so this module imports
- * only what serving needs: no echo-load, no histogram library.
+ * It uses only the library's public API. A successor's start-up time is part of every
+ * takeover's duration, so it imports only what serving needs.
  */
 import { once } from 'node:events';
 import * as net from 'node:net';
 import { parseArgs } from 'node:util';
-import { Takeover, type ListenTarget } from '../takeover.js';
-import { ErrorCodes, type TakeoverError } from '../errors.js';
-import { serverFd, socketFd } from '../sockets.js';
-import type { TakeoverStats } from '../stats.js';
+import { ErrorCodes, fdOf, Takeover, type ListenTarget, type TakeoverError, type TakeoverStats } from '../index.js';
 import {
   UsageError,
   createLogger,
@@ -234,7 +231,7 @@ class EchoServer {
 
   private onListening(server: net.Server): void {
     const address = server.address();
-    const fd = serverFd(server);
+    const fd = fdOf(server);
     if (address !== null && typeof address === 'object') {
       this.log(`Starting TCP server on ${formatPeer(address.address, address.port)} (fd:${fd})`, { ...address, fd });
     } else {
@@ -245,15 +242,15 @@ class EchoServer {
 
   /** The seed's list of this process's fds: listeners, then connections. */
   private logFdArray(): void {
-    const listeners = this.servers.map(serverFd).filter((fd) => fd >= 0);
-    const connections = [...this.sockets].map(socketFd).filter((fd) => fd >= 0);
+    const listeners = this.servers.map(fdOf).filter((fd) => fd >= 0);
+    const connections = [...this.sockets].map(fdOf).filter((fd) => fd >= 0);
     const all = [...listeners, ...connections].map((fd) => `[${fd}]`).join('');
     this.log(`Current fd_array:={${all}}`, { listeners, connections });
   }
 
   private logConnection(what: string, socket: net.Socket): void {
     const peer = this.peer(socket);
-    const fd = socketFd(socket);
+    const fd = fdOf(socket);
     this.log(`${what} ${peer} (fd:${fd})`, { peer, fd });
   }
 

@@ -9,11 +9,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { isAlive } from '../processes.js';
-import type { TakeoverStats } from '../stats.js';
+import { isAlive } from '#lib/processes.js';
+import type { TakeoverStats } from 'socket-takeover';
 import { runEchoLoad, type EchoLoadRun, type EchoLoadSummary } from './echo-load.js';
 
-const SERVER = fileURLToPath(new URL('./server.js', import.meta.url));
+const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 const HOST = '127.0.0.1';
 const CLIENTS = 200;
 const TAKEOVERS = 5;

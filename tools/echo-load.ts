@@ -1,10 +1,10 @@
 import { connect, type Socket } from 'node:net';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import * as hdr from 'hdr-histogram-js';
-import { formatPeer } from './format.js';
+import { formatPeer } from '#lib/cli/format.js';
 
 /**
- * Load engine for `takeover-client`, the demo and the benchmark: long-lived connections each
+ * Load engine for the load client (tools/load-client.ts), the demo and the benchmark: long-lived connections each
  * send 4-byte big-endian sequence numbers and check that the echoes come back exactly, plus
  * optional short-lived connections that probe whether the listener ever refuses.
  */
@@ -365,7 +365,8 @@ class EchoLoad {
       this.answered(conn, now);
     } else if (got > expected) {
       this.lost += got - expected;
-      (conn.missing ??= []).push(expected, got);
+      conn.missing ??= [];
+      conn.missing.push(expected, got);
       conn.expected = got + 1;
       this.discontinuity(conn, 'lost', got, expected);
       this.answered(conn, now);
