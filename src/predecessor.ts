@@ -53,6 +53,8 @@ export interface PredecessorHost {
   /** After a failure past the point of no return: accept again on the dups (ownership passes). */
   resumeAccepting(listeners: readonly (ListenerEntry & { fd: number })[]): void;
   onFreeze(socket: net.Socket): void;
+  /** The connection was busy when its turn came: it waits for a later wave. */
+  onDefer(socket: net.Socket): void;
   /** The connection now lives in the successor: drop this process's copy (no FIN). */
   release(id: number, socket: net.Socket): void;
   /** Called on every failure; `started` is false for a peer that never said HELLO (e.g. a liveness probe). */
@@ -347,6 +349,7 @@ export class PredecessorSession {
       if (!wasDeferred) {
         records.push({ id, fate: 'deferred' });
         this.stats.deferred++;
+        this.host.onDefer(socket);
       }
       return;
     }

@@ -45,6 +45,8 @@ export interface TakeoverEvents {
   refused: [error: TakeoverError];
   /** Old process: a takeover failed; everything it had not frozen keeps being served here. */
   rollback: [error: TakeoverError];
+  /** Old process: a connection was busy when its turn came; it waits (up to `quiesceTimeoutMs`) for a later wave. */
+  defer: [socket: net.Socket];
   /** Old process: a connection stopped here, its bytes taken out for the successor. */
   freeze: [socket: net.Socket];
   /** Old process: a connection now lives in the successor; its socket here emits `'moved'`, not `'close'`. */
@@ -222,10 +224,10 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    */
   webSockets(wss: WebSocketServerLike): void {
     if (!['started', 'readying', 'serving'].includes(this.currentState)) this.expectState('started', 'webSockets');
-    if (wss === null || typeof wss !== 'object' || typeof wss.handleUpgrade !== 'function' || typeof wss.options?.WebSocket !== 'function') {
+    if (wss === null || typeof wss !== 'object' || typeof wss.handleUpgrade !== 'function' || typeof (wss.options as { WebSocket?: unknown })?.WebSocket !== 'function') {
       throw invalidOption('webSockets() takes a ws WebSocketServer');
     }
-    if (this.webSocketAdapters.some((a) => a.server === wss)) throw invalidOption('this WebSocketServer is already registered');
+    if (this.webSocketAdapters.some((a) => a.wss === wss)) throw invalidOption('this WebSocketServer is already registered');
     this.webSocketAdapters.push(new WebSocketAdapter(wss));
   }
 
@@ -489,6 +491,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         this.channelListener?.setAccepting(true);
       },
       onFreeze: (socket) => this.emitSafely('freeze', socket),
+      onDefer: (socket) => this.emitSafely('defer', socket),
       release: (id, socket) => {
         const { listener } = connection(id);
         const adapter = this.adapterOf(socket, listener);
@@ -544,7 +547,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   }
 
   /** Application listeners run inside the takeover's steps; one that throws must not stop them halfway. */
-  private emitSafely(event: 'freeze' | 'release' | 'adopt', socket: net.Socket): void {
+  private emitSafely(event: 'defer' | 'freeze' | 'release' | 'adopt', socket: net.Socket): void {
     try {
       this.emit(event, socket);
     } catch (error) {

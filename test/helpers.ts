@@ -13,6 +13,8 @@ import { fileURLToPath } from 'node:url';
 
 export const distDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const fixture = path.join(distDir, 'test', 'fixtures', 'echo-server.js');
+/** Ordinary async applications (HTTP, Express, ws, a delayed TCP echo) made take-over-able. */
+export const appFixture = path.join(distDir, 'test', 'fixtures', 'app-server.js');
 
 /** A fresh private directory (mode 0700) for channel paths; removed by the returned cleanup. */
 export function tempDir(mode = 0o700): string {
@@ -30,7 +32,8 @@ export interface ServerEvent {
   successor?: boolean;
   channelExists?: boolean;
   addresses?: net.AddressInfo[];
-  stats?: { connections: number; retained: number; closed: number; waves: number; bytesIn: number; bytesOut: number; stateBytes: number; maxPauseMs: number };
+  address?: net.AddressInfo;
+  stats?: { connections: number; retained: number; deferred: number; closed: number; waves: number; bytesIn: number; bytesOut: number; stateBytes: number; maxPauseMs: number };
 }
 
 export interface ServerConfig {
@@ -63,7 +66,7 @@ export class ServerProcess {
   private readonly events: ServerEvent[] = [];
   private readonly waiters: (() => void)[] = [];
 
-  constructor(config: ServerConfig, options: { env?: NodeJS.ProcessEnv; shellPrefix?: string; spawn?: SpawnOptions; script?: string } = {}) {
+  constructor(config: ServerConfig | object, options: { env?: NodeJS.ProcessEnv; shellPrefix?: string; spawn?: SpawnOptions; script?: string } = {}) {
     const script = options.script ?? fixture;
     const args = [script, JSON.stringify(config)];
     const spawnOptions: SpawnOptions = { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env }, ...options.spawn };

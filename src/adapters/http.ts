@@ -67,7 +67,9 @@ export class HttpAdapter implements ConnectionAdapter {
   readiness(socket: net.Socket): Readiness {
     if (this.upgraded.has(socket)) return 'busy';
     if ((socket as HttpSocket)._httpMessage) return 'busy';
-    return this.activeSockets().has(socket) ? 'busy' : 'quiet';
+    // Node counts a connection as active from its accept until its first request completes (its
+    // headersTimeout runs from there): one that has not sent a byte yet is idle all the same.
+    return this.activeSockets().has(socket) && socket.bytesRead > 0 ? 'busy' : 'quiet';
   }
 
   capture(socket: net.Socket): Buffer {
@@ -80,11 +82,15 @@ export class HttpAdapter implements ConnectionAdapter {
     this.idleSince.delete(socket);
   }
 
-  /** Past the quiescence bound: the response in progress is the connection's last. */
+  /**
+   * The connection stays here: the request in progress is its last (HTTP lets a server close a
+   * keep-alive connection between requests), and an idle one is closed at once.
+   */
   retain(socket: net.Socket): void {
     this.retained.add(socket);
     const response = (socket as HttpSocket)._httpMessage;
     if (response && !response.headersSent) response.shouldKeepAlive = false;
+    else if (this.readiness(socket) === 'quiet') socket.end();
   }
 
   adopt(socket: net.Socket, { input, output, protocolState }: Carried, prepare: () => void): void {

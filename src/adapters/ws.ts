@@ -20,15 +20,22 @@ import * as path from 'node:path';
 import type { Carried, ConnectionAdapter, Readiness } from './adapter.js';
 import { replayCarried } from '../sockets.js';
 
-/** The parts of a `ws` WebSocketServer this adapter uses. */
+/** A `ws` WebSocketServer, as far as the public API needs to know. */
 export interface WebSocketServerLike {
+  options: object;
+  handleUpgrade: unknown;
+}
+
+/** The parts of a `ws` WebSocketServer this adapter uses (its public API and its options). */
+interface WebSocketServer {
   options: {
-    WebSocket: new (address: null, protocols: undefined, options: object) => WebSocketLike;
-    perMessageDeflate?: boolean | Record<string, unknown>;
+    // biome-ignore lint/suspicious/noExplicitAny: ws's WebSocket constructor, typed by ws itself
+    WebSocket: new (address: null, protocols: undefined, options: any) => any;
+    perMessageDeflate?: boolean | object;
     maxPayload?: number;
     [key: string]: unknown;
   };
-  clients?: Set<WebSocketLike>;
+  clients?: Set<unknown>;
   handleUpgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer, cb: (ws: WebSocketLike, req: http.IncomingMessage) => void): void;
   emit(event: 'connection', ws: WebSocketLike, req: http.IncomingMessage): boolean;
   shouldHandle(req: { url?: string }): boolean | Promise<boolean>;
@@ -76,11 +83,14 @@ export class WebSocketAdapter implements ConnectionAdapter {
   readonly kind = 'ws' as const;
   private readonly sockets = new WeakMap<net.Socket, { ws: WebSocketLike; request: WebSocketState }>();
 
-  constructor(readonly server: WebSocketServerLike) {
-    const wss = server;
-    const deflate = wss.options.perMessageDeflate;
+  private readonly server: WebSocketServer;
+
+  constructor(readonly wss: WebSocketServerLike) {
+    const server = wss as WebSocketServer;
+    this.server = server;
+    const deflate = server.options.perMessageDeflate;
     if (deflate) {
-      wss.options.perMessageDeflate = {
+      server.options.perMessageDeflate = {
         ...(typeof deflate === 'object' ? deflate : {}),
         serverNoContextTakeover: true,
         clientNoContextTakeover: true,
@@ -88,8 +98,8 @@ export class WebSocketAdapter implements ConnectionAdapter {
     }
     // handleUpgrade is where every WebSocket of this server is born, with { server } or
     // noServer alike; its callback sees the WebSocket and its request together.
-    const handleUpgrade = wss.handleUpgrade;
-    wss.handleUpgrade = function (this: WebSocketServerLike, req, socket, head, cb) {
+    const handleUpgrade = server.handleUpgrade;
+    server.handleUpgrade = function (this: WebSocketServer, req, socket, head, cb) {
       return handleUpgrade.call(this, req, socket, head, (ws, request) => {
         adapter.remember(ws, request);
         cb(ws, request);
@@ -147,7 +157,7 @@ export class WebSocketAdapter implements ConnectionAdapter {
   adopt(socket: net.Socket, { input, output, protocolState }: Carried, prepare: () => void): void {
     const state = parseState(protocolState);
     const { options } = this.server;
-    const ws = new options.WebSocket(null, undefined, options);
+    const ws = new options.WebSocket(null, undefined, options) as WebSocketLike;
     ws._protocol = state.protocol;
     if (state.deflate) ws._extensions = { [DEFLATE]: this.deflate(state.deflate) };
     replayCarried(socket, Buffer.alloc(0), output);

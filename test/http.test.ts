@@ -1,0 +1,285 @@
+/**
+ * http.Server keep-alive connections across real takeovers, with handlers that answer
+ * asynchronously: a connection moves only between requests, and nothing a client sent or was
+ * promised is lost, answered twice, or answered by the wrong process.
+ */
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { once } from 'node:events';
+import { Takeover } from '#lib/index.js';
+import { appFixture, cleanup, ServerProcess, tempDir } from './helpers.js';
+
+after(cleanup);
+
+const timeout = 60_000;
+
+interface App {
+  config: { path: string; app: string; port: number; host: string; [key: string]: unknown };
+  current: ServerProcess;
+  port: number;
+}
+
+async function startApp(app: string, extra: Record<string, unknown> = {}): Promise<App> {
+  const config = { path: path.join(tempDir(), 'channel'), app, port: 0, host: '127.0.0.1', ...extra };
+  const current = new ServerProcess(config, { script: appFixture });
+  const ready = await current.next('ready');
+  // Successors listen on the same name (the target as given), so the port stays 0 in the config.
+  return { config, current, port: ready.address!.port };
+}
+
+/** Starts a successor with the same configuration; resolves with its stats once it took over. */
+async function takeOver(app: App): Promise<NonNullable<Awaited<ReturnType<ServerProcess['next']>>['stats']>> {
+  const next = new ServerProcess(app.config, { script: appFixture });
+  const ready = await next.next('ready');
+  assert.equal(ready.successor, true);
+  const old = app.current;
+  app.current = next;
+  assert.equal(await old.exited, 0, `old process ${old.pid} exits once it has nothing left`);
+  assert.deepEqual(old.pending('warning'), [], 'the old process warned');
+  return ready.stats!;
+}
+
+function get(port: number, agent: http.Agent, urlPath: string): Promise<{ body: string; reused: boolean }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: urlPath, agent }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ body, reused: req.reusedSocket }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
+}
+
+/** Reads `count` HTTP/1.1 responses (Content-Length or chunked bodies) from a raw socket. */
+function readResponses(socket: net.Socket, count: number): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    let data = Buffer.alloc(0);
+    const bodies: string[] = [];
+    const onData = (chunk: Buffer) => {
+      data = Buffer.concat([data, chunk]);
+      for (;;) {
+        const end = data.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = data.subarray(0, end).toString('latin1');
+        const length = /content-length: (\d+)/i.exec(head);
+        if (!length) return reject(new Error(`response without content-length: ${head}`));
+        const total = end + 4 + Number(length[1]);
+        if (data.length < total) return;
+        bodies.push(data.subarray(end + 4, total).toString());
+        data = data.subarray(total);
+        if (bodies.length === count) {
+          socket.off('data', onData);
+          return resolve(bodies);
+        }
+      }
+    };
+    socket.on('data', onData);
+    socket.once('close', () => reject(new Error(`closed after ${bodies.length} of ${count} responses`)));
+  });
+}
+
+async function rawClient(port: number): Promise<net.Socket> {
+  const socket = net.connect(port, '127.0.0.1');
+  await once(socket, 'connect');
+  return socket;
+}
+
+const pidOf = (body: string) => (JSON.parse(body) as { pid: number }).pid;
+
+test('keep-alive clients request in a loop across 5 chained takeovers, handlers answer after 0-50 ms: none fails, none reconnects', { timeout }, async () => {
+  const app = await startApp('http');
+  const clients = Array.from({ length: 30 }, () => new http.Agent({ keepAlive: true, maxSockets: 1 }));
+  let stop = false;
+  const answeredBy = new Set<number>();
+  let done = 0;
+  const loops = clients.map(async (agent, c) => {
+    let fresh = 0;
+    for (let i = 0; !stop; i++) {
+      const { body, reused } = await get(app.port, agent, `/delay?ms=${(c * 7 + i * 13) % 51}&id=${c}-${i}`);
+      assert.deepEqual(JSON.parse(body).id, `${c}-${i}`);
+      answeredBy.add(pidOf(body));
+      if (!reused) fresh++;
+      done++;
+    }
+    return fresh;
+  });
+  const pids = [app.current.pid];
+  for (let t = 0; t < 5; t++) {
+    const before = done;
+    while (done < before + 60) await new Promise((r) => setTimeout(r, 10));
+    const stats = await takeOver(app);
+    assert.equal(stats.connections, clients.length, `takeover ${t + 1} moved every connection`);
+    pids.push(app.current.pid);
+  }
+  const before = done;
+  while (done < before + 60) await new Promise((r) => setTimeout(r, 10));
+  stop = true;
+  const fresh = await Promise.all(loops);
+  assert.deepEqual(fresh, clients.map(() => 1), 'each client opened exactly one connection');
+  assert.deepEqual([...answeredBy].sort(), [...pids].sort(), 'every process in the chain answered');
+  for (const agent of clients) agent.destroy();
+  app.current.kill('SIGTERM');
+});
+
+test('a request whose headers are split across the takeover is answered once, by the old process', { timeout }, async () => {
+  const app = await startApp('http');
+  const socket = await rawClient(app.port);
+  socket.write('GET /delay?ms=0&id=split HTTP/1.1\r\nHost: x\r\nX-Half: ');
+  const successor = new ServerProcess(app.config, { script: appFixture });
+  await app.current.next('defer');
+  const responses = readResponses(socket, 2);
+  socket.write('yes\r\n\r\n');
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.deferred, 1);
+  assert.equal(ready.stats!.connections, 1, 'once quiet, the connection moved');
+  socket.write('GET /delay?ms=0&id=after HTTP/1.1\r\nHost: x\r\n\r\n');
+  const [first, second] = await responses;
+  assert.deepEqual(JSON.parse(first!), { pid: app.current.pid, id: 'split' });
+  assert.deepEqual(JSON.parse(second!), { pid: successor.pid, id: 'after' });
+  assert.equal(await app.current.exited, 0);
+  socket.destroy();
+  successor.kill('SIGTERM');
+});
+
+test('pipelined requests split across the takeover: each answered once, in order', { timeout }, async () => {
+  const app = await startApp('http');
+  const socket = await rawClient(app.port);
+  const responses = readResponses(socket, 3);
+  socket.write('GET /delay?ms=100&id=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /delay?ms=0&id=2 HTTP/1.1\r\nHo');
+  const successor = new ServerProcess(app.config, { script: appFixture });
+  await app.current.next('defer');
+  socket.write('st: x\r\n\r\n');
+  await successor.next('ready');
+  socket.write('GET /delay?ms=0&id=3 HTTP/1.1\r\nHost: x\r\n\r\n');
+  const bodies = (await responses).map((b) => JSON.parse(b) as { pid: number; id: string });
+  assert.deepEqual(bodies.map((b) => b.id), ['1', '2', '3']);
+  assert.deepEqual(bodies.map((b) => b.pid), [app.current.pid, app.current.pid, successor.pid]);
+  socket.destroy();
+  successor.kill('SIGTERM');
+});
+
+test('a POST body streaming across the takeover arrives whole, once', { timeout }, async () => {
+  const app = await startApp('http');
+  const socket = await rawClient(app.port);
+  const body = Buffer.from(Array.from({ length: 200_000 }, (_, i) => (i * 31) & 0xff));
+  let sum = 0;
+  for (const b of body) sum = (sum + b) % 65521;
+  const responses = readResponses(socket, 2);
+  socket.write(`POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n`);
+  socket.write(body.subarray(0, 70_000));
+  const successor = new ServerProcess(app.config, { script: appFixture });
+  await app.current.next('defer');
+  socket.write(body.subarray(70_000));
+  await successor.next('ready');
+  socket.write('GET /delay?ms=0&id=next HTTP/1.1\r\nHost: x\r\n\r\n');
+  const [upload, next] = await responses;
+  assert.deepEqual(JSON.parse(upload!), { pid: app.current.pid, bytes: body.length, sum });
+  assert.equal(pidOf(next!), successor.pid);
+  socket.destroy();
+  successor.kill('SIGTERM');
+});
+
+test('a 3 s streamed response finishes in the old process; the connection then moves', { timeout }, async () => {
+  const app = await startApp('http');
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const streamed = new Promise<string>((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port: app.port, path: '/stream?ms=3000&every=100', agent }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => resolve(text));
+    }).on('error', reject);
+  });
+  const successor = new ServerProcess(app.config, { script: appFixture });
+  await app.current.next('defer');
+  const text = await streamed;
+  const expected = `${Array.from({ length: 30 }, (_, i) => `${i}\n`).join('')}end ${app.current.pid}\n`;
+  assert.equal(text, expected);
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.connections, 1);
+  const { body, reused } = await get(app.port, agent, '/delay?ms=0&id=after');
+  assert.equal(reused, true);
+  assert.equal(pidOf(body), successor.pid);
+  agent.destroy();
+  successor.kill('SIGTERM');
+});
+
+test('a client that half-closes after a takeover, on an allowHalfOpen server, gets its answer', { timeout }, async () => {
+  const app = await startApp('net-async');
+  const socket = await rawClient(app.port);
+  const stats = await takeOver(app);
+  assert.equal(stats.connections, 1);
+  const chunks: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  socket.end(Buffer.from([0, 0, 0, 42]));
+  await once(socket, 'end');
+  assert.deepEqual(Buffer.concat(chunks), Buffer.from([0, 0, 0, 42]));
+  app.current.kill('SIGTERM');
+});
+
+test('a busy connection past quiesceTimeoutMs stays in the old process, which answers and closes it', { timeout }, async () => {
+  const app = await startApp('http', { quiesceTimeoutMs: 200 });
+  const socket = await rawClient(app.port);
+  const response = readResponses(socket, 1);
+  socket.write('GET /delay?ms=1500&id=slow HTTP/1.1\r\nHost: x\r\n\r\n');
+  await new Promise((r) => setTimeout(r, 50));
+  const successor = new ServerProcess(app.config, { script: appFixture });
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.retained, 1);
+  const [body] = await response;
+  assert.deepEqual(JSON.parse(body!), { pid: app.current.pid, id: 'slow' });
+  await once(socket, 'close');
+  assert.equal(await app.current.exited, 0, 'the old process exits once its last connection closed');
+  successor.kill('SIGTERM');
+});
+
+test('an Express app: keep-alive requests keep working across takeovers', { timeout }, async () => {
+  const app = await startApp('express');
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  assert.equal(pidOf((await get(app.port, agent, '/delay?ms=10&id=a')).body), app.current.pid);
+  for (let t = 0; t < 2; t++) {
+    await takeOver(app);
+    const { body, reused } = await get(app.port, agent, `/delay?ms=10&id=${t}`);
+    assert.equal(reused, true);
+    assert.equal(pidOf(body), app.current.pid);
+  }
+  agent.destroy();
+  app.current.kill('SIGTERM');
+});
+
+test('a net.Server that answers 500 ms after each request, marking it busy: every reply arrives across takeovers', { timeout }, async () => {
+  const app = await startApp('net-async');
+  const sockets = await Promise.all(Array.from({ length: 10 }, () => rawClient(app.port)));
+  const received = sockets.map(() => [] as number[]);
+  sockets.forEach((s, i) => s.on('data', (chunk: Buffer) => {
+    for (let at = 0; at + 4 <= chunk.length; at += 4) received[i]!.push(chunk.readUInt32BE(at));
+  }));
+  let sent = 0;
+  const send = () => {
+    sent++;
+    for (const s of sockets) s.write(Buffer.from([0, 0, 0, sent]));
+  };
+  for (let t = 0; t < 3; t++) {
+    send();
+    const successor = takeOver(app);
+    await new Promise((r) => setTimeout(r, 100));
+    send();
+    await successor;
+  }
+  while (received.some((r) => r.length < sent)) await new Promise((r) => setTimeout(r, 20));
+  for (const r of received) assert.deepEqual(r, Array.from({ length: sent }, (_, i) => i + 1));
+  for (const s of sockets) s.destroy();
+  app.current.kill('SIGTERM');
+});
+
+test('listen() refuses a TLS server with ERR_TAKEOVER_TLS_UNSUPPORTED', async () => {
+  const tls = await import('node:tls');
+  const takeover = await Takeover.start({ path: path.join(tempDir(), 'channel'), mode: 'fresh' });
+  assert.throws(() => takeover.listen(tls.createServer(), { port: 0 }), { code: 'ERR_TAKEOVER_TLS_UNSUPPORTED' });
+  await takeover.close();
+});
