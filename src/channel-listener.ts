@@ -10,6 +10,10 @@ import { ErrorCodes, TakeoverError, systemError } from './errors.js';
 
 const CHANNEL_BACKLOG = 16;
 const ACCEPT_RETRY_MS = 100;
+/** Channel connections open at once (a takeover, refusals lingering); more are closed at once. */
+export const MAX_OPEN_CHANNELS = 16;
+/** The same kind of warning is reported at most once per interval, the rest counted into the next. */
+export const WARNING_INTERVAL_MS = 1000;
 /** bind/connect go through "/proc/self/fd/<fd>/<name>", within sun_path's 107 bytes. */
 const MAX_NAME_BYTES = 107 - '/proc/self/fd/'.length - String(2 ** 31).length - 1;
 /** Like the kernel's MAXSYMLINKS. */
@@ -279,19 +283,75 @@ export function removeChannelPath(channelPath: string): boolean {
   });
 }
 
-/** Accepts successors on a listening channel fd, which it owns from then on. */
+/**
+ * Emits each kind of warning at most once per {@link WARNING_INTERVAL_MS}; the ones held back
+ * are summed up in one warning at the end of the interval. A flood of refused connections
+ * would otherwise become a flood of log lines.
+ */
+class WarningLimiter {
+  private readonly kinds = new Map<string, { until: number; held: number; last?: TakeoverError; timer?: NodeJS.Timeout }>();
+
+  constructor(private readonly emit: (error: TakeoverError) => void) {}
+
+  report(kind: string, error: TakeoverError): void {
+    const now = performance.now();
+    const state = this.kinds.get(kind);
+    if (state === undefined || now >= state.until) {
+      this.kinds.set(kind, { until: now + WARNING_INTERVAL_MS, held: 0 });
+      this.emit(error);
+      return;
+    }
+    state.held++;
+    state.last = error;
+    state.timer ??= setTimeout(() => this.flush(kind), state.until - now).unref();
+  }
+
+  /** Emits what is held back now (the listener is closing). */
+  flushAll(): void {
+    for (const kind of [...this.kinds.keys()]) this.flush(kind);
+  }
+
+  private flush(kind: string): void {
+    const state = this.kinds.get(kind);
+    if (state === undefined) return;
+    clearTimeout(state.timer);
+    this.kinds.delete(kind);
+    if (state.held === 0 || state.last === undefined) return;
+    // A new interval starts with the summary: a flood that goes on gives one line per interval.
+    this.kinds.set(kind, { until: performance.now() + WARNING_INTERVAL_MS, held: 0 });
+    const last = state.last;
+    this.emit(
+      new TakeoverError(last.code, `${state.held} more like this in the last ${WARNING_INTERVAL_MS} ms, the last: ${last.message}`, {
+        cause: last,
+        reason: last.reason,
+      }),
+    );
+  }
+}
+
+/**
+ * Accepts successors on a listening channel fd, which it owns from then on. At most
+ * {@link MAX_OPEN_CHANNELS} of its channels are open at once: each refused one lingers until its
+ * peer has read the ABORT, and a peer opening connections in a loop would otherwise exhaust this
+ * process's fds. Connections beyond that are closed at once; a real successor retries.
+ * `onError` gets warnings: accept failures, connections dropped that way, and channels that fail
+ * before their HELLO (nobody else reports those: no takeover has started), each kind rate-limited.
+ */
 export class ChannelListener {
   readonly fd: number;
   private readonly poller: native.Poller;
+  private readonly open = new Set<Channel>();
+  private readonly warnings: WarningLimiter;
   private closed = false;
   private accepting = false;
 
   constructor(fd: number, onChannel: (channel: Channel) => void, onError: (error: TakeoverError) => void) {
     this.fd = fd;
+    this.warnings = new WarningLimiter(onError);
     this.poller = native.poll(fd, (status) => {
       if (this.closed) return;
       if (status < 0) {
-        onError(systemError('takeover channel accept', status));
+        this.warnings.report('accept', systemError('takeover channel accept', status));
         return;
       }
       for (;;) {
@@ -301,19 +361,24 @@ export class ChannelListener {
         } catch (error) {
           // Out of fds (EMFILE) and the like: the poll is level-triggered and would fire again
           // at once, so back off and let the successor wait in the backlog meanwhile.
-          onError(systemError('takeover channel accept', error));
+          this.warnings.report('accept', systemError('takeover channel accept', error));
           this.poller.stop();
           setTimeout(() => this.setAccepting(this.accepting), ACCEPT_RETRY_MS).unref();
           return;
         }
         if (accepted < 0) return;
+        if (this.open.size >= MAX_OPEN_CHANNELS) {
+          this.drop(accepted);
+          continue;
+        }
         let channel: Channel;
         try {
           channel = new Channel(accepted);
         } catch (error) {
-          onError(systemError('takeover channel', error));
+          this.warnings.report('accept', systemError('takeover channel', error));
           continue;
         }
+        this.watch(channel);
         onChannel(channel);
       }
     });
@@ -333,5 +398,43 @@ export class ChannelListener {
     this.closed = true;
     this.poller.close();
     native.close(this.fd);
+    this.warnings.flushAll();
+  }
+
+  private drop(fd: number): void {
+    let peer = '';
+    try {
+      const { pid, uid } = native.peerCredentials(fd);
+      peer = ` from pid ${pid} (uid ${uid})`;
+    } catch {
+      // Only for the message.
+    }
+    native.close(fd);
+    this.warnings.report(
+      'dropped',
+      new TakeoverError(ErrorCodes.BUSY, `${MAX_OPEN_CHANNELS} takeover channel connections are open: closed a new one${peer} at once`),
+    );
+  }
+
+  /** Registered before the session's own listeners, so it sees the first frame first. */
+  private watch(channel: Channel): void {
+    this.open.add(channel);
+    channel.once('close', () => this.open.delete(channel));
+    const who = `pid ${channel.peer.pid} (uid ${channel.peer.uid})`;
+    let greeted = false;
+    channel.once('frame', (frame) => {
+      greeted = true;
+      if (frame.type !== 'hello') {
+        this.warnings.report('before-hello', new TakeoverError(ErrorCodes.PROTOCOL, `takeover channel from ${who}: a ${frame.type} frame before HELLO`));
+      }
+    });
+    channel.on('error', (error) => {
+      // A peer that connects and goes away is a liveness probe, not a fault.
+      if (greeted || error.code === ErrorCodes.PEER_CLOSED) return;
+      this.warnings.report(
+        'before-hello',
+        new TakeoverError(error.code, `takeover channel from ${who}, before HELLO: ${error.message}`, { cause: error, reason: error.reason }),
+      );
+    });
   }
 }
