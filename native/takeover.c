@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -28,10 +29,11 @@
 /* SCM_MAX_FD in the kernel: the most fds one sendmsg can carry. */
 #define MAX_FDS 253
 
-/* Room for MAX_FDS fds in one cmsg, aligned as the kernel expects. */
+/* Room for MAX_FDS fds in one cmsg, aligned as the kernel expects, plus the
+ * SCM_CREDENTIALS cmsg that receive_message asks for. */
 typedef union {
   struct cmsghdr align;
-  char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+  char buf[CMSG_SPACE(sizeof(int) * MAX_FDS) + CMSG_SPACE(sizeof(struct ucred))];
 } control_buf;
 
 /* ---- value helpers: each returns NULL on failure, and set() accepts NULL, so
@@ -299,10 +301,22 @@ static napi_value receive_message(napi_env env, napi_callback_info info) {
   control_buf ctl;
   struct iovec iov = { .iov_base = buf, .iov_len = (size_t)max };
   struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+  /* On SOCK_SEQPACKET, recvmsg returns 0 both at EOF and for a zero-length message,
+   * with the same flags. What differs: with SO_PASSCRED set on the receiving socket,
+   * the kernel attaches SCM_CREDENTIALS to every message it delivers (also to those
+   * queued before the option was set), and there is no message, so no cmsg, at EOF.
+   * The option is on only around this call: a socket that *sends* with SO_PASSCRED
+   * set is autobound to an abstract address, a side effect nobody asked for. */
+  int on = 1, off = 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) < 0) {
+    free(buf);
+    return throw_errno(env, "setsockopt", errno);
+  }
   /* MSG_CMSG_CLOEXEC: received fds are close-on-exec from birth, no fcntl race. */
   do r = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
+  int err = errno;
+  setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &off, sizeof off);
   if (r < 0) {
-    int err = errno;
     free(buf);
     if (err != EAGAIN && err != EWOULDBLOCK) return throw_errno(env, "recvmsg", err);
     napi_value null;
@@ -310,8 +324,10 @@ static napi_value receive_message(napi_env env, napi_callback_info info) {
     return null;
   }
 
+  bool delivered = false;
   /* Linux merges SCM_RIGHTS cmsgs when sending, but walk them all regardless. */
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+    delivered = true;
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
       int f;
@@ -329,6 +345,12 @@ static napi_value receive_message(napi_env env, napi_callback_info info) {
     return msg.msg_flags & MSG_CTRUNC
       ? throw_truncated(env, "ERR_FDS_TRUNCATED", "recvmsg MSG_CTRUNC: file descriptors were lost (fd limit reached?)", nfds)
       : throw_truncated(env, "ERR_MESSAGE_TRUNCATED", "recvmsg MSG_TRUNC: message longer than maxBytes", nfds);
+  }
+  /* Zero bytes and no fds is what JS reads as EOF: a real message of that shape must
+   * not pass for one (the peer would look gone while it still sends). */
+  if (r == 0 && nfds == 0 && delivered) {
+    free(buf);
+    return throw_truncated(env, "ERR_EMPTY_MESSAGE", "recvmsg: a zero-length message (not EOF)", 0);
   }
 
   napi_value obj = object(env), data = NULL, arr = NULL;
@@ -617,6 +639,210 @@ static napi_value socket_info(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+/* ---- the channel's directory ------------------------------------------------
+ *
+ * Everything here works relative to a directory fd (O_PATH) that the caller opened
+ * and verified, never by path from the root: a path looked up again at each step can
+ * be swapped between the steps by anyone who can write to a directory on the way.
+ * AF_UNIX has no bindat/connectat, so bind and connect name the directory or the
+ * socket file through /proc/self/fd/N, which the kernel resolves to that very inode
+ * (sun_path holds 108 bytes: "/proc/self/fd/" and the fd leave the name about 80).
+ */
+
+/* dirFd: a number, or null for the current directory (only to open "/"). */
+static bool get_dirfd(napi_env env, napi_value v, int *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) == napi_ok && t == napi_null) {
+    *out = AT_FDCWD;
+    return true;
+  }
+  return get_int(env, v, "dirFd", out);
+}
+
+/* A single name inside dirFd: "" only where allowed (the directory itself), no '/'. */
+static bool get_name(napi_env env, napi_value v, int dirfd, bool allow_empty, char *buf, size_t size) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"name\" argument must be of type string"), false;
+  if (len >= size) return throw_errno(env, "openat", ENAMETOOLONG), false;
+  napi_get_value_string_utf8(env, v, buf, size, &len);
+  if ((len == 0 && !allow_empty) || (dirfd != AT_FDCWD && strchr(buf, '/') != NULL))
+    return type_error(env, "ERR_INVALID_ARG_VALUE", "The \"name\" argument must be one path component"), false;
+  return true;
+}
+#define GET_NAME(v, dirfd, allow_empty, buf) \
+  do { if (!get_name(env, (v), (dirfd), (allow_empty), (buf), sizeof (buf))) return NULL; } while (0)
+
+static napi_value open_dir_at(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int dirfd;
+  char name[4096];
+  if (!get_dirfd(env, argv[0], &dirfd)) return NULL;
+  GET_NAME(argv[1], dirfd, false, name);
+  /* O_NOFOLLOW: a symlink fails (ENOTDIR with O_DIRECTORY) instead of leading elsewhere;
+   * O_PATH: no read permission needed, and the fd can do nothing but name the inode. */
+  return fd_or_throw(env, openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), "openat");
+}
+
+/* lstat of name in dirFd (or of dirFd itself for ""), or null when it does not exist. */
+static napi_value stat_at(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int dirfd;
+  char name[256];
+  struct stat st;
+  GET_INT(argv[0], "dirFd", &dirfd);
+  GET_NAME(argv[1], dirfd, true, name);
+  if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW | (name[0] ? 0 : AT_EMPTY_PATH)) < 0) {
+    if (errno != ENOENT) return throw_errno(env, "fstatat", errno);
+    napi_value null;
+    CHECK(napi_get_null(env, &null));
+    return null;
+  }
+  const char *type = S_ISSOCK(st.st_mode) ? "socket" : S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "directory"
+                   : S_ISLNK(st.st_mode) ? "symlink" : "other";
+  napi_value obj = object(env);
+  if (!set(env, obj, "type", str(env, type)) || !set(env, obj, "mode", num(env, st.st_mode & 07777)) ||
+      !set(env, obj, "uid", num(env, st.st_uid)))
+    return napi_failed(env);
+  return obj;
+}
+
+static napi_value readlink_at(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int dirfd;
+  char name[256], target[4096];
+  GET_INT(argv[0], "dirFd", &dirfd);
+  GET_NAME(argv[1], dirfd, false, name);
+  ssize_t n = readlinkat(dirfd, name, target, sizeof target - 1);
+  if (n < 0) return throw_errno(env, "readlinkat", errno);
+  target[n] = '\0';
+  return str(env, target);
+}
+
+/* An O_PATH fd on name itself (a symlink is opened, not followed) that is a socket
+ * file, owned by this user unless any_owner; -1 with errno otherwise (ENOTSOCK,
+ * EPERM, or openat's). *st is the file's stat. */
+static int open_socket_file(int dirfd, const char *name, bool any_owner, struct stat *st) {
+  int file = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC), err = 0;
+  if (file < 0) return -1;
+  if (fstat(file, st) < 0) err = errno;
+  else if (!S_ISSOCK(st->st_mode)) err = ENOTSOCK;
+  else if (!any_owner && st->st_uid != geteuid()) err = EPERM;
+  if (err == 0) return file;
+  close(file);
+  errno = err;
+  return -1;
+}
+
+/* Unlink name only while it is a socket of this user. The name is looked up again by
+ * unlinkat (there is no unlink by fd), but in a directory the caller verified nobody
+ * else can replace it in between; a sticky one lets others only add names. */
+static int remove_own_socket(int dirfd, const char *name) {
+  struct stat st;
+  int file = open_socket_file(dirfd, name, false, &st);
+  if (file < 0) return -1;
+  close(file);
+  return unlinkat(dirfd, name, 0);
+}
+
+static int proc_path(char *buf, size_t size, int fd, const char *name) {
+  int n = name ? snprintf(buf, size, "/proc/self/fd/%d/%s", fd, name) : snprintf(buf, size, "/proc/self/fd/%d", fd);
+  if (n < 0 || (size_t)n >= size) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  return 0;
+}
+
+static napi_value unix_listen_at(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int dirfd, backlog, mode, stype;
+  char name[256], type[16], chmod_path[32];
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  GET_INT(argv[0], "dirFd", &dirfd);
+  GET_NAME(argv[1], dirfd, false, name);
+  if (napi_get_value_string_utf8(env, argv[2], type, sizeof type, NULL) != napi_ok)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"type\" argument must be of type string");
+  if (strcmp(type, "seqpacket") == 0) stype = SOCK_SEQPACKET;
+  else if (strcmp(type, "stream") == 0) stype = SOCK_STREAM;
+  else return type_error(env, "ERR_INVALID_ARG_VALUE", "The \"type\" argument must be 'seqpacket' or 'stream'");
+  GET_INT(argv[3], "backlog", &backlog);
+  GET_INT(argv[4], "mode", &mode);
+  if (mode > 0777) return range_error(env, "The \"mode\" argument must be at most 0o777");
+  if (proc_path(sa.sun_path, sizeof sa.sun_path, dirfd, name) < 0) return throw_errno(env, "bind", errno);
+
+  int fd = socket(AF_UNIX, stype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  /* Linux creates the socket file with the socket inode's own mode minus the umask
+   * (af_unix.c: S_IFSOCK | (SOCK_INODE(sock)->i_mode & ~current_umask())), so a
+   * fchmod before bind means the file never exists with a wider mode, not even for a
+   * moment. (BSDs refuse fchmod on a socket, hence the folklore that it cannot work.)
+   * The umask (process-wide: not ours to change in a threaded process) can only clear
+   * bits; when it did, the mode is set afterwards through an O_PATH fd on the file
+   * itself, which cannot follow a link. bind never follows one: an existing name, a
+   * symlink included, is EADDRINUSE. */
+  const char *failed = fchmod(fd, (mode_t)mode) < 0 ? "fchmod"
+                     : bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ? "bind" : NULL;
+  if (failed) {
+    close_all(&fd, 1);
+    return throw_errno(env, failed, errno);
+  }
+  struct stat st;
+  int file = open_socket_file(dirfd, name, false, &st);
+  failed = file < 0 ? "openat"
+         : (st.st_mode & 0777) != (mode_t)mode &&
+           (proc_path(chmod_path, sizeof chmod_path, file, NULL) < 0 || chmod(chmod_path, (mode_t)mode) < 0) ? "chmod"
+         : listen(fd, backlog) < 0 ? "listen" : NULL;
+  int err = errno;
+  if (file >= 0) close(file);
+  if (failed) {
+    remove_own_socket(dirfd, name);
+    close(fd);
+    return throw_errno(env, failed, err);
+  }
+  return num(env, fd);
+}
+
+/* Connect to the socket file name in dirFd, never through a symlink: ENOTSOCK for
+ * anything that is not a socket file (a symlink included). */
+static napi_value unix_connect_at(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int dirfd, r;
+  char name[256];
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  struct stat st;
+  GET_INT(argv[0], "dirFd", &dirfd);
+  GET_NAME(argv[1], dirfd, false, name);
+  int file = open_socket_file(dirfd, name, true, &st);
+  if (file < 0) return throw_errno(env, "connect", errno);
+  proc_path(sa.sun_path, sizeof sa.sun_path, file, NULL); /* "/proc/self/fd/" and an int always fit */
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    close_all(&file, 1);
+    return throw_errno(env, "socket", errno);
+  }
+  do r = connect(fd, (struct sockaddr *)&sa, sizeof sa); while (r < 0 && errno == EINTR);
+  int err = errno;
+  close(file);
+  if (r < 0) {
+    close(fd);
+    return throw_errno(env, "connect", err);
+  }
+  return num(env, fd);
+}
+
+/* Remove name if, and only if, it is a socket file of this user: true when removed,
+ * false when nothing is there; ENOTSOCK or EPERM (another owner) leave it in place. */
+static napi_value remove_socket_at(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int dirfd;
+  char name[256];
+  GET_INT(argv[0], "dirFd", &dirfd);
+  GET_NAME(argv[1], dirfd, false, name);
+  if (remove_own_socket(dirfd, name) == 0) return boolean(env, true);
+  return errno == ENOENT ? boolean(env, false) : throw_errno(env, "unlinkat", errno);
+}
+
 /* ---- module ------------------------------------------------------------------ */
 
 NAPI_MODULE_INIT() {
@@ -626,7 +852,9 @@ NAPI_MODULE_INIT() {
     FN("peerCredentials", peer_credentials), FN("sendMessage", send_message),
     FN("receiveMessage", receive_message), FN("poll", poll_fd), FN("dup", dup_fd),
     FN("close", close_fd), FN("growFdTable", grow_fd_table), FN("fdLimit", fd_limit),
-    FN("socketInfo", socket_info),
+    FN("socketInfo", socket_info), FN("openDirAt", open_dir_at), FN("statAt", stat_at),
+    FN("readlinkAt", readlink_at), FN("unixListenAt", unix_listen_at), FN("unixConnectAt", unix_connect_at),
+    FN("removeSocketAt", remove_socket_at),
   };
 #undef FN
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;

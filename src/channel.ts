@@ -171,14 +171,24 @@ export class Channel extends EventEmitter<ChannelEvents> {
           this.peerReset = true;
           continue;
         }
+        // The peer is still there and sent something this side cannot take: tell it why.
+        if (code === 'ERR_FDS_TRUNCATED') {
+          return this.refuse(
+            new TakeoverError(ErrorCodes.FD_LIMIT, 'file descriptors were lost in transit (MSG_CTRUNC): fd limit reached', { cause: error }),
+          );
+        }
+        if (code === 'ERR_MESSAGE_TRUNCATED') {
+          return this.refuse(
+            new TakeoverError(ErrorCodes.PROTOCOL, `a channel frame larger than the protocol allows (${MAX_FRAME_SIZE} bytes)`, { cause: error }),
+          );
+        }
+        if (code === 'ERR_EMPTY_MESSAGE') {
+          return this.refuse(new TakeoverError(ErrorCodes.PROTOCOL, 'a zero-length message on the takeover channel', { cause: error }));
+        }
         this.fail(
           code === 'ECONNRESET'
             ? new TakeoverError(ErrorCodes.PEER_CLOSED, 'the other side closed the takeover channel abruptly', { cause: error })
-            : code === 'ERR_FDS_TRUNCATED'
-            ? new TakeoverError(ErrorCodes.FD_LIMIT, 'file descriptors were lost in transit (MSG_CTRUNC): fd limit reached', { cause: error })
-            : code === 'ERR_MESSAGE_TRUNCATED'
-              ? new TakeoverError(ErrorCodes.PROTOCOL, 'channel frame larger than the protocol allows', { cause: error })
-              : systemError('takeover channel receive', error),
+            : systemError('takeover channel receive', error),
         );
         return;
       }
@@ -199,14 +209,18 @@ export class Channel extends EventEmitter<ChannelEvents> {
         frame = decodeFrame(message.data, message.fds);
       } catch (error) {
         for (const fd of message.fds) native.close(fd);
-        // Tell the peer why before closing: a bad frame is the peer's bug to fix.
-        const reason = error instanceof TakeoverError ? error : systemError('decode', error);
-        this.sendLast(encode.abort(reason.code, reason.message));
-        this.emit('error', reason);
-        return;
+        return this.refuse(error instanceof TakeoverError ? error : systemError('decode', error));
       }
       this.emit('frame', frame);
     }
+  }
+
+  /** Tells the peer why before closing: a bad frame is the peer's bug to fix. */
+  private refuse(reason: TakeoverError): void {
+    // Already closing with a last word (its own ABORT, or an earlier refusal): nothing to add.
+    if (this.lingering) return this.destroy();
+    this.sendLast(encode.abort(reason.code, reason.message));
+    this.emit('error', reason);
   }
 
   private fail(error: TakeoverError): void {

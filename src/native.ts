@@ -38,8 +38,9 @@ export interface PeerCredentials {
 /**
  * One message read from a SOCK_SEQPACKET socket.
  *
- * `data.length === 0 && fds.length === 0` means the peer closed (EOF);
- * {@link sendMessage} refuses to send such a message, so it is never ambiguous.
+ * `data.length === 0 && fds.length === 0` means the peer closed (EOF): a zero-length
+ * message from a peer that did not close throws `ERR_EMPTY_MESSAGE` instead (see
+ * {@link receiveMessage}), and {@link sendMessage} refuses to send one.
  */
 export interface ReceivedMessage {
   /** The message bytes (a copy; the caller owns it). */
@@ -206,9 +207,10 @@ export function sendMessage(fd: number, data: Buffer, fds: readonly number[]): b
  *   nothing is waiting (EAGAIN).
  * @throws Error with code `ERR_FDS_TRUNCATED` if the kernel could not deliver every fd
  *   (MSG_CTRUNC, typically RLIMIT_NOFILE reached), or `ERR_MESSAGE_TRUNCATED` if the
- *   message was longer than `maxBytes` (MSG_TRUNC). In both cases the message is gone,
- *   every fd that did arrive has already been closed (their count is in the error's
- *   `closedFds` property), and the channel should be considered broken.
+ *   message was longer than `maxBytes` (MSG_TRUNC), or `ERR_EMPTY_MESSAGE` for a
+ *   zero-length message without fds (which would otherwise read as EOF). In each case
+ *   the message is gone, every fd that did arrive has already been closed (their count
+ *   is in the error's `closedFds` property), and the channel should be considered broken.
  */
 export function receiveMessage(fd: number, maxBytes: number): ReceivedMessage | null {
   return addon.receiveMessage(fd, maxBytes);
@@ -276,4 +278,81 @@ export function socketInfo(fd: number): SocketInfo {
  */
 export function openFdCount(): number {
   return readdirSync('/proc/self/fd').length - 1;
+}
+
+/** What {@link statAt} found: the entry itself, never what a symlink points to. */
+export interface EntryStat {
+  type: 'socket' | 'file' | 'directory' | 'symlink' | 'other';
+  /** Permission bits, setuid/setgid/sticky included (`st_mode & 0o7777`). */
+  mode: number;
+  uid: number;
+}
+
+// Declaration merging: the functions below, added to the interface the loader uses.
+interface Addon {
+  openDirAt(dirFd: number | null, name: string): number;
+  statAt(dirFd: number, name: string): EntryStat | null;
+  readlinkAt(dirFd: number, name: string): string;
+  unixListenAt(dirFd: number, name: string, type: 'seqpacket' | 'stream', backlog: number, mode: number): number;
+  unixConnectAt(dirFd: number, name: string): number;
+  removeSocketAt(dirFd: number, name: string): boolean;
+}
+
+/*
+ * The *At functions work inside a directory opened once (openDirAt) and verified by the
+ * caller, so that no step looks a path up from the root again: see channel-listener.ts.
+ * `name` is one path component (a '/' in it throws TypeError `ERR_INVALID_ARG_VALUE`).
+ */
+
+/**
+ * Open the directory `name` in `dirFd` (null: the current directory, to open `'/'`) as an
+ * O_PATH fd, without following a symlink (ENOTDIR for one). The fd can only name the
+ * directory for the other *At functions; the caller owns it (close it with {@link close}).
+ */
+export function openDirAt(dirFd: number | null, name: string): number {
+  return addon.openDirAt(dirFd, name);
+}
+
+/** lstat of `name` in `dirFd`, or of `dirFd` itself for `''`; null when there is no such entry. */
+export function statAt(dirFd: number, name: string): EntryStat | null {
+  return addon.statAt(dirFd, name);
+}
+
+/** The target of the symlink `name` in `dirFd`, as stored (possibly relative). */
+export function readlinkAt(dirFd: number, name: string): string {
+  return addon.readlinkAt(dirFd, name);
+}
+
+/**
+ * Create a Unix socket file `name` in `dirFd`, with permission bits exactly `mode` from
+ * its creation on, and listen on it. An existing entry, a symlink included, is EADDRINUSE:
+ * nothing is followed or replaced. Names longer than about 80 bytes are ENAMETOOLONG
+ * (bind goes through `/proc/self/fd/<dirFd>/<name>`, within sun_path's 108 bytes).
+ *
+ * @returns a listening fd owned by the caller (close it with {@link close}).
+ */
+export function unixListenAt(dirFd: number, name: string, type: 'seqpacket' | 'stream', backlog: number, mode: number): number {
+  return addon.unixListenAt(dirFd, name, type, backlog, mode);
+}
+
+/**
+ * Connect a SOCK_SEQPACKET socket to the socket file `name` in `dirFd`, whoever owns it,
+ * never through a symlink.
+ *
+ * @returns a connected fd owned by the caller.
+ * @throws ENOTSOCK when the entry is not a socket file (a symlink included), and
+ *   {@link unixConnect}'s errors: ENOENT, ECONNREFUSED, EAGAIN, EACCES, EPROTOTYPE...
+ */
+export function unixConnectAt(dirFd: number, name: string): number {
+  return addon.unixConnectAt(dirFd, name);
+}
+
+/**
+ * Remove `name` from `dirFd` if it is a socket file owned by this process's effective uid.
+ *
+ * @returns true when removed, false when there was nothing.
+ * @throws ENOTSOCK (not a socket file) or EPERM (another owner's socket): left in place.
+ */
+export function removeSocketAt(dirFd: number, name: string): boolean {
+  return addon.removeSocketAt(dirFd, name);
 }

@@ -126,8 +126,8 @@ test('a successor running as another uid is refused by SO_PEERCRED, even when th
   // Mode 0600 keeps it out at connect() already.
   const blocked = new ServerProcess({ ...r.config, mode: 'successor', allowUids: [0, NOBODY] }, asNobody);
   const denied = await blocked.next('error');
-  assert.equal(denied.code, 'ERR_TAKEOVER_SYSTEM');
-  assert.match(denied.message!, /EACCES/);
+  assert.equal(denied.code, 'ERR_TAKEOVER_PATH_UNSAFE');
+  assert.match(denied.message!, /is a socket of uid 0, which this user may not connect to \(EACCES\)/);
 
   // With the file opened up, the uid check is what refuses it.
   fs.chmodSync(r.config.path, 0o666);

@@ -1,0 +1,201 @@
+/**
+ * Hostile peers on the channel (issue #9, items 4 and 6): a flood of connections does not
+ * exhaust the server's fds nor its log, and a peer that sends what the server cannot take
+ * (a bad frame before HELLO, an oversized frame, too many fds, a zero-length message) gets
+ * an ABORT with a code, and the server says so.
+ */
+import { after, test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { MAX_OPEN_CHANNELS } from '../src/channel-listener.js';
+import * as native from '../src/native.js';
+import { decodeFrame, encode, MAX_FRAME_SIZE, type Frame } from '../src/protocol.js';
+import { cleanup, openFds, probeEcho, ServerProcess, tempDir, type ServerConfig } from './helpers.js';
+
+after(cleanup);
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function fresh(options: { shellPrefix?: string } = {}): Promise<{ dir: string; config: ServerConfig; server: ServerProcess; port: number }> {
+  const dir = tempDir();
+  const config: ServerConfig = { path: path.join(dir, 'channel'), listen: [{ port: 0, host: '127.0.0.1' }] };
+  const server = new ServerProcess(config, options);
+  const ready = await server.next('ready');
+  return { dir, config, server, port: ready.addresses![0]!.port };
+}
+
+/** The first frame the server sends on `fd`: what it told the hostile peer before closing. */
+async function nextFrame(fd: number): Promise<Frame> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const message = native.receiveMessage(fd, MAX_FRAME_SIZE);
+    if (message !== null) {
+      assert.ok(message.data.length > 0, 'the server closed without a word');
+      return decodeFrame(message.data, message.fds);
+    }
+    if (Date.now() > deadline) throw new Error('no frame from the server');
+    await sleep(10);
+  }
+}
+
+/** Waits until the server holds `fds` fds again: every channel it opened is closed. */
+async function settled(pid: number, fds: number): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (openFds(pid) > fds) {
+    if (Date.now() > deadline) throw new Error(`server ${pid} still holds ${openFds(pid)} fds, ${fds} before`);
+    await sleep(20);
+  }
+}
+
+test('a flood of channel connections: fds stay within the cap, warnings are summed up, a real successor then takes over', { timeout: 120_000 }, async () => {
+  const { dir, config, server, port } = await fresh();
+  const baseline = openFds(server.pid);
+  const held: number[] = [];
+  let peak = baseline;
+  // Held open and never read: without the cap the server keeps one fd per connection.
+  while (held.length < 3000) {
+    try {
+      held.push(native.unixConnect(config.path));
+    } catch (error) {
+      assert.equal((error as { code?: string }).code, 'EAGAIN', String(error)); // backlog full: let the server accept
+      await sleep(1);
+    }
+    if (held.length % 100 === 0) peak = Math.max(peak, openFds(server.pid));
+  }
+  peak = Math.max(peak, openFds(server.pid));
+  // One more than the cap: the connection the server has just accepted and is about to close.
+  assert.ok(peak <= baseline + MAX_OPEN_CHANNELS + 1, `the server went from ${baseline} to ${peak} fds`);
+
+  for (const fd of held) native.close(fd);
+  await settled(server.pid, baseline);
+
+  const successor = new ServerProcess({ ...config, mode: 'takeover' });
+  const ready = await successor.next('ready');
+  assert.equal(ready.successor, true);
+  assert.equal(await server.exited, 0);
+  await probeEcho(port, '127.0.0.1');
+
+  // The old process let go of its channel at the handover, which sends out what was held back.
+  const dropped = server.pending('warning').filter((w) => w.code === 'ERR_TAKEOVER_BUSY');
+  assert.ok(dropped.length < 3000 / 10, `${dropped.length} warnings for 3000 connections`);
+  const summaries = dropped.filter((w) => /^\d+ more like this in the last 1000 ms, the last: 16 takeover channel connections are open: closed a new one from pid \d+ \(uid 0\) at once$/.test(w.message!));
+  assert.ok(summaries.length >= 1, JSON.stringify(dropped));
+  successor.kill('SIGTERM');
+  await successor.exited;
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** Connects as a hostile peer, does `act`, and returns the ABORT the server answered with and its warning. */
+async function hostile(
+  act: (fd: number, channelPath: string) => void,
+  options: { shellPrefix?: string } = {},
+): Promise<{ abort: Frame; warning: { code?: string; message?: string } }> {
+  const { dir, config, server, port } = await fresh(options);
+  const fd = native.unixConnect(config.path);
+  act(fd, config.path);
+  const abort = await nextFrame(fd);
+  native.close(fd);
+  const warning = await server.next('warning');
+  await probeEcho(port, '127.0.0.1'); // still serving
+  server.kill('SIGTERM');
+  await server.exited;
+  fs.rmSync(dir, { recursive: true, force: true });
+  return { abort, warning };
+}
+
+test('a bad frame before HELLO: ABORT ERR_TAKEOVER_PROTOCOL, and a warning that says so', { timeout: 60_000 }, async () => {
+  const { abort, warning } = await hostile((fd) => native.sendMessage(fd, Buffer.from('GET / HTTP/1.1\r\n\r\n'), []));
+  assert.deepEqual(abort, { type: 'abort', code: 'ERR_TAKEOVER_PROTOCOL', message: 'bad frame magic' });
+  assert.equal(warning.code, 'ERR_TAKEOVER_PROTOCOL');
+  assert.match(warning.message!, /^takeover channel from pid \d+ \(uid 0\), before HELLO: bad frame magic$/);
+});
+
+test('a valid frame other than HELLO first is reported too', { timeout: 60_000 }, async () => {
+  const { abort, warning } = await hostile((fd) => native.sendMessage(fd, encode.commit().data, []));
+  assert.equal(abort.type === 'abort' && abort.code, 'ERR_TAKEOVER_PROTOCOL');
+  assert.equal(warning.code, 'ERR_TAKEOVER_PROTOCOL');
+  assert.match(warning.message!, /^takeover channel from pid \d+ \(uid 0\): a commit frame before HELLO$/);
+});
+
+test('a frame over 64 KiB: ABORT ERR_TAKEOVER_PROTOCOL, not a silent close', { timeout: 60_000 }, async () => {
+  const { abort, warning } = await hostile((fd) => native.sendMessage(fd, Buffer.alloc(MAX_FRAME_SIZE + 1), []));
+  assert.equal(abort.type === 'abort' && abort.code, 'ERR_TAKEOVER_PROTOCOL');
+  assert.equal(warning.code, 'ERR_TAKEOVER_PROTOCOL');
+  assert.match(warning.message!, /a channel frame larger than the protocol allows \(65536 bytes\)$/);
+});
+
+test('more fds than the receiver can hold: ABORT ERR_TAKEOVER_FD_LIMIT', { timeout: 60_000 }, async () => {
+  const { abort, warning } = await hostile(
+    (fd) => {
+      const fds = Array.from({ length: 200 }, () => native.dup(fd));
+      native.sendMessage(fd, encode.hello(process.pid).data, fds);
+      for (const f of fds) native.close(f);
+    },
+    { shellPrefix: 'ulimit -n 150' },
+  );
+  assert.equal(abort.type === 'abort' && abort.code, 'ERR_TAKEOVER_FD_LIMIT');
+  assert.equal(warning.code, 'ERR_TAKEOVER_FD_LIMIT');
+  assert.match(warning.message!, /before HELLO: file descriptors were lost in transit \(MSG_CTRUNC\)/);
+});
+
+/** A zero-length SOCK_SEQPACKET message, which the addon refuses to send: Python's socket module does. */
+function sendZeroLengthThenClose(socketPath: string): ReturnType<typeof spawnSync> {
+  const script = [
+    'import socket, sys',
+    's = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)',
+    's.connect(sys.argv[1])',
+    's.send(b"")',
+    's.send(b"after")',
+  ].join('\n');
+  return spawnSync('python3', ['-c', script, socketPath], { encoding: 'utf8', timeout: 20_000 });
+}
+
+test('native: a zero-length message is ERR_EMPTY_MESSAGE, not EOF; EOF still reads as EOF', () => {
+  const dir = tempDir();
+  const listenPath = path.join(dir, 'l');
+  const listener = native.unixListen(listenPath, 'seqpacket', 4);
+  const run = sendZeroLengthThenClose(listenPath);
+  assert.equal(run.status, 0, String(run.stderr));
+  const fd = native.accept(listener);
+  assert.throws(() => native.receiveMessage(fd, 100), { code: 'ERR_EMPTY_MESSAGE', closedFds: 0 });
+  assert.deepEqual(native.receiveMessage(fd, 100), { data: Buffer.from('after'), fds: [] }, 'the messages after it are intact');
+  assert.deepEqual(native.receiveMessage(fd, 100), { data: Buffer.alloc(0), fds: [] }, 'then the real EOF');
+  for (const f of [fd, listener]) native.close(f);
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('a zero-length message is not taken as the peer closing: ABORT ERR_TAKEOVER_PROTOCOL', { timeout: 60_000 }, async () => {
+  const { dir, config, server, port } = await fresh();
+  const baseline = openFds(server.pid);
+  // A peer that connects and closes is no fault: no warning for it.
+  native.close(native.unixConnect(config.path));
+  await settled(server.pid, baseline);
+  // Python waits for the answer, so the server reads the message from a peer that is still there.
+  const run = spawnSync(
+    'python3',
+    [
+      '-c',
+      [
+        'import socket, sys',
+        's = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)',
+        's.connect(sys.argv[1])',
+        's.send(b"")',
+        'sys.stdout.write(s.recv(65536).hex())',
+      ].join('\n'),
+      config.path,
+    ],
+    { encoding: 'utf8', timeout: 20_000 },
+  );
+  assert.equal(run.status, 0, run.stderr);
+  const abort = decodeFrame(Buffer.from(run.stdout, 'hex'), []);
+  assert.equal(abort.type === 'abort' && abort.code, 'ERR_TAKEOVER_PROTOCOL');
+  const warning = await server.next('warning');
+  assert.match(warning.message!, /before HELLO: a zero-length message on the takeover channel$/);
+  assert.equal(server.pending('warning').length, 0, 'one warning: the peer that only connected and closed made none');
+  await probeEcho(port, '127.0.0.1');
+  server.kill('SIGTERM');
+  await server.exited;
+  fs.rmSync(dir, { recursive: true, force: true });
+});
