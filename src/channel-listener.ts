@@ -288,7 +288,7 @@ export function removeChannelPath(channelPath: string): boolean {
  * are summed up in one warning at the end of the interval. A flood of refused connections
  * would otherwise become a flood of log lines.
  */
-class WarningLimiter {
+export class WarningLimiter {
   private readonly kinds = new Map<string, { until: number; held: number; last?: TakeoverError; timer?: NodeJS.Timeout }>();
 
   constructor(private readonly emit: (error: TakeoverError) => void) {}

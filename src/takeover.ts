@@ -9,7 +9,16 @@ import type * as http from 'node:http';
 import * as net from 'node:net';
 import * as native from './native.js';
 import type { Channel } from './channel.js';
-import { ChannelListener, checkChannelPath, checkReplaceable, connectChannel, createChannelFd, isSocketLive } from './channel-listener.js';
+import {
+  ChannelListener,
+  checkChannelPath,
+  checkReplaceable,
+  connectChannel,
+  createChannelFd,
+  isSocketLive,
+  removeChannelPath,
+  WarningLimiter,
+} from './channel-listener.js';
 import { PredecessorSession, type PredecessorHost } from './predecessor.js';
 import { SuccessorSession, type SuccessorHost } from './successor.js';
 import { encode, type ListenerEntry, type WaveRecord } from './protocol.js';
@@ -97,6 +106,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private failure: TakeoverError | undefined;
   /** This process created or inherited the channel and no successor has taken it: close() removes the files. */
   private ownsPaths = false;
+  /** A peer that reconnects in a loop is refused each time: one 'refused' per kind and second, with a count. */
+  private readonly refusals = new WarningLimiter((error) => this.emit('refused', error));
 
   /** Validates the options; nothing happens until {@link start}. Throws ERR_TAKEOVER_INVALID_OPTION. */
   constructor(options: TakeoverOptions) {
@@ -303,7 +314,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     if (this.currentState !== 'serving') {
       return Promise.reject(new TakeoverError(ErrorCodes.INVALID_STATE, `upgrade() needs a serving process (state: ${this.currentState})`));
     }
-    let child;
+    let child: ReturnType<typeof spawnSuccessor>;
     try {
       child = spawnSuccessor(options);
     } catch (error) {
@@ -383,9 +394,13 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.channelListener?.close();
     this.channelListener = undefined;
     if (handedOver) return;
-    for (const p of [this.ownsPaths ? this.options.path : null, ...this.registry.unixPaths()]) {
-      if (typeof p === 'string') fs.rmSync(p, { force: true });
+    try {
+      // Only our own socket: whatever was put at the path since stays.
+      if (this.ownsPaths) removeChannelPath(this.options.path);
+    } catch (error) {
+      this.emit('warning', error instanceof TakeoverError ? error : systemError('remove the channel path', error));
     }
+    for (const p of this.registry.unixPaths()) fs.rmSync(p, { force: true });
   }
 
   // ---- connections ----
@@ -431,7 +446,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     const refuse = (code: typeof ErrorCodes.PEER_REJECTED | typeof ErrorCodes.BUSY, message: string) => {
       channel.on('error', () => {});
       channel.sendLast(encode.abort(code, message));
-      this.emit('refused', new TakeoverError(code, message));
+      this.refusals.report(code, new TakeoverError(code, message));
     };
     const { uid, pid } = channel.peer;
     if (!this.options.allowUids.includes(uid)) {

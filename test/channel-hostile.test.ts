@@ -9,9 +9,9 @@ import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MAX_OPEN_CHANNELS } from '../src/channel-listener.js';
-import * as native from '../src/native.js';
-import { decodeFrame, encode, MAX_FRAME_SIZE, type Frame } from '../src/protocol.js';
+import { MAX_OPEN_CHANNELS } from '#lib/channel-listener.js';
+import * as native from '#lib/native.js';
+import { decodeFrame, encode, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
 import { cleanup, openFds, probeEcho, ServerProcess, tempDir, type ServerConfig } from './helpers.js';
 
 after(cleanup);
@@ -71,7 +71,7 @@ test('a flood of channel connections: fds stay within the cap, warnings are summ
   for (const fd of held) native.close(fd);
   await settled(server.pid, baseline);
 
-  const successor = new ServerProcess({ ...config, mode: 'takeover' });
+  const successor = new ServerProcess({ ...config, mode: 'successor' });
   const ready = await successor.next('ready');
   assert.equal(ready.successor, true);
   assert.equal(await server.exited, 0);

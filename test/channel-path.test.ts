@@ -8,14 +8,13 @@ import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Takeover, TakeoverError } from '../src/index.js';
-import { createChannelFd, removeChannelPath } from '../src/channel-listener.js';
-import * as native from '../src/native.js';
-import { cleanup, distDir, ServerProcess, tempDir } from './helpers.js';
+import { Takeover, TakeoverError } from '#lib/index.js';
+import { createChannelFd, removeChannelPath } from '#lib/channel-listener.js';
+import * as native from '#lib/native.js';
+import { cleanup, copyForNobody, NOBODY, ServerProcess, tempDir } from './helpers.js';
 
 after(cleanup);
 
-const NOBODY = 65534;
 
 function assertUnsafe(pattern: RegExp): (error: unknown) => boolean {
   return (error) => {
@@ -28,7 +27,7 @@ function assertUnsafe(pattern: RegExp): (error: unknown) => boolean {
 
 /** Every mode a start can take: each must refuse the path, and none may touch what is there. */
 async function assertEveryModeRefuses(channelPath: string, pattern: RegExp): Promise<void> {
-  for (const mode of ['fresh', 'auto', 'takeover'] as const) {
+  for (const mode of ['fresh', 'auto', 'successor'] as const) {
     const takeover = new Takeover({ path: channelPath, mode });
     await assert.rejects(takeover.start(), assertUnsafe(pattern), mode);
   }
@@ -44,7 +43,7 @@ test('a directory above the channel that others can write is refused, unless it 
   assert.equal(fs.existsSync(channelPath), false);
 
   fs.chmodSync(top, 0o1777);
-  const takeover = await Takeover.start({ path: channelPath, mode: 'fresh', exitOnHandover: false });
+  const takeover = await Takeover.start({ path: channelPath, mode: 'fresh' });
   await takeover.ready();
   assert.equal(fs.statSync(channelPath).mode & 0o777, 0o600);
   await takeover.close();
@@ -70,7 +69,7 @@ test('a symlink on the way is followed only when it is ours, and its target is c
 
   await assertEveryModeRefuses(path.join(safe, 'to-open', 'channel'), new RegExp(`^${open} can be written by other users`));
 
-  const takeover = await Takeover.start({ path: path.join(safe, 'to-real', 'channel'), mode: 'fresh', exitOnHandover: false });
+  const takeover = await Takeover.start({ path: path.join(safe, 'to-real', 'channel'), mode: 'fresh' });
   await takeover.ready();
   assert.ok(fs.lstatSync(path.join(safe, 'real', 'channel')).isSocket(), 'the channel is where the link leads');
   await takeover.close();
@@ -140,16 +139,6 @@ test("another user's stale socket at the path is reported and left in place", as
 });
 
 /** What a process running as `nobody` needs, in a directory it can read (the checkout may not be). */
-function copyForNobody(): { root: string; script: string } {
-  const root = tempDir(0o755);
-  const top = path.resolve(distDir, '..');
-  fs.cpSync(path.join(top, 'package.json'), path.join(root, 'package.json'));
-  fs.cpSync(path.join(distDir, 'src'), path.join(root, 'dist', 'src'), { recursive: true });
-  fs.cpSync(path.join(distDir, 'test', 'fixtures'), path.join(root, 'dist', 'test', 'fixtures'), { recursive: true });
-  fs.cpSync(path.join(top, 'build', 'Release', 'takeover.node'), path.join(root, 'build', 'Release', 'takeover.node'));
-  return { root, script: path.join(root, 'dist', 'test', 'fixtures', 'echo-server.js') };
-}
-
 test("a fresh start next to another user's live socket it may not connect to is PATH_UNSAFE, not CHANNEL_IN_USE", { timeout: 60_000 }, async () => {
   const { root, script } = copyForNobody();
   const dir = tempDir();

@@ -299,3 +299,20 @@ export async function ipv6Available(): Promise<boolean> {
     return false;
   }
 }
+
+/** The uid of `nobody`, for tests of peers that run as another user. */
+export const NOBODY = 65534;
+
+/**
+ * What a process running as `nobody` needs, in a directory it can read (the checkout may not
+ * be): the package, the library, the test fixtures and the addon. `root` is the caller's to remove.
+ */
+export function copyForNobody(): { root: string; script: string } {
+  const root = tempDir(0o755);
+  const top = path.resolve(distDir, '..');
+  fs.cpSync(path.join(top, 'package.json'), path.join(root, 'package.json'));
+  fs.cpSync(path.join(top, 'dist'), path.join(root, 'dist'), { recursive: true });
+  fs.cpSync(path.join(distDir, 'test', 'fixtures'), path.join(root, 'dist-dev', 'test', 'fixtures'), { recursive: true });
+  fs.cpSync(path.join(top, 'build', 'Release', 'takeover.node'), path.join(root, 'build', 'Release', 'takeover.node'));
+  return { root, script: path.join(root, 'dist-dev', 'test', 'fixtures', 'echo-server.js') };
+}

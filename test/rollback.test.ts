@@ -3,7 +3,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { cleanup, distDir, drainAll, openClients, probeEcho, ServerProcess, tempDir, waitStopped, type ServerConfig, type SeqClient } from './helpers.js';
+import { cleanup, copyForNobody, drainAll, NOBODY, openClients, probeEcho, ServerProcess, tempDir, waitStopped, type ServerConfig, type SeqClient } from './helpers.js';
 
 after(cleanup);
 
@@ -104,22 +104,9 @@ test('a second successor during a takeover is refused; the first can still fail 
   await assertOldServesEverything(r);
 });
 
-/** What a process running as `nobody` needs, in a directory it can read (the checkout may not be). */
-function copyForNobody(): string {
-  const root = tempDir(0o755);
-  const top = path.resolve(distDir, '..');
-  fs.cpSync(path.join(top, 'package.json'), path.join(root, 'package.json'));
-  fs.cpSync(path.join(top, 'dist'), path.join(root, 'dist'), { recursive: true });
-  fs.cpSync(path.join(distDir, 'test', 'fixtures'), path.join(root, 'dist-dev', 'test', 'fixtures'), { recursive: true });
-  fs.cpSync(path.join(top, 'build', 'Release', 'takeover.node'), path.join(root, 'build', 'Release', 'takeover.node'));
-  fs.chmodSync(root, 0o755);
-  return path.join(root, 'dist-dev', 'test', 'fixtures', 'echo-server.js');
-}
-
-const NOBODY = 65534;
 
 test('a successor running as another uid is refused by SO_PEERCRED, even when the socket file lets it connect', { timeout: 60_000 }, async () => {
-  const script = copyForNobody();
+  const script = copyForNobody().script;
   const r = await running({}, 0o755);
   const asNobody = { script, spawn: { uid: NOBODY, gid: NOBODY } };
 
@@ -143,7 +130,7 @@ test('a successor running as another uid is refused by SO_PEERCRED, even when th
 });
 
 test('allowUids lets another uid take over', { timeout: 60_000 }, async () => {
-  const script = copyForNobody();
+  const script = copyForNobody().script;
   const r = await running({ allowUids: [0, NOBODY] }, 0o755);
   fs.chmodSync(r.config.path, 0o666);
   const successor = new ServerProcess({ ...r.config, mode: 'successor' }, { script, spawn: { uid: NOBODY, gid: NOBODY } });

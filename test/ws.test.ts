@@ -1,0 +1,93 @@
+/**
+ * WebSockets on `ws` across real takeovers: each moves at a frame boundary, and neither the
+ * server's numbered push stream nor the client's echoed messages lose, repeat or reorder a frame.
+ */
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { once } from 'node:events';
+import { WebSocket } from 'ws';
+import { appFixture, cleanup, ServerProcess, tempDir } from './helpers.js';
+
+after(cleanup);
+
+const timeout = 60_000;
+
+interface Client {
+  ws: WebSocket;
+  pushes: number[];
+  echoes: string[];
+  closed: boolean;
+}
+
+async function connect(port: number, deflate: boolean): Promise<Client> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { perMessageDeflate: deflate ? { threshold: 0 } : false });
+  const client: Client = { ws, pushes: [], echoes: [], closed: false };
+  ws.on('message', (data, isBinary) => {
+    const text = data.toString();
+    if (!isBinary && text.startsWith('echo:')) client.echoes.push(text.slice(5));
+    else if (!isBinary) client.pushes.push((JSON.parse(text) as { push: number }).push);
+  });
+  ws.on('close', () => (client.closed = true));
+  await once(ws, 'open');
+  return client;
+}
+
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((r) => setTimeout(r, 10));
+}
+
+for (const deflate of [false, true]) {
+  test(`WebSockets${deflate ? ' with permessage-deflate' : ''} across 5 chained takeovers: numbered pushes and echoes both ways, no gap, no duplicate, no close`, { timeout }, async () => {
+    const config = { path: path.join(tempDir(), 'channel'), app: 'ws', port: 0, host: '127.0.0.1', pushEveryMs: 5, deflate };
+    let current = new ServerProcess(config, { script: appFixture });
+    const port = (await current.next('ready')).address!.port;
+    const clients = await Promise.all(Array.from({ length: 20 }, () => connect(port, deflate)));
+    assert.equal(clients[0]!.ws.extensions.includes('permessage-deflate'), deflate);
+    let sent = 0;
+    const sender = setInterval(() => {
+      for (const c of clients) c.ws.send(`m${sent}`);
+      sent++;
+    }, 5);
+    for (let t = 0; t < 5; t++) {
+      const seen = clients[0]!.pushes.length;
+      await until(() => clients[0]!.pushes.length > seen + 10);
+      const next = new ServerProcess(config, { script: appFixture });
+      const stats = (await next.next('ready')).stats!;
+      assert.equal(stats.connections, clients.length, `takeover ${t + 1} moved every WebSocket`);
+      assert.equal(await current.exited, 0);
+      assert.deepEqual(current.pending('warning'), []);
+      current = next;
+    }
+    clearInterval(sender);
+    const pushed = clients[0]!.pushes.length;
+    await until(() => clients.every((c) => c.echoes.length === sent && c.pushes.length > pushed));
+    for (const c of clients) {
+      assert.equal(c.closed, false);
+      assert.deepEqual(c.echoes, Array.from({ length: sent }, (_, i) => `m${i}`));
+      assert.deepEqual(c.pushes, Array.from({ length: c.pushes.length }, (_, i) => i));
+      c.ws.terminate();
+    }
+    current.kill('SIGTERM');
+  });
+}
+
+test('a fragmented message in flight at the takeover arrives whole, once', { timeout }, async () => {
+  const config = { path: path.join(tempDir(), 'channel'), app: 'ws', port: 0, host: '127.0.0.1' };
+  const current = new ServerProcess(config, { script: appFixture });
+  const port = (await current.next('ready')).address!.port;
+  const client = await connect(port, false);
+  client.ws.send('first half,', { fin: false });
+  const next = new ServerProcess(config, { script: appFixture });
+  await current.next('defer');
+  client.ws.send(' second half', { fin: true });
+  const ready = await next.next('ready');
+  assert.equal(ready.stats!.deferred, 1);
+  assert.equal(ready.stats!.connections, 1);
+  client.ws.send('after');
+  await until(() => client.echoes.length === 2);
+  assert.deepEqual(client.echoes, ['first half, second half', 'after']);
+  assert.equal(client.closed, false);
+  client.ws.terminate();
+  next.kill('SIGTERM');
+});
