@@ -30,6 +30,7 @@ export interface ServerEvent {
   reason?: string;
   message?: string;
   successor?: boolean;
+  state?: string;
   channelExists?: boolean;
   addresses?: net.AddressInfo[];
   address?: net.AddressInfo;

@@ -1,0 +1,135 @@
+/**
+ * What the old process's application sees of a connection that moved, with both ends of a real
+ * takeover in this one process (fd passing works within a process too): the writes it made
+ * before the freeze succeed, the socket says 'moved' instead of 'close', and a write after the
+ * move is reported, never silently dropped. And what the new process's sockets inherit.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { Takeover, type TakeoverError } from '#lib/index.js';
+import { tempDir } from './helpers.js';
+
+async function pair(options: { server?: () => net.Server } = {}) {
+  const channel = path.join(tempDir(), 'channel');
+  const make = options.server ?? (() => net.createServer());
+  const old = await Takeover.start({ path: channel, mode: 'fresh' });
+  const oldServer = make();
+  await old.listen(oldServer, { port: 0, host: '127.0.0.1', name: 'app' });
+  await old.ready();
+  const port = (oldServer.address() as net.AddressInfo).port;
+  const takeOver = async () => {
+    const successor = await Takeover.start({ path: channel, mode: 'successor' });
+    const newServer = make();
+    const adopted = once(newServer, 'connection') as Promise<[net.Socket]>;
+    void successor.listen(newServer, { name: 'app' });
+    const stats = await successor.ready();
+    return { successor, newServer, stats: stats!, adopted: adopted.then(([socket]) => socket) };
+  };
+  return { old, oldServer, port, takeOver };
+}
+
+test('writes made before the freeze succeed in the old process and reach the client through the successor; the socket emits moved, not close', { timeout: 30_000 }, async () => {
+  const { old, oldServer, port, takeOver } = await pair();
+  const accepted = once(oldServer, 'connection') as Promise<[net.Socket]>;
+  const client = net.connect(port, '127.0.0.1');
+  client.pause(); // a client that does not read: the old process's output backs up
+  const [socket] = await accepted;
+  const chunk = Buffer.alloc(64 * 1024, 7);
+  const results: (Error | null | undefined)[] = [];
+  for (let i = 0; i < 128; i++) socket.write(chunk, (error) => results.push(error));
+  const events: string[] = [];
+  for (const event of ['close', 'end', 'error', 'moved']) socket.on(event, () => events.push(event));
+
+  const { successor, newServer, stats } = await takeOver();
+  assert.equal(stats.connections, 1);
+  assert.ok(stats.bytesOut > 0, 'output was pending at the freeze');
+  let received = 0;
+  client.on('data', (d: Buffer) => (received += d.length));
+  client.resume();
+  while (received < 128 * chunk.length) await once(client, 'data');
+  assert.equal(received, 128 * chunk.length);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(results.length, 128);
+  assert.deepEqual(results.filter((e) => e), [], 'no write callback failed');
+  assert.deepEqual(events, ['moved']);
+  client.destroy();
+  await successor.close();
+  newServer.close();
+  await old.done();
+});
+
+test('a write to a moved connection is reported (ERR_TAKEOVER_CONNECTION_MOVED, with the socket) and fails its callback', { timeout: 30_000 }, async () => {
+  const { old, oldServer, port, takeOver } = await pair();
+  const connection = once(oldServer, 'connection') as Promise<[net.Socket]>;
+  const client = net.connect(port, '127.0.0.1');
+  const [accepted] = await connection;
+  const warnings: TakeoverError[] = [];
+  old.on('warning', (error) => warnings.push(error));
+  const { successor, newServer } = await takeOver();
+  const failed = await new Promise<Error | null | undefined>((resolve) => accepted.write('late', resolve));
+  assert.equal((failed as TakeoverError).code, 'ERR_TAKEOVER_CONNECTION_MOVED');
+  accepted.end();
+  assert.deepEqual(warnings.map((w) => w.code), ['ERR_TAKEOVER_CONNECTION_MOVED', 'ERR_TAKEOVER_CONNECTION_MOVED']);
+  assert.equal(warnings[0]!.socket, accepted);
+  client.destroy();
+  await successor.close();
+  newServer.close();
+});
+
+test('adopted sockets get their server accept options: allowHalfOpen, highWaterMark, noDelay, pauseOnConnect', { timeout: 30_000 }, async () => {
+  const make = () => net.createServer({ allowHalfOpen: true, highWaterMark: 1234, noDelay: true, pauseOnConnect: true });
+  const { old, port, takeOver } = await pair({ server: make });
+  const client = net.connect(port, '127.0.0.1');
+  await once(client, 'connect');
+  const { successor, newServer, adopted } = await takeOver();
+  const socket = await adopted;
+  assert.equal(socket.allowHalfOpen, true);
+  assert.equal(socket.readableHighWaterMark, 1234);
+  assert.equal(socket.writableHighWaterMark, 1234);
+  assert.equal(socket.isPaused(), true, 'pauseOnConnect: not reading until the app resumes');
+  client.write('x');
+  socket.resume();
+  const [data] = (await once(socket, 'data')) as [Buffer];
+  assert.equal(data.toString(), 'x');
+  client.destroy();
+  await successor.close();
+  newServer.close();
+  await old.done();
+});
+
+test('an idle keep-alive connection keeps the rest of its keepAliveTimeout, not a fresh one', { timeout: 30_000 }, async () => {
+  const make = () => {
+    const server = http.createServer((_req, res) => res.end('ok'));
+    server.keepAliveTimeout = 1500;
+    return server;
+  };
+  const { port, takeOver } = await pair({ server: make });
+  // A raw client: Node's agent would close its idle socket itself, from the Keep-Alive hint.
+  const client = net.connect(port, '127.0.0.1');
+  client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  await once(client, 'data');
+  await new Promise((r) => setTimeout(r, 1000));
+  const { successor, newServer, adopted: first } = await takeOver();
+  const adopted = await first;
+  // At least 1,000 of its 1,500 ms had passed in the old process: what is left is the timer.
+  assert.ok(adopted.timeout! > 0 && adopted.timeout! <= 500, `idle timer of ${adopted.timeout} ms`);
+  await once(client, 'end');
+  await successor.close();
+  newServer.close();
+});
+
+test('options: unknown or misspelled keys and out-of-range numbers are refused with ERR_TAKEOVER_INVALID_OPTION', () => {
+  const code = { code: 'ERR_TAKEOVER_INVALID_OPTION' };
+  assert.throws(() => new Takeover({ path: '/tmp/x', timeoutMS: 5 } as never), { ...code, message: /unknown option 'timeoutMS'/ });
+  assert.throws(() => new Takeover({ path: '/tmp/x', exitOnHandover: true } as never), code);
+  assert.throws(() => new Takeover({ path: '/tmp/x', timeoutMs: 2 ** 31 }), code);
+  assert.throws(() => new Takeover({ path: '/tmp/x', quiesceTimeoutMs: -1 }), code);
+  assert.throws(() => new Takeover({ path: '/tmp/x', mode: 'takeover' as never }), code);
+  const takeover = new Takeover({ path: '/tmp/x' });
+  assert.equal(takeover.state, 'new');
+  assert.throws(() => takeover.busy({} as net.Socket), code);
+});
