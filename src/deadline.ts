@@ -7,10 +7,10 @@ export class Deadline {
     private readonly onExpired: (what: string, ms: number) => void,
   ) {}
 
-  /** Calls the expiry handler unless {@link clear} or another `expect` comes within the time (plus `extraMs`). */
-  expect(what: string, extraMs = 0): void {
+  /** Calls the expiry handler unless {@link clear} or another `expect` comes within `ms` (by default the timeout). */
+  expect(what: string, ms = this.ms): void {
     this.clear();
-    const ms = Math.min(this.ms + extraMs, 2 ** 31 - 1);
+    ms = Math.min(ms, 2 ** 31 - 1);
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.onExpired(what, ms);

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import type * as net from 'node:net';
 import * as native from './native.js';
 import type { ConnectionAdapter } from './adapters/adapter.js';
-import type { ListenerKind } from './protocol.js';
+import { MAX_BACKLOG, type ListenerKind } from './protocol.js';
 import type { InheritedListener } from './successor.js';
 import { isSocketLive } from './channel-listener.js';
 import { ErrorCodes, TakeoverError, systemError } from './errors.js';
@@ -28,6 +28,8 @@ export interface ListenerRecord {
   readonly kind: 'tcp' | 'unix';
   readonly server: net.Server;
   readonly adapter: ConnectionAdapter;
+  /** The listen() backlog: the target's, else the predecessor's, else Node's default. */
+  readonly backlog: number;
   /** Unix listeners this process bound and must unlink when it is the last owner. */
   unixPath?: string;
   /** The predecessor's listener this one adopts at LISTENING, instead of binding a new socket. */
@@ -37,6 +39,8 @@ export interface ListenerRecord {
 }
 
 export const CHANNEL_LISTENER_NAME = 'takeover-channel';
+/** Node's own default for listen(). */
+export const DEFAULT_BACKLOG = 511;
 
 export function whenListening(server: net.Server): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -51,6 +55,14 @@ export function whenListening(server: net.Server): Promise<void> {
     server.once('error', onError);
     server.once('listening', onListening);
   });
+}
+
+/**
+ * Listens on an existing socket with this backlog. Node re-runs listen(2) on it, and takes the
+ * backlog of an fd only from the positional argument (`{ fd, backlog }` would get 511).
+ */
+export function listenOnFd(server: net.Server, fd: number, backlog: number): void {
+  server.listen({ fd }, backlog);
 }
 
 function defaultName(target: ListenTarget): string {
@@ -83,7 +95,7 @@ export class ListenerRegistry {
   }
 
   /** Checks a `listen()` call; returns the listener's name, kind and the inherited listener it adopts, if any. */
-  check(server: net.Server, target: ListenTarget): { name: string; kind: 'tcp' | 'unix'; inherited: InheritedListener | undefined } {
+  check(server: net.Server, target: ListenTarget): { name: string; kind: 'tcp' | 'unix'; backlog: number; inherited: InheritedListener | undefined } {
     if (target === null || typeof target !== 'object') throw invalidOption('target must be an object');
     if ('path' in target) {
       if (typeof target.path !== 'string' || target.path.length === 0) throw invalidOption('target.path must be a non-empty string');
@@ -93,7 +105,9 @@ export class ListenerRegistry {
       throw invalidOption(`no inherited listener is named '${String((target as { name?: unknown }).name)}'`);
     }
     const backlog = (target as { backlog?: unknown }).backlog;
-    if (backlog !== undefined && (!Number.isInteger(backlog) || (backlog as number) < 0)) throw invalidOption('target.backlog must be a non-negative integer');
+    if (backlog !== undefined && (!Number.isInteger(backlog) || (backlog as number) < 0 || (backlog as number) > MAX_BACKLOG)) {
+      throw invalidOption(`target.backlog must be an integer in 0..${MAX_BACKLOG}`);
+    }
     const name = defaultName(target);
     if (name.length === 0 || name.length > 1000 || name === CHANNEL_LISTENER_NAME) {
       throw invalidOption(`a listener name must be 1 to 1000 characters and not '${CHANNEL_LISTENER_NAME}'`);
@@ -103,7 +117,7 @@ export class ListenerRegistry {
     const inherited = this.claimable.find((l) => l.name === name);
     const kind: ListenerKind = 'path' in target ? 'unix' : 'port' in target ? 'tcp' : inherited!.kind;
     if (inherited && inherited.kind !== kind) throw invalidOption(`the predecessor's listener '${name}' is ${inherited.kind}, not ${kind}`);
-    return { name, kind: kind as 'tcp' | 'unix', inherited };
+    return { name, kind: kind as 'tcp' | 'unix', backlog: (backlog as number | undefined) ?? inherited?.backlog ?? DEFAULT_BACKLOG, inherited };
   }
 
   /** Binds a new listening socket for `target` (no inherited listener of its name). */
@@ -111,10 +125,10 @@ export class ListenerRegistry {
     const { server } = record;
     if ('path' in target) {
       record.unixPath = target.path;
-      server.listen({ fd: createUnixListener(target.path, target.backlog ?? 511) });
+      listenOnFd(server, createUnixListener(target.path, record.backlog), record.backlog);
     } else if ('port' in target) {
-      const { port, host, backlog, ipv6Only } = target;
-      server.listen({ port, host, backlog, ipv6Only });
+      const { port, host, ipv6Only } = target;
+      server.listen({ port, host, backlog: record.backlog, ipv6Only });
     }
   }
 

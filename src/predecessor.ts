@@ -22,7 +22,7 @@ import {
   type ListenerEntry,
   type WaveRecord,
 } from './protocol.js';
-import { freezeSocket, socketFd } from './sockets.js';
+import { freezeSocket, socketFd, thawSocket } from './sockets.js';
 import type { Readiness } from './adapters/adapter.js';
 import { ErrorCodes, TakeoverError } from './errors.js';
 import { Deadline } from './deadline.js';
@@ -65,6 +65,14 @@ export interface PredecessorHost {
   onPartialHandover(error: TakeoverError, stats: TakeoverStats): void;
 }
 
+/** A connection frozen into the wave being built: released once the wave is sent, thawed if it could not be. */
+interface Frozen {
+  id: number;
+  socket: net.Socket;
+  input: Buffer;
+  bytes: { output: number; state: number };
+}
+
 type Phase = 'hello' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
 
 /** A wave stops growing past this many bytes of input, output and state: bounds one wave's memory and pause. */
@@ -73,6 +81,11 @@ const WAVE_BYTE_BUDGET = 64 * 1024 * 1024;
 const MAX_CONNECTION_BYTES = 256 * 1024 * 1024;
 /** How often deferred connections are asked again when nothing told the session they may be quiet. */
 const QUIESCE_RETRY_MS = 10;
+/**
+ * A real successor says HELLO as soon as it connects; a peer that connects and says nothing must
+ * not hold the only takeover slot for the whole timeout.
+ */
+const HELLO_TIMEOUT_MS = 1000;
 
 /**
  * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
@@ -89,6 +102,8 @@ export class PredecessorSession {
   private readonly sent = new Set<number>();
   private closedUnsent: number[] = [];
   private batchesInFlight = 0;
+  /** CONNS batches acknowledged so far: the next ACK must carry this number. */
+  private batchesAcked = 0;
   private listeners: (ListenerEntry & { fd: number })[] = [];
   private waveQueue: { id: number; socket: net.Socket | undefined }[] = [];
   /** Next entry of waveQueue to freeze (an index: shift() on 10,000 entries costs per call). */
@@ -121,7 +136,12 @@ export class PredecessorSession {
     channel.on('writable', () => this.pump());
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the successor closed the takeover channel')));
-    this.deadline.expect('HELLO');
+    this.deadline.expect('HELLO', Math.min(host.options.timeoutMs, HELLO_TIMEOUT_MS));
+  }
+
+  /** The successor's pid, as the kernel reports it. */
+  get peerPid(): number {
+    return this.channel.peer.pid;
   }
 
   get isCommitted(): boolean {
@@ -142,7 +162,10 @@ export class PredecessorSession {
     if (this.phase === 'waves' || !this.sent.delete(id)) return;
     this.closedUnsent.push(id);
     this.stats.closed++;
-    if (this.phase !== 'prepared') this.pump();
+    // Between PREPARE and COMMIT too: the successor's copy keeps the connection open to the
+    // client until it drops it.
+    if (this.phase === 'prepared') this.flushClosed();
+    else this.pump();
   }
 
   /** An adapter or the application says a connection may have become quiet: move it while it is. */
@@ -163,26 +186,27 @@ export class PredecessorSession {
   }
 
   private onFrame(frame: Frame): void {
-    switch (`${this.phase}:${frame.type}`) {
-      case 'hello:hello':
-        return this.onHello();
-      case 'precopy:ack':
-      case 'committed:ack':
-        this.batchesInFlight--;
-        this.deadline.clear(); // progress: pump() arms a fresh wait if more is outstanding
-        return this.pump();
-      case 'prepared:commit':
-        return this.onCommit();
-      case 'waves:waveAck':
-        return this.onWaveAck((frame as Extract<Frame, { type: 'waveAck' }>).seq);
-      default:
-        if (frame.type === 'abort') {
-          return this.fail(new TakeoverError(ErrorCodes.ABORTED, `the successor aborted: ${frame.message}`, { reason: frame.code }));
-        }
-        if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
-        if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
-        return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `unexpected ${frame.type} frame during ${this.phase}`));
+    const phase = this.phase;
+    if (frame.type === 'abort') {
+      return this.fail(new TakeoverError(ErrorCodes.ABORTED, `the successor aborted: ${frame.message}`, { reason: frame.code }));
     }
+    if (frame.type === 'hello' && phase === 'hello') return this.onHello();
+    if (frame.type === 'ack' && (phase === 'precopy' || phase === 'committed')) return this.onAck(frame.seq);
+    if (frame.type === 'commit' && phase === 'prepared') return this.onCommit();
+    if (frame.type === 'waveAck' && phase === 'waves') return this.onWaveAck(frame.seq);
+    if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
+    if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
+    return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `unexpected ${frame.type} frame during ${phase}`));
+  }
+
+  private onAck(seq: number): void {
+    if (this.batchesInFlight === 0 || seq !== this.batchesAcked) {
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `ACK for batch ${seq}, expected ${this.batchesInFlight === 0 ? 'none' : this.batchesAcked}`));
+    }
+    this.batchesAcked++;
+    this.batchesInFlight--;
+    this.deadline.clear(); // progress: pump() arms a fresh wait if more is outstanding
+    this.pump();
   }
 
   private onHello(): void {
@@ -236,10 +260,7 @@ export class PredecessorSession {
       }
       this.batchesInFlight++;
     }
-    while (this.closedUnsent.length > 0) {
-      this.channel.send(encode.closed(this.closedUnsent.slice(0, MAX_IDS_PER_FRAME)));
-      this.closedUnsent = this.closedUnsent.slice(MAX_IDS_PER_FRAME);
-    }
+    this.flushClosed();
     if (this.unsent.size > 0 || this.batchesInFlight > 0) {
       // Armed once per wait: the app's own accepts and closes call pump() too, and must not
       // keep postponing the timeout of a successor that stopped answering.
@@ -254,6 +275,13 @@ export class PredecessorSession {
       this.deadline.expect('COMMIT');
     } else {
       this.startWaves();
+    }
+  }
+
+  private flushClosed(): void {
+    while (this.closedUnsent.length > 0) {
+      this.channel.send(encode.closed(this.closedUnsent.slice(0, MAX_IDS_PER_FRAME)));
+      this.closedUnsent = this.closedUnsent.slice(MAX_IDS_PER_FRAME);
     }
   }
 
@@ -287,7 +315,7 @@ export class PredecessorSession {
     if (this.channel.isBroken) return;
     this.waveStartedAt = performance.now();
     const records: WaveRecord[] = [];
-    const released: { id: number; socket: net.Socket }[] = [];
+    const released: Frozen[] = [];
     const budget = { bytes: 0 };
     const room = () => records.length < this.host.options.waveSize && budget.bytes < WAVE_BYTE_BUDGET;
     for (const id of this.maybeQuiet) {
@@ -323,6 +351,19 @@ export class PredecessorSession {
       return;
     }
     for (const message of encode.wave(encodeWave({ seq: this.waveSeq, records }))) this.channel.send(message);
+    if (this.channel.isBroken) {
+      // The wave did not leave: its connections are still whole here. Back to serving them, as
+      // deferred ones, before the channel's failure is reported.
+      for (const { id, socket, input, bytes } of released) {
+        thawSocket(socket, input);
+        this.deferred.set(id, socket);
+        this.stats.connections--;
+        this.stats.bytesIn -= input.length;
+        this.stats.bytesOut -= bytes.output;
+        this.stats.stateBytes -= bytes.state;
+      }
+      return;
+    }
     for (const { id, socket } of released) this.host.release(id, socket);
     this.waveInFlight = true;
     this.deadline.expect('WAVE_ACK');
@@ -333,7 +374,7 @@ export class PredecessorSession {
     id: number,
     socket: net.Socket | undefined,
     records: WaveRecord[],
-    released: { id: number; socket: net.Socket }[],
+    released: Frozen[],
     budget: { bytes: number },
   ): void {
     const wasDeferred = this.deferred.delete(id);
@@ -373,7 +414,7 @@ export class PredecessorSession {
     this.stats.bytesOut += frozen.output.length;
     this.stats.stateBytes += stateBytes;
     this.host.onFreeze(socket);
-    released.push({ id, socket });
+    released.push({ id, socket, input: frozen.input, bytes: { output: frozen.output.length, state: stateBytes } });
   }
 
   private onWaveAck(seq: number): void {

@@ -51,7 +51,12 @@ export type ListenerKind = 'tcp' | 'unix' | 'channel';
 export interface ListenerEntry {
   name: string;
   kind: ListenerKind;
+  /** The listen() backlog, so the successor (and a resume) keeps it instead of Node's default. */
+  backlog: number;
 }
+
+/** Largest backlog a LISTENERS entry may carry (the kernel caps it at net.core.somaxconn anyway). */
+export const MAX_BACKLOG = 65535;
 
 export interface ConnEntry {
   id: number;
@@ -121,7 +126,7 @@ export const encode = {
   listeners: (entries: readonly (ListenerEntry & { fd: number })[]) =>
     frame(
       FrameType.LISTENERS,
-      json(entries.map(({ name, kind }) => ({ name, kind }))),
+      json(entries.map(({ name, kind, backlog }) => ({ name, kind, backlog }))),
       entries.map((e) => e.fd),
     ),
   conns: (entries: readonly (ConnEntry & { fd: number })[]) => {
@@ -253,7 +258,7 @@ export function decodeFrame(data: Buffer, fds: readonly number[]): Frame {
         if (!LISTENER_KINDS.includes(kind)) throw protocolError(`LISTENERS entry has unknown kind '${kind}'`);
         if (names.has(name)) throw protocolError(`LISTENERS frame names '${name}' twice`);
         names.add(name);
-        return { name, kind: kind as ListenerKind, fd: fds[i]! };
+        return { name, kind: kind as ListenerKind, backlog: integer(e, 'backlog', 'LISTENERS', MAX_BACKLOG), fd: fds[i]! };
       });
       if (listeners.filter((l) => l.kind === 'channel').length !== 1) {
         throw protocolError('LISTENERS frame must carry exactly one channel listener');

@@ -100,6 +100,9 @@ export function trackWrites(socket: net.Socket): void {
   }
 }
 
+/** Sockets that were flowing when frozen, so that {@link thawSocket} can restart them as they were. */
+const flowingAtFreeze = new WeakSet<net.Socket>();
+
 export type Frozen =
   | { fate: 'moved'; input: Buffer; output: Buffer }
   | { fate: 'retained' }
@@ -123,6 +126,7 @@ export function freezeSocket(socket: net.Socket): Frozen {
   const decoder = s._readableState.decoder;
   if (decoder && (socket.readableLength > 0 || decoder.lastNeed > 0)) return { fate: 'retained' };
 
+  if (socket.readableFlowing) flowingAtFreeze.add(socket);
   handle.readStop?.();
   handle.reading = false;
   socket.pause();
@@ -145,6 +149,17 @@ export function freezeSocket(socket: net.Socket): Frozen {
   }
   for (const { chunk, encoding } of s.writableBuffer ?? []) parts.push(toBuffer(chunk, encoding));
   return { fate: 'moved', input, output: Buffer.concat(parts) };
+}
+
+/**
+ * Undoes {@link freezeSocket} for a socket whose wave never left this process (the channel broke
+ * as it was sent): the input goes back ahead of anything new, and reading resumes as it was.
+ * Nothing was lost: the output never left libuv's queue and the Writable's buffer.
+ */
+export function thawSocket(socket: net.Socket, input: Buffer): void {
+  delete (internals(socket) as Partial<SocketInternals>)._read;
+  if (input.length > 0) socket.unshift(input);
+  if (flowingAtFreeze.delete(socket)) socket.resume();
 }
 
 /** Socket events that would tell the application the connection ended: it did not, it moved. */

@@ -158,6 +158,7 @@ export class SuccessorSession {
       case 'committed:conns':
         return this.onConns((frame as Extract<Frame, { type: 'conns' }>).conns);
       case 'precopy:closed':
+      case 'prepared:closed':
       case 'committed:closed':
         return this.onClosed((frame as Extract<Frame, { type: 'closed' }>).ids);
       case 'precopy:prepare':
@@ -268,8 +269,10 @@ export class SuccessorSession {
   /** Checks that the fd is a connected stream socket, then wraps it without reading. */
   private wrap(id: number, held: Held): net.Socket | undefined {
     const info = describe(held.fd);
-    if (info?.type !== 'stream' || info.listening) {
-      this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a connected stream socket`));
+    const kind = this.listeners[held.listener]!.kind;
+    const domainOk = kind === 'unix' ? info?.domain === 'unix' : info?.domain === 'inet' || info?.domain === 'inet6';
+    if (info?.type !== 'stream' || info.listening || !domainOk) {
+      this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a connected ${kind} stream socket`));
       return undefined;
     }
     held.socket = wrapInherited(held.fd, this.host.acceptOptions(held.listener));
@@ -377,7 +380,7 @@ export class SuccessorSession {
     this.channel.send(encode.waveAck(this.expectedWave++));
     this.stats.waves++;
     // While connections are deferred the predecessor may rightly stay silent up to its bound.
-    this.deadline.expect('WAVE', this.deferred.size > 0 ? this.quiesceMs : 0);
+    this.deadline.expect('WAVE', this.host.options.timeoutMs + (this.deferred.size > 0 ? this.quiesceMs : 0));
   }
 
   private finish({ retained, maxPauseUs }: Extract<Frame, { type: 'done' }>): void {

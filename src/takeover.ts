@@ -26,7 +26,7 @@ import { acceptOptions, isTlsServer, releaseMoved, serverFd, stopAccepting, trac
 import { ErrorCodes, TakeoverError, hookError, systemError } from './errors.js';
 import type { TakeoverStats } from './stats.js';
 import { resolveOptions, invalidOption, type ResolvedOptions, type TakeoverOptions } from './options.js';
-import { CHANNEL_LISTENER_NAME, ListenerRegistry, whenListening, type ListenerRecord, type ListenTarget } from './listeners.js';
+import { CHANNEL_LISTENER_NAME, DEFAULT_BACKLOG, ListenerRegistry, listenOnFd, whenListening, type ListenerRecord, type ListenTarget } from './listeners.js';
 import { Connections } from './connections.js';
 import type { ConnectionAdapter } from './adapters/adapter.js';
 import { NetAdapter } from './adapters/net.js';
@@ -208,9 +208,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         'a TLS server cannot be handed over (its sessions live in this process); terminate TLS in front and listen() with plain HTTP or TCP',
       );
     }
-    const { name, kind, inherited } = this.registry.check(server, target);
+    const { name, kind, backlog, inherited } = this.registry.check(server, target);
     const index = this.registry.records.length;
-    const record: ListenerRecord = { name, kind, server, adapter: this.adapterFor(server), inherited, listening: Promise.resolve() };
+    const record: ListenerRecord = { name, kind, backlog, server, adapter: this.adapterFor(server), inherited, listening: Promise.resolve() };
     server.prependListener('connection', (socket: net.Socket) => this.track(socket, index));
     let claimed: Promise<void>;
     if (inherited) {
@@ -453,7 +453,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       return refuse(ErrorCodes.PEER_REJECTED, `uid ${uid} (pid ${pid}) is not allowed to take over`);
     }
     if (this.outgoing || this.incoming || this.currentState !== 'serving') {
-      return refuse(ErrorCodes.BUSY, `a takeover is already in progress (refused pid ${pid})`);
+      const holder = this.outgoing ? `, with pid ${this.outgoing.peerPid}` : this.incoming ? ', this process taking over' : ` (state ${this.currentState})`;
+      return refuse(ErrorCodes.BUSY, `a takeover is already in progress${holder}: refused pid ${pid}`);
     }
     this.outgoing = new PredecessorSession(this.predecessorHost(uid), channel);
   }
@@ -467,8 +468,13 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         const records = this.registry.records;
         const stopped = records.find((r) => serverFd(r.server) < 0);
         if (stopped) throw new TakeoverError(ErrorCodes.INVALID_STATE, `server '${stopped.name}' is not listening`);
-        const entries: (ListenerEntry & { fd: number })[] = records.map((r) => ({ name: r.name, kind: r.kind, fd: native.dup(serverFd(r.server)) }));
-        entries.push({ name: CHANNEL_LISTENER_NAME, kind: 'channel', fd: native.dup(this.channelListener!.fd) });
+        const entries: (ListenerEntry & { fd: number })[] = records.map((r) => ({
+          name: r.name,
+          kind: r.kind,
+          backlog: r.backlog,
+          fd: native.dup(serverFd(r.server)),
+        }));
+        entries.push({ name: CHANNEL_LISTENER_NAME, kind: 'channel', backlog: DEFAULT_BACKLOG, fd: native.dup(this.channelListener!.fd) });
         return entries;
       },
       connections: () => conns,
@@ -500,7 +506,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       resumeAccepting: (listeners) => {
         for (const entry of listeners) {
           const record = this.registry.records.find((r) => r.name === entry.name);
-          if (record && serverFd(record.server) < 0) record.server.listen({ fd: entry.fd });
+          if (record && serverFd(record.server) < 0) listenOnFd(record.server, entry.fd, record.backlog);
           else native.close(entry.fd);
         }
         this.channelListener?.setAccepting(true);
@@ -582,7 +588,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       startListening: () => {
         for (const { record, resolve, reject } of this.claims) {
           whenListening(record.server).then(resolve, reject);
-          record.server.listen({ fd: record.inherited!.fd });
+          listenOnFd(record.server, record.inherited!.fd, record.backlog);
         }
         this.openChannel(this.registry.channel!.fd);
       },

@@ -188,7 +188,7 @@ test('a successor facing a predecessor that sends nonsense fails with a code and
     // After a valid WELCOME the fake sends a pipe where a listening socket belongs.
     if (reply.length > 8 && reply.readUInt8(3) === 2) {
       const pipe = fs.openSync(path.join(dir, 'plain-file'), 'w');
-      native.sendMessage(peerFd, encode.listeners([{ name: 'x', kind: 'channel', fd: pipe }]).data, [pipe]);
+      native.sendMessage(peerFd, encode.listeners([{ name: 'x', kind: 'channel', backlog: 1, fd: pipe }]).data, [pipe]);
       fs.closeSync(pipe);
     }
     await assert.rejects(started, assertCode('ERR_TAKEOVER_PROTOCOL'));

@@ -39,7 +39,7 @@ export interface ServerEvent {
 
 export interface ServerConfig {
   path: string;
-  listen: ({ port: number; host?: string } | { path: string })[];
+  listen: ({ port: number; host?: string; backlog?: number } | { path: string })[];
   mode?: 'auto' | 'fresh' | 'successor';
   timeoutMs?: number;
   waveSize?: number;

@@ -62,7 +62,7 @@ function raw(type: number, body: Buffer | string = '', header: Header = {}): Buf
 }
 
 const json = (type: number, value: unknown) => raw(type, JSON.stringify(value));
-const channel = { name: 'takeover-channel', kind: 'channel' } as const;
+const channel = { name: 'takeover-channel', kind: 'channel', backlog: 511 } as const;
 
 // ---- frames ----
 
@@ -74,8 +74,8 @@ test('the header is laid out as documented', () => {
 
 test('every frame type round-trips through encode and decodeFrame', () => {
   const listeners = [
-    { name: 'http', kind: 'tcp', fd: 10 },
-    { name: '/run/app.sock', kind: 'unix', fd: 11 },
+    { name: 'http', kind: 'tcp', backlog: 65535, fd: 10 },
+    { name: '/run/app.sock', kind: 'unix', backlog: 0, fd: 11 },
     { ...channel, fd: 12 },
   ] as const;
   const cases: [Message, Frame][] = [
@@ -120,7 +120,7 @@ test('encode throws RangeError past MAX_BODY_SIZE and MAX_FDS_PER_FRAME; at the 
   const conns = Array.from({ length: MAX_FDS_PER_FRAME }, (_, i) => ({ id: i, listener: 0, fd: 100 + i }));
   assert.equal((decode(encode.conns(conns)) as { conns: unknown[] }).conns.length, MAX_FDS_PER_FRAME);
   assert.throws(() => encode.conns([...conns, { id: 999, listener: 0, fd: 999 }]), RangeError);
-  const listeners = conns.map(({ id, fd }) => ({ name: `l${id}`, kind: 'tcp' as const, fd }));
+  const listeners = conns.map(({ id, fd }) => ({ name: `l${id}`, kind: 'tcp' as const, backlog: 511, fd }));
   assert.throws(() => encode.listeners([...listeners, { ...channel, fd: 1 }]), RangeError);
 });
 
@@ -193,7 +193,7 @@ test('decodeFrame rejects fds on every frame type that must not carry any', () =
 test('decodeFrame checks LISTENERS entries against their fds', () => {
   const listeners = (entries: unknown[], fds = entries.map((_, i) => 10 + i)) =>
     () => decodeFrame(raw(FrameType.LISTENERS, JSON.stringify(entries), { fdCount: fds.length }), fds);
-  const tcp = { name: 'a', kind: 'tcp' };
+  const tcp = { name: 'a', kind: 'tcp', backlog: 511 };
   rejects(listeners([tcp, channel], [10, 11, 12]), /LISTENERS frame lists 2 listeners with 3 fds/);
   rejects(listeners([tcp, channel], [10]), /lists 2 listeners with 1 fds/);
   rejects(listeners([]), /lists 0 listeners with 0 fds/);
@@ -202,10 +202,12 @@ test('decodeFrame checks LISTENERS entries against their fds', () => {
   rejects(listeners([{ name: 'a', kind: 'udp' }, channel]), /unknown kind 'udp'/);
   rejects(listeners([tcp, 'b', channel]), /LISTENERS entry is not an object/);
   rejects(listeners([tcp, null, channel]), /LISTENERS entry is not an object/);
-  rejects(listeners([{ name: '', kind: 'tcp' }, channel]), /'name' must be a string of 1\.\.1000 characters/);
+  rejects(listeners([{ name: '', kind: 'tcp', backlog: 1 }, channel]), /'name' must be a string of 1\.\.1000 characters/);
+  rejects(listeners([{ name: 'a', kind: 'tcp' }, channel]), /'backlog' must be an integer in 0\.\.65535/);
+  rejects(listeners([{ name: 'a', kind: 'tcp', backlog: 65536 }, channel]), /'backlog' must be an integer in 0\.\.65535/);
   rejects(listeners([{ name: 'a' }, channel]), /'kind' must be a string/);
   rejects(listeners([tcp]), /must carry exactly one channel listener/);
-  rejects(listeners([tcp, channel, { name: 'c2', kind: 'channel' }]), /must carry exactly one channel listener/);
+  rejects(listeners([tcp, channel, { name: 'c2', kind: 'channel', backlog: 1 }]), /must carry exactly one channel listener/);
 });
 
 test('decodeFrame checks the sizes of binary bodies', () => {
@@ -411,7 +413,7 @@ const seedFrames: Message[] = [
   encode.hello(4321),
   encode.welcome(1, 2, 3),
   encode.abort('ERR_TAKEOVER_TIMEOUT', 'too slow'),
-  encode.listeners([{ name: 'http', kind: 'tcp', fd: 10 }, { ...channel, fd: 11 }]),
+  encode.listeners([{ name: 'http', kind: 'tcp', backlog: 64, fd: 10 }, { ...channel, fd: 11 }]),
   encode.conns([{ id: 1, listener: 0, fd: 20 }, { id: 2, listener: 1, fd: 21 }]),
   encode.ack(1),
   encode.closed([1, 2]),
