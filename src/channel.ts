@@ -60,7 +60,8 @@ export class Channel extends EventEmitter<ChannelEvents> {
    * that could be closed meanwhile.
    */
   send(message: Message): void {
-    if (this.closed) return;
+    // After sendLast() the peer is told this side gave up: nothing may follow the ABORT.
+    if (this.closed || this.lingering) return;
     if (this.queue.length === 0 && this.sendNow(message)) return;
     this.queue.push(message);
     this.watchWritable(true);
@@ -68,7 +69,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
 
   /** Sends at once or not at all: false when the socket is full or earlier frames wait. */
   trySend(message: Message): boolean {
-    if (this.closed) return false;
+    if (this.closed || this.lingering) return false;
     if (this.queue.length > 0) return false;
     if (this.sendNow(message)) return true;
     this.watchWritable(true);

@@ -80,7 +80,7 @@ const WAVE_BYTE_BUDGET = 64 * 1024 * 1024;
 /** Larger than a wave record's u32 lengths and MAX_WAVE_SIZE allow: such a connection stays here. */
 const MAX_CONNECTION_BYTES = 256 * 1024 * 1024;
 /** How often deferred connections are asked again when nothing told the session they may be quiet. */
-const QUIESCE_RETRY_MS = 10;
+const QUIESCE_RETRY_MS = 2;
 /**
  * A real successor says HELLO as soon as it connects; a peer that connects and says nothing must
  * not hold the only takeover slot for the whole timeout.
@@ -322,7 +322,8 @@ export class PredecessorSession {
       if (!room()) break;
       this.maybeQuiet.delete(id);
       const socket = this.deferred.get(id);
-      if (socket && this.host.readiness(id) === 'quiet') this.consider(id, socket, records, released, budget);
+      // A connection that closed meanwhile is recorded as closed by consider().
+      if (socket && (socket.destroyed || this.host.readiness(id) === 'quiet')) this.consider(id, socket, records, released, budget);
     }
     while (room() && this.waveCursor < this.waveQueue.length) {
       const { id, socket } = this.waveQueue[this.waveCursor++]!;

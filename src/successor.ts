@@ -22,7 +22,10 @@ export interface InheritedListener extends ListenerEntry {
 }
 
 /** What the session needs from the process it runs in (implemented by Takeover). */
-/** The protocol steps a successor passes, in order; `wave<N>` once wave N arrived, before it starts. */
+/**
+ * The protocol steps a successor passes, each once and in order: `precopy` at the first batch of
+ * connections, `wave<N>` once wave N arrived, before it starts.
+ */
 export type SuccessorStep = 'hello' | 'listeners' | 'precopy' | 'prepare' | `wave${number}`;
 
 export interface SuccessorHost {
@@ -227,8 +230,10 @@ export class SuccessorSession {
       for (const { fd } of conns) native.close(fd);
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `CONNS frame has a bad entry (connection ${bad.id}, listener ${bad.listener})`));
     }
-    if (this.marks.firstConns === 0) this.marks.firstConns = performance.now();
-    this.step('precopy');
+    if (this.marks.firstConns === 0) {
+      this.marks.firstConns = performance.now();
+      this.step('precopy');
+    }
     for (const { id, listener, fd } of conns) {
       this.held.set(id, { fd, listener, socket: undefined });
       this.toWrap.push(id);

@@ -239,7 +239,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       throw invalidOption('webSockets() takes a ws WebSocketServer');
     }
     if (this.webSocketAdapters.some((a) => a.wss === wss)) throw invalidOption('this WebSocketServer is already registered');
-    this.webSocketAdapters.push(new WebSocketAdapter(wss));
+    this.webSocketAdapters.push(new WebSocketAdapter(wss, this.webSocketAdapters.length, this.maybeQuiet));
   }
 
   /**
@@ -405,12 +405,15 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
 
   // ---- connections ----
 
+  /** An adapter's word that a connection may have become quiet: a takeover waiting for it moves it now. */
+  private readonly maybeQuiet = (socket: net.Socket): void => {
+    if (!this.outgoing) return;
+    const id = this.connections.idOf(socket);
+    if (id !== undefined) this.outgoing.connectionMaybeQuiet(id);
+  };
+
   private adapterFor(server: net.Server): ConnectionAdapter {
-    const onMaybeQuiet = (socket: net.Socket) => {
-      const id = this.connections.idOf(socket);
-      if (id !== undefined) this.outgoing?.connectionMaybeQuiet(id);
-    };
-    return isHttpServer(server) ? new HttpAdapter(server, onMaybeQuiet) : new NetAdapter(server);
+    return isHttpServer(server) ? new HttpAdapter(server, this.maybeQuiet) : new NetAdapter(server);
   }
 
   /** The adapter speaking for a connection now: an upgraded one belongs to its WebSocket server. */
@@ -461,7 +464,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
 
   private predecessorHost(peerUid: number): PredecessorHost {
     const conns = this.connections.all;
-    const connection = (id: number) => conns.get(id)!;
+    /** A connection the session still names; gone once it closed (the session then records it as closed). */
+    const connection = (id: number) => conns.get(id);
     return {
       options: this.options,
       duplicateListeners: () => {
@@ -479,11 +483,13 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       },
       connections: () => conns,
       readiness: (id) => {
-        const { socket, listener } = connection(id);
-        return this.connections.readiness(socket, this.adapterOf(socket, listener));
+        const known = connection(id);
+        return known ? this.connections.readiness(known.socket, this.adapterOf(known.socket, known.listener)) : 'never';
       },
       capture: (id) => {
-        const { socket, listener } = connection(id);
+        const known = connection(id);
+        if (!known) return 'failed';
+        const { socket, listener } = known;
         const adapter = this.adapterOf(socket, listener);
         try {
           const protocolState = adapter.capture(socket);
@@ -496,8 +502,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         }
       },
       retain: (id) => {
-        const { socket, listener } = connection(id);
-        this.adapterOf(socket, listener).retain(socket);
+        const known = connection(id);
+        if (known) this.adapterOf(known.socket, known.listener).retain(known.socket);
       },
       stopAccepting: () => {
         this.channelListener?.setAccepting(false);
@@ -514,8 +520,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       onFreeze: (socket) => this.emitSafely('freeze', socket),
       onDefer: (socket) => this.emitSafely('defer', socket),
       release: (id, socket) => {
-        const { listener } = connection(id);
-        const adapter = this.adapterOf(socket, listener);
+        const adapter = this.adapterOf(socket, connection(id)!.listener);
         this.emitSafely('release', socket);
         this.connections.delete(id);
         adapter.forget(socket);
@@ -613,7 +618,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     const index = this.registry.records.indexOf(listener);
     const adapter =
       record.adapter === 'ws'
-        ? this.webSocketAdapters.find((a) => a.accepts(record.protocolState))
+        ? this.webSocketAdapters.map((a) => ({ a, fit: a.fit(record.protocolState) })).filter((c) => c.fit > 0).sort((x, y) => y.fit - x.fit)[0]?.a
         : record.adapter === listener.adapter.kind
           ? listener.adapter
           : undefined;

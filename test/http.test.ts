@@ -238,6 +238,24 @@ test('a busy connection past quiesceTimeoutMs stays in the old process, which an
   successor.kill('SIGTERM');
 });
 
+test('a deferred connection that turns quiet and closes while a wave is in flight is recorded as closed (the old process does not crash)', { timeout }, async () => {
+  // Waves of one: wave 0 defers the busy connection, and the successor is slow to acknowledge it.
+  const app = await startApp('http', { waveSize: 1, spinAt: 'wave0', spinMs: 1500 });
+  const closing = await rawClient(app.port);
+  const idle = await rawClient(app.port);
+  const response = readResponses(closing, 1);
+  closing.write('GET /delay?ms=600&id=last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  const successor = new ServerProcess(app.config, { script: appFixture });
+  await app.current.next('defer');
+  const [body] = await response;
+  assert.deepEqual(JSON.parse(body!), { pid: app.current.pid, id: 'last' });
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.closed + ready.stats!.connections, 2);
+  assert.equal(await app.current.exited, 0);
+  idle.destroy();
+  successor.kill('SIGTERM');
+});
+
 test('an Express app: keep-alive requests keep working across takeovers', { timeout }, async () => {
   const app = await startApp('express');
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });

@@ -91,3 +91,28 @@ test('a fragmented message in flight at the takeover arrives whole, once', { tim
   client.ws.terminate();
   next.kill('SIGTERM');
 });
+
+test('two WebSocketServers routed by path in the app: each WebSocket comes back to its own server', { timeout }, async () => {
+  const config = { path: path.join(tempDir(), 'channel'), app: 'ws-routes', port: 0, host: '127.0.0.1' };
+  const current = new ServerProcess(config, { script: appFixture });
+  const port = (await current.next('ready')).address!.port;
+  const open = async (route: string) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}${route}`);
+    await once(ws, 'open');
+    return ws;
+  };
+  const ask = async (ws: WebSocket, text: string) => {
+    ws.send(text);
+    const [data] = (await once(ws, 'message')) as [Buffer];
+    return data.toString();
+  };
+  const a = await open('/a');
+  const b = await open('/b');
+  assert.deepEqual([await ask(a, 'x'), await ask(b, 'y')], ['/a:x', '/b:y']);
+  const next = new ServerProcess(config, { script: appFixture });
+  assert.equal((await next.next('ready')).stats!.connections, 2);
+  assert.deepEqual([await ask(a, 'x'), await ask(b, 'y')], ['/a:x', '/b:y']);
+  a.terminate();
+  b.terminate();
+  next.kill('SIGTERM');
+});

@@ -7,7 +7,7 @@
  *
  * Uses `server[Symbol(http.server.connections)].active()` (the parsers in the middle of a
  * message, which Node keeps for its own request timeouts) and `socket._httpMessage` (the
- * response the socket is bound to); test/adapters-http.test.ts guards both.
+ * response the socket is bound to); test/http.test.ts exercises both across real takeovers.
  */
 import type * as http from 'node:http';
 import type * as net from 'node:net';
@@ -133,7 +133,3 @@ function connectionsList(server: http.Server): ConnectionsList | undefined {
   return key ? (server as unknown as Record<symbol, ConnectionsList | undefined>)[key] : undefined;
 }
 
-/** True when Node's internals this adapter relies on are where it expects them (tests check it on every Node line). */
-export function httpInternalsAvailable(server: http.Server): boolean {
-  return typeof connectionsList(server)?.active === 'function';
-}

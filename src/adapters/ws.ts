@@ -11,7 +11,8 @@
  * negotiated context takeover anyway stays in the old process.
  *
  * Uses ws 8 internals that its own WebSocketServer uses: `_socket`, `_receiver`, `_sender`,
- * `_protocol`, `_extensions`, `setSocket()`; test/adapters-ws.test.ts guards them.
+ * `_protocol`, `_extensions`, `setSocket()`, and the sender's `dequeue()`; test/ws.test.ts
+ * exercises them across real takeovers.
  */
 import { createRequire } from 'node:module';
 import * as http from 'node:http';
@@ -60,7 +61,7 @@ export interface WebSocketLike {
     _fragments: unknown[];
     writableLength: number;
   };
-  _sender?: { _state: number; _bufferedBytes: number; _queue: unknown[] };
+  _sender?: { _state: number; _bufferedBytes: number; _queue: unknown[]; dequeue(): void };
   setSocket(socket: net.Socket, head: Buffer, options: object): void;
   on(event: 'close', listener: () => void): unknown;
 }
@@ -70,6 +71,8 @@ const DEFLATE = 'permessage-deflate';
 
 /** What travels with a WebSocket: enough to rebuild it and to give the application its upgrade request again. */
 interface WebSocketState {
+  /** Which of the process's webSockets() servers it belonged to, by registration order. */
+  server: number;
   protocol: string;
   deflate: Record<string, unknown> | null;
   method: string;
@@ -82,10 +85,15 @@ interface WebSocketState {
 export class WebSocketAdapter implements ConnectionAdapter {
   readonly kind = 'ws' as const;
   private readonly sockets = new WeakMap<net.Socket, { ws: WebSocketLike; request: WebSocketState }>();
-
   private readonly server: WebSocketServer;
 
-  constructor(readonly wss: WebSocketServerLike) {
+  constructor(
+    readonly wss: WebSocketServerLike,
+    /** This server's place among the process's webSockets() servers: how the new process finds its own. */
+    readonly index: number,
+    /** Tells the engine a WebSocket may have become quiet (its sender went idle). */
+    private readonly onMaybeQuiet: (socket: net.Socket) => void,
+  ) {
     const server = wss as WebSocketServer;
     this.server = server;
     const deflate = server.options.perMessageDeflate;
@@ -114,12 +122,18 @@ export class WebSocketAdapter implements ConnectionAdapter {
     return socket && this.sockets.get(socket)?.ws === target ? socket : undefined;
   }
 
-  /** New process: whether a WebSocket from the old process belongs to this server (its path). */
-  accepts(protocolState: Buffer | undefined): boolean {
+  /**
+   * New process: how well this server fits a WebSocket from the old process: 2 when it has the
+   * old server's place among the webSockets() servers and takes its URL, 1 when it only takes
+   * the URL (`shouldHandle`: its `path` option), 0 when it does not.
+   */
+  fit(protocolState: Buffer | undefined): number {
     try {
-      return this.server.shouldHandle({ url: parseState(protocolState).url }) === true;
+      const state = parseState(protocolState);
+      if (this.server.shouldHandle({ url: state.url }) === false) return 0;
+      return state.server === this.index ? 2 : 1;
     } catch {
-      return false;
+      return 0;
     }
   }
 
@@ -181,9 +195,22 @@ export class WebSocketAdapter implements ConnectionAdapter {
   }
 
   private remember(ws: WebSocketLike, req: http.IncomingMessage): void {
-    if (!ws._socket) return;
+    const socket = ws._socket;
+    if (!socket) return;
     const { method = 'GET', url = '/', headers, rawHeaders, httpVersion } = req;
-    this.sockets.set(ws._socket, { ws, request: { protocol: ws._protocol, deflate: null, method, url, headers, rawHeaders, httpVersion } });
+    const request = { server: this.index, protocol: ws._protocol, deflate: null, method, url, headers, rawHeaders, httpVersion };
+    this.sockets.set(socket, { ws, request });
+    // A WebSocket that sends all the time (compressing in the thread pool, say) is quiet only
+    // between two sends: the moment its sender goes idle is when a waiting takeover can take it.
+    const sender = ws._sender;
+    if (sender) {
+      const dequeue = sender.dequeue;
+      const onMaybeQuiet = this.onMaybeQuiet;
+      sender.dequeue = function (this: NonNullable<WebSocketLike['_sender']>) {
+        dequeue.call(this);
+        if (this._state === 0 && this._queue.length === 0) onMaybeQuiet(socket);
+      };
+    }
   }
 
   /** A permessage-deflate extension in the state the handshake left it, with fresh zlib streams (no context to carry). */
@@ -223,6 +250,7 @@ function parseState(state: Buffer | undefined): WebSocketState {
     throw new TypeError('the WebSocket state from the old process is malformed');
   }
   return {
+    server: Number.isInteger(parsed.server) ? Number(parsed.server) : -1,
     protocol: typeof parsed.protocol === 'string' ? parsed.protocol : '',
     deflate: parsed.deflate && typeof parsed.deflate === 'object' ? parsed.deflate : null,
     method: parsed.method,
