@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
-import { cleanup, distDir, tempDir } from './helpers.js';
+import { cleanup, distDir, tempDir } from '../helpers.js';
 
 const children: ChildProcess[] = [];
 after(() => {

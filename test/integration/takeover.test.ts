@@ -3,7 +3,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { cleanup, drainAll, openClients, probeEcho, SeqClient, ServerProcess, tempDir, type ServerConfig } from './helpers.js';
+import { cleanup, drainAll, openClients, probeEcho, SeqClient, ServerProcess, tempDir, type ServerConfig } from '../helpers.js';
 
 after(cleanup);
 

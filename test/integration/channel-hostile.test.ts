@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { MAX_OPEN_CHANNELS } from '#lib/channel-listener.js';
 import * as native from '#lib/native.js';
 import { decodeFrame, encode, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
-import { cleanup, openFds, probeEcho, ServerProcess, tempDir, type ServerConfig } from './helpers.js';
+import { cleanup, openFds, probeEcho, ServerProcess, tempDir, type ServerConfig } from '../helpers.js';
 
 after(cleanup);
 

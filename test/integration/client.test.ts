@@ -7,13 +7,13 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as hdr from 'hdr-histogram-js';
-import { mergeClients, type ClientRun } from '../bench/load.js';
-import { runEchoLoad, type EchoLoadRun, type EchoLoadSummary, type Percentiles } from '../tools/echo-load.js';
+import { mergeClients, type ClientRun } from '../../bench/load.js';
+import { runEchoLoad, type EchoLoadRun, type EchoLoadSummary, type Percentiles } from '../../tools/echo-load.js';
 import { createLogger, formatPeer, toUsageError, UsageError } from '#lib/cli/format.js';
-import { ipv6Available } from './helpers.js';
+import { ipv6Available } from '../helpers.js';
 
 /** The load client (tools/), which the load tests run; takeover-client is its shipped single-connection mode. */
-const LOAD_CLIENT = fileURLToPath(new URL('../tools/load-client.js', import.meta.url));
+const LOAD_CLIENT = fileURLToPath(new URL('../../tools/load-client.js', import.meta.url));
 const SEED_CLIENT = fileURLToPath(import.meta.resolve('#lib/cli/client.js'));
 const TEST_TIMEOUT = 60_000;
 const CLIENT_TIMEOUT = 20_000;

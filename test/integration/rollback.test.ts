@@ -3,7 +3,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { cleanup, copyForNobody, drainAll, NOBODY, openClients, probeEcho, ServerProcess, tempDir, waitStopped, type ServerConfig, type SeqClient } from './helpers.js';
+import { cleanup, copyForNobody, drainAll, NOBODY, openClients, probeEcho, ServerProcess, tempDir, waitStopped, type ServerConfig, type SeqClient } from '../helpers.js';
 
 after(cleanup);
 

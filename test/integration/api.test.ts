@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { Takeover, TakeoverError } from '#lib/index.js';
 import * as native from '#lib/native.js';
 import { decodeFrame, encode, HEADER_SIZE, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
-import { cleanup, ServerProcess, tempDir } from './helpers.js';
+import { cleanup, ServerProcess, tempDir } from '../helpers.js';
 
 after(cleanup);
 

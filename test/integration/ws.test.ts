@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { once } from 'node:events';
 import { WebSocket } from 'ws';
-import { appFixture, cleanup, ServerProcess, tempDir } from './helpers.js';
+import { appFixture, cleanup, ServerProcess, tempDir } from '../helpers.js';
 
 after(cleanup);
 

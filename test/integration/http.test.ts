@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { once } from 'node:events';
 import { Takeover } from '#lib/index.js';
-import { appFixture, cleanup, ServerProcess, tempDir } from './helpers.js';
+import { appFixture, cleanup, ServerProcess, tempDir } from '../helpers.js';
 
 after(cleanup);
 
