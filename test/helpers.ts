@@ -320,11 +320,12 @@ export function copyForNobody(): { root: string; script: string } {
 /**
  * Resolves once `condition()` holds, checking every `intervalMs`; rejects with `what` after
  * `timeoutMs`, so a test that waits for something that never happens says what it waited for.
+ * A function for `what` describes the state at the timeout, not at the call.
  */
-export async function waitFor(condition: () => boolean, what: string, timeoutMs = 10_000, intervalMs = 5): Promise<void> {
+export async function waitFor(condition: () => boolean, what: string | (() => string), timeoutMs = 10_000, intervalMs = 5): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
     await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
 }

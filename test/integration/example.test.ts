@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
-import { cleanup, distDir, tempDir } from '../helpers.js';
+import { cleanup, distDir, tempDir, waitFor } from '../helpers.js';
 
 const children: ChildProcess[] = [];
 after(() => {
@@ -47,14 +47,14 @@ test("the README's example serves, then a second copy takes over its open connec
   let echoed: string = '';
   client.on('data', (d: Buffer) => (echoed += d.toString()));
   client.write('before;');
-  while (echoed !== 'before;') await new Promise((r) => setTimeout(r, 10));
+  await waitFor(() => echoed === 'before;', () => `the echo of 'before;' (got ${JSON.stringify(echoed)})`);
 
   const second = await startExample(args, /^took over 1 connections from pid \d+/);
   const [code] = await once(first.child, 'exit');
   assert.equal(code, 0);
   assert.match(first.seen.join('\n'), new RegExp(`handed 1 connections to pid ${second.child.pid}`));
   client.write('after');
-  while (!echoed.endsWith('after')) await new Promise((r) => setTimeout(r, 10));
+  await waitFor(() => echoed.endsWith('after'), "the echo of 'after' from the successor");
   assert.equal(echoed, 'before;after');
   client.destroy();
   second.child.kill('SIGTERM');

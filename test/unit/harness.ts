@@ -165,7 +165,11 @@ export class Client {
 
   /** Resolves once the client has received `text` (in total, from the start). */
   async expect(text: string, timeoutMs = 5000): Promise<void> {
-    await waitFor(() => this.received === text, `the client to receive ${JSON.stringify(text)} (it has ${JSON.stringify(this.received.slice(0, 200))})`, timeoutMs);
+    await waitFor(
+      () => this.received === text,
+      () => `the client to receive ${JSON.stringify(text.slice(0, 200))} (it has ${JSON.stringify(this.received.slice(0, 200))})`,
+      timeoutMs,
+    );
   }
 
   write(text: string): void {
@@ -413,7 +417,7 @@ export class FakeSuccessorHost implements SuccessorHost {
 
 /** Resolves once the process holds exactly `count` fds again (closes are asynchronous in libuv). */
 export async function fdsSettle(count: number, what: string): Promise<void> {
-  await waitFor(() => native.openFdCount() === count, `${what}: ${count} fds open (now ${native.openFdCount()})`, 5000);
+  await waitFor(() => native.openFdCount() === count, () => `${what}: ${count} fds open (now ${native.openFdCount()})`, 5000);
 }
 
 /** The fd a TCP socket of this process uses, for matching what arrives on the channel. */
