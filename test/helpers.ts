@@ -317,3 +317,25 @@ export function copyForNobody(): { root: string; script: string } {
   fs.cpSync(path.join(top, 'build', 'Release', 'takeover.node'), path.join(root, 'build', 'Release', 'takeover.node'));
   return { root, script: path.join(root, 'dist-dev', 'test', 'fixtures', 'echo-server.js') };
 }
+
+/**
+ * Resolves once `condition()` holds, checking every `intervalMs`; rejects with `what` after
+ * `timeoutMs`, so a test that waits for something that never happens says what it waited for.
+ * A function for `what` describes the state at the timeout, not at the call.
+ */
+export async function waitFor(condition: () => boolean, what: string | (() => string), timeoutMs = 10_000, intervalMs = 5): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}
+
+/** Rejects with `what` unless `promise` settles within `timeoutMs`: an awaited event that never comes fails with a name. */
+export function within<T>(promise: Promise<T>, what: string, timeoutMs = 10_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

@@ -3,7 +3,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { cleanup, drainAll, openClients, probeEcho, SeqClient, ServerProcess, tempDir, type ServerConfig } from './helpers.js';
+import { cleanup, drainAll, openClients, probeEcho, SeqClient, ServerProcess, tempDir, waitFor, type ServerConfig } from '../helpers.js';
 
 after(cleanup);
 
@@ -88,7 +88,7 @@ test('a half-received frame and the pending output of a client that stopped read
   await half.connected();
   half.socket.write(Buffer.from([0, 0, 0, 0, 0, 0]));
   half.sent = 2;
-  while (half.received < 1) await new Promise((r) => setTimeout(r, 10));
+  await waitFor(() => half.received >= 1, 'the echo of frame 0');
 
   // 32 MiB echoed to a client that does not read: more than both kernels' buffers hold.
   const stalled = new SeqClient(port, host, { framesPerBurst: 0, intervalMs: 0 });
@@ -143,7 +143,7 @@ test('a Unix stream listener and its connections are handed over; the socket fil
   assert.ok(fs.statSync(socketPath).isSocket(), 'the socket file outlives the old process');
   for (const [i, socket] of clients.entries()) socket.write(Buffer.from([0, 0, 1, i]));
   for (const [i, got] of echoes.entries()) {
-    while (Buffer.concat(got).length < 8) await new Promise((r) => setTimeout(r, 10));
+    await waitFor(() => Buffer.concat(got).length >= 8, `both echoes on Unix connection ${i}`);
     assert.deepEqual(Buffer.concat(got), Buffer.from([0, 0, 0, i, 0, 0, 1, i]));
   }
   // New connections reach the successor through the same file.

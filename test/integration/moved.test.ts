@@ -11,7 +11,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Takeover, type TakeoverError } from '#lib/index.js';
-import { tempDir } from './helpers.js';
+import { tempDir } from '../helpers.js';
 
 async function pair(options: { server?: () => net.Server } = {}) {
   const channel = path.join(tempDir(), 'channel');

@@ -10,8 +10,8 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterEach, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { runEchoLoad } from '../tools/echo-load.js';
-import { distDir, probeEcho, tempDir, ipv6Available } from './helpers.js';
+import { runEchoLoad } from '../../tools/echo-load.js';
+import { distDir, probeEcho, tempDir, ipv6Available } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 // Per test, not per suite: a suite's timeout cancels the tests after a hung one as well.

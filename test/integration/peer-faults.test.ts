@@ -11,7 +11,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import * as native from '#lib/native.js';
 import { decodeFrame, encode, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
-import { cleanup, probeEcho, ServerProcess, tempDir, type ServerConfig } from './helpers.js';
+import { cleanup, probeEcho, ServerProcess, tempDir, type ServerConfig } from '../helpers.js';
 
 after(cleanup);
 

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { Takeover, TakeoverError } from '#lib/index.js';
 import { createChannelFd, removeChannelPath } from '#lib/channel-listener.js';
 import * as native from '#lib/native.js';
-import { cleanup, copyForNobody, NOBODY, ServerProcess, tempDir } from './helpers.js';
+import { cleanup, copyForNobody, NOBODY, ServerProcess, tempDir } from '../helpers.js';
 
 after(cleanup);
 

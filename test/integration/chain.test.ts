@@ -2,7 +2,7 @@ import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { cleanup, drainAll, openClients, openFds, ServerProcess, tempDir, type ServerConfig } from './helpers.js';
+import { cleanup, drainAll, openClients, openFds, ServerProcess, tempDir, type ServerConfig } from '../helpers.js';
 
 after(cleanup);
 

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { once } from 'node:events';
 import { WebSocket } from 'ws';
-import { appFixture, cleanup, ServerProcess, tempDir } from './helpers.js';
+import { appFixture, cleanup, ServerProcess, tempDir, waitFor } from '../helpers.js';
 
 after(cleanup);
 
@@ -33,9 +33,6 @@ async function connect(port: number, deflate: boolean): Promise<Client> {
   return client;
 }
 
-async function until(condition: () => boolean): Promise<void> {
-  while (!condition()) await new Promise((r) => setTimeout(r, 10));
-}
 
 for (const deflate of [false, true]) {
   test(`WebSockets${deflate ? ' with permessage-deflate' : ''} across 5 chained takeovers: numbered pushes and echoes both ways, no gap, no duplicate, no close`, { timeout }, async () => {
@@ -51,7 +48,7 @@ for (const deflate of [false, true]) {
     }, 5);
     for (let t = 0; t < 5; t++) {
       const seen = clients[0]!.pushes.length;
-      await until(() => clients[0]!.pushes.length > seen + 10);
+      await waitFor(() => clients[0]!.pushes.length > seen + 10, `10 more pushes before takeover ${t + 1}`, 20_000);
       const next = new ServerProcess(config, { script: appFixture });
       const stats = (await next.next('ready')).stats!;
       assert.equal(stats.connections, clients.length, `takeover ${t + 1} moved every WebSocket`);
@@ -61,7 +58,11 @@ for (const deflate of [false, true]) {
     }
     clearInterval(sender);
     const pushed = clients[0]!.pushes.length;
-    await until(() => clients.every((c) => c.echoes.length === sent && c.pushes.length > pushed));
+    await waitFor(
+      () => clients.every((c) => c.echoes.length === sent && c.pushes.length > pushed),
+      () => `every echo of ${sent} and a new push on every client (echoes: ${clients.map((c) => c.echoes.length).join(', ')})`,
+      20_000,
+    );
     for (const c of clients) {
       assert.equal(c.closed, false);
       assert.deepEqual(c.echoes, Array.from({ length: sent }, (_, i) => `m${i}`));
@@ -85,7 +86,7 @@ test('a fragmented message in flight at the takeover arrives whole, once', { tim
   assert.equal(ready.stats!.deferred, 1);
   assert.equal(ready.stats!.connections, 1);
   client.ws.send('after');
-  await until(() => client.echoes.length === 2);
+  await waitFor(() => client.echoes.length === 2, 'both echoes');
   assert.deepEqual(client.echoes, ['first half, second half', 'after']);
   assert.equal(client.closed, false);
   client.ws.terminate();

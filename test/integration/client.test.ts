@@ -7,13 +7,13 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as hdr from 'hdr-histogram-js';
-import { mergeClients, type ClientRun } from '../bench/load.js';
-import { runEchoLoad, type EchoLoadRun, type EchoLoadSummary, type Percentiles } from '../tools/echo-load.js';
+import { mergeClients, type ClientRun } from '../../bench/load.js';
+import { runEchoLoad, type EchoLoadRun, type EchoLoadSummary, type Percentiles } from '../../tools/echo-load.js';
 import { createLogger, formatPeer, toUsageError, UsageError } from '#lib/cli/format.js';
-import { ipv6Available } from './helpers.js';
+import { ipv6Available } from '../helpers.js';
 
 /** The load client (tools/), which the load tests run; takeover-client is its shipped single-connection mode. */
-const LOAD_CLIENT = fileURLToPath(new URL('../tools/load-client.js', import.meta.url));
+const LOAD_CLIENT = fileURLToPath(new URL('../../tools/load-client.js', import.meta.url));
 const SEED_CLIENT = fileURLToPath(import.meta.resolve('#lib/cli/client.js'));
 const TEST_TIMEOUT = 60_000;
 const CLIENT_TIMEOUT = 20_000;
@@ -171,7 +171,8 @@ describe('the clients against test servers', { timeout: TEST_TIMEOUT }, () => {
       assert.equal(s.echoes, server.messages);
       assert.ok(s.echoes >= 100, `only ${s.echoes} echoes in 1 s`);
       assert.ok(s.echoes <= 20 * (1000 / 20 + 1), `${s.echoes} echoes: the interval was not respected`);
-      assert.ok(s.elapsedMs >= 1000 && s.elapsedMs < 5000, String(s.elapsedMs));
+      // No upper bound on the run's length: the echo count above already fails a run that outlasts its 1 s.
+      assert.ok(s.elapsedMs >= 1000, String(s.elapsedMs));
       assert.ok(s.rttMs.p50 <= s.rttMs.p99 && s.rttMs.p99 <= s.rttMs.max && s.rttMs.max > 0);
       assert.ok(s.connectionPauseMs.p50 <= s.connectionPauseMs.max);
       assertClose(s.connectionPauseMs.max, s.longestPauseMs);
@@ -510,10 +511,11 @@ describe('runEchoLoad in-process', { timeout: TEST_TIMEOUT }, () => {
   });
 
   test('a wait in progress at stop() is timed until stop(); its late echo is checked, not timed', async () => {
-    const DELAY_MS = 400;
     const STOP_AFTER_MS = 100;
+    const ECHO_AFTER_STOP_MS = 300;
     let run: EchoLoadRun | undefined;
     let heldMs = 0;
+    let echoedAfterMs = 0;
     await withServer(
       ({ socket, message, n }) => {
         if (n < 3) {
@@ -521,10 +523,14 @@ describe('runEchoLoad in-process', { timeout: TEST_TIMEOUT }, () => {
           return;
         }
         const receivedAt = performance.now();
-        setTimeout(() => socket.destroyed || socket.write(message), DELAY_MS);
+        // The late echo leaves only after stop(): the two timings the test tells apart cannot overlap.
         setTimeout(() => {
           heldMs = performance.now() - receivedAt;
           run!.stop();
+          setTimeout(() => {
+            echoedAfterMs = performance.now() - receivedAt;
+            if (!socket.destroyed) socket.write(message);
+          }, ECHO_AFTER_STOP_MS);
         }, STOP_AFTER_MS);
       },
       async (server) => {
@@ -532,12 +538,13 @@ describe('runEchoLoad in-process', { timeout: TEST_TIMEOUT }, () => {
         const s = await run;
         assert.equal(s.ok, true);
         assert.deepEqual([s.echoes, s.lost, s.untimedEchoes, server.messages], [4, 0, 1, 4]);
-        assert.ok(s.elapsedMs >= DELAY_MS, `the run ended after ${s.elapsedMs} ms, before the late echo`);
-        // Timed to its echo the wait would be 400 ms, and the client's own shutdown would pass for the server's pause.
+        assert.ok(s.elapsedMs >= echoedAfterMs, `the run ended after ${s.elapsedMs} ms, before the late echo (${echoedAfterMs} ms)`);
+        // Timed to its echo the wait would last at least until the echo left, and the client's own shutdown would pass for the server's pause.
         // The client's wait began before the server held the message, so it lasted at least as long.
-        assert.ok(s.longestPauseMs >= heldMs && s.longestPauseMs < DELAY_MS - 100, `${s.longestPauseMs} ms, held ${heldMs} ms`);
-        assert.ok(s.rttMs.max < STOP_AFTER_MS, String(s.rttMs.max));
-        assert.ok(Math.max(...s.timeline.map((b) => b.maxRttMs)) < STOP_AFTER_MS);
+        assert.ok(s.longestPauseMs >= heldMs && s.longestPauseMs < echoedAfterMs, `${s.longestPauseMs} ms, held ${heldMs} ms, echoed after ${echoedAfterMs} ms`);
+        // Neither an rtt nor a timeline bucket counts the held wait: each is shorter than the hold.
+        assert.ok(s.rttMs.max < heldMs, `${s.rttMs.max} ms, held ${heldMs} ms`);
+        assert.ok(Math.max(...s.timeline.map((b) => b.maxRttMs)) < heldMs);
         assert.equal(s.timeline.reduce((sum, bucket) => sum + bucket.echoes, 0), 4);
         assert.equal(decodeMatching(s.histograms.rttUs, s.rttMs).totalCount, 3);
         const pause = decodeMatching(s.histograms.connectionPauseUs, s.connectionPauseMs);

@@ -7,7 +7,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
-import { cleanup, distDir, tempDir } from './helpers.js';
+import { cleanup, distDir, tempDir } from '../helpers.js';
 
 const children: ChildProcess[] = [];
 after(() => {

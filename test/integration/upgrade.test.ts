@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { cleanup, distDir, ServerProcess, tempDir } from './helpers.js';
+import { cleanup, distDir, ServerProcess, tempDir } from '../helpers.js';
 
 after(cleanup);
 

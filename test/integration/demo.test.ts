@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { isAlive } from '#lib/processes.js';
 
-const DEMO = fileURLToPath(new URL('../tools/demo.js', import.meta.url));
+const DEMO = fileURLToPath(new URL('../../tools/demo.js', import.meta.url));
 
 /** Servers get SIGTERM as the demo leaves; their exit is not the demo's to wait for. */
 async function gone(pids: number[]): Promise<void> {

@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { once } from 'node:events';
 import { Takeover } from '#lib/index.js';
-import { appFixture, cleanup, ServerProcess, tempDir } from './helpers.js';
+import { appFixture, cleanup, ServerProcess, tempDir, waitFor } from '../helpers.js';
 
 after(cleanup);
 
@@ -111,13 +111,13 @@ test('keep-alive clients request in a loop across 5 chained takeovers, handlers 
   const pids = [app.current.pid];
   for (let t = 0; t < 5; t++) {
     const before = done;
-    while (done < before + 60) await new Promise((r) => setTimeout(r, 10));
+    await waitFor(() => done >= before + 60, () => `60 more requests answered before takeover ${t + 1} (${done - before} so far)`, 20_000);
     const stats = await takeOver(app);
     assert.equal(stats.connections, clients.length, `takeover ${t + 1} moved every connection`);
     pids.push(app.current.pid);
   }
   const before = done;
-  while (done < before + 60) await new Promise((r) => setTimeout(r, 10));
+  await waitFor(() => done >= before + 60, () => `60 more requests answered after the last takeover (${done - before} so far)`, 20_000);
   stop = true;
   const fresh = await Promise.all(loops);
   assert.deepEqual(fresh, clients.map(() => 1), 'each client opened exactly one connection');
@@ -289,7 +289,7 @@ test('a net.Server that answers 500 ms after each request, marking it busy: ever
     send();
     await successor;
   }
-  while (received.some((r) => r.length < sent)) await new Promise((r) => setTimeout(r, 20));
+  await waitFor(() => received.every((r) => r.length >= sent), () => `every reply of ${sent} (got ${received.map((r) => r.length).join(', ')})`, 20_000);
   for (const r of received) assert.deepEqual(r, Array.from({ length: sent }, (_, i) => i + 1));
   for (const s of sockets) s.destroy();
   app.current.kill('SIGTERM');

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { Takeover, TakeoverError } from '#lib/index.js';
 import * as native from '#lib/native.js';
 import { decodeFrame, encode, HEADER_SIZE, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
-import { cleanup, ServerProcess, tempDir } from './helpers.js';
+import { cleanup, ServerProcess, tempDir, waitFor } from '../helpers.js';
 
 after(cleanup);
 
@@ -177,13 +177,12 @@ test('a successor facing a predecessor that sends nonsense fails with a code and
     const listenFd = native.unixListen(channelPath, 'seqpacket', 1);
     const successor = new Takeover({ path: channelPath, mode: 'successor', timeoutMs: 1000 });
     const started = successor.start();
-    const peerFd = await (async () => {
-      for (;;) {
-        const fd = native.accept(listenFd);
-        if (fd >= 0) return fd;
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    })();
+    let peerFd = -1;
+    const accepted = () => {
+      peerFd = native.accept(listenFd);
+      return peerFd >= 0;
+    };
+    await waitFor(accepted, 'the successor to connect to the fake predecessor');
     native.sendMessage(peerFd, reply, []);
     // After a valid WELCOME the fake sends a pipe where a listening socket belongs.
     if (reply.length > 8 && reply.readUInt8(3) === 2) {

@@ -1,0 +1,571 @@
+/**
+ * SuccessorSession against a scripted predecessor: a RawPeer that sends hand-made frames with
+ * real fds (a real TCP listener, real accepted connections on 127.0.0.1, a real SOCK_SEQPACKET
+ * listener) and checks what the session answers. The fake host (test/unit/harness.ts) listens
+ * and adopts as Takeover does. Each test ends with the fd count it predicts.
+ */
+import { after, before, test, type TestContext } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import * as native from '#lib/native.js';
+import { Channel } from '#lib/channel.js';
+import { SuccessorSession } from '#lib/successor.js';
+import { digestIds, encode, encodeWave, type WaveRecord } from '#lib/protocol.js';
+import { ErrorCodes, TakeoverError } from '#lib/errors.js';
+import { serverFd, socketFd } from '#lib/sockets.js';
+import { tempDir, waitFor, within } from '../helpers.js';
+import { channelListenerFd, channelPair, Client, FakeSuccessorHost, fdsSettle, RawPeer, turns } from './harness.js';
+
+let dir = '';
+before(() => {
+  dir = tempDir();
+});
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+interface Setup {
+  host: FakeSuccessorHost;
+  peer: RawPeer;
+  session: SuccessorSession;
+  /** The fake predecessor's listener: it never reads (pauseOnConnect) and stops at COMMIT. */
+  oldServer: net.Server;
+  port: number;
+  channelListener: number;
+  clients: Client[];
+  /** The fake predecessor's own fd for each connection, ids 1..n; -1 once it let go of it. */
+  connFds: number[];
+  ids: number[];
+  before: number;
+  teardown(): Promise<void>;
+}
+
+async function setup(t: TestContext, connections: number, options: Partial<FakeSuccessorHost['options']> = {}): Promise<Setup> {
+  const baseline = native.openFdCount();
+  const accepted: net.Socket[] = [];
+  const oldServer = net.createServer({ pauseOnConnect: true }, (socket) => accepted.push(socket));
+  oldServer.listen(0, '127.0.0.1');
+  await once(oldServer, 'listening');
+  const port = (oldServer.address() as net.AddressInfo).port;
+  const clients: Client[] = [];
+  for (let i = 0; i < connections; i++) {
+    const socket = net.connect(port, '127.0.0.1');
+    await once(socket, 'connect');
+    clients.push(new Client(socket));
+  }
+  await waitFor(() => accepted.length === connections, 'every client accepted');
+  // Raw fds, as a predecessor holds them once it stopped reading: nothing in this process reads them.
+  const connFds = clients.map((c) => {
+    const socket = accepted.find((s) => s.remotePort === c.socket.localPort)!;
+    const fd = native.dup(socketFd(socket));
+    socket.destroy();
+    return fd;
+  });
+  await waitFor(() => accepted.every((s) => s.destroyed), 'the wrappers gone');
+  const channelListener = channelListenerFd(dir);
+  const host = new FakeSuccessorHost();
+  Object.assign(host.options, options);
+  const before = native.openFdCount();
+  const [mine, theirs] = channelPair(dir);
+  const peer = new RawPeer(theirs);
+  const session = new SuccessorSession(host, new Channel(mine));
+  let tornDown = false;
+  const close = async () => {
+    tornDown = true;
+    peer.close();
+    for (const fd of connFds) if (fd >= 0) native.close(fd);
+    connFds.fill(-1);
+    for (const c of clients) c.socket.destroy();
+    native.close(channelListener);
+    await host.close();
+    if (serverFd(oldServer) >= 0) await new Promise((resolve) => oldServer.close(resolve));
+  };
+  t.after(async () => {
+    if (tornDown) return;
+    session.abort(new TakeoverError(ErrorCodes.ABORTED, 'the test failed'));
+    await close();
+  });
+  return {
+    host,
+    peer,
+    session,
+    oldServer,
+    port,
+    channelListener,
+    clients,
+    connFds,
+    ids: clients.map((_, i) => i + 1),
+    before,
+    async teardown() {
+      await close();
+      await fdsSettle(baseline, 'everything the test opened is closed');
+    },
+  };
+}
+
+function prepareFor(ids: number[]) {
+  const { connections, idSum, idXor } = digestIds(ids);
+  return encode.prepare(connections, idSum, idXor);
+}
+
+function listenersFrame(s: Setup) {
+  return encode.listeners([
+    { name: 'tcp:test', kind: 'tcp', backlog: 511, fd: serverFd(s.oldServer) },
+    { name: 'takeover-channel', kind: 'channel', backlog: 511, fd: s.channelListener },
+  ]);
+}
+
+/** HELLO, WELCOME, LISTENERS, every connection in one CONNS, its ACK, PREPARE: the session is then prepared. */
+async function toPrepared(s: Setup): Promise<void> {
+  assert.deepEqual(await s.peer.next('hello'), { type: 'hello', pid: process.pid });
+  s.peer.send(encode.welcome(4242, 2, s.ids.length));
+  s.peer.send(listenersFrame(s));
+  s.peer.send(encode.conns(s.ids.map((id, i) => ({ id, listener: 0, fd: s.connFds[i]! }))));
+  assert.deepEqual(await s.peer.next('ack'), { type: 'ack', seq: 0 });
+  s.peer.send(prepareFor(s.ids));
+  await waitFor(() => s.host.steps.includes('prepare'), 'the session to check PREPARE');
+}
+
+/** ...then the app is ready: COMMIT; the fake predecessor stops accepting and sends LISTENING. */
+async function toWaves(s: Setup, quiesceMs = 1000): Promise<void> {
+  await toPrepared(s);
+  s.session.ready();
+  await s.peer.next('commit');
+  await new Promise((resolve) => s.oldServer.close(resolve));
+  s.peer.send(encode.listening(quiesceMs));
+  await waitFor(() => s.host.listening, 'startListening()');
+}
+
+function moved(id: number, input = '', output = '', state?: string): WaveRecord {
+  return {
+    id,
+    fate: 'moved',
+    adapter: 'net',
+    input: Buffer.from(input, 'latin1'),
+    output: Buffer.from(output, 'latin1'),
+    protocolState: undefined,
+    state: state === undefined ? undefined : Buffer.from(state),
+  };
+}
+
+/** Sends a wave (split into as many frames as it needs); the fake predecessor lets go of what moved. */
+function sendWave(s: Setup, seq: number, records: WaveRecord[]): void {
+  for (const message of encode.wave(encodeWave({ seq, records }))) s.peer.send(message);
+  for (const r of records) {
+    if (r.fate !== 'moved' && r.fate !== 'closed') continue;
+    native.close(s.connFds[r.id - 1]!);
+    s.connFds[r.id - 1] = -1;
+  }
+}
+
+test('happy path: HELLO, ACK on receipt, COMMIT only once the app is ready, a wave split over frames, DONE with the stats', async (t) => {
+  const s = await setup(t, 2);
+  const big = 'x'.repeat(100_000);
+  await toPrepared(s);
+  assert.deepEqual(s.host.steps, ['hello', 'listeners', 'precopy', 'prepare']);
+  assert.deepEqual(
+    s.host.listeners.map(({ name, kind }) => `${kind} ${name}`),
+    ['tcp tcp:test', 'channel takeover-channel'],
+  );
+  await turns(5);
+  assert.deepEqual(s.peer.pending, [], 'no COMMIT before the app is ready');
+  s.session.ready();
+  await s.peer.next('commit');
+  assert.ok(s.session.isCommitted);
+  await new Promise((resolve) => s.oldServer.close(resolve));
+  s.peer.send(encode.listening(1000));
+  await waitFor(() => s.host.listening, 'startListening()');
+
+  sendWave(s, 0, [moved(1, 'in', 'out'), moved(2, '', big, 'state')]);
+  assert.deepEqual(await s.peer.next('waveAck'), { type: 'waveAck', seq: 0 });
+  assert.deepEqual(
+    s.host.adopted.map((a) => [a.listener, a.record.id]),
+    [
+      [0, 1],
+      [0, 2],
+    ],
+  );
+  // The output the predecessor could not send goes first, then the input it had not consumed.
+  await s.clients[0]!.expect('outnew:in');
+  await s.clients[1]!.expect(big);
+  s.clients[1]!.write('ping');
+  await s.clients[1]!.expect(`${big}new:ping`);
+
+  s.peer.send(encode.done(0, 1500));
+  const outcome = await within(s.host.outcome, 'onDone');
+  assert.ok(outcome.kind === 'done' && outcome.warning === undefined);
+  const { role, predecessorPid, successorPid, listeners, connections, retained, closed, deferred, waves, bytesIn, bytesOut, stateBytes, maxPauseMs } = outcome.stats;
+  assert.deepEqual(
+    { role, predecessorPid, successorPid, listeners, connections, retained, closed, deferred, waves, bytesIn, bytesOut, stateBytes, maxPauseMs },
+    {
+      role: 'successor',
+      predecessorPid: 4242,
+      successorPid: process.pid,
+      listeners: 2,
+      connections: 2,
+      retained: 0,
+      closed: 0,
+      deferred: 0,
+      waves: 1,
+      bytesIn: 2,
+      bytesOut: 3 + big.length,
+      stateBytes: 5,
+      maxPauseMs: 1.5,
+    },
+  );
+  await s.peer.next('eof');
+
+  // The inherited listener accepts in the new server now.
+  const fresh = net.connect(s.port, '127.0.0.1');
+  const freshClient = new Client(fresh);
+  await once(fresh, 'connect');
+  freshClient.write('hi');
+  await freshClient.expect('new:hi');
+  fresh.destroy();
+  await s.teardown();
+});
+
+test('deltas: CONNS and CLOSED during pre-copy and after COMMIT; each CONNS is acknowledged in order; the digest covers what is held', async (t) => {
+  const s = await setup(t, 4);
+  const [f1, f2, f3, f4] = s.connFds as [number, number, number, number];
+  assert.equal((await s.peer.next('hello')).type, 'hello');
+  s.peer.send(encode.welcome(4242, 2, 2));
+  s.peer.send(listenersFrame(s));
+  s.peer.send(encode.conns([{ id: 1, listener: 0, fd: f1 }]));
+  s.peer.send(encode.conns([{ id: 2, listener: 0, fd: f2 }]));
+  s.peer.send(encode.closed([1]));
+  assert.deepEqual(await s.peer.next('ack'), { type: 'ack', seq: 0 });
+  assert.deepEqual(await s.peer.next('ack'), { type: 'ack', seq: 1 });
+  s.peer.send(prepareFor([2]));
+  await waitFor(() => s.host.steps.includes('prepare'), 'the session to accept PREPARE');
+  s.session.ready();
+  await s.peer.next('commit');
+  s.peer.send(encode.conns([{ id: 3, listener: 0, fd: f3 }, { id: 4, listener: 0, fd: f4 }]));
+  s.peer.send(encode.closed([3]));
+  assert.deepEqual(await s.peer.next('ack'), { type: 'ack', seq: 2 });
+  await new Promise((resolve) => s.oldServer.close(resolve));
+  s.peer.send(encode.listening(1000));
+  sendWave(s, 0, [moved(2), moved(4)]);
+  await s.peer.next('waveAck');
+  s.peer.send(encode.done(0, 0));
+  const outcome = await within(s.host.outcome, 'onDone');
+  assert.ok(outcome.kind === 'done' && outcome.warning === undefined, outcome.kind === 'done' ? outcome.warning?.message : outcome.error.message);
+  assert.deepEqual([outcome.stats.connections, outcome.stats.closed], [2, 2]);
+  for (const i of [1, 3]) {
+    s.clients[i]!.write('x');
+    await s.clients[i]!.expect('new:x');
+  }
+  await s.teardown();
+});
+
+test('deferral: a deferred connection waits (up to timeoutMs + quiesceMs) and moves in a later wave; one deferred then retained is left to the predecessor', async (t) => {
+  const s = await setup(t, 2, { timeoutMs: 200 });
+  await toWaves(s, 5000);
+  sendWave(s, 0, [{ id: 1, fate: 'deferred' }, { id: 2, fate: 'deferred' }]);
+  await s.peer.next('waveAck');
+  // Longer than timeoutMs: a predecessor waiting for busy connections may be silent up to its bound.
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  assert.deepEqual(s.peer.pending, [], 'no ABORT while the quiescence bound runs');
+  sendWave(s, 1, [moved(1, 'late')]);
+  await s.peer.next('waveAck');
+  await s.clients[0]!.expect('new:late');
+  sendWave(s, 2, [{ id: 2, fate: 'retained' }]);
+  await s.peer.next('waveAck');
+  s.peer.send(encode.done(1, 0));
+  const outcome = await within(s.host.outcome, 'onDone');
+  assert.ok(outcome.kind === 'done' && outcome.warning === undefined);
+  assert.deepEqual([outcome.stats.connections, outcome.stats.deferred, outcome.stats.retained, outcome.stats.waves], [1, 2, 1, 3]);
+  // The retained connection lost only the successor's copy: the predecessor's still reaches the client.
+  const kept = new net.Socket({ fd: s.connFds[1]! });
+  s.connFds[1] = -1;
+  kept.write('finished by the predecessor');
+  await s.clients[1]!.expect('finished by the predecessor');
+  kept.destroy();
+  await s.teardown();
+});
+
+interface FailureCase {
+  name: string;
+  connections?: number;
+  options?: Partial<FakeSuccessorHost['options']>;
+  script(s: Setup): Promise<void>;
+  code: string;
+  reason?: string;
+  /** What the predecessor reads last: the ABORT's code, or only EOF ('closed': it closed first). */
+  told: string;
+}
+
+const welcome = async (s: Setup) => {
+  await s.peer.next('hello');
+  s.peer.send(encode.welcome(4242, 2, s.ids.length));
+};
+
+const beforeCommit: FailureCase[] = [
+  {
+    name: 'a peer whose uid is not allowed',
+    options: { allowUids: [process.getuid!() + 1] },
+    script: async () => {},
+    code: ErrorCodes.PEER_REJECTED,
+    told: ErrorCodes.PEER_REJECTED,
+  },
+  { name: 'no WELCOME within timeoutMs', options: { timeoutMs: 100 }, script: async () => {}, code: ErrorCodes.TIMEOUT, told: ErrorCodes.TIMEOUT },
+  {
+    name: 'more fds announced than RLIMIT_NOFILE allows',
+    script: async (s) => {
+      await s.peer.next('hello');
+      s.peer.send(encode.welcome(4242, 2, 0xfffffff0));
+    },
+    code: ErrorCodes.FD_LIMIT,
+    told: ErrorCodes.FD_LIMIT,
+  },
+  {
+    name: 'a connected socket passed off as a listener (the listener fds are closed)',
+    script: async (s) => {
+      await welcome(s);
+      s.peer.send(
+        encode.listeners([
+          { name: 'tcp:test', kind: 'tcp', backlog: 511, fd: s.connFds[0]! },
+          { name: 'takeover-channel', kind: 'channel', backlog: 511, fd: s.channelListener },
+        ]),
+      );
+    },
+    code: ErrorCodes.PROTOCOL,
+    told: ErrorCodes.PROTOCOL,
+  },
+  {
+    name: 'a connection on the channel listener',
+    script: async (s) => {
+      await welcome(s);
+      s.peer.send(listenersFrame(s));
+      s.peer.send(encode.conns([{ id: 1, listener: 1, fd: s.connFds[0]! }]));
+    },
+    code: ErrorCodes.PROTOCOL,
+    told: ErrorCodes.PROTOCOL,
+  },
+  {
+    name: 'a connection id sent twice',
+    script: async (s) => {
+      await welcome(s);
+      s.peer.send(listenersFrame(s));
+      s.peer.send(encode.conns([{ id: 1, listener: 0, fd: s.connFds[0]! }]));
+      s.peer.send(encode.conns([{ id: 1, listener: 0, fd: s.connFds[1]! }]));
+    },
+    code: ErrorCodes.PROTOCOL,
+    told: ErrorCodes.PROTOCOL,
+  },
+  {
+    name: 'CLOSED for a connection never sent',
+    script: async (s) => {
+      await welcome(s);
+      s.peer.send(listenersFrame(s));
+      s.peer.send(encode.closed([77]));
+    },
+    code: ErrorCodes.PROTOCOL,
+    told: ErrorCodes.PROTOCOL,
+  },
+  {
+    name: 'a PREPARE digest that does not match what was sent',
+    script: async (s) => {
+      await welcome(s);
+      s.peer.send(listenersFrame(s));
+      s.peer.send(encode.conns([{ id: 1, listener: 0, fd: s.connFds[0]! }]));
+      s.peer.send(encode.prepare(2, 3, 3));
+    },
+    code: ErrorCodes.PROTOCOL,
+    told: ErrorCodes.PROTOCOL,
+  },
+  {
+    name: 'LISTENING before COMMIT',
+    script: async (s) => {
+      await toPrepared(s);
+      s.peer.send(encode.listening(10));
+    },
+    code: ErrorCodes.PROTOCOL,
+    told: ErrorCodes.PROTOCOL,
+  },
+  {
+    name: 'no PREPARE within timeoutMs',
+    options: { timeoutMs: 100 },
+    script: async (s) => {
+      await welcome(s);
+      s.peer.send(listenersFrame(s));
+    },
+    code: ErrorCodes.TIMEOUT,
+    told: ErrorCodes.TIMEOUT,
+  },
+  {
+    name: 'an ABORT from the predecessor',
+    script: async (s) => {
+      await welcome(s);
+      s.peer.send(encode.abort('ERR_TAKEOVER_BUSY', 'another takeover runs'));
+    },
+    code: ErrorCodes.ABORTED,
+    reason: 'ERR_TAKEOVER_BUSY',
+    told: 'eof',
+  },
+  {
+    name: 'the predecessor closes during pre-copy',
+    script: async (s) => {
+      await welcome(s);
+      s.peer.send(listenersFrame(s));
+      s.peer.closeChannel();
+    },
+    code: ErrorCodes.PEER_CLOSED,
+    told: 'closed',
+  },
+  {
+    name: 'an inherited listener the app did not claim',
+    script: async (s) => {
+      await toPrepared(s);
+      s.host.unclaimed = ['tcp:test'];
+      s.session.ready();
+    },
+    code: ErrorCodes.LISTENER_UNCLAIMED,
+    told: ErrorCodes.LISTENER_UNCLAIMED,
+  },
+  {
+    name: 'a connection fd that is not a socket',
+    script: async (s) => {
+      await welcome(s);
+      s.peer.send(listenersFrame(s));
+      const file = fs.openSync(path.join(dir, 'not-a-socket'), 'w');
+      s.peer.send(encode.conns([{ id: 1, listener: 0, fd: file }]));
+      fs.closeSync(file);
+      await s.peer.next('ack');
+      s.peer.send(prepareFor([1]));
+      s.session.ready();
+    },
+    code: ErrorCodes.PROTOCOL,
+    told: ErrorCodes.PROTOCOL,
+  },
+  {
+    name: 'the predecessor closes after COMMIT, before LISTENING',
+    script: async (s) => {
+      await toPrepared(s);
+      s.session.ready();
+      await s.peer.next('commit');
+      s.peer.closeChannel();
+    },
+    code: ErrorCodes.PEER_CLOSED,
+    told: 'closed',
+  },
+];
+
+for (const c of beforeCommit) {
+  test(`before LISTENING: ${c.name} -> ${c.code}; every copy dropped without a FIN, the predecessor keeps serving`, async (t) => {
+    const s = await setup(t, c.connections ?? 2, c.options);
+    await c.script(s);
+    const outcome = await within(s.host.outcome, 'onFailure');
+    assert.ok(outcome.kind === 'failure', outcome.kind);
+    assert.equal(outcome.error.code, c.code, outcome.error.message);
+    assert.equal(outcome.error.reason, c.reason);
+    if (c.told !== 'closed') {
+      let last = await s.peer.nextAny();
+      while (last.type !== 'eof' && last.type !== 'abort') last = await s.peer.nextAny();
+      assert.equal(last.type === 'abort' ? last.code : 'eof', c.told);
+    }
+    assert.equal(s.host.listening, false);
+    assert.deepEqual(s.host.adopted, []);
+    // The session's end lingers until the predecessor has read the ABORT and closed its own.
+    s.peer.closeChannel();
+    await fdsSettle(s.before, 'the session closed every fd it received and its channel');
+    // Only the predecessor's copies are left, and they still reach their clients.
+    for (const [i, client] of s.clients.entries()) {
+      const socket = new net.Socket({ fd: s.connFds[i]! });
+      s.connFds[i] = -1;
+      socket.write(`still served ${i}`);
+      await client.expect(`still served ${i}`);
+      socket.destroy();
+    }
+    await s.teardown();
+  });
+}
+
+interface AfterListeningCase {
+  name: string;
+  script(s: Setup): Promise<void>;
+  code: string;
+  /** Connections adopted before the failure. */
+  adopted: number;
+}
+
+const afterListening: AfterListeningCase[] = [
+  {
+    name: 'a wave out of sequence',
+    script: async (s) => sendWave(s, 1, [moved(1)]),
+    code: ErrorCodes.PROTOCOL,
+    adopted: 0,
+  },
+  {
+    name: 'a wave naming a connection never sent',
+    script: async (s) => {
+      sendWave(s, 0, [moved(1)]);
+      await s.peer.next('waveAck');
+      for (const message of encode.wave(encodeWave({ seq: 1, records: [moved(9)] }))) s.peer.send(message);
+    },
+    code: ErrorCodes.PROTOCOL,
+    adopted: 1,
+  },
+  {
+    name: 'a connection deferred twice',
+    script: async (s) => {
+      sendWave(s, 0, [{ id: 1, fate: 'deferred' }]);
+      await s.peer.next('waveAck');
+      sendWave(s, 1, [{ id: 1, fate: 'deferred' }]);
+    },
+    code: ErrorCodes.PROTOCOL,
+    adopted: 0,
+  },
+  {
+    name: 'DONE with a connection never started',
+    script: async (s) => {
+      sendWave(s, 0, [moved(1)]);
+      await s.peer.next('waveAck');
+      s.peer.send(encode.done(0, 0));
+    },
+    code: ErrorCodes.PROTOCOL,
+    adopted: 1,
+  },
+  {
+    name: 'DONE counting retained connections the waves did not name',
+    script: async (s) => {
+      sendWave(s, 0, [moved(1), moved(2)]);
+      await s.peer.next('waveAck');
+      s.peer.send(encode.done(3, 0));
+    },
+    code: ErrorCodes.PROTOCOL,
+    adopted: 2,
+  },
+  {
+    name: 'no wave within timeoutMs',
+    script: async (s) => {
+      sendWave(s, 0, [moved(1)]);
+      await s.peer.next('waveAck');
+    },
+    code: ErrorCodes.TIMEOUT,
+    adopted: 1,
+  },
+];
+
+for (const c of afterListening) {
+  test(`after LISTENING: ${c.name} -> ABORT ${c.code}; the successor keeps what it started and its listeners, with a warning`, async (t) => {
+    const s = await setup(t, 2, { timeoutMs: 300 });
+    await toWaves(s);
+    await c.script(s);
+    let last = await s.peer.nextAny();
+    while (last.type !== 'eof' && last.type !== 'abort') last = await s.peer.nextAny();
+    assert.equal(last.type === 'abort' ? last.code : 'eof', c.code);
+    const outcome = await within(s.host.outcome, 'onDone');
+    assert.ok(outcome.kind === 'done', outcome.kind);
+    assert.equal(outcome.warning?.code, c.code);
+    assert.equal(outcome.stats.connections, c.adopted);
+    assert.ok(serverFd(s.host.server) >= 0, 'still listening');
+    for (const { record } of s.host.adopted) {
+      const client = s.clients[record.id - 1]!;
+      client.write('kept');
+      await client.expect('new:kept');
+    }
+    await s.teardown();
+  });
+}
