@@ -1,9 +1,10 @@
 /**
- * The load: takeover-client processes (separate from the servers, each under the fd limit,
+ * The load: load-client processes (separate from the servers, each under the fd limit,
  * each on its own source addresses), and the merge of their JSON summaries into one result.
  */
 import { setPriority } from 'node:os';
 import * as hdr from 'hdr-histogram-js';
+import type { AppLoadSummary, AppWorkload } from '../tools/app-load.js';
 import type { EchoLoadSummary, Percentiles, TimelineBucket } from '../tools/echo-load.js';
 import { now, type Child, type ProcessGroups } from './procs.js';
 
@@ -31,6 +32,8 @@ export interface LoadPlan {
    * its longest echo wait during the switch went from 64-79 ms at nice 0 to 38-41 ms at -10.
    */
   clientNice: number;
+  /** HTTP or WebSocket clients instead of the echo connections (no short connections then). */
+  app?: { workload: AppWorkload; delayMs: number; pushMs: number; hangMs: number };
 }
 
 /** False when not permitted (a negative nice needs root or CAP_SYS_NICE): the run says so. */
@@ -43,14 +46,14 @@ function raisePriority(pid: number, nice: number): boolean {
   }
 }
 
-export interface ClientRun {
+export interface ClientRun<S = EchoLoadSummary> {
   pid: number;
   connections: number;
   sources: string[];
   /** When the client's run began, on the benchmark's clock (arrival of its summary − elapsedMs). */
   startedAt: number;
   exitCode: number | null;
-  summary: EchoLoadSummary;
+  summary: S;
 }
 
 export interface LoadResult {
@@ -77,10 +80,16 @@ export interface LoadResult {
   clientNice: number | undefined;
 }
 
-export interface RunningLoad {
+/** What the HTTP and WebSocket clients saw, summed over the client processes. */
+export interface AppLoadResult extends Omit<AppLoadSummary, 'target' | 'elapsedMs' | 'histograms' | 'ok'> {
+  clientRuns: ClientRun<AppLoadSummary>[];
+  clientNice: number | undefined;
+}
+
+export interface RunningLoad<R = LoadResult> {
   clients: Child[];
   startedAt: number;
-  done: Promise<LoadResult>;
+  done: Promise<R>;
 }
 
 function splitEvenly(total: number, parts: number): number[] {
@@ -88,6 +97,20 @@ function splitEvenly(total: number, parts: number): number[] {
 }
 
 export function startLoad(plan: LoadPlan, groups: ProcessGroups, clientScript: string): RunningLoad {
+  const { clients, startedAt, done } = spawnClients<EchoLoadSummary>(plan, groups, clientScript);
+  return { clients, startedAt, done: done.then(({ runs, niceApplied }) => ({ ...mergeClients(runs), clientNice: niceApplied ? plan.clientNice : undefined })) };
+}
+
+export function startAppLoad(plan: LoadPlan, groups: ProcessGroups, clientScript: string): RunningLoad<AppLoadResult> {
+  const { clients, startedAt, done } = spawnClients<AppLoadSummary>(plan, groups, clientScript);
+  return { clients, startedAt, done: done.then(({ runs, niceApplied }) => mergeAppClients(runs, niceApplied ? plan.clientNice : undefined)) };
+}
+
+function spawnClients<S extends { elapsedMs: number }>(
+  plan: LoadPlan,
+  groups: ProcessGroups,
+  clientScript: string,
+): { clients: Child[]; startedAt: number; done: Promise<{ runs: ClientRun<S>[]; niceApplied: boolean }> } {
   const startedAt = now();
   const count = Math.max(1, Math.ceil(plan.connections / plan.perClient));
   const connections = splitEvenly(plan.connections, count);
@@ -107,7 +130,9 @@ export function startLoad(plan: LoadPlan, groups: ProcessGroups, clientScript: s
       '-i', String(plan.intervalMs),
       '-d', String(plan.durationS),
       '--source-address', sources.join(','),
-      '--new-rate', String(rates[i]),
+      ...(plan.app
+        ? ['--workload', plan.app.workload, '--delay', String(plan.app.delayMs), '--push', String(plan.app.pushMs), '--timeout', String(plan.app.hangMs)]
+        : ['--new-rate', String(rates[i])]),
       '--json',
       '-q',
     ];
@@ -116,10 +141,10 @@ export function startLoad(plan: LoadPlan, groups: ProcessGroups, clientScript: s
     return { child, connections: n, sources };
   });
   const done = Promise.all(
-    runs.map(async ({ child, connections: n, sources }): Promise<ClientRun> => {
-      let summary: { value: EchoLoadSummary; at: number } | undefined;
+    runs.map(async ({ child, connections: n, sources }): Promise<ClientRun<S>> => {
+      let summary: { value: S; at: number } | undefined;
       child.onLine((line, at) => {
-        if (line.startsWith('{')) summary = { value: JSON.parse(line) as EchoLoadSummary, at };
+        if (line.startsWith('{')) summary = { value: JSON.parse(line) as S, at };
       });
       const exit = await child.exited;
       // Exit code 1 only means the run saw errors (a cut connection is one): the summary says which.
@@ -135,8 +160,39 @@ export function startLoad(plan: LoadPlan, groups: ProcessGroups, clientScript: s
         summary: summary.value,
       };
     }),
-  ).then((clients) => ({ ...mergeClients(clients), clientNice: niceApplied ? plan.clientNice : undefined }));
+  ).then((clientRuns) => ({ runs: clientRuns, niceApplied }));
   return { clients: runs.map((r) => r.child), startedAt, done };
+}
+
+function mergeAppClients(clients: ClientRun<AppLoadSummary>[], clientNice: number | undefined): AppLoadResult {
+  const sum = (pick: (s: AppLoadSummary) => number): number => clients.reduce((total, c) => total + pick(c.summary), 0);
+  const errors: Record<string, number> = {};
+  for (const { summary } of clients) addCounts(errors, summary.errors);
+  return {
+    clientRuns: clients,
+    workload: clients[0]!.summary.workload,
+    clients: sum((s) => s.clients),
+    opened: sum((s) => s.opened),
+    reopened: sum((s) => s.reopened),
+    closed: sum((s) => s.closed),
+    keptFirst: sum((s) => s.keptFirst),
+    sent: sum((s) => s.sent),
+    answered: sum((s) => s.answered),
+    pushes: sum((s) => s.pushes),
+    failed: sum((s) => s.failed),
+    hung: sum((s) => s.hung),
+    lost: sum((s) => s.lost),
+    duplicated: sum((s) => s.duplicated),
+    reordered: sum((s) => s.reordered),
+    errors,
+    pauseMs: mergePercentiles(
+      clients.map((c) => c.summary.histograms.pauseUs),
+      clients.map((c) => c.summary.pauseMs.max),
+    ),
+    lagMs: Math.max(...clients.map((c) => c.summary.lagMs)),
+    lagMaxMs: Math.max(...clients.map((c) => c.summary.lagMaxMs)),
+    clientNice,
+  };
 }
 
 function addCounts(into: Record<string, number>, from: Record<string, number>): void {

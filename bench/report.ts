@@ -4,8 +4,8 @@
  * into BENCHMARKS.md between its markers).
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import type { LoadResult } from './load.js';
-import type { FloorRun, SystemRun, Workload } from './systems.js';
+import type { AppLoadResult, LoadResult } from './load.js';
+import type { AppPlan, FloorRun, SystemRun, Workload } from './systems.js';
 
 export interface MachineInfo {
   cpus: number;
@@ -34,6 +34,8 @@ export interface BenchResults {
   durationS: number;
   machine: MachineInfo;
   workload: Workload;
+  /** The HTTP and WebSocket runs' workload, when there were any. */
+  appWorkload?: Workload & Omit<AppPlan, 'workload'> & { workloads: AppPlan['workload'][] };
   sizes: number[];
   floor: FloorRun[];
   runs: SystemRun[];
@@ -67,7 +69,7 @@ function margin(value: number, limit: number, unit: string, digits = 1): string 
 }
 
 export function evaluateTargets(runs: SystemRun[], floor: FloorRun[], size: number): TargetResult[] {
-  const ours = runs.find((r) => r.system === 'socket-takeover' && r.connections === size);
+  const ours = runs.find((r) => r.system === 'socket-takeover' && !r.workload && r.connections === size);
   const floorRun = floor.find((f) => f.connections === size);
   const unmeasured = (name: string, why: string): TargetResult => ({ name, met: undefined, detail: `not measured: ${why}` });
   const why = ours === undefined ? `no socket-takeover run at ${int(size)}` : ours.error;
@@ -141,24 +143,25 @@ export function evaluateTargets(runs: SystemRun[], floor: FloorRun[], size: numb
   return results;
 }
 
-function lagged(load: LoadResult): boolean {
+function lagged(load: LoadResult | AppLoadResult): boolean {
   return load.lagMs > LAG_WARNING_MS || load.lagMaxMs > LAG_MAX_WARNING_MS;
 }
 
 export function collectWarnings(runs: SystemRun[]): string[] {
   const warnings: string[] = [];
   for (const run of runs) {
-    const label = `${run.system} at ${int(run.connections)}`;
-    if (run.load && lagged(run.load)) {
+    const label = `${run.system} at ${int(run.connections)}${run.workload ? ` (${WORKLOAD_NAMES[run.workload]})` : ''}`;
+    const load = run.load ?? run.app;
+    if (load && lagged(load)) {
       warnings.push(
-        `${label}: the load generator lagged (client event-loop delay p99 ${fmt(run.load.lagMs)} ms, max ${fmt(run.load.lagMaxMs)} ms): ` +
-          `any wait it timed may include up to ${fmt(run.load.lagMaxMs)} ms of its own delay (one delay sample in a hundred was over ${fmt(run.load.lagMs)} ms).`,
+        `${label}: the load generator lagged (client event-loop delay p99 ${fmt(load.lagMs)} ms, max ${fmt(load.lagMaxMs)} ms): ` +
+          `any wait it timed may include up to ${fmt(load.lagMaxMs)} ms of its own delay (one delay sample in a hundred was over ${fmt(load.lagMs)} ms).`,
       );
     }
     if (run.machine.others > OTHERS_WARNING) {
       warnings.push(`${label}: processes outside the benchmark used ${pct(run.machine.others)} of the machine's CPU during the run.`);
     }
-    if (run.load && run.load.clientNice === undefined) {
+    if (load && load.clientNice === undefined) {
       warnings.push(`${label}: the clients' priority could not be raised (needs root or CAP_SYS_NICE): the busy servers may starve them.`);
     }
   }
@@ -190,7 +193,7 @@ function systemsTable(results: BenchResults): string[] {
     '| connections | system | kept | cut | resets | refused | lost / dup / reord | pause per connection p50 / p99 / max (ms) | longest wait before / during / after the switch (ms) | new serving (ms) | old gone (ms) | peak RSS old / new (MiB) | client lag p99 / max (ms) | CPU busy (others) |',
     '|---:|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---:|---|',
   ];
-  for (const run of results.runs) {
+  for (const run of results.runs.filter((r) => !r.workload)) {
     const head = `| ${int(run.connections)} | ${run.system}`;
     const machine = `${pct(run.machine.busy)} (${pct(run.machine.others)})`;
     if (!run.load) {
@@ -220,7 +223,7 @@ function takeoverTable(results: BenchResults): string[] {
     '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const size of results.sizes) {
-    const run = results.runs.find((r) => r.system === 'socket-takeover' && r.connections === size);
+    const run = results.runs.find((r) => r.system === 'socket-takeover' && !r.workload && r.connections === size);
     const floor = results.floor.find((f) => f.connections === size);
     const stats = run?.switch?.predecessor;
     if (!stats && !floor?.transferMs) continue;
@@ -232,6 +235,71 @@ function takeoverTable(results: BenchResults): string[] {
     );
   }
   return lines;
+}
+
+const WORKLOAD_NAMES = { http: 'HTTP keep-alive', ws: 'WebSocket' } as const;
+
+/** One table per app workload: what its clients saw around each system's switch. */
+function appTable(results: BenchResults, workload: AppPlan['workload']): string[] {
+  const http = workload === 'http';
+  const lines = [
+    http
+      ? '| clients | system | requests answered | failed | hung | connections closed by the server | reopened | clients still on their first connection | pause per client p50 / p99 / max (ms) | server max pause (ms) | new serving (ms) | old gone (ms) | client lag p99 / max (ms) | CPU busy (others) |'
+      : '| clients | system | echoes | pushes | lost / dup / reord | hung | WebSockets closed | reopened | clients still on their first WebSocket | pause per client p50 / p99 / max (ms) | server max pause (ms) | new serving (ms) | old gone (ms) | client lag p99 / max (ms) | CPU busy (others) |',
+    http ? '|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|' : '|---:|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|',
+  ];
+  for (const run of results.runs.filter((r) => r.workload === workload)) {
+    const head = `| ${int(run.connections)} | ${run.system}`;
+    const machine = `${pct(run.machine.busy)} (${pct(run.machine.others)})`;
+    const a = run.app;
+    if (!a) {
+      lines.push(`${head} | failed: ${run.error?.replace(/\|/g, '/').replace(/\n/g, ' ').slice(0, 200)} |${'|'.repeat(http ? 11 : 12)} ${machine} |`);
+      continue;
+    }
+    const failed = run.error ? ` (${run.error.replace(/\|/g, '/').slice(0, 120)})` : '';
+    const sw = run.switch;
+    const lag = lagged(a) ? `**${fmt(a.lagMs)} / ${fmt(a.lagMaxMs)}** ⚠` : `${fmt(a.lagMs)} / ${fmt(a.lagMaxMs)}`;
+    const counts = http
+      ? `${int(a.answered)} | ${int(a.failed)} | ${int(a.hung)}`
+      : `${int(a.answered)} | ${int(a.pushes)} | ${int(a.lost)} / ${int(a.duplicated)} / ${int(a.reordered)} | ${int(a.hung)}`;
+    lines.push(
+      `${head}${failed} | ${counts} | ${int(a.closed)} | ${int(a.reopened)} | ${int(a.keptFirst)} of ${int(a.clients)} | ` +
+        `${fmt(a.pauseMs.p50)} / ${fmt(a.pauseMs.p99)} / ${fmt(a.pauseMs.max)} | ${fmt(sw?.predecessor?.maxPauseMs)} | ${fmt(sw?.newServingMs, 0)} | ${fmt(sw?.oldGoneMs, 0)} | ${lag} | ${machine} |`,
+    );
+  }
+  return lines;
+}
+
+function appSections(results: BenchResults): string[] {
+  const w = results.appWorkload;
+  if (!w) return [];
+  const out: string[] = [];
+  for (const workload of w.workloads) {
+    if (!results.runs.some((r) => r.workload === workload)) continue;
+    const what =
+      workload === 'http'
+        ? `Each client is one keep-alive connection (an http.Agent with one socket) requesting \`/delay?ms=<random 0-${w.delayMs}>\` ` +
+          `of \`takeover-server --app http\` (and of the same app in plain Node for pm2 and the restart), ${int(w.intervalMs)} ms after each answer, ` +
+          `for ${w.durationS} s; the switch starts ${w.switchAfterS} s into the load. A request is hung when unanswered after ${int(w.hangMs)} ms (then abandoned).`
+        : `Each client is one WebSocket to \`takeover-server --app ws\` (and the same app in plain Node) with the server's numbered push stream ` +
+          `(one every ${int(w.pushMs)} ms) and its own numbered messages, each sent ${int(w.intervalMs)} ms after the previous echo, for ${w.durationS} s; ` +
+          `the switch starts ${w.switchAfterS} s into the load. A client whose WebSocket closes opens a new one 100 ms later (its pushes count from 0 again); ` +
+          `an echo unanswered after ${int(w.hangMs)} ms is hung (the WebSocket is then abandoned).`;
+    out.push('', `### ${WORKLOAD_NAMES[workload]} clients`, '', what, '', ...appTable(results, workload));
+  }
+  if (out.length > 0) {
+    out.push(
+      '',
+      'failed: requests answered with an error (reset, hang-up) or a status other than 200. closed: connections or WebSockets the server ' +
+        'closed or reset while the client used them. reopened: connections or WebSockets a client opened beyond its first. pause: each ' +
+        'client\'s longest gap between two consecutive answers (HTTP responses; WebSocket pushes or echoes), over the whole run up to the ' +
+        'clients\' stop, the steady gap included; p50 and p99 over all clients. server max pause: socket-takeover\'s longest wave, freeze ' +
+        'to start. The plain apps shut down gracefully for pm2 and the restart: answers in progress are sent with `Connection: close`, idle ' +
+        'keep-alive connections closed, WebSockets closed with 1001, then exit (at most 1.5 s). new serving, old gone, client lag, CPU: as ' +
+        'in the echo table.',
+    );
+  }
+  return out;
 }
 
 export function targetLines(results: BenchResults): string[] {
@@ -303,6 +371,7 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
   if (chartPath) {
     out.push('', `![Longest echo wait and echoes answered per 100 ms around the switch](${chartPath})`);
   }
+  out.push(...appSections(results));
   if (results.skipped.length > 0) {
     out.push('', '### Not run', '', ...results.skipped.map((s) => `- ${int(s.connections)} connections: ${s.reason}`));
   }

@@ -2,7 +2,8 @@
 /**
  * `npm run bench`: the same echo workload against socket-takeover, `pm2 reload` (cluster mode)
  * and a plain restart, one after the other, with one switch of processes in the middle of each;
- * plus the C floor of the fd transfer. Writes bench/results/<time>.json, and latest.json,
+ * plus the C floor of the fd transfer; then the same three systems serving the HTTP keep-alive
+ * and the WebSocket apps of `takeover-server --app http|ws` to their own clients. Writes bench/results/<time>.json, and latest.json,
  * latest.md and latest.svg next to it (all untracked). Only with --write-docs does it replace the
  * section of BENCHMARKS.md between its markers and docs/bench-pause.svg: the committed figures
  * change when someone decides to publish a run, not on every run.
@@ -26,7 +27,18 @@ import {
   type Skipped,
 } from './report.js';
 import { pauseChart } from './svg.js';
-import { buildFloor, runFloor, runSystem, type BenchContext, type FloorRun, type Paths, type SystemName, type SystemRun, type Workload } from './systems.js';
+import {
+  buildFloor,
+  runFloor,
+  runSystem,
+  type AppPlan,
+  type BenchContext,
+  type FloorRun,
+  type Paths,
+  type SystemName,
+  type SystemRun,
+  type Workload,
+} from './systems.js';
 
 const USAGE = `Usage: npm run bench -- [OPTION...]
     --sizes N,N...         Long-lived connections per run (default 1000,10000; 100000 is refused
@@ -40,6 +52,14 @@ const USAGE = `Usage: npm run bench -- [OPTION...]
     --per-source N         Most connections per source address (default 1000)
     --client-nice N        Nice value of the client processes (default -10, needs root or
                            CAP_SYS_NICE; 0 to leave them at the servers' priority)
+    --workloads LIST       Any of echo,http,ws (default: all)
+    --app-sizes N,N...     HTTP clients, and WebSocket clients, per run (default 1000)
+    --app-duration S       Load duration of each HTTP and WebSocket run (default 10)
+    --app-interval MS      Each HTTP client's pause after an answer before its next request, and
+                           each WebSocket client's after an echo before its next message (default 250)
+    --http-delay MS        The HTTP handler answers after a random delay up to MS (default 20)
+    --ws-push MS           The WebSocket server pushes a numbered message every MS (default 250)
+    --hang-timeout MS      An HTTP request or a WebSocket echo unanswered this long is hung (default 5000)
     --write-docs           Also replace the figures in BENCHMARKS.md and docs/bench-pause.svg
 -h, --help                 This help
 `;
@@ -61,6 +81,11 @@ interface Config {
   sizes: number[];
   systems: (SystemName | 'floor')[];
   workload: Workload;
+  /** Echo runs at `sizes` unless left out of --workloads. */
+  echo: boolean;
+  apps: AppPlan[];
+  appSizes: number[];
+  appWorkload: Workload;
   writeDocs: boolean;
 }
 
@@ -90,6 +115,13 @@ function parseCommandLine(args: string[]): Config | 'help' {
       'per-client': { type: 'string', default: '10000' },
       'per-source': { type: 'string', default: '1000' },
       'client-nice': { type: 'string', default: '-10' },
+      workloads: { type: 'string', default: 'echo,http,ws' },
+      'app-sizes': { type: 'string', default: '1000' },
+      'app-duration': { type: 'string', default: '10' },
+      'app-interval': { type: 'string', default: '250' },
+      'http-delay': { type: 'string', default: '20' },
+      'ws-push': { type: 'string', default: '250' },
+      'hang-timeout': { type: 'string', default: '5000' },
       'write-docs': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -114,7 +146,31 @@ function parseCommandLine(args: string[]): Config | 'help' {
     throw new Error('--switch-after must leave one --interval for every connection to open');
   }
   if (workload.switchAfterS + 2 > workload.durationS) throw new Error('--duration must run at least 2 s past --switch-after');
-  return { sizes, systems, workload, writeDocs: values['write-docs'] };
+  const workloads = values.workloads.split(',').map((w) => w.trim());
+  for (const w of workloads) if (!['echo', 'http', 'ws'].includes(w)) throw new Error(`unknown workload '${w}' in --workloads (expected echo, http, ws)`);
+  const appWorkload: Workload = {
+    ...workload,
+    intervalMs: Math.round(positive(values['app-interval'], '--app-interval')),
+    durationS: positive(values['app-duration'], '--app-duration'),
+    newRate: 0,
+  };
+  if (appWorkload.switchAfterS + 2 > appWorkload.durationS) throw new Error('--app-duration must run at least 2 s past --switch-after');
+  const plan = {
+    delayMs: Math.round(Number(values['http-delay'])),
+    pushMs: Math.round(positive(values['ws-push'], '--ws-push')),
+    hangMs: Math.round(positive(values['hang-timeout'], '--hang-timeout')),
+  };
+  if (!Number.isInteger(plan.delayMs) || plan.delayMs < 0) throw new Error(`--http-delay must be 0 or more, not '${values['http-delay']}'`);
+  return {
+    sizes,
+    systems,
+    workload,
+    echo: workloads.includes('echo'),
+    apps: (['http', 'ws'] as const).filter((w) => workloads.includes(w)).map((w) => ({ workload: w, ...plan })),
+    appSizes: values['app-sizes'].split(',').map((s) => Math.round(positive(s.replace(/_/g, ''), '--app-sizes'))),
+    appWorkload,
+    writeDocs: values['write-docs'],
+  };
 }
 
 function readNofileLimit(): { soft: number; hard: number } {
@@ -159,6 +215,19 @@ function findPaths(tmp: string): Paths {
 
 function describeRun(run: SystemRun): string {
   const head = `  ${run.system.padEnd(16)}`;
+  const a = run.app;
+  if (a) {
+    const p = a.pauseMs;
+    const counts =
+      a.workload === 'http'
+        ? `requests ${a.answered} answered, ${a.failed} failed, ${a.hung} hung`
+        : `echoes ${a.answered}, pushes ${a.pushes}, lost ${a.lost}, dup ${a.duplicated}, reord ${a.reordered}, hung ${a.hung}`;
+    return (
+      `${head}${counts}; closed ${a.closed}, reopened ${a.reopened}, on first connection ${a.keptFirst}/${a.clients}; ` +
+      `pause p50/p99/max ${p.p50.toFixed(1)}/${p.p99.toFixed(1)}/${p.max.toFixed(1)} ms` +
+      (run.error ? ` [${run.error}]` : '')
+    );
+  }
   const l = run.load;
   if (!l) return `${head}failed: ${run.error}`;
   const p = l.connectionPauseMs;
@@ -201,7 +270,7 @@ async function main(config: Config): Promise<void> {
   const floor: FloorRun[] = [];
   const skipped: Skipped[] = [];
   let subnet = 1;
-  for (const size of config.sizes) {
+  for (const size of config.echo ? config.sizes : []) {
     const need = size + FD_HEADROOM;
     if (need > machine.rlimitNofile.soft) {
       const { soft, hard } = machine.rlimitNofile;
@@ -230,6 +299,21 @@ async function main(config: Config): Promise<void> {
       ctx.log(describeRun(run));
     }
   }
+  for (const app of config.apps) {
+    for (const size of config.appSizes) {
+      if (size + FD_HEADROOM > machine.rlimitNofile.soft) {
+        skipped.push({ connections: size, reason: `${app.workload}: needs ${size + FD_HEADROOM} fds in one server process, over RLIMIT_NOFILE ${machine.rlimitNofile.soft}` });
+        continue;
+      }
+      ctx.log(`${size} ${app.workload === 'http' ? 'HTTP keep-alive clients' : 'WebSocket clients'}:`);
+      for (const system of config.systems) {
+        if (system === 'floor') continue;
+        const run = await runSystem(ctx, system, size, config.appWorkload, subnet++, app);
+        runs.push(run);
+        ctx.log(describeRun(run));
+      }
+    }
+  }
 
   const ranSizes = config.sizes.filter((s) => !skipped.some((k) => k.connections === s));
   const targetSize = ranSizes.includes(TARGET_SIZE) || ranSizes.length === 0 ? TARGET_SIZE : Math.max(...ranSizes);
@@ -238,7 +322,8 @@ async function main(config: Config): Promise<void> {
     durationS: (now() - started) / 1000,
     machine,
     workload: config.workload,
-    sizes: config.sizes,
+    appWorkload: config.apps.length > 0 ? { ...config.appWorkload, ...config.apps[0]!, workloads: config.apps.map((a) => a.workload) } : undefined,
+    sizes: config.echo ? config.sizes : [],
     floor,
     runs,
     skipped,

@@ -10,7 +10,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { TimelineBucket } from '../tools/echo-load.js';
 import type { TakeoverStats } from 'socket-takeover';
-import { mergeTimelines, startLoad, type LoadResult, type RunningLoad } from './load.js';
+import { mergeTimelines, startAppLoad, startLoad, type AppLoadResult, type LoadPlan, type LoadResult } from './load.js';
 import { now, type Child, type ProcessGroups } from './procs.js';
 import { ProcWatch, USER_HZ, childrenOf } from './watch.js';
 
@@ -45,6 +45,9 @@ export interface Workload {
 
 export type SystemName = 'socket-takeover' | 'pm2 reload' | 'plain restart';
 
+/** The HTTP or WebSocket app and its clients' settings; absent for the echo workload. */
+export type AppPlan = NonNullable<LoadPlan['app']>;
+
 export interface SwitchResult {
   /** Times in ms after the switch began (the successor spawned, `pm2 reload` run, SIGTERM sent). */
   newServingMs: number;
@@ -61,9 +64,13 @@ export interface SwitchResult {
 
 export interface SystemRun {
   system: SystemName;
+  /** Absent: the echo workload. */
+  workload?: AppPlan['workload'];
   connections: number;
   error?: string;
   load?: LoadResult;
+  /** What the HTTP or WebSocket clients saw. */
+  app?: AppLoadResult;
   /** Merged client timeline, t in ms from the switch. */
   timeline?: TimelineBucket[];
   switch?: SwitchResult;
@@ -140,12 +147,12 @@ async function stopChild(ctx: BenchContext, child: Child): Promise<void> {
   ctx.groups.kill(child);
 }
 
-function takeoverScenario(ctx: BenchContext): Scenario {
+function takeoverScenario(ctx: BenchContext, app: AppPlan | undefined): Scenario {
   const channel = join(ctx.paths.tmp, `takeover-${process.hrtime.bigint()}.sock`);
   const { serverScript } = ctx.paths;
   let old: Child | undefined;
   let successor: Child | undefined;
-  const serverArgs = ['-q', '--log-format', 'json'];
+  const serverArgs = ['-q', '--log-format', 'json', ...(app ? ['--app', app.workload] : [])];
   return {
     async start() {
       old = ctx.groups.spawn('takeover-server', process.execPath, [serverScript, '-a', '127.0.0.1', '-p', '0', '-t', channel, ...serverArgs]);
@@ -205,7 +212,7 @@ function takeoverScenario(ctx: BenchContext): Scenario {
   };
 }
 
-function pm2Scenario(ctx: BenchContext, watch: ProcWatch): Scenario {
+function pm2Scenario(ctx: BenchContext, watch: ProcWatch, app: AppPlan | undefined): Scenario {
   const home = join(ctx.paths.tmp, `pm2-${process.hrtime.bigint()}`);
   const env = { ...process.env, PM2_HOME: home };
   const name = 'bench-echo';
@@ -246,7 +253,7 @@ function pm2Scenario(ctx: BenchContext, watch: ProcWatch): Scenario {
   return {
     async start() {
       port = await freePort();
-      await pm2(['start', ctx.paths.echoScript, '--name', name, '-i', '1', '--', String(port)]);
+      await pm2(['start', ctx.paths.echoScript, '--name', name, '-i', '1', '--', String(port), '127.0.0.1', app?.workload ?? 'echo']);
       daemon = daemonPid();
       if (daemon === 0) throw new Error(`pm2 start left no ${join(home, 'pm2.pid')}`);
       watch.add(daemon, 'pm2 daemon');
@@ -276,11 +283,11 @@ function pm2Scenario(ctx: BenchContext, watch: ProcWatch): Scenario {
   };
 }
 
-function restartScenario(ctx: BenchContext): Scenario {
+function restartScenario(ctx: BenchContext, app: AppPlan | undefined): Scenario {
   let port = 0;
   let current: Child | undefined;
   const startEcho = async (): Promise<{ child: Child; listeningAt: number }> => {
-    const child = ctx.groups.spawn('echo-server', process.execPath, [ctx.paths.echoScript, String(port)]);
+    const child = ctx.groups.spawn('echo-server', process.execPath, [ctx.paths.echoScript, String(port), '127.0.0.1', app?.workload ?? 'echo']);
     current = child;
     const listeningAt = await waitForLine(child, (line, at) => (line.includes(' listening on ') ? at : undefined), 'the echo server listening');
     return { child, listeningAt };
@@ -324,31 +331,40 @@ async function waitForPort(port: number): Promise<void> {
   }
 }
 
-export async function runSystem(ctx: BenchContext, system: SystemName, connections: number, work: Workload, subnet: number): Promise<SystemRun> {
+export async function runSystem(
+  ctx: BenchContext,
+  system: SystemName,
+  connections: number,
+  work: Workload,
+  subnet: number,
+  app?: AppPlan,
+): Promise<SystemRun> {
   const watch = new ProcWatch();
   watch.add(process.pid, 'bench');
   ctx.groups.onSpawn = (child) => watch.add(child.pid, child.name);
   const machineLoad = loadavg()[0]!;
   const scenario =
-    system === 'socket-takeover' ? takeoverScenario(ctx) : system === 'pm2 reload' ? pm2Scenario(ctx, watch) : restartScenario(ctx);
-  const run: Omit<SystemRun, 'machine'> = { system, connections };
-  let load: RunningLoad | undefined;
+    system === 'socket-takeover' ? takeoverScenario(ctx, app) : system === 'pm2 reload' ? pm2Scenario(ctx, watch, app) : restartScenario(ctx, app);
+  const run: Omit<SystemRun, 'machine'> = { system, connections, ...(app ? { workload: app.workload } : {}) };
+  let load: { clients: Child[]; startedAt: number; done: Promise<LoadResult | AppLoadResult> } | undefined;
   let machine = { busy: 0, others: 0 };
   try {
     const port = await scenario.start();
-    load = startLoad(
-      { host: '127.0.0.1', port, connections, subnet, ...work },
-      ctx.groups,
-      ctx.paths.clientScript,
-    );
+    // Always the loopback address: the load generators never aim at anything but this machine.
+    const plan: LoadPlan = { host: '127.0.0.1', port, connections, subnet, ...work, app };
+    load = app ? startAppLoad(plan, ctx.groups, ctx.paths.clientScript) : startLoad(plan, ctx.groups, ctx.paths.clientScript);
     await sleep(load.startedAt + work.switchAfterS * 1000 - now());
     const switchAt = now();
     const switched = scenario.switchOver(switchAt);
     // A failed switch still lets the clients finish, so the run says what they saw.
     const [sw, result] = await Promise.allSettled([switched, withTimeout(load.done, (work.durationS + 60) * 1000, 'the load')]);
     if (result.status === 'rejected') throw result.reason;
-    run.load = result.value;
-    run.timeline = mergeTimelines(result.value.clients, switchAt);
+    if ('clientRuns' in result.value) {
+      run.app = result.value;
+    } else {
+      run.load = result.value;
+      run.timeline = mergeTimelines(result.value.clients, switchAt);
+    }
     if (sw.status === 'rejected') throw sw.reason;
     run.switch = sw.value;
     const rss = (pid: number): number => watch.all.find((w) => w.pid === pid)?.peakRssKb ?? 0;

@@ -1,5 +1,5 @@
 import { connect, type Socket } from 'node:net';
-import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance, type IntervalHistogram } from 'node:perf_hooks';
 import * as hdr from 'hdr-histogram-js';
 import { formatPeer } from '#lib/cli/format.js';
 
@@ -66,7 +66,7 @@ export interface TimelineBucket {
 }
 
 /** Error keys that are always present, so consumers can read them without checking. */
-const ERROR_CODES = ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'EOF', 'ETIMEDOUT'] as const;
+export const ERROR_CODES = ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'EOF', 'ETIMEDOUT'] as const;
 
 export interface EchoLoadSummary {
   /** `[ip]:port` of the server. */
@@ -141,7 +141,7 @@ export function runEchoLoad(options: EchoLoadOptions, hooks: EchoLoadHooks = {})
 const BUCKET_MS = 100;
 const SWEEP_MS = 100;
 const SHORT_TICK_MS = 10;
-const ELD_RESOLUTION_MS = 10;
+export const ELD_RESOLUTION_MS = 10;
 
 type State = 'idle' | 'connecting' | 'open' | 'closed';
 
@@ -169,18 +169,18 @@ interface ShortConnection {
   partialLength: number;
 }
 
-function newHistogram(): hdr.Histogram {
+export function newHistogram(): hdr.Histogram {
   // Microseconds up to an hour; autoResize covers anything longer rather than throwing.
   return hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: 3 });
 }
 
-function errorCounts(): Record<string, number> {
+export function errorCounts(): Record<string, number> {
   return Object.fromEntries(ERROR_CODES.map((code) => [code, 0]));
 }
 
-const round3 = (ms: number): number => Math.round(ms * 1000) / 1000;
+export const round3 = (ms: number): number => Math.round(ms * 1000) / 1000;
 
-function percentilesMs(histogram: hdr.Histogram): Percentiles {
+export function percentilesMs(histogram: hdr.Histogram): Percentiles {
   return {
     p50: histogram.getValueAtPercentile(50) / 1000,
     p99: histogram.getValueAtPercentile(99) / 1000,
@@ -537,8 +537,7 @@ class EchoLoad {
     for (let i = 0; i < buckets; i++) {
       timeline.push({ t: i * BUCKET_MS, echoes: this.bucketEchoes[i] ?? 0, maxRttMs: (this.bucketMaxRttUs[i] ?? 0) / 1000 });
     }
-    // The delay histogram measures whole timer periods, so an idle loop reads as the resolution.
-    const lagMs = (ns: number): number => (this.eld.count > 0 ? round3(Math.max(0, ns / 1e6 - ELD_RESOLUTION_MS)) : 0);
+    const lag = eventLoopLag(this.eld);
     return {
       target: formatPeer(this.host, this.port),
       elapsedMs: Math.round(elapsedMs),
@@ -562,13 +561,19 @@ class EchoLoad {
         rttUs: hdr.encodeIntoCompressedBase64(this.rtt),
         connectionPauseUs: hdr.encodeIntoCompressedBase64(this.connectionPause),
       },
-      lagMs: lagMs(this.eld.percentile(99)),
-      lagMaxMs: lagMs(this.eld.max),
+      ...lag,
       timeline,
       // Every cut connection also counted an error code, so `cut` needs no check of its own.
       ok: this.errorTotal === 0 && this.shortFailed === 0 && this.lost === 0 && this.duplicated === 0 && this.reordered === 0,
     };
   }
+}
+
+/** A client's own event-loop delay, p99 and max, from a monitorEventLoopDelay at ELD_RESOLUTION_MS. */
+export function eventLoopLag(eld: IntervalHistogram): { lagMs: number; lagMaxMs: number } {
+  // The delay histogram measures whole timer periods, so an idle loop reads as the resolution.
+  const lagMs = (ns: number): number => (eld.count > 0 ? round3(Math.max(0, ns / 1e6 - ELD_RESOLUTION_MS)) : 0);
+  return { lagMs: lagMs(eld.percentile(99)), lagMaxMs: lagMs(eld.max) };
 }
 
 function takeMissing(conn: LoadConnection, got: number): boolean {

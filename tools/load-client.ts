@@ -3,11 +3,13 @@
  * `node dist-dev/tools/load-client.js`: the echo client with a load mode (many connections, short
  * connections, JSON summaries with HdrHistograms) for the benchmark, the tests and anyone
  * measuring a takeover. Kept out of the package so that it ships no histogram library;
- * `takeover-client` is its single-connection, seed-compatible mode.
+ * `takeover-client` is its single-connection, seed-compatible mode. `--workload http|ws` loads
+ * `takeover-server --app http|ws` instead (./app-load.ts).
  */
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { runEchoLoad, type EchoLoadOptions, type EchoLoadProgress, type EchoLoadSummary } from './echo-load.js';
+import { loadWsClient, runAppLoad, type AppLoadOptions, type AppLoadSummary } from './app-load.js';
 import {
   UsageError,
   parseAddressFlag,
@@ -32,6 +34,13 @@ const USAGE = `Usage: ${COMMAND} [OPTION...]
                             of system time. Spread big loads over several, 1,000 or fewer on each.
     --new-rate N            Also open N short connections per second: connect, one echo, close
     --timeout MS            A connect or an echo slower than this is an error (default 10000)
+    --workload echo|http|ws echo (default): the 4-byte sequence-number echo. http: -c keep-alive
+                            clients each requesting /delay?ms=<random up to --delay> in a loop, -i MS
+                            after each answer. ws: -c WebSockets with the server's push stream
+                            (--push MS) and a numbered message -i MS after each echo. Both need
+                            -d; --new-rate and --source-address apply to echo only / to all.
+    --delay MS              http: the handler's random delay, at most MS (default 20)
+    --push MS               ws: the server pushes a numbered message every MS (default 100)
     --json                  Print the final summary as one JSON object on stdout
 -q, --quiet                 No progress line, no discontinuity lines, no text summary
 -h, --help                  Display this help message
@@ -45,6 +54,8 @@ HdrHistograms (hdr-histogram-js encodeIntoCompressedBase64, microseconds), to me
 
 interface ClientConfig {
   load: EchoLoadOptions & { connections: number };
+  /** Set for --workload http|ws. */
+  app: AppLoadOptions | undefined;
   json: boolean;
   quiet: boolean;
 }
@@ -63,6 +74,9 @@ function parseCommandLine(args: string[]): ClientConfig | 'help' {
       'source-address': { type: 'string', multiple: true, default: [] },
       'new-rate': { type: 'string', default: '0' },
       timeout: { type: 'string', default: '10000' },
+      workload: { type: 'string', default: 'echo' },
+      delay: { type: 'string', default: '20' },
+      push: { type: 'string', default: '100' },
       json: { type: 'boolean', default: false },
       quiet: { type: 'boolean', short: 'q', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -86,17 +100,41 @@ function parseCommandLine(args: string[]): ClientConfig | 'help' {
     }
   }
 
-  return {
-    load: {
+  const load = {
+    host,
+    port,
+    connections,
+    intervalMs: parseIntegerFlag(values.interval, '-i/--interval', 0, 86_400_000),
+    durationMs: Math.round(parseNumberFlag(values.duration, '-d/--duration', 0) * 1000),
+    sourceAddresses,
+    newRate,
+    timeoutMs: parseIntegerFlag(values.timeout, '--timeout', 1, 86_400_000),
+  };
+  const workload = values.workload;
+  if (workload !== 'echo' && workload !== 'http' && workload !== 'ws') {
+    throw new UsageError(`invalid value for --workload: '${workload}' (expected echo, http or ws)`);
+  }
+  let app: AppLoadOptions | undefined;
+  if (workload !== 'echo') {
+    // An HTTP or WebSocket load that never stops would be a load generator nobody bounded.
+    if (load.durationMs === 0) throw new UsageError(`--workload ${workload} needs -d/--duration`);
+    if (newRate > 0) throw new UsageError('--new-rate applies to --workload echo only');
+    app = {
+      workload,
       host,
       port,
-      connections,
-      intervalMs: parseIntegerFlag(values.interval, '-i/--interval', 0, 86_400_000),
-      durationMs: Math.round(parseNumberFlag(values.duration, '-d/--duration', 0) * 1000),
+      clients: connections,
+      intervalMs: load.intervalMs,
+      durationMs: load.durationMs,
       sourceAddresses,
-      newRate,
-      timeoutMs: parseIntegerFlag(values.timeout, '--timeout', 1, 86_400_000),
-    },
+      delayMs: parseIntegerFlag(values.delay, '--delay', 0, 60_000),
+      pushMs: parseIntegerFlag(values.push, '--push', 1, 60_000),
+      timeoutMs: load.timeoutMs,
+    };
+  }
+  return {
+    load,
+    app,
     json: values.json,
     quiet: values.quiet,
   };
@@ -140,6 +178,21 @@ function formatSummary(s: EchoLoadSummary): string {
   return `${lines.join('\n')}\n`;
 }
 
+function formatAppSummary(s: AppLoadSummary): string {
+  const what = s.workload === 'http' ? 'requests' : 'messages';
+  const lines = [
+    `Summary for ${s.target} (${s.workload}) after ${(s.elapsedMs / 1000).toFixed(1)}s: ${s.clients} clients`,
+    `  connections: ${s.opened} opened, ${s.reopened} reopened, ${s.closed} closed by the server, ${s.keptFirst} clients on their first at the end`,
+    `  ${what}: ${s.sent} sent, ${s.answered} answered, ${s.failed} failed, ${s.hung} hung` +
+      (s.workload === 'ws' ? `; pushes ${s.pushes}; lost ${s.lost}, duplicated ${s.duplicated}, reordered ${s.reordered}` : ''),
+    `  errors: ${formatCounts(s.errors)}`,
+    `  per-client longest gap between answers: p50 ${ms(s.pauseMs.p50)}, p99 ${ms(s.pauseMs.p99)}, max ${ms(s.pauseMs.max)}`,
+    `  client event-loop lag: p99 ${ms(s.lagMs)}, max ${ms(s.lagMaxMs)}`,
+    `  result: ${s.ok ? 'OK' : 'FAILED'}`,
+  ];
+  return `${lines.join('\n')}\n`;
+}
+
 async function main(args: string[]): Promise<number> {
   let config: ClientConfig | 'help';
   try {
@@ -155,6 +208,13 @@ async function main(args: string[]): Promise<number> {
     return 0;
   }
   const { load, json, quiet } = config;
+  if (config.app) {
+    if (config.app.workload === 'ws') await loadWsClient();
+    const summary = await runAppLoad(config.app);
+    if (json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+    else if (!quiet) process.stdout.write(formatAppSummary(summary));
+    return summary.ok ? 0 : 1;
+  }
 
   let progressShown = false;
   const clearProgress = (): void => {

@@ -2,12 +2,14 @@
 /**
  * `takeover-server`: the seed's frame-echo server on top of the takeover engine. It echoes each
  * whole 4-byte frame, prints the seed's log lines, and can be taken over (`-t`), take over
- * (`-T`), or start its own successor on SIGUSR2.
+ * (`-T`), or start its own successor on SIGUSR2. `--app http|ws` serves an example HTTP or
+ * WebSocket application (./apps.ts) instead, with the same takeover flags.
  *
  * It uses only the library's public API. A successor's start-up time is part of every
  * takeover's duration, so it imports only what serving needs.
  */
 import { once } from 'node:events';
+import type * as http from 'node:http';
 import * as net from 'node:net';
 import { parseArgs } from 'node:util';
 import { ErrorCodes, fdOf, Takeover, type ListenTarget, type TakeoverError, type TakeoverStats } from '../index.js';
@@ -22,6 +24,7 @@ import {
   type LogFormat,
   type Logger,
 } from './format.js';
+import { APP_NAMES, createApp, type App, type AppName } from './apps.js';
 
 const COMMAND = 'takeover-server';
 
@@ -35,6 +38,14 @@ const USAGE = `Usage: ${COMMAND} [OPTION...]
                             and be takeover-able on PATH (-a/-p/-b are then not needed)
 -q, --quiet                 No per-message or per-connection lines
     --log-format text|json  One JSON object per line with --log-format json (default text)
+    --app echo|http|ws      What to serve (default echo: the seed's 4-byte frame echo, with its
+                            log lines). http: keep-alive HTTP; GET /delay?ms=N answers after N ms,
+                            GET /stream?ms=N&every=M streams a line every M ms for N ms, POST
+                            /upload answers the body's length. ws: the same HTTP routes plus
+                            WebSockets on any path, each text message echoed as echo:<text>,
+                            and ?push=MS in the URL pushes {"push":n} every MS ms. ws needs the
+                            optional 'ws' package. A successor (-T) must serve the same app;
+                            http and ws log only start and takeover lines.
 -h, --help                  Display this help message
 
 kill -USR2 <pid> makes a server with a takeover path start its own successor and hand over.
@@ -48,6 +59,7 @@ const OPTIONS = {
   takeover: { type: 'string', short: 'T' },
   quiet: { type: 'boolean', short: 'q', default: false },
   'log-format': { type: 'string', default: 'text' },
+  app: { type: 'string', default: 'echo' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
@@ -57,6 +69,7 @@ interface ServerConfig {
   channel: { path: string; mode: 'fresh' | 'successor' } | undefined;
   quiet: boolean;
   logFormat: LogFormat;
+  app: AppName;
   /** The command line without -t/-T, for the successor SIGUSR2 starts. */
   successorArgs: string[];
 }
@@ -73,6 +86,8 @@ function parseCommandLine(args: string[]): ServerConfig | 'help' {
   if (logFormat !== 'text' && logFormat !== 'json') {
     throw new UsageError(`invalid value for --log-format: '${logFormat}' (expected text or json)`);
   }
+  const app = values.app as AppName;
+  if (!APP_NAMES.includes(app)) throw new UsageError(`invalid value for --app: '${values.app}' (expected ${APP_NAMES.join(', ')})`);
   // Validated even with -T: a successor started by SIGUSR2 carries them along.
   const host = parseAddressFlag(values['listen-address'], '-a/--listen-address');
   const backlog = parseIntegerFlag(values['listen-backlog'], '-b/--listen-backlog', 1, 65535);
@@ -91,6 +106,7 @@ function parseCommandLine(args: string[]): ServerConfig | 'help' {
     channel: from !== undefined ? { path: from, mode: 'successor' } : path !== undefined ? { path, mode: 'fresh' } : undefined,
     quiet: values.quiet,
     logFormat,
+    app,
     successorArgs: args.filter((_, i) => !dropped.has(i)),
   };
 }
@@ -134,9 +150,13 @@ function formatSummary(s: TakeoverStats): string {
   return `Takeover complete: ${parts.join(', ')} (pid ${s.predecessorPid} -> pid ${s.successorPid})`;
 }
 
-class EchoServer {
+/**
+ * The takeover side of the command, for every app; the echo app, the default, is the seed's
+ * server and keeps its log lines, while `app` (http, ws) logs start and takeover lines only.
+ */
+class TakeoverServer {
   private readonly logger: Logger;
-  /** Per-message and per-connection lines, which -q drops. */
+  /** Per-message and per-connection lines, which -q drops; the http and ws apps have none. */
   private readonly verbose: boolean;
   private readonly servers: net.Server[] = [];
   private readonly sockets = new Set<net.Socket>();
@@ -151,9 +171,12 @@ class EchoServer {
   /** The successor SIGUSR2 started, until its upgrade settles. */
   private successorPid: number | undefined;
 
-  constructor(private readonly config: ServerConfig) {
+  constructor(
+    private readonly config: ServerConfig,
+    private readonly app: App | undefined,
+  ) {
     this.logger = createLogger({ format: config.logFormat });
-    this.verbose = !config.quiet;
+    this.verbose = !config.quiet && app === undefined;
   }
 
   // Several processes share one stdout after a SIGUSR2, so every JSON line says whose it is.
@@ -175,11 +198,12 @@ class EchoServer {
     const takeover = channel && this.createTakeover(channel.path, channel.mode);
     this.takeover = takeover;
     await takeover?.start();
+    if (takeover && this.app?.webSocketServer) takeover.webSockets(this.app.webSocketServer);
     const targets: ListenTarget[] = takeover?.isSuccessor
       ? takeover.inheritedListeners.map(({ name }) => ({ name }))
       : [{ port: listen!.port, host: listen!.host, backlog: listen!.backlog }];
     for (const target of targets) {
-      const server = net.createServer((socket) => this.onConnection(socket));
+      const server: net.Server = this.app ? this.app.createServer() : net.createServer((socket) => this.onConnection(socket));
       server.on('listening', () => this.onListening(server));
       this.servers.push(server);
       // With a takeover, ready() reports a listen failure too; a successor must not await the
@@ -195,15 +219,16 @@ class EchoServer {
   }
 
   private createTakeover(path: string, mode: 'fresh' | 'successor'): Takeover {
+    const { app } = this;
     const takeover = new Takeover({
       path,
       mode,
-      captureState: (socket) => this.partial.get(socket),
-      restoreState: (socket, state) => this.partial.set(socket, Buffer.from(state)),
+      captureState: (socket) => (app ? app.captureState(socket) : this.partial.get(socket)),
+      restoreState: (socket, state) => (app ? app.restoreState(socket, state) : this.partial.set(socket, Buffer.from(state))),
     });
     takeover.on('adopt', (socket) => this.adopted.add(socket));
     takeover.on('successor', ({ pid }) => {
-      this.log('Accepting connection from Takeover channel', { successorPid: pid });
+      this.log(app ? `Takeover by successor pid ${pid}` : 'Accepting connection from Takeover channel', { successorPid: pid });
       if (this.verbose) this.logFdArray();
     });
     takeover.on('freeze', (socket) => {
@@ -214,7 +239,7 @@ class EchoServer {
     });
     takeover.on('handover', (stats) => {
       this.handedOver = true;
-      this.log('tcp_peer_release(): Tcp peers released...');
+      if (!app) this.log('tcp_peer_release(): Tcp peers released...');
       this.log(formatSummary(stats), { stats });
     });
     takeover.on('upgrade', ({ pid, args }) => {
@@ -233,7 +258,7 @@ class EchoServer {
     const address = server.address();
     const fd = fdOf(server);
     if (address !== null && typeof address === 'object') {
-      this.log(`Starting TCP server on ${formatPeer(address.address, address.port)} (fd:${fd})`, { ...address, fd });
+      this.log(`Starting ${this.app?.label ?? 'TCP'} server on ${formatPeer(address.address, address.port)} (fd:${fd})`, { ...address, fd });
     } else {
       // A Unix listener inherited from a predecessor that is not this command.
       this.log(`Starting Unix server (fd:${fd})`, { fd });
@@ -324,7 +349,11 @@ class EchoServer {
     // Before serving, the channel path may be the predecessor's, and close() would remove it;
     // exiting drops this process's copies and the predecessor keeps (or resumes) serving.
     if (this.serving) await this.takeover?.close();
-    for (const server of this.servers) server.close();
+    for (const server of this.servers) {
+      server.close();
+      // An http.Server's connections are its own to close: this.sockets only has the echo app's.
+      (server as Partial<http.Server>).closeAllConnections?.();
+    }
     for (const socket of this.sockets) socket.destroy();
     process.exit(0);
   }
@@ -344,7 +373,14 @@ async function main(args: string[]): Promise<number | undefined> {
     process.stdout.write(USAGE);
     return 0;
   }
-  const server = new EchoServer(config);
+  let app: App | undefined;
+  try {
+    app = config.app === 'echo' ? undefined : await createApp(config.app);
+  } catch (error) {
+    process.stderr.write(`${COMMAND}: ${describeError(error)}\n`);
+    return 1;
+  }
+  const server = new TakeoverServer(config, app);
   try {
     await server.start();
   } catch (error) {
