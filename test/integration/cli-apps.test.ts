@@ -11,8 +11,8 @@ import { once } from 'node:events';
 import { afterEach, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
-import { ProcessGroups, type Child } from '../bench/procs.js';
-import { copyForNobody, tempDir } from './helpers.js';
+import { ProcessGroups, type Child } from '../../bench/procs.js';
+import { copyForNobody, tempDir } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 const timeout = 30_000;
