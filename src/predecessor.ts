@@ -24,7 +24,7 @@ import {
 } from './protocol.js';
 import { freezeSocket, socketFd, thawSocket } from './sockets.js';
 import type { Readiness } from './adapters/adapter.js';
-import { ErrorCodes, TakeoverError } from './errors.js';
+import { ErrorCodes, TakeoverError, systemError } from './errors.js';
 import { Deadline } from './deadline.js';
 import { isAlive } from './processes.js';
 import { StatsRecorder, type TakeoverStats } from './stats.js';
@@ -48,6 +48,10 @@ export interface PredecessorHost {
   capture(id: number): CapturedState | 'failed';
   /** The connection stays here for good: let its protocol finish it. */
   retain(id: number): void;
+  /** A deferred connection is still busy: let its protocol steer it towards a boundary. */
+  settle(id: number): void;
+  /** A deferred connection stays here because the takeover failed: carry on as before. */
+  resume(id: number): void;
   /** Point of no return: stop accepting TCP connections and successors. */
   stopAccepting(): void;
   /** After a failure past the point of no return: accept again on the dups (ownership passes). */
@@ -217,7 +221,7 @@ export class PredecessorSession {
     try {
       this.listeners = this.host.duplicateListeners();
     } catch (error) {
-      return this.abort(error instanceof TakeoverError ? error : new TakeoverError(ErrorCodes.SYSTEM, String(error)));
+      return this.abort(systemError('duplicating the listeners', error));
     }
     const connections = this.host.connections();
     this.channel.send(encode.welcome(process.pid, this.listeners.length, connections.size));
@@ -340,6 +344,8 @@ export class PredecessorSession {
           this.host.retain(id);
         } else if (socket.destroyed || this.host.readiness(id) !== 'busy') {
           this.consider(id, socket, records, released, budget);
+        } else {
+          this.host.settle(id);
         }
       }
     }
@@ -393,6 +399,7 @@ export class PredecessorSession {
         this.stats.deferred++;
         this.host.onDefer(socket);
       }
+      this.host.settle(id);
       return;
     }
     // Asked before the freeze (nothing reaches the app in between): a hook that fails, or a
@@ -481,6 +488,8 @@ export class PredecessorSession {
     if (committed) {
       // The successor may be gone with the connections already frozen; the rest never
       // stopped here, and the listeners' dups let this process accept again.
+      for (const id of this.deferred.keys()) this.host.resume(id);
+      this.deferred.clear();
       const listeners = this.listeners;
       this.listeners = [];
       this.host.resumeAccepting(listeners);

@@ -505,6 +505,14 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         const known = connection(id);
         if (known) this.adapterOf(known.socket, known.listener).retain(known.socket);
       },
+      settle: (id) => {
+        const known = connection(id);
+        if (known) this.adapterOf(known.socket, known.listener).settle?.(known.socket);
+      },
+      resume: (id) => {
+        const known = connection(id);
+        if (known) this.adapterOf(known.socket, known.listener).resume?.(known.socket);
+      },
       stopAccepting: () => {
         this.channelListener?.setAccepting(false);
         for (const r of this.registry.records) stopAccepting(r.server);

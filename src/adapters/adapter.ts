@@ -38,6 +38,14 @@ export interface ConnectionAdapter {
   /** Old process: the connection stays here past the quiescence bound; finish it as the protocol allows. */
   retain(socket: net.Socket): void;
   /**
+   * Old process, optional: a deferred connection is still busy; steer it towards a boundary it
+   * would otherwise rarely rest at (e.g. stop taking new input once between frames). Called on
+   * every retry; {@link resume} or {@link retain} undoes it.
+   */
+  settle?(socket: net.Socket): void;
+  /** Old process, optional: the takeover failed and the connection carries on here as before. */
+  resume?(socket: net.Socket): void;
+  /**
    * New process: make the connection live as if it had been accepted here, with `carried`
    * ahead of anything new. `prepare` restores the application's state; it must run before the
    * application first sees the connection.

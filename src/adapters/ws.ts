@@ -86,6 +86,8 @@ export class WebSocketAdapter implements ConnectionAdapter {
   readonly kind = 'ws' as const;
   private readonly sockets = new WeakMap<net.Socket, { ws: WebSocketLike; request: WebSocketState }>();
   private readonly server: WebSocketServer;
+  /** Sockets whose input settle() holds back. */
+  private readonly held = new WeakSet<net.Socket>();
 
   constructor(
     readonly wss: WebSocketServerLike,
@@ -146,12 +148,10 @@ export class WebSocketAdapter implements ConnectionAdapter {
     if (!ws || ws.readyState !== OPEN || ws._closeFrameSent || ws._closeFrameReceived) return 'never';
     const params = ws._extensions[DEFLATE]?.params;
     if (params && !(params.server_no_context_takeover && params.client_no_context_takeover)) return 'never';
-    const receiver = ws._receiver;
     const sender = ws._sender;
-    if (!receiver || !sender) return 'never';
-    const receiving = receiver._state !== 0 || receiver._bufferedBytes > 0 || receiver._fragmented !== 0 || receiver._fragments.length > 0 || receiver.writableLength > 0;
+    if (!ws._receiver || !sender) return 'never';
     const sending = sender._state !== 0 || sender._bufferedBytes > 0 || sender._queue.length > 0;
-    return receiving || sending ? 'busy' : 'quiet';
+    return !receiverIdle(ws) || sending ? 'busy' : 'quiet';
   }
 
   capture(socket: net.Socket): Buffer {
@@ -166,7 +166,26 @@ export class WebSocketAdapter implements ConnectionAdapter {
     this.sockets.delete(socket);
   }
 
-  retain(): void {}
+  /**
+   * A WebSocket busy in both directions all the time (messages every few ms, compressed in the
+   * thread pool) is rarely between frames on both sides at once. So once its receiver is between
+   * frames, no more input is handed to it: the bytes wait in the socket's buffer, and travel as
+   * the connection's input. The sender then drains, and the connection is quiet.
+   */
+  settle(socket: net.Socket): void {
+    const known = this.sockets.get(socket);
+    if (!known || this.held.has(socket) || !receiverIdle(known.ws)) return;
+    this.held.add(socket);
+    socket.pause();
+  }
+
+  resume(socket: net.Socket): void {
+    if (this.held.delete(socket)) socket.resume();
+  }
+
+  retain(socket: net.Socket): void {
+    this.resume(socket);
+  }
 
   adopt(socket: net.Socket, { input, output, protocolState }: Carried, prepare: () => void): void {
     const state = parseState(protocolState);
@@ -242,6 +261,13 @@ function perMessageDeflateClass(webSocketClass: object): new (options: object) =
     deflateClasses.set(webSocketClass, found);
   }
   return found;
+}
+
+/** Between frames: nothing half-read, buffered, fragmented or being inflated. */
+function receiverIdle(ws: WebSocketLike): boolean {
+  const receiver = ws._receiver;
+  if (!receiver) return false;
+  return receiver._state === 0 && receiver._bufferedBytes === 0 && receiver._fragmented === 0 && receiver._fragments.length === 0 && receiver.writableLength === 0;
 }
 
 function parseState(state: Buffer | undefined): WebSocketState {

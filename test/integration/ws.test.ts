@@ -34,9 +34,15 @@ async function connect(port: number, deflate: boolean): Promise<Client> {
 }
 
 
-for (const deflate of [false, true]) {
-  test(`WebSockets${deflate ? ' with permessage-deflate' : ''} across 5 chained takeovers: numbered pushes and echoes both ways, no gap, no duplicate, no close`, { timeout }, async () => {
-    const config = { path: path.join(tempDir(), 'channel'), app: 'ws', port: 0, host: '127.0.0.1', pushEveryMs: 5, deflate };
+// The oldest supported ws (the peer dependency's floor) and the newest, on the server side.
+for (const [wsModule, deflate] of [
+  ['ws', false],
+  ['ws', true],
+  ['ws-8.18', false],
+  ['ws-8.18', true],
+] as const) {
+  test(`WebSockets (${wsModule === 'ws' ? 'newest ws' : 'ws 8.18.0'}${deflate ? ', permessage-deflate' : ''}) across 5 chained takeovers: numbered pushes and echoes both ways, no gap, no duplicate, no close`, { timeout }, async () => {
+    const config = { path: path.join(tempDir(), 'channel'), app: 'ws', port: 0, host: '127.0.0.1', pushEveryMs: 5, deflate, wsModule };
     let current = new ServerProcess(config, { script: appFixture });
     const port = (await current.next('ready')).address!.port;
     const clients = await Promise.all(Array.from({ length: 20 }, () => connect(port, deflate)));

@@ -237,14 +237,14 @@ export class FakePredecessorHost implements PredecessorHost {
   resumed: string[] | undefined;
   session: PredecessorSession | undefined;
   readonly outcome: Promise<Outcome>;
-  private settle!: (outcome: Outcome) => void;
+  private finish!: (outcome: Outcome) => void;
   private nextId = 1;
 
   constructor(
     readonly app: OldApp,
     private readonly channelFd: number,
   ) {
-    this.outcome = new Promise((resolve) => (this.settle = resolve));
+    this.outcome = new Promise((resolve) => (this.finish = resolve));
   }
 
   add(socket: net.Socket): number {
@@ -290,6 +290,14 @@ export class FakePredecessorHost implements PredecessorHost {
     this.calls.push(`retain:${id}`);
   }
 
+  settle(id: number): void {
+    this.calls.push(`settle:${id}`);
+  }
+
+  resume(id: number): void {
+    this.calls.push(`resume:${id}`);
+  }
+
   stopAccepting(): void {
     this.calls.push('stopAccepting');
     stopAccepting(this.app.server);
@@ -319,7 +327,7 @@ export class FakePredecessorHost implements PredecessorHost {
 
   onRollback(error: TakeoverError, started: boolean): void {
     this.calls.push(`rollback:${error.code}`);
-    this.settle({ kind: 'rollback', error, started });
+    this.finish({ kind: 'rollback', error, started });
   }
 
   onHello(pid: number): void {
@@ -328,12 +336,12 @@ export class FakePredecessorHost implements PredecessorHost {
 
   onHandover(stats: TakeoverStats): void {
     this.calls.push('handover');
-    this.settle({ kind: 'handover', stats });
+    this.finish({ kind: 'handover', stats });
   }
 
   onPartialHandover(error: TakeoverError, stats: TakeoverStats): void {
     this.calls.push(`partial:${error.code}`);
-    this.settle({ kind: 'partial', error, stats });
+    this.finish({ kind: 'partial', error, stats });
   }
 }
 
