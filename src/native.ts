@@ -144,7 +144,7 @@ const addon = load();
 
 /**
  * The most fds one message can carry (the kernel's SCM_MAX_FD). native/takeover.c has its own
- * MAX_FDS; test/native.test.ts checks that the addon takes exactly this many.
+ * MAX_FDS; test/unit/native.test.ts checks that the addon takes exactly this many.
  */
 export const MAX_FDS_PER_MESSAGE = 253;
 

@@ -1,6 +1,6 @@
 /**
  * Everything that touches Node's socket internals lives here, so a Node upgrade that changes
- * them breaks one module and its tests (test/sockets.test.ts), not the whole library.
+ * them breaks one module and its tests (test/unit/sockets.test.ts), not the whole library.
  *
  * Used internals, each checked against Node 20's lib/net.js and lib/internal/streams:
  * - `socket._handle.fd`, `server._handle.fd`: the kernel fd behind a libuv handle.
