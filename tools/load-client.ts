@@ -12,11 +12,11 @@ import { runEchoLoad, type EchoLoadOptions, type EchoLoadProgress, type EchoLoad
 import { loadWsClient, runAppLoad, type AppLoadOptions, type AppLoadSummary } from './app-load.js';
 import {
   UsageError,
+  parseCommandLineOrExit,
   parseAddressFlag,
   parseIntegerFlag,
   parseNumberFlag,
   parsePortFlag,
-  toUsageError,
 } from '#lib/cli/format.js';
 
 const COMMAND = 'load-client';
@@ -194,19 +194,8 @@ function formatAppSummary(s: AppLoadSummary): string {
 }
 
 async function main(args: string[]): Promise<number> {
-  let config: ClientConfig | 'help';
-  try {
-    config = parseCommandLine(args);
-  } catch (err) {
-    const usage = toUsageError(err);
-    if (!(usage instanceof UsageError)) throw usage;
-    process.stderr.write(`${COMMAND}: ${usage.message}\n`);
-    return 2;
-  }
-  if (config === 'help') {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const config = parseCommandLineOrExit(COMMAND, USAGE, () => parseCommandLine(args));
+  if (typeof config === 'number') return config;
   const { load, json, quiet } = config;
   if (config.app) {
     if (config.app.workload === 'ws') await loadWsClient();

@@ -9,7 +9,7 @@
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { UsageError, formatPeer, parseAddressFlag, parseIntegerFlag, parseNumberFlag, parsePortFlag, toUsageError } from './format.js';
+import { UsageError, parseCommandLineOrExit, formatPeer, parseAddressFlag, parseIntegerFlag, parseNumberFlag, parsePortFlag } from './format.js';
 
 const COMMAND = 'takeover-client';
 /** How long the stop waits for the echo in flight before counting it lost. */
@@ -212,19 +212,8 @@ function formatSummary(s: Summary): string {
 }
 
 async function main(args: string[]): Promise<number> {
-  let config: ClientConfig | 'help';
-  try {
-    config = parseCommandLine(args);
-  } catch (err) {
-    const usage = toUsageError(err);
-    if (!(usage instanceof UsageError)) throw usage;
-    process.stderr.write(`${COMMAND}: ${usage.message}\n`);
-    return 2;
-  }
-  if (config === 'help') {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const config = parseCommandLineOrExit(COMMAND, USAGE, () => parseCommandLine(args));
+  if (typeof config === 'number') return config;
   const client = new SeedClient(config, (got, expected) => {
     process.stdout.write(`Seqnum discontinuity !!! (got ${got} != expected ${expected})\n`);
   });

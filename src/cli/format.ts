@@ -75,6 +75,30 @@ export function toUsageError(err: unknown): unknown {
   return err;
 }
 
+/**
+ * A command's start: its configuration, or the exit status once `-h` printed the usage (0) or a
+ * bad command line printed `<command>: <message>` (2). Anything else `parse` throws is rethrown.
+ */
+export function parseCommandLineOrExit<T>(
+  command: string,
+  usage: string,
+  parse: () => T | 'help',
+  describe: (error: UsageError) => string = (error) => error.message,
+): T | number {
+  let config: T | 'help';
+  try {
+    config = parse();
+  } catch (err) {
+    const error = toUsageError(err);
+    if (!(error instanceof UsageError)) throw error;
+    process.stderr.write(`${command}: ${describe(error)}\n`);
+    return 2;
+  }
+  if (config !== 'help') return config;
+  process.stdout.write(usage);
+  return 0;
+}
+
 /** Parses an integer flag value; rejects `12abc`, `1e3` and anything outside [min, max]. */
 export function parseIntegerFlag(text: string, flag: string, min: number, max: number): number {
   if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {

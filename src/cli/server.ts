@@ -15,12 +15,12 @@ import { parseArgs } from 'node:util';
 import { ErrorCodes, fdOf, Takeover, type ListenTarget, type TakeoverError, type TakeoverStats } from '../index.js';
 import {
   UsageError,
+  parseCommandLineOrExit,
   createLogger,
   formatPeer,
   parseAddressFlag,
   parseIntegerFlag,
   parsePortFlag,
-  toUsageError,
   type LogFormat,
   type Logger,
 } from './format.js';
@@ -360,19 +360,8 @@ class TakeoverServer {
 }
 
 async function main(args: string[]): Promise<number | undefined> {
-  let config: ServerConfig | 'help';
-  try {
-    config = parseCommandLine(args);
-  } catch (err) {
-    const usage = toUsageError(err);
-    if (!(usage instanceof UsageError)) throw usage;
-    process.stderr.write(`${COMMAND}: ${describeError(usage)}\n`);
-    return 2;
-  }
-  if (config === 'help') {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  const config = parseCommandLineOrExit(COMMAND, USAGE, () => parseCommandLine(args), describeError);
+  if (typeof config === 'number') return config;
   let app: App | undefined;
   try {
     app = config.app === 'echo' ? undefined : await createApp(config.app);
