@@ -169,7 +169,7 @@ describe('the clients against test servers', { timeout: TEST_TIMEOUT }, () => {
       assert.deepEqual(s.short, { attempted: 0, succeeded: 0, failed: 0, errors: noErrors });
       // The client waits for every echo in flight before closing, so both sides agree exactly.
       assert.equal(s.echoes, server.messages);
-      assert.ok(s.echoes >= 100, `only ${s.echoes} echoes in 1 s`);
+      assert.ok(s.echoes >= 20, `only ${s.echoes} echoes: not one per connection`);
       assert.ok(s.echoes <= 20 * (1000 / 20 + 1), `${s.echoes} echoes: the interval was not respected`);
       // No upper bound on the run's length: the echo count above already fails a run that outlasts its 1 s.
       assert.ok(s.elapsedMs >= 1000, String(s.elapsedMs));

@@ -226,8 +226,8 @@ test('a busy connection past quiesceTimeoutMs stays in the old process, which an
   const app = await startApp('http', { quiesceTimeoutMs: 200 });
   const socket = await rawClient(app.port);
   const response = readResponses(socket, 1);
-  socket.write('GET /delay?ms=1500&id=slow HTTP/1.1\r\nHost: x\r\n\r\n');
-  await new Promise((r) => setTimeout(r, 50));
+  socket.write('GET /delay?ms=1500&id=slow&report HTTP/1.1\r\nHost: x\r\n\r\n');
+  await app.current.next('request');
   const successor = new ServerProcess(app.config, { script: appFixture });
   const ready = await successor.next('ready');
   assert.equal(ready.stats!.retained, 1);
