@@ -135,9 +135,10 @@ export function freezeSocket(socket: net.Socket): Frozen {
   const dataListeners = socket.rawListeners('data') as ((...args: unknown[]) => void)[];
   socket.removeAllListeners('data');
   s._read = () => {};
-  let input: Buffer = Buffer.alloc(0);
-  const buffered = socket.read() as Buffer | null;
-  if (buffered !== null) input = buffered as Buffer;
+  // read() returns the whole buffer up to Node 24, one chunk at a time from Node 26 on.
+  const chunks: Buffer[] = [];
+  for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) chunks.push(chunk);
+  const input = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
   for (const listener of dataListeners) socket.on('data', listener);
 
   const parts: Buffer[] = [];

@@ -213,6 +213,23 @@ test('wrapInherited does not read: bytes stay in the kernel until startInherited
   assert.equal((await received).toString(), 'sent before the start');
 });
 
+test('freezeSocket takes every chunk a paused app left buffered, not just the first (Node 26 read() returns one chunk)', limit, async (t) => {
+  const scope = new Scope(t);
+  const { client, accepted } = await connection(scope);
+  const pushes = watchPushes(accepted);
+  accepted.pause();
+  for (const part of ['first;', 'second;', 'third']) {
+    const before = pushes.log.bytes;
+    client.write(part);
+    await pushes.until(() => pushes.log.bytes === before + part.length);
+  }
+  const frozen = freezeSocket(accepted);
+  assert.equal(frozen.fate, 'moved');
+  assert.equal(frozen.fate === 'moved' && frozen.input.toString(), 'first;second;third');
+  assert.equal(accepted.readableLength, 0);
+  releaseMoved(accepted, lateUse);
+});
+
 // Below the high-water mark the handle is still reading when the app pauses; above it Node has
 // stopped the handle, and read() inside the freeze would start it again through _read().
 for (const size of [13, 256 * 1024]) {
