@@ -42,7 +42,8 @@ let baseline = 0;
 before(() => {
   baseline = native.openFdCount();
 });
-after(() => assert.equal(native.openFdCount(), baseline, 'fds leaked across the test file'));
+// Node itself may close an fd of its own meanwhile (seen on Node 22); more fds than before is a leak.
+after(() => assert.ok(native.openFdCount() <= baseline, `fds leaked across the test file: ${native.openFdCount()} open, ${baseline} before`));
 
 /** Everything one test opens, closed when it ends, pass or fail, so a failure does not cascade into the leak check. */
 class Scope {
