@@ -36,7 +36,7 @@ export interface CapturedState {
   state: Buffer | undefined;
 }
 
-/** What the session needs from the process it runs in (implemented by Takeover). */
+/** What the session needs from the process it runs in (implemented by HandingOver, handing-over.ts). */
 export interface PredecessorHost {
   readonly options: { timeoutMs: number; waveSize: number; quiesceTimeoutMs: number };
   /** Listeners to send, each with a dup'ed fd the session owns and closes. */

@@ -21,7 +21,7 @@ export interface InheritedListener extends ListenerEntry {
   fd: number;
 }
 
-/** What the session needs from the process it runs in (implemented by Takeover). */
+/** What the session needs from the process it runs in (implemented by TakingOver, taking-over.ts). */
 /**
  * The protocol steps a successor passes, each once and in order: `precopy` at the first batch of
  * connections, `wave<N>` once wave N arrived, before it starts.

@@ -5,9 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
-import type * as http from 'node:http';
 import * as net from 'node:net';
-import * as native from './native.js';
 import type { Channel } from './channel.js';
 import {
   ChannelListener,
@@ -19,20 +17,21 @@ import {
   removeChannelPath,
   WarningLimiter,
 } from './channel-listener.js';
-import { PredecessorSession, type PredecessorHost } from './predecessor.js';
-import { SuccessorSession, type SuccessorHost } from './successor.js';
-import { encode, type ListenerEntry, type WaveRecord } from './protocol.js';
-import { acceptOptions, isTlsServer, releaseMoved, serverFd, stopAccepting, trackWrites } from './sockets.js';
+import { PredecessorSession } from './predecessor.js';
+import { encode } from './protocol.js';
+import { isTlsServer, trackWrites } from './sockets.js';
 import { ErrorCodes, TakeoverError, hookError, systemError } from './errors.js';
 import type { TakeoverStats } from './stats.js';
 import { resolveOptions, invalidOption, type ResolvedOptions, type TakeoverOptions } from './options.js';
-import { CHANNEL_LISTENER_NAME, DEFAULT_BACKLOG, ListenerRegistry, listenOnFd, whenListening, type ListenerRecord, type ListenTarget } from './listeners.js';
+import { ListenerRegistry, whenListening, type ListenerRecord, type ListenTarget } from './listeners.js';
 import { Connections } from './connections.js';
 import type { ConnectionAdapter } from './adapters/adapter.js';
 import { NetAdapter } from './adapters/net.js';
-import { HttpAdapter } from './adapters/http.js';
+import { HttpAdapter, isHttpServer } from './adapters/http.js';
 import { WebSocketAdapter, type WebSocketServerLike } from './adapters/ws.js';
-import { spawnSuccessor, type UpgradeOptions } from './upgrade.js';
+import { startUpgrade, type Upgrade, type UpgradeOptions } from './upgrade.js';
+import { HandingOver } from './handing-over.js';
+import { TakingOver } from './taking-over.js';
 
 export type { TakeoverOptions } from './options.js';
 export type { ListenTarget } from './listeners.js';
@@ -72,18 +71,6 @@ export interface TakeoverEvents {
   warning: [error: TakeoverError];
 }
 
-interface Claim {
-  record: ListenerRecord;
-  resolve: () => void;
-  reject: (error: Error) => void;
-}
-
-interface Upgrade {
-  pid: number;
-  resolve: (stats: TakeoverStats) => void;
-  reject: (error: TakeoverError) => void;
-}
-
 export class Takeover extends EventEmitter<TakeoverEvents> {
   readonly options: ResolvedOptions;
   private currentState: TakeoverState = 'new';
@@ -93,17 +80,12 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private readonly webSocketAdapters: WebSocketAdapter[] = [];
   private channelListener: ChannelListener | undefined;
   private outgoing: PredecessorSession | undefined;
-  private incoming: SuccessorSession | undefined;
-  private readonly claims: Claim[] = [];
-  private settleReady: { resolve: (stats: TakeoverStats) => void; reject: (error: Error) => void } | undefined;
-  private settleStart: { resolve: () => void; reject: (error: Error) => void } | undefined;
+  private incoming: TakingOver | undefined;
   private readyPromise: Promise<TakeoverStats | null> | undefined;
   private upgrading: Upgrade | undefined;
   private handoverStats: TakeoverStats | undefined;
   private readonly donePromise: Promise<TakeoverStats>;
   private resolveDone!: (stats: TakeoverStats) => void;
-  /** Why the inbound takeover failed, for a ready() that comes after. */
-  private failure: TakeoverError | undefined;
   /** This process created or inherited the channel and no successor has taken it: close() removes the files. */
   private ownsPaths = false;
   /** A peer that reconnects in a loop is refused each time: one 'refused' per kind and second, with a count. */
@@ -163,11 +145,13 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       const channel = mode === 'fresh' ? undefined : this.connectUnlessAuto(path);
       if (channel) {
         this.role = 'successor';
-        await new Promise<void>((resolve, reject) => {
-          this.settleStart = { resolve, reject };
-          this.incoming = new SuccessorSession(this.successorHost(), channel);
-        });
-        this.settleStart = undefined;
+        this.incoming = new TakingOver(this.options, this.registry, this.webSocketAdapters, {
+          warning: (error) => this.emit('warning', error),
+          track: (socket, listener) => this.track(socket, listener),
+          adopt: (socket) => this.emitSafely('adopt', socket),
+          openChannel: (fd) => this.openChannel(fd),
+        }, channel);
+        await this.incoming.started;
       } else {
         checkReplaceable(path);
       }
@@ -214,7 +198,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     server.prependListener('connection', (socket: net.Socket) => this.track(socket, index));
     let claimed: Promise<void>;
     if (inherited) {
-      record.listening = new Promise<void>((resolve, reject) => this.claims.push({ record, resolve, reject }));
+      record.listening = this.incoming!.claim(record);
       claimed = Promise.resolve();
     } else {
       record.listening = whenListening(server);
@@ -292,12 +276,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       this.incoming?.abort(reason);
       throw reason;
     }
-    const incoming = this.incoming;
-    if (!incoming) throw this.failure ?? new TakeoverError(ErrorCodes.INVALID_STATE, 'the takeover is no longer running');
-    const stats = await new Promise<TakeoverStats>((resolve, reject) => {
-      this.settleReady = { resolve, reject };
-      incoming.ready();
-    });
+    const stats = await this.incoming!.commit();
     await Promise.all(records.map((r) => r.listening));
     return stats;
   }
@@ -314,46 +293,17 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     if (this.currentState !== 'serving') {
       return Promise.reject(new TakeoverError(ErrorCodes.INVALID_STATE, `upgrade() needs a serving process (state: ${this.currentState})`));
     }
-    let child: ReturnType<typeof spawnSuccessor>;
-    try {
-      child = spawnSuccessor(options);
-    } catch (error) {
-      return Promise.reject(error instanceof TakeoverError ? error : systemError('spawn', error));
-    }
-    return new Promise<TakeoverStats>((resolve, reject) => {
-      const failed = (message: string) => new TakeoverError(ErrorCodes.SUCCESSOR_FAILED, `successor pid ${child.pid} ${message}`);
-      const timer = setTimeout(() => {
-        if (this.upgrading?.pid !== child.pid || this.outgoing) return;
-        child.kill('SIGKILL');
-        settle.reject(failed(`did not take over within ${this.options.timeoutMs} ms`));
-      }, this.options.timeoutMs);
-      const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
-        // Exiting is the successor's right once it has confirmed; before, it is a failure.
-        if (this.handoverStats) return;
-        settle.reject(failed(`exited (${signal ?? `code ${code}`}) before the takeover finished`));
-      };
-      const settle: Upgrade = {
-        pid: child.pid ?? -1,
-        resolve: (stats) => {
-          cleanup();
-          resolve(stats);
-        },
-        reject: (error) => {
-          cleanup();
-          reject(error);
-        },
-      };
-      const cleanup = () => {
-        clearTimeout(timer);
-        child.off('exit', onExit);
-        child.off('error', onError);
-        if (this.upgrading === settle) this.upgrading = undefined;
-      };
-      const onError = (error: Error) => settle.reject(Object.assign(failed(`could not start: ${error.message}`), { cause: error }));
-      child.once('exit', onExit);
-      child.once('error', onError);
-      this.upgrading = settle;
-      this.emit('upgrade', { pid: settle.pid, args: child.spawnargs.slice(1) });
+    return startUpgrade(options, {
+      timeoutMs: this.options.timeoutMs,
+      hasSuccessor: () => this.outgoing !== undefined,
+      isHandedOver: () => this.handoverStats !== undefined,
+      onStart: (upgrade) => {
+        this.upgrading = upgrade;
+        this.emit('upgrade', upgrade.successor);
+      },
+      onSettled: (upgrade) => {
+        if (this.upgrading === upgrade) this.upgrading = undefined;
+      },
     });
   }
 
@@ -416,11 +366,6 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     return isHttpServer(server) ? new HttpAdapter(server, this.maybeQuiet) : new NetAdapter(server);
   }
 
-  /** The adapter speaking for a connection now: an upgraded one belongs to its WebSocket server. */
-  private adapterOf(socket: net.Socket, listener: number): ConnectionAdapter {
-    return this.webSocketAdapters.find((a) => a.owns(socket)) ?? this.registry.records[listener]!.adapter;
-  }
-
   private track(socket: net.Socket, listener: number): void {
     const connection = this.connections.add(socket, listener);
     if (!connection) return;
@@ -455,109 +400,29 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     if (!this.options.allowUids.includes(uid)) {
       return refuse(ErrorCodes.PEER_REJECTED, `uid ${uid} (pid ${pid}) is not allowed to take over`);
     }
-    if (this.outgoing || this.incoming || this.currentState !== 'serving') {
-      const holder = this.outgoing ? `, with pid ${this.outgoing.peerPid}` : this.incoming ? ', this process taking over' : ` (state ${this.currentState})`;
+    if (this.outgoing || this.incoming?.running || this.currentState !== 'serving') {
+      const holder = this.outgoing ? `, with pid ${this.outgoing.peerPid}` : this.incoming?.running ? ', this process taking over' : ` (state ${this.currentState})`;
       return refuse(ErrorCodes.BUSY, `a takeover is already in progress${holder}: refused pid ${pid}`);
     }
-    this.outgoing = new PredecessorSession(this.predecessorHost(uid), channel);
-  }
-
-  private predecessorHost(peerUid: number): PredecessorHost {
-    const conns = this.connections.all;
-    /** A connection the session still names; gone once it closed (the session then records it as closed). */
-    const connection = (id: number) => conns.get(id);
-    return {
-      options: this.options,
-      duplicateListeners: () => {
-        const records = this.registry.records;
-        const stopped = records.find((r) => serverFd(r.server) < 0);
-        if (stopped) throw new TakeoverError(ErrorCodes.INVALID_STATE, `server '${stopped.name}' is not listening`);
-        const entries: (ListenerEntry & { fd: number })[] = records.map((r) => ({
-          name: r.name,
-          kind: r.kind,
-          backlog: r.backlog,
-          fd: native.dup(serverFd(r.server)),
-        }));
-        entries.push({ name: CHANNEL_LISTENER_NAME, kind: 'channel', backlog: DEFAULT_BACKLOG, fd: native.dup(this.channelListener!.fd) });
-        return entries;
-      },
-      connections: () => conns,
-      readiness: (id) => {
-        const known = connection(id);
-        return known ? this.connections.readiness(known.socket, this.adapterOf(known.socket, known.listener)) : 'never';
-      },
-      capture: (id) => {
-        const known = connection(id);
-        if (!known) return 'failed';
-        const { socket, listener } = known;
-        const adapter = this.adapterOf(socket, listener);
-        try {
-          const protocolState = adapter.capture(socket);
-          const state = this.options.captureState?.(socket);
-          if (state !== undefined && !Buffer.isBuffer(state)) throw new TypeError(`captureState returned ${typeof state}, not a Buffer or undefined`);
-          return { adapter: adapter.kind, protocolState, state };
-        } catch (error) {
-          this.emit('warning', hookError('capturing the connection state (the connection stays here)', error));
-          return 'failed';
-        }
-      },
-      retain: (id) => {
-        const known = connection(id);
-        if (known) this.adapterOf(known.socket, known.listener).retain(known.socket);
-      },
-      settle: (id) => {
-        const known = connection(id);
-        if (known) this.adapterOf(known.socket, known.listener).settle?.(known.socket);
-      },
-      resume: (id) => {
-        const known = connection(id);
-        if (known) this.adapterOf(known.socket, known.listener).resume?.(known.socket);
-      },
-      stopAccepting: () => {
-        this.channelListener?.setAccepting(false);
-        for (const r of this.registry.records) stopAccepting(r.server);
-      },
-      resumeAccepting: (listeners) => {
-        for (const entry of listeners) {
-          const record = this.registry.records.find((r) => r.name === entry.name);
-          if (record && serverFd(record.server) < 0) listenOnFd(record.server, entry.fd, record.backlog);
-          else native.close(entry.fd);
-        }
-        this.channelListener?.setAccepting(true);
-      },
-      onFreeze: (socket) => this.emitSafely('freeze', socket),
-      onDefer: (socket) => this.emitSafely('defer', socket),
-      release: (id, socket) => {
-        const adapter = this.adapterOf(socket, connection(id)!.listener);
-        this.emitSafely('release', socket);
-        this.connections.delete(id);
-        adapter.forget(socket);
-        releaseMoved(socket, (what) => {
-          const error = new TakeoverError(
-            ErrorCodes.CONNECTION_MOVED,
-            `${what}() on a connection that moved to the successor: it does not reach the client from this process`,
-            { socket },
-          );
-          this.emit('warning', error);
-          return error;
-        });
-      },
-      onHello: (pid) => {
-        this.currentState = 'handing-over';
-        this.emit('successor', { pid, uid: peerUid });
-      },
-      onRollback: (error, started) => {
-        this.outgoing = undefined;
-        if (this.currentState === 'handing-over') this.currentState = 'serving';
-        if (started) this.emit('rollback', error);
-        this.upgrading?.reject(error);
-      },
-      onPartialHandover: (error, stats) => {
-        this.emit('warning', error);
-        this.retire(stats);
-      },
-      onHandover: (stats) => this.retire(stats),
-    };
+    const { options, registry, connections, webSocketAdapters } = this;
+    this.outgoing = new PredecessorSession(
+      new HandingOver({ options, registry, connections, webSocketAdapters }, this.channelListener!, uid, {
+        warning: (error) => this.emit('warning', error),
+        step: (event, socket) => this.emitSafely(event, socket),
+        successor: (peer) => {
+          this.currentState = 'handing-over';
+          this.emit('successor', peer);
+        },
+        rollback: (error, started) => {
+          this.outgoing = undefined;
+          if (this.currentState === 'handing-over') this.currentState = 'serving';
+          if (started) this.emit('rollback', error);
+          this.upgrading?.reject(error);
+        },
+        handover: (stats) => this.retire(stats),
+      }),
+      channel,
+    );
   }
 
   /** Handed over: the successor owns the channel and listeners; done once the last connection here closes. */
@@ -589,84 +454,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     }
   }
 
-  private successorHost(): SuccessorHost {
-    return {
-      options: this.options,
-      onListeners: (listeners) => {
-        this.registry.inherited = [...listeners];
-        this.settleStart?.resolve();
-      },
-      unclaimedListeners: () => this.registry.unclaimed(),
-      acceptOptions: (listener) => acceptOptions(this.registry.forWireIndex(listener)!.server),
-      startListening: () => {
-        for (const { record, resolve, reject } of this.claims) {
-          whenListening(record.server).then(resolve, reject);
-          listenOnFd(record.server, record.inherited!.fd, record.backlog);
-        }
-        this.openChannel(this.registry.channel!.fd);
-      },
-      adopt: (socket, listener, record) => this.adopt(socket, listener, record),
-      onFailure: (error) => {
-        this.incoming = undefined;
-        this.failure = error;
-        for (const claim of this.claims) claim.reject(error);
-        this.settleStart?.reject(error);
-        this.settleReady?.reject(error);
-      },
-      onDone: (stats, warning) => {
-        this.incoming = undefined;
-        if (warning) this.emit('warning', warning);
-        this.settleReady?.resolve(stats);
-      },
-    };
-  }
-
-  private adopt(socket: net.Socket, wireListener: number, record: Extract<WaveRecord, { fate: 'moved' }>): void {
-    const listener = this.registry.forWireIndex(wireListener)!;
-    const index = this.registry.records.indexOf(listener);
-    const adapter =
-      record.adapter === 'ws'
-        ? this.webSocketAdapters.map((a) => ({ a, fit: a.fit(record.protocolState) })).filter((c) => c.fit > 0).sort((x, y) => y.fit - x.fit)[0]?.a
-        : record.adapter === listener.adapter.kind
-          ? listener.adapter
-          : undefined;
-    if (!adapter) {
-      this.emit('warning', new TakeoverError(
-        ErrorCodes.INVALID_STATE,
-        `a ${record.adapter} connection arrived on '${listener.name}', which has no ${record.adapter === 'ws' ? 'webSockets() server for it' : `${record.adapter} server`}: it is closed`,
-        { socket },
-      ));
-      socket.destroy();
-      return;
-    }
-    this.track(socket, index);
-    const prepare = () => {
-      if (record.state) {
-        try {
-          if (!this.options.restoreState) throw new Error('no restoreState hook is set');
-          this.options.restoreState(socket, record.state);
-        } catch (error) {
-          this.emit('warning', hookError('restoreState', error));
-        }
-      }
-      this.emitSafely('adopt', socket);
-    };
-    try {
-      adapter.adopt(socket, { input: record.input, output: record.output, protocolState: record.protocolState }, prepare);
-    } catch (error) {
-      this.emit('warning', new TakeoverError(ErrorCodes.PROTOCOL, `a ${adapter.kind} connection could not be adopted: it is closed`, { cause: error, socket }));
-      socket.destroy();
-    }
-  }
-
   private expectState(expected: TakeoverState, method: string): void {
     if (this.currentState !== expected) {
       throw new TakeoverError(ErrorCodes.INVALID_STATE, `${method}() cannot be called now (state: ${this.currentState})`);
     }
   }
-}
-
-/** An http.Server (or a subclass such as Express's or Fastify's server), without loading node:http. */
-function isHttpServer(server: net.Server): server is http.Server {
-  return typeof (server as { setTimeout?: unknown }).setTimeout === 'function' && 'keepAliveTimeout' in server && 'headersTimeout' in server;
 }

@@ -29,6 +29,11 @@ interface IdleState {
   served: boolean;
 }
 
+/** An http.Server (or a subclass such as Express's or Fastify's server), without loading node:http. */
+export function isHttpServer(server: net.Server): server is http.Server {
+  return typeof (server as { setTimeout?: unknown }).setTimeout === 'function' && 'keepAliveTimeout' in server && 'headersTimeout' in server;
+}
+
 export class HttpAdapter implements ConnectionAdapter {
   readonly kind = 'http' as const;
   /** When each connection last became idle (accepted, or a response finished). */
