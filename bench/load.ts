@@ -98,12 +98,20 @@ function splitEvenly(total: number, parts: number): number[] {
 
 export function startLoad(plan: LoadPlan, groups: ProcessGroups, clientScript: string): RunningLoad {
   const { clients, startedAt, done } = spawnClients<EchoLoadSummary>(plan, groups, clientScript);
-  return { clients, startedAt, done: done.then(({ runs, niceApplied }) => ({ ...mergeClients(runs), clientNice: niceApplied ? plan.clientNice : undefined })) };
+  return {
+    clients,
+    startedAt,
+    done: done.then(({ runs, niceApplied }) => ({ ...mergeClients(runs), clientNice: niceApplied ? plan.clientNice : undefined })),
+  };
 }
 
 export function startAppLoad(plan: LoadPlan, groups: ProcessGroups, clientScript: string): RunningLoad<AppLoadResult> {
   const { clients, startedAt, done } = spawnClients<AppLoadSummary>(plan, groups, clientScript);
-  return { clients, startedAt, done: done.then(({ runs, niceApplied }) => mergeAppClients(runs, niceApplied ? plan.clientNice : undefined)) };
+  return {
+    clients,
+    startedAt,
+    done: done.then(({ runs, niceApplied }) => mergeAppClients(runs, niceApplied ? plan.clientNice : undefined)),
+  };
 }
 
 function spawnClients<S extends { elapsedMs: number }>(
@@ -124,14 +132,29 @@ function spawnClients<S extends { elapsedMs: number }>(
     nextHost += addressCount;
     const args = [
       clientScript,
-      '-a', plan.host,
-      '-p', String(plan.port),
-      '-c', String(n),
-      '-i', String(plan.intervalMs),
-      '-d', String(plan.durationS),
-      '--source-address', sources.join(','),
+      '-a',
+      plan.host,
+      '-p',
+      String(plan.port),
+      '-c',
+      String(n),
+      '-i',
+      String(plan.intervalMs),
+      '-d',
+      String(plan.durationS),
+      '--source-address',
+      sources.join(','),
       ...(plan.app
-        ? ['--workload', plan.app.workload, '--delay', String(plan.app.delayMs), '--push', String(plan.app.pushMs), '--timeout', String(plan.app.hangMs)]
+        ? [
+            '--workload',
+            plan.app.workload,
+            '--delay',
+            String(plan.app.delayMs),
+            '--push',
+            String(plan.app.pushMs),
+            '--timeout',
+            String(plan.app.hangMs),
+          ]
         : ['--new-rate', String(rates[i])]),
       '--json',
       '-q',

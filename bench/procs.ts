@@ -86,7 +86,13 @@ export class ProcessGroups {
   }
 
   /** Runs a command to completion, killed after `timeoutMs`; the caller judges the exit. */
-  async run(name: string, command: string, args: string[], options: SpawnOptions, timeoutMs: number): Promise<{ exit: Exit; stdout: string; child: Child }> {
+  async run(
+    name: string,
+    command: string,
+    args: string[],
+    options: SpawnOptions,
+    timeoutMs: number,
+  ): Promise<{ exit: Exit; stdout: string; child: Child }> {
     const child = this.spawn(name, command, args, options);
     const out: string[] = [];
     child.onLine((line) => out.push(line));

@@ -83,12 +83,18 @@ export function evaluateTargets(runs: SystemRun[], floor: FloorRun[], size: numb
     results.push({
       name: cutName,
       met: cut === 0,
-      detail: cut === 0 ? `${int(load.kept)} of ${int(load.connections)} kept` : `missed by ${int(cut)} (${int(load.cut)} cut, ${int(load.connections - load.opened)} never opened)`,
+      detail:
+        cut === 0
+          ? `${int(load.kept)} of ${int(load.connections)} kept`
+          : `missed by ${int(cut)} (${int(load.cut)} cut, ${int(load.connections - load.opened)} never opened)`,
     });
     results.push({
       name: 'zero lost',
       met: load.lost === 0,
-      detail: load.lost === 0 ? `0 lost (${int(load.duplicated)} duplicated, ${int(load.reordered)} reordered)` : `missed by ${int(load.lost)} echoes lost`,
+      detail:
+        load.lost === 0
+          ? `0 lost (${int(load.duplicated)} duplicated, ${int(load.reordered)} reordered)`
+          : `missed by ${int(load.lost)} echoes lost`,
     });
     const longest = load.connectionPauseMs.max;
     const waits = waitsAroundSwitch(ours!);
@@ -119,7 +125,7 @@ export function evaluateTargets(runs: SystemRun[], floor: FloorRun[], size: numb
         `${margin(ratio, FLOOR_RATIO_TARGET, 'x')}; at most ${fmt(floorRun.transferMs * FLOOR_RATIO_TARGET)} ms would meet it` +
         (ratio <= FLOOR_RATIO_TARGET
           ? ''
-          : '; limited by the successor\'s per-batch work on its event loop, preemption, and V8 JIT threads competing for ' +
+          : "; limited by the successor's per-batch work on its event loop, preemption, and V8 JIT threads competing for " +
             'the 2 cores, see "What keeps the transfer above the floor"'),
     });
   } else {
@@ -135,7 +141,9 @@ export function evaluateTargets(runs: SystemRun[], floor: FloorRun[], size: numb
       met: gone <= OLD_GONE_TARGET_MS,
       detail:
         `${fmt(gone)} ms, ${margin(gone, OLD_GONE_TARGET_MS, ' ms')}` +
-        (gone <= OLD_GONE_TARGET_MS || waves === undefined ? '' : `; the waves took ${fmt(waves)} ms of it, the rest is the old process closing and exiting`),
+        (gone <= OLD_GONE_TARGET_MS || waves === undefined
+          ? ''
+          : `; the waves took ${fmt(waves)} ms of it, the rest is the old process closing and exiting`),
     });
   } else {
     results.push(unmeasured(goneName, why ?? 'no exit time'));
@@ -246,14 +254,18 @@ function appTable(results: BenchResults, workload: AppPlan['workload']): string[
     http
       ? '| clients | system | requests answered | failed | hung | connections closed by the server | reopened | clients still on their first connection | pause per client p50 / p99 / max (ms) | server max pause (ms) | new serving (ms) | old gone (ms) | client lag p99 / max (ms) | CPU busy (others) |'
       : '| clients | system | echoes | pushes | lost / dup / reord | hung | WebSockets closed | reopened | clients still on their first WebSocket | pause per client p50 / p99 / max (ms) | server max pause (ms) | new serving (ms) | old gone (ms) | client lag p99 / max (ms) | CPU busy (others) |',
-    http ? '|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|' : '|---:|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|',
+    http
+      ? '|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|'
+      : '|---:|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|',
   ];
   for (const run of results.runs.filter((r) => r.workload === workload)) {
     const head = `| ${int(run.connections)} | ${run.system}`;
     const machine = `${pct(run.machine.busy)} (${pct(run.machine.others)})`;
     const a = run.app;
     if (!a) {
-      lines.push(`${head} | failed: ${run.error?.replace(/\|/g, '/').replace(/\n/g, ' ').slice(0, 200)} |${'|'.repeat(http ? 11 : 12)} ${machine} |`);
+      lines.push(
+        `${head} | failed: ${run.error?.replace(/\|/g, '/').replace(/\n/g, ' ').slice(0, 200)} |${'|'.repeat(http ? 11 : 12)} ${machine} |`,
+      );
       continue;
     }
     const failed = run.error ? ` (${run.error.replace(/\|/g, '/').slice(0, 120)})` : '';
@@ -292,8 +304,8 @@ function appSections(results: BenchResults): string[] {
       '',
       'failed: requests answered with an error (reset, hang-up) or a status other than 200. closed: connections or WebSockets the server ' +
         'closed or reset while the client used them. reopened: connections or WebSockets a client opened beyond its first. pause: each ' +
-        'client\'s longest gap between two consecutive answers (HTTP responses; WebSocket pushes or echoes), over the whole run up to the ' +
-        'clients\' stop, the steady gap included; p50 and p99 over all clients. server max pause: socket-takeover\'s longest wave, freeze ' +
+        "client's longest gap between two consecutive answers (HTTP responses; WebSocket pushes or echoes), over the whole run up to the " +
+        "clients' stop, the steady gap included; p50 and p99 over all clients. server max pause: socket-takeover's longest wave, freeze " +
         'to start. The plain apps shut down gracefully for pm2 and the restart: answers in progress are sent with `Connection: close`, idle ' +
         'keep-alive connections closed, WebSockets closed with 1001, then exit (at most 1.5 s). new serving, old gone, client lag, CPU: as ' +
         'in the echo table.',
@@ -334,38 +346,40 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
       ...systemsTable(results),
       '',
       'kept/cut: long-lived connections open at the end / closed or reset by the server. resets, refused: ECONNRESET and ' +
-        'ECONNREFUSED on any connection, refused out of the short connections attempted. pause: each connection\'s longest ' +
-        'wait for an echo over the whole run, over all connections (the clients\' HdrHistograms added, so p50 and p99 are ' +
+        "ECONNREFUSED on any connection, refused out of the short connections attempted. pause: each connection's longest " +
+        "wait for an echo over the whole run, over all connections (the clients' HdrHistograms added, so p50 and p99 are " +
         'exact); waits are timed until the client stops, and echoes still in flight then are checked for loss but not ' +
         'timed, since the client closing every other connection delays their reading. longest wait before / during / ' +
         'after the switch: the longest echo wait that ended before the switch began, until 1 s after the old process was ' +
-        'gone, and later (from the clients\' 100 ms timelines); before is the machine\'s noise without any switch. new ' +
-        'serving: ms after the switch began (successor spawned, `pm2 reload` run, SIGTERM sent) until the successor\'s ' +
+        "gone, and later (from the clients' 100 ms timelines); before is the machine's noise without any switch. new " +
+        "serving: ms after the switch began (successor spawned, `pm2 reload` run, SIGTERM sent) until the successor's " +
         'summary line, `pm2 reload` returned, or the new process listened; old gone: until the old process exited. client ' +
         'lag: event-loop delay p99 / max of the worst client from its start to its stop; an echo is timed when the ' +
-        'client\'s loop reads it, so any wait may include up to the max of the client\'s own delay. CPU busy: share of ' +
+        "client's loop reads it, so any wait may include up to the max of the client's own delay. CPU busy: share of " +
         'both cores over the run, and in brackets the share used by processes that are not part of the benchmark.',
     );
   }
   const phases = takeoverTable(results);
   if (phases.length > 2) {
     const floor = results.floor.find((f) => f.window !== undefined);
-    const batching = floor ? `${floor.fdsPerBatch} per message, ${floor.window} messages in flight` : 'in batches, a window of them in flight';
+    const batching = floor
+      ? `${floor.fdsPerBatch} per message, ${floor.window} messages in flight`
+      : 'in batches, a window of them in flight';
     out.push(
       '',
       '### socket-takeover phases and the C floor',
       '',
       ...phases,
       '',
-      'Phases from the old process\'s summary line. pre-copy: from the successor\'s connection to PREPARE, the ' +
-        'handshake plus the transfer. transfer: from the first batch of fds sent to PREPARE, every connection\'s fd sent ' +
+      "Phases from the old process's summary line. pre-copy: from the successor's connection to PREPARE, the " +
+        "handshake plus the transfer. transfer: from the first batch of fds sent to PREPARE, every connection's fd sent " +
         `(${batching}) and acknowledged by the successor on receipt, while the old process ` +
         'keeps serving; this is the figure compared with the C floor, which moves the same number of connected TCP ' +
         'sockets between two processes with SCM_RIGHTS, same batches and window, and nothing else (median of its ' +
         'rounds). commit: PREPARE to COMMIT, the successor checking and wrapping every fd in a net.Socket (28-43 µs ' +
-        'each) and waiting for its app\'s ready(). waves: reading handed over, wave by wave, from LISTENING to the last ' +
+        "each) and waiting for its app's ready(). waves: reading handed over, wave by wave, from LISTENING to the last " +
         'wave. server max pause: the longest wave from freeze to started. old gone after commit: from the commit (the ' +
-        'old process\'s `stats.committedAt`) to its exit as seen by the benchmark.',
+        "old process's `stats.committedAt`) to its exit as seen by the benchmark.",
     );
   }
   if (chartPath) {

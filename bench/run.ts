@@ -97,7 +97,8 @@ function positive(text: string, flag: string): number {
 
 function niceValue(text: string): number {
   const value = Number(text);
-  if (!Number.isInteger(value) || value < -20 || value > 19) throw new Error(`--client-nice must be an integer from -20 to 19, not '${text}'`);
+  if (!Number.isInteger(value) || value < -20 || value > 19)
+    throw new Error(`--client-nice must be an integer from -20 to 19, not '${text}'`);
   return value;
 }
 
@@ -147,7 +148,8 @@ function parseCommandLine(args: string[]): Config | 'help' {
   }
   if (workload.switchAfterS + 2 > workload.durationS) throw new Error('--duration must run at least 2 s past --switch-after');
   const workloads = values.workloads.split(',').map((w) => w.trim());
-  for (const w of workloads) if (!['echo', 'http', 'ws'].includes(w)) throw new Error(`unknown workload '${w}' in --workloads (expected echo, http, ws)`);
+  for (const w of workloads)
+    if (!['echo', 'http', 'ws'].includes(w)) throw new Error(`unknown workload '${w}' in --workloads (expected echo, http, ws)`);
   const appWorkload: Workload = {
     ...workload,
     intervalMs: Math.round(positive(values['app-interval'], '--app-interval')),
@@ -174,8 +176,13 @@ function parseCommandLine(args: string[]): Config | 'help' {
 }
 
 function readNofileLimit(): { soft: number; hard: number } {
-  const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
-  const [soft, hard] = (line ?? '').split(/\s{2,}/).slice(1, 3).map((v) => (v === 'unlimited' ? Infinity : Number(v)));
+  const line = readFileSync('/proc/self/limits', 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('Max open files'));
+  const [soft, hard] = (line ?? '')
+    .split(/\s{2,}/)
+    .slice(1, 3)
+    .map((v) => (v === 'unlimited' ? Infinity : Number(v)));
   return { soft: soft ?? Infinity, hard: hard ?? Infinity };
 }
 
@@ -264,7 +271,9 @@ async function main(config: Config): Promise<void> {
   if (config.workload.perClient + FD_HEADROOM > machine.rlimitNofile.soft) {
     throw new Error(`--per-client ${config.workload.perClient} does not fit under RLIMIT_NOFILE ${machine.rlimitNofile.soft}`);
   }
-  ctx.log(`socket-takeover benchmark: sizes ${config.sizes.join(', ')}; ${machine.cpus} CPUs; load average ${machine.loadavgAtStart.toFixed(2)}`);
+  ctx.log(
+    `socket-takeover benchmark: sizes ${config.sizes.join(', ')}; ${machine.cpus} CPUs; load average ${machine.loadavgAtStart.toFixed(2)}`,
+  );
   const floorBinary = config.systems.includes('floor') ? buildFloor(ctx) : undefined;
   const runs: SystemRun[] = [];
   const floor: FloorRun[] = [];
@@ -302,7 +311,10 @@ async function main(config: Config): Promise<void> {
   for (const app of config.apps) {
     for (const size of config.appSizes) {
       if (size + FD_HEADROOM > machine.rlimitNofile.soft) {
-        skipped.push({ connections: size, reason: `${app.workload}: needs ${size + FD_HEADROOM} fds in one server process, over RLIMIT_NOFILE ${machine.rlimitNofile.soft}` });
+        skipped.push({
+          connections: size,
+          reason: `${app.workload}: needs ${size + FD_HEADROOM} fds in one server process, over RLIMIT_NOFILE ${machine.rlimitNofile.soft}`,
+        });
         continue;
       }
       ctx.log(`${size} ${app.workload === 'http' ? 'HTTP keep-alive clients' : 'WebSocket clients'}:`);
@@ -322,7 +334,8 @@ async function main(config: Config): Promise<void> {
     durationS: (now() - started) / 1000,
     machine,
     workload: config.workload,
-    appWorkload: config.apps.length > 0 ? { ...config.appWorkload, ...config.apps[0]!, workloads: config.apps.map((a) => a.workload) } : undefined,
+    appWorkload:
+      config.apps.length > 0 ? { ...config.appWorkload, ...config.apps[0]!, workloads: config.apps.map((a) => a.workload) } : undefined,
     sizes: config.echo ? config.sizes : [],
     floor,
     runs,
@@ -331,7 +344,10 @@ async function main(config: Config): Promise<void> {
     targets: evaluateTargets(runs, floor, targetSize),
     warnings: collectWarnings(runs),
   };
-  if (targetSize !== TARGET_SIZE) results.warnings.push(`The targets are for ${TARGET_SIZE.toLocaleString('en-US')} connections; this run checked them at ${targetSize.toLocaleString('en-US')}.`);
+  if (targetSize !== TARGET_SIZE)
+    results.warnings.push(
+      `The targets are for ${TARGET_SIZE.toLocaleString('en-US')} connections; this run checked them at ${targetSize.toLocaleString('en-US')}.`,
+    );
 
   const root = ctx.paths.root;
   const resultsDir = join(root, 'bench/results');
@@ -381,7 +397,8 @@ async function main(config: Config): Promise<void> {
   ctx.log(`Targets at ${targetSize} connections:`);
   for (const line of targetLines(results)) ctx.log(line.replace(/\*\*/g, ''));
   ctx.log(`Results: ${written.join(', ')} (${Math.round(results.durationS)} s)`);
-  if (!config.writeDocs) ctx.log('BENCHMARKS.md and docs/bench-pause.svg unchanged: `npm run bench -- --write-docs` replaces their figures.');
+  if (!config.writeDocs)
+    ctx.log('BENCHMARKS.md and docs/bench-pause.svg unchanged: `npm run bench -- --write-docs` replaces their figures.');
 }
 
 let config: Config | 'help';
@@ -394,7 +411,10 @@ try {
 if (config === 'help') {
   process.stdout.write(USAGE);
 } else {
-  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+  for (const [signal, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const) {
     process.on(signal, () => {
       process.stderr.write(`bench: ${signal}, stopping everything it started\n`);
       // The 'exit' handler kills the process groups, stops pm2 and removes the temp dir.

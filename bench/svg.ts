@@ -45,7 +45,10 @@ export function pauseChart(options: ChartOptions): string {
   const logSpan = Math.log10(WAIT_MAX_MS) - Math.log10(WAIT_MIN_MS);
   const waitPanel: Panel = {
     top: TOP,
-    y: (ms) => TOP + PANEL_HEIGHT - ((Math.log10(Math.min(WAIT_MAX_MS, Math.max(WAIT_MIN_MS, ms))) - Math.log10(WAIT_MIN_MS)) / logSpan) * PANEL_HEIGHT,
+    y: (ms) =>
+      TOP +
+      PANEL_HEIGHT -
+      ((Math.log10(Math.min(WAIT_MAX_MS, Math.max(WAIT_MIN_MS, ms))) - Math.log10(WAIT_MIN_MS)) / logSpan) * PANEL_HEIGHT,
     ticks: [0.1, 1, 10, 50, 100, 1000, 10_000].map((v) => ({ value: v, label: v >= 1000 ? `${v / 1000} s` : `${v} ms` })),
     label: 'longest echo wait in each 100 ms',
   };

@@ -155,7 +155,16 @@ function takeoverScenario(ctx: BenchContext, app: AppPlan | undefined): Scenario
   const serverArgs = ['-q', '--log-format', 'json', ...(app ? ['--app', app.workload] : [])];
   return {
     async start() {
-      old = ctx.groups.spawn('takeover-server', process.execPath, [serverScript, '-a', '127.0.0.1', '-p', '0', '-t', channel, ...serverArgs]);
+      old = ctx.groups.spawn('takeover-server', process.execPath, [
+        serverScript,
+        '-a',
+        '127.0.0.1',
+        '-p',
+        '0',
+        '-t',
+        channel,
+        ...serverArgs,
+      ]);
       let port = 0;
       await waitForLine(
         old,
@@ -219,7 +228,8 @@ function pm2Scenario(ctx: BenchContext, watch: ProcWatch, app: AppPlan | undefin
   let daemon = 0;
   const pm2 = async (args: string[]): Promise<void> => {
     const { exit, stdout, child } = await ctx.groups.run(`pm2 ${args[0]}`, ctx.paths.pm2, args, { env }, SWITCH_TIMEOUT_MS);
-    if (exit.code !== 0) throw new Error(`pm2 ${args.join(' ')} failed (${exit.signal ?? `exit code ${exit.code}`}): ${child.stderrTail() || stdout}`);
+    if (exit.code !== 0)
+      throw new Error(`pm2 ${args.join(' ')} failed (${exit.signal ?? `exit code ${exit.code}`}): ${child.stderrTail() || stdout}`);
   };
   const daemonPid = (): number => {
     const file = join(home, 'pm2.pid');
@@ -287,9 +297,18 @@ function restartScenario(ctx: BenchContext, app: AppPlan | undefined): Scenario 
   let port = 0;
   let current: Child | undefined;
   const startEcho = async (): Promise<{ child: Child; listeningAt: number }> => {
-    const child = ctx.groups.spawn('echo-server', process.execPath, [ctx.paths.echoScript, String(port), '127.0.0.1', app?.workload ?? 'echo']);
+    const child = ctx.groups.spawn('echo-server', process.execPath, [
+      ctx.paths.echoScript,
+      String(port),
+      '127.0.0.1',
+      app?.workload ?? 'echo',
+    ]);
     current = child;
-    const listeningAt = await waitForLine(child, (line, at) => (line.includes(' listening on ') ? at : undefined), 'the echo server listening');
+    const listeningAt = await waitForLine(
+      child,
+      (line, at) => (line.includes(' listening on ') ? at : undefined),
+      'the echo server listening',
+    );
     return { child, listeningAt };
   };
   return {
@@ -344,7 +363,11 @@ export async function runSystem(
   ctx.groups.onSpawn = (child) => watch.add(child.pid, child.name);
   const machineLoad = loadavg()[0]!;
   const scenario =
-    system === 'socket-takeover' ? takeoverScenario(ctx, app) : system === 'pm2 reload' ? pm2Scenario(ctx, watch, app) : restartScenario(ctx, app);
+    system === 'socket-takeover'
+      ? takeoverScenario(ctx, app)
+      : system === 'pm2 reload'
+        ? pm2Scenario(ctx, watch, app)
+        : restartScenario(ctx, app);
   const run: Omit<SystemRun, 'machine'> = { system, connections, ...(app ? { workload: app.workload } : {}) };
   let load: { clients: Child[]; startedAt: number; done: Promise<LoadResult | AppLoadResult> } | undefined;
   let machine = { busy: 0, others: 0 };

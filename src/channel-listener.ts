@@ -241,7 +241,8 @@ export function createChannelFd(channelPath: string): number {
       } catch (error) {
         const code = errorCode(error);
         if (code === 'ECONNREFUSED' || code === 'ENOENT') live = false;
-        else if (code !== 'EAGAIN') throw unusableSocket(channelPath, dirFd, name, error) ?? systemError(`connect to ${channelPath}`, error);
+        else if (code !== 'EAGAIN')
+          throw unusableSocket(channelPath, dirFd, name, error) ?? systemError(`connect to ${channelPath}`, error);
       }
       if (live) {
         throw new TakeoverError(
@@ -425,7 +426,10 @@ export class ChannelListener {
     channel.once('frame', (frame) => {
       greeted = true;
       if (frame.type !== 'hello') {
-        this.warnings.report('before-hello', new TakeoverError(ErrorCodes.PROTOCOL, `takeover channel from ${who}: a ${frame.type} frame before HELLO`));
+        this.warnings.report(
+          'before-hello',
+          new TakeoverError(ErrorCodes.PROTOCOL, `takeover channel from ${who}: a ${frame.type} frame before HELLO`),
+        );
       }
     });
     channel.on('error', (error) => {
@@ -433,7 +437,10 @@ export class ChannelListener {
       if (greeted || error.code === ErrorCodes.PEER_CLOSED) return;
       this.warnings.report(
         'before-hello',
-        new TakeoverError(error.code, `takeover channel from ${who}, before HELLO: ${error.message}`, { cause: error, reason: error.reason }),
+        new TakeoverError(error.code, `takeover channel from ${who}, before HELLO: ${error.message}`, {
+          cause: error,
+          reason: error.reason,
+        }),
       );
     });
   }

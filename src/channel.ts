@@ -175,12 +175,16 @@ export class Channel extends EventEmitter<ChannelEvents> {
         // The peer is still there and sent something this side cannot take: tell it why.
         if (code === 'ERR_FDS_TRUNCATED') {
           return this.refuse(
-            new TakeoverError(ErrorCodes.FD_LIMIT, 'file descriptors were lost in transit (MSG_CTRUNC): fd limit reached', { cause: error }),
+            new TakeoverError(ErrorCodes.FD_LIMIT, 'file descriptors were lost in transit (MSG_CTRUNC): fd limit reached', {
+              cause: error,
+            }),
           );
         }
         if (code === 'ERR_MESSAGE_TRUNCATED') {
           return this.refuse(
-            new TakeoverError(ErrorCodes.PROTOCOL, `a channel frame larger than the protocol allows (${MAX_FRAME_SIZE} bytes)`, { cause: error }),
+            new TakeoverError(ErrorCodes.PROTOCOL, `a channel frame larger than the protocol allows (${MAX_FRAME_SIZE} bytes)`, {
+              cause: error,
+            }),
           );
         }
         if (code === 'ERR_EMPTY_MESSAGE') {

@@ -80,7 +80,8 @@ export class HandingOver implements PredecessorHost {
     try {
       const protocolState = adapter.capture(socket);
       const state = this.options.captureState?.(socket);
-      if (state !== undefined && !Buffer.isBuffer(state)) throw new TypeError(`captureState returned ${typeof state}, not a Buffer or undefined`);
+      if (state !== undefined && !Buffer.isBuffer(state))
+        throw new TypeError(`captureState returned ${typeof state}, not a Buffer or undefined`);
       return { adapter: adapter.kind, protocolState, state };
     } catch (error) {
       this.events.warning(hookError('capturing the connection state (the connection stays here)', error));

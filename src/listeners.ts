@@ -95,12 +95,16 @@ export class ListenerRegistry {
   }
 
   /** Checks a `listen()` call; returns the listener's name, kind and the inherited listener it adopts, if any. */
-  check(server: net.Server, target: ListenTarget): { name: string; kind: 'tcp' | 'unix'; backlog: number; inherited: InheritedListener | undefined } {
+  check(
+    server: net.Server,
+    target: ListenTarget,
+  ): { name: string; kind: 'tcp' | 'unix'; backlog: number; inherited: InheritedListener | undefined } {
     if (target === null || typeof target !== 'object') throw invalidOption('target must be an object');
     if ('path' in target) {
       if (typeof target.path !== 'string' || target.path.length === 0) throw invalidOption('target.path must be a non-empty string');
     } else if ('port' in target) {
-      if (!Number.isInteger(target.port) || target.port < 0 || target.port > 65535) throw invalidOption('target.port must be an integer in 0..65535');
+      if (!Number.isInteger(target.port) || target.port < 0 || target.port > 65535)
+        throw invalidOption('target.port must be an integer in 0..65535');
     } else if (typeof target.name !== 'string' || !this.claimable.some((l) => l.name === target.name)) {
       throw invalidOption(`no inherited listener is named '${String((target as { name?: unknown }).name)}'`);
     }
@@ -117,7 +121,12 @@ export class ListenerRegistry {
     const inherited = this.claimable.find((l) => l.name === name);
     const kind: ListenerKind = 'path' in target ? 'unix' : 'port' in target ? 'tcp' : inherited!.kind;
     if (inherited && inherited.kind !== kind) throw invalidOption(`the predecessor's listener '${name}' is ${inherited.kind}, not ${kind}`);
-    return { name, kind: kind as 'tcp' | 'unix', backlog: (backlog as number | undefined) ?? inherited?.backlog ?? DEFAULT_BACKLOG, inherited };
+    return {
+      name,
+      kind: kind as 'tcp' | 'unix',
+      backlog: (backlog as number | undefined) ?? inherited?.backlog ?? DEFAULT_BACKLOG,
+      inherited,
+    };
   }
 
   /** Binds a new listening socket for `target` (no inherited listener of its name). */

@@ -127,7 +127,8 @@ function load(): Addon {
       return require(file) as Addon;
     } catch (error) {
       // A build that exists but fails to load (wrong ABI, missing symbol) is the one to report.
-      if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw addonLoadError(`cannot load the takeover addon at ${file}`, error);
+      if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND')
+        throw addonLoadError(`cannot load the takeover addon at ${file}`, error);
       notFound ??= error;
     }
   }
@@ -224,10 +225,7 @@ export function receiveMessage(fd: number, maxBytes: number): ReceivedMessage | 
  *
  * The caller keeps owning `fd` and must {@link Poller.close} the Poller before closing it.
  */
-export function poll(
-  fd: number,
-  onEvent: (status: number, readable: boolean, writable: boolean) => void,
-): Poller {
+export function poll(fd: number, onEvent: (status: number, readable: boolean, writable: boolean) => void): Poller {
   return addon.poll(fd, onEvent);
 }
 

@@ -205,7 +205,9 @@ export class PredecessorSession {
 
   private onAck(seq: number): void {
     if (this.batchesInFlight === 0 || seq !== this.batchesAcked) {
-      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `ACK for batch ${seq}, expected ${this.batchesInFlight === 0 ? 'none' : this.batchesAcked}`));
+      return this.abort(
+        new TakeoverError(ErrorCodes.PROTOCOL, `ACK for batch ${seq}, expected ${this.batchesInFlight === 0 ? 'none' : this.batchesAcked}`),
+      );
     }
     this.batchesAcked++;
     this.batchesInFlight--;
@@ -351,10 +353,13 @@ export class PredecessorSession {
     }
     if (records.length === 0 && this.waveSeq > 0) {
       if (this.deferred.size === 0) return this.finish();
-      this.retryTimer = setTimeout(() => {
-        this.retryTimer = undefined;
-        this.nextWave();
-      }, Math.max(0, Math.min(QUIESCE_RETRY_MS, this.quiesceDeadline - performance.now())));
+      this.retryTimer = setTimeout(
+        () => {
+          this.retryTimer = undefined;
+          this.nextWave();
+        },
+        Math.max(0, Math.min(QUIESCE_RETRY_MS, this.quiesceDeadline - performance.now())),
+      );
       return;
     }
     for (const message of encode.wave(encodeWave({ seq: this.waveSeq, records }))) this.channel.send(message);
@@ -377,13 +382,7 @@ export class PredecessorSession {
   }
 
   /** Decides one connection's fate in the wave being built; a moved one is frozen here and released once the wave is sent. */
-  private consider(
-    id: number,
-    socket: net.Socket | undefined,
-    records: WaveRecord[],
-    released: Frozen[],
-    budget: { bytes: number },
-  ): void {
+  private consider(id: number, socket: net.Socket | undefined, records: WaveRecord[], released: Frozen[], budget: { bytes: number }): void {
     const wasDeferred = this.deferred.delete(id);
     if (!socket || socket.destroyed) {
       records.push({ id, fate: 'closed' });
@@ -407,7 +406,8 @@ export class PredecessorSession {
     const bytes = socket.writableLength + socket.readableLength;
     const captured = readiness === 'never' || bytes > MAX_CONNECTION_BYTES ? 'failed' : this.host.capture(id);
     const stateBytes = captured === 'failed' ? 0 : (captured.protocolState?.length ?? 0) + (captured.state?.length ?? 0);
-    const frozen = captured === 'failed' || bytes + stateBytes > MAX_CONNECTION_BYTES ? { fate: 'retained' as const } : freezeSocket(socket);
+    const frozen =
+      captured === 'failed' || bytes + stateBytes > MAX_CONNECTION_BYTES ? { fate: 'retained' as const } : freezeSocket(socket);
     if (frozen.fate !== 'moved') {
       records.push({ id, fate: frozen.fate });
       this.stats[frozen.fate]++;

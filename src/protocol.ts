@@ -120,8 +120,7 @@ function u32List(values: readonly number[]): Buffer {
 
 export const encode = {
   hello: (pid: number) => frame(FrameType.HELLO, json({ pid })),
-  welcome: (pid: number, listeners: number, connections: number) =>
-    frame(FrameType.WELCOME, json({ pid, listeners, connections })),
+  welcome: (pid: number, listeners: number, connections: number) => frame(FrameType.WELCOME, json({ pid, listeners, connections })),
   abort: (code: string, message: string) => frame(FrameType.ABORT, json({ code, message: (message || code).slice(0, 1000) })),
   listeners: (entries: readonly (ListenerEntry & { fd: number })[]) =>
     frame(
@@ -135,12 +134,15 @@ export const encode = {
       body.writeUInt32BE(e.id, i * 6);
       body.writeUInt16BE(e.listener, i * 6 + 4);
     });
-    return frame(FrameType.CONNS, body, entries.map((e) => e.fd));
+    return frame(
+      FrameType.CONNS,
+      body,
+      entries.map((e) => e.fd),
+    );
   },
   ack: (seq: number) => frame(FrameType.ACK, u32List([seq])),
   closed: (ids: readonly number[]) => frame(FrameType.CLOSED, u32List(ids)),
-  prepare: (connections: number, idSum: number, idXor: number) =>
-    frame(FrameType.PREPARE, json({ connections, idSum, idXor })),
+  prepare: (connections: number, idSum: number, idXor: number) => frame(FrameType.PREPARE, json({ connections, idSum, idXor })),
   commit: () => frame(FrameType.COMMIT, Buffer.alloc(0)),
   listening: (quiesceMs: number) => frame(FrameType.LISTENING, json({ quiesceMs })),
   waveAck: (seq: number) => frame(FrameType.WAVE_ACK, u32List([seq])),
@@ -357,7 +359,8 @@ const RECORD_HEADER = 4 + 1 + 1 + 4 * 4;
 export function encodeWave(wave: Wave): Buffer {
   let size = 8;
   for (const r of wave.records) {
-    size += RECORD_HEADER + (r.fate === 'moved' ? r.input.length + r.output.length + (r.protocolState?.length ?? 0) + (r.state?.length ?? 0) : 0);
+    size +=
+      RECORD_HEADER + (r.fate === 'moved' ? r.input.length + r.output.length + (r.protocolState?.length ?? 0) + (r.state?.length ?? 0) : 0);
   }
   const blob = Buffer.allocUnsafe(size);
   blob.writeUInt32BE(wave.seq, 0);
@@ -400,7 +403,8 @@ export function decodeWave(blob: Buffer): Wave {
     if (seen.has(id)) throw protocolError(`wave names connection ${id} twice`);
     seen.add(id);
     if (fate !== 'moved') {
-      if (total !== 0 || flags & (HAS_STATE | HAS_PROTOCOL_STATE) || adapter !== 'net') throw protocolError(`a ${fate} wave record carries data`);
+      if (total !== 0 || flags & (HAS_STATE | HAS_PROTOCOL_STATE) || adapter !== 'net')
+        throw protocolError(`a ${fate} wave record carries data`);
       records.push({ id, fate });
       continue;
     }

@@ -95,7 +95,15 @@ export function trackWrites(socket: net.Socket): void {
   const writev = s._writev;
   if (writev) {
     s._writev = function (chunks, cb) {
-      writev.call(this, chunks, pendingWrite(socket, chunks.map((c) => toBuffer(c.chunk, c.encoding)), cb));
+      writev.call(
+        this,
+        chunks,
+        pendingWrite(
+          socket,
+          chunks.map((c) => toBuffer(c.chunk, c.encoding)),
+          cb,
+        ),
+      );
     };
   }
 }
@@ -103,10 +111,7 @@ export function trackWrites(socket: net.Socket): void {
 /** Sockets that were flowing when frozen, so that {@link thawSocket} can restart them as they were. */
 const flowingAtFreeze = new WeakSet<net.Socket>();
 
-export type Frozen =
-  | { fate: 'moved'; input: Buffer; output: Buffer }
-  | { fate: 'retained' }
-  | { fate: 'closed' };
+export type Frozen = { fate: 'moved'; input: Buffer; output: Buffer } | { fate: 'retained' } | { fate: 'closed' };
 
 /**
  * Stops a socket in place and takes out what a successor needs to carry on exactly where this

@@ -43,7 +43,10 @@ export interface TakeoverStats {
   };
 }
 
-type Counts = Pick<TakeoverStats, 'connections' | 'retained' | 'deferred' | 'closed' | 'bytesIn' | 'bytesOut' | 'stateBytes' | 'waves' | 'maxPauseMs'>;
+type Counts = Pick<
+  TakeoverStats,
+  'connections' | 'retained' | 'deferred' | 'closed' | 'bytesIn' | 'bytesOut' | 'stateBytes' | 'waves' | 'maxPauseMs'
+>;
 
 /**
  * What one side of a takeover records as it goes (both sides record the same things, each from
@@ -53,7 +56,17 @@ export class StatsRecorder {
   readonly started = performance.now();
   /** performance.now() at each step; 0 until reached. */
   readonly marks = { firstConns: 0, prepare: 0, commit: 0, listening: 0 };
-  readonly counts: Counts = { connections: 0, retained: 0, deferred: 0, closed: 0, bytesIn: 0, bytesOut: 0, stateBytes: 0, waves: 0, maxPauseMs: 0 };
+  readonly counts: Counts = {
+    connections: 0,
+    retained: 0,
+    deferred: 0,
+    closed: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    stateBytes: 0,
+    waves: 0,
+    maxPauseMs: 0,
+  };
 
   snapshot(who: Pick<TakeoverStats, 'role' | 'predecessorPid' | 'successorPid' | 'listeners'>): TakeoverStats {
     const end = performance.now();

@@ -108,7 +108,9 @@ export class SuccessorSession {
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the predecessor closed the takeover channel')));
     if (!host.options.allowUids.includes(channel.peer.uid)) {
-      this.abort(new TakeoverError(ErrorCodes.PEER_REJECTED, `the process on the channel runs as uid ${channel.peer.uid}, which is not allowed`));
+      this.abort(
+        new TakeoverError(ErrorCodes.PEER_REJECTED, `the process on the channel runs as uid ${channel.peer.uid}, which is not allowed`),
+      );
       return;
     }
     // Grow the fd table before the transfer starts: in a multithreaded process each growth
@@ -228,7 +230,9 @@ export class SuccessorSession {
     });
     if (bad) {
       for (const { fd } of conns) native.close(fd);
-      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `CONNS frame has a bad entry (connection ${bad.id}, listener ${bad.listener})`));
+      return this.abort(
+        new TakeoverError(ErrorCodes.PROTOCOL, `CONNS frame has a bad entry (connection ${bad.id}, listener ${bad.listener})`),
+      );
     }
     if (this.marks.firstConns === 0) {
       this.marks.firstConns = performance.now();
@@ -298,7 +302,10 @@ export class SuccessorSession {
     const mine = digestIds(this.held.keys());
     if (mine.connections !== frame.connections || mine.idSum !== frame.idSum || mine.idXor !== frame.idXor) {
       return this.abort(
-        new TakeoverError(ErrorCodes.PROTOCOL, `pre-copy mismatch: holding ${mine.connections} connections, predecessor sent ${frame.connections}`),
+        new TakeoverError(
+          ErrorCodes.PROTOCOL,
+          `pre-copy mismatch: holding ${mine.connections} connections, predecessor sent ${frame.connections}`,
+        ),
       );
     }
     this.marks.prepare = performance.now();
@@ -315,7 +322,10 @@ export class SuccessorSession {
     const unclaimed = this.host.unclaimedListeners();
     if (unclaimed.length > 0) {
       return this.abort(
-        new TakeoverError(ErrorCodes.LISTENER_UNCLAIMED, `the predecessor listens on ${unclaimed.join(', ')}, which this process did not listen() on`),
+        new TakeoverError(
+          ErrorCodes.LISTENER_UNCLAIMED,
+          `the predecessor listens on ${unclaimed.join(', ')}, which this process did not listen() on`,
+        ),
       );
     }
     this.marks.commit = performance.now();
@@ -394,7 +404,10 @@ export class SuccessorSession {
     this.stats.maxPauseMs = maxPauseUs / 1000;
     if (this.held.size > 0 || retained !== this.stats.retained) {
       return this.abort(
-        new TakeoverError(ErrorCodes.PROTOCOL, `DONE with ${this.held.size} connections never started and ${retained} retained (counted ${this.stats.retained})`),
+        new TakeoverError(
+          ErrorCodes.PROTOCOL,
+          `DONE with ${this.held.size} connections never started and ${retained} retained (counted ${this.stats.retained})`,
+        ),
       );
     }
     this.phase = 'done';

@@ -44,7 +44,17 @@ export type { UpgradeOptions } from './upgrade.js';
  * - `done`: nothing left here ({@link Takeover.done} has resolved);
  * - `closed` (after `close()`), `failed` (`start()` or `ready()` failed).
  */
-export type TakeoverState = 'new' | 'starting' | 'started' | 'readying' | 'serving' | 'handing-over' | 'draining' | 'done' | 'closed' | 'failed';
+export type TakeoverState =
+  | 'new'
+  | 'starting'
+  | 'started'
+  | 'readying'
+  | 'serving'
+  | 'handing-over'
+  | 'draining'
+  | 'done'
+  | 'closed'
+  | 'failed';
 
 export interface TakeoverEvents {
   /** Old process: a successor connected and passed the uid check. */
@@ -145,12 +155,18 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       const channel = mode === 'fresh' ? undefined : this.connectUnlessAuto(path);
       if (channel) {
         this.role = 'successor';
-        this.incoming = new TakingOver(this.options, this.registry, this.webSocketAdapters, {
-          warning: (error) => this.emit('warning', error),
-          track: (socket, listener) => this.track(socket, listener),
-          adopt: (socket) => this.emitSafely('adopt', socket),
-          openChannel: (fd) => this.openChannel(fd),
-        }, channel);
+        this.incoming = new TakingOver(
+          this.options,
+          this.registry,
+          this.webSocketAdapters,
+          {
+            warning: (error) => this.emit('warning', error),
+            track: (socket, listener) => this.track(socket, listener),
+            adopt: (socket) => this.emitSafely('adopt', socket),
+            openChannel: (fd) => this.openChannel(fd),
+          },
+          channel,
+        );
         await this.incoming.started;
       } else {
         checkReplaceable(path);
@@ -194,7 +210,15 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     }
     const { name, kind, backlog, inherited } = this.registry.check(server, target);
     const index = this.registry.records.length;
-    const record: ListenerRecord = { name, kind, backlog, server, adapter: this.adapterFor(server), inherited, listening: Promise.resolve() };
+    const record: ListenerRecord = {
+      name,
+      kind,
+      backlog,
+      server,
+      adapter: this.adapterFor(server),
+      inherited,
+      listening: Promise.resolve(),
+    };
     server.prependListener('connection', (socket: net.Socket) => this.track(socket, index));
     let claimed: Promise<void>;
     if (inherited) {
@@ -219,7 +243,12 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    */
   webSockets(wss: WebSocketServerLike): void {
     if (!['started', 'readying', 'serving'].includes(this.currentState)) this.expectState('started', 'webSockets');
-    if (wss === null || typeof wss !== 'object' || typeof wss.handleUpgrade !== 'function' || typeof (wss.options as { WebSocket?: unknown })?.WebSocket !== 'function') {
+    if (
+      wss === null ||
+      typeof wss !== 'object' ||
+      typeof wss.handleUpgrade !== 'function' ||
+      typeof (wss.options as { WebSocket?: unknown })?.WebSocket !== 'function'
+    ) {
       throw invalidOption('webSockets() takes a ws WebSocketServer');
     }
     if (this.webSocketAdapters.some((a) => a.wss === wss)) throw invalidOption('this WebSocketServer is already registered');
@@ -401,7 +430,11 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       return refuse(ErrorCodes.PEER_REJECTED, `uid ${uid} (pid ${pid}) is not allowed to take over`);
     }
     if (this.outgoing || this.incoming?.running || this.currentState !== 'serving') {
-      const holder = this.outgoing ? `, with pid ${this.outgoing.peerPid}` : this.incoming?.running ? ', this process taking over' : ` (state ${this.currentState})`;
+      const holder = this.outgoing
+        ? `, with pid ${this.outgoing.peerPid}`
+        : this.incoming?.running
+          ? ', this process taking over'
+          : ` (state ${this.currentState})`;
       return refuse(ErrorCodes.BUSY, `a takeover is already in progress${holder}: refused pid ${pid}`);
     }
     const { options, registry, connections, webSocketAdapters } = this;

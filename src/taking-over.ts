@@ -107,16 +107,21 @@ export class TakingOver implements SuccessorHost {
     const index = this.registry.records.indexOf(listener);
     const adapter =
       record.adapter === 'ws'
-        ? this.webSocketAdapters.map((a) => ({ a, fit: a.fit(record.protocolState) })).filter((c) => c.fit > 0).sort((x, y) => y.fit - x.fit)[0]?.a
+        ? this.webSocketAdapters
+            .map((a) => ({ a, fit: a.fit(record.protocolState) }))
+            .filter((c) => c.fit > 0)
+            .sort((x, y) => y.fit - x.fit)[0]?.a
         : record.adapter === listener.adapter.kind
           ? listener.adapter
           : undefined;
     if (!adapter) {
-      this.events.warning(new TakeoverError(
-        ErrorCodes.INVALID_STATE,
-        `a ${record.adapter} connection arrived on '${listener.name}', which has no ${record.adapter === 'ws' ? 'webSockets() server for it' : `${record.adapter} server`}: it is closed`,
-        { socket },
-      ));
+      this.events.warning(
+        new TakeoverError(
+          ErrorCodes.INVALID_STATE,
+          `a ${record.adapter} connection arrived on '${listener.name}', which has no ${record.adapter === 'ws' ? 'webSockets() server for it' : `${record.adapter} server`}: it is closed`,
+          { socket },
+        ),
+      );
       socket.destroy();
       return;
     }
@@ -135,7 +140,9 @@ export class TakingOver implements SuccessorHost {
     try {
       adapter.adopt(socket, { input: record.input, output: record.output, protocolState: record.protocolState }, prepare);
     } catch (error) {
-      this.events.warning(new TakeoverError(ErrorCodes.PROTOCOL, `a ${adapter.kind} connection could not be adopted: it is closed`, { cause: error, socket }));
+      this.events.warning(
+        new TakeoverError(ErrorCodes.PROTOCOL, `a ${adapter.kind} connection could not be adopted: it is closed`, { cause: error, socket }),
+      );
       socket.destroy();
     }
   }

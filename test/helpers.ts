@@ -34,7 +34,17 @@ export interface ServerEvent {
   channelExists?: boolean;
   addresses?: net.AddressInfo[];
   address?: net.AddressInfo;
-  stats?: { connections: number; retained: number; deferred: number; closed: number; waves: number; bytesIn: number; bytesOut: number; stateBytes: number; maxPauseMs: number };
+  stats?: {
+    connections: number;
+    retained: number;
+    deferred: number;
+    closed: number;
+    waves: number;
+    bytesIn: number;
+    bytesOut: number;
+    stateBytes: number;
+    maxPauseMs: number;
+  };
 }
 
 export interface ServerConfig {
@@ -67,7 +77,10 @@ export class ServerProcess {
   private readonly events: ServerEvent[] = [];
   private readonly waiters: (() => void)[] = [];
 
-  constructor(config: ServerConfig | object, options: { env?: NodeJS.ProcessEnv; shellPrefix?: string; spawn?: SpawnOptions; script?: string } = {}) {
+  constructor(
+    config: ServerConfig | object,
+    options: { env?: NodeJS.ProcessEnv; shellPrefix?: string; spawn?: SpawnOptions; script?: string } = {},
+  ) {
     const script = options.script ?? fixture;
     const args = [script, JSON.stringify(config)];
     const spawnOptions: SpawnOptions = { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env }, ...options.spawn };
@@ -99,7 +112,9 @@ export class ServerProcess {
       const index = this.events.findIndex((e) => e.event === name);
       if (index >= 0) return this.events.splice(index, 1)[0]!;
       if (this.proc.exitCode !== null || this.proc.signalCode !== null) {
-        throw new Error(`server ${this.pid} exited (${this.proc.exitCode ?? this.proc.signalCode}) before '${name}'; events: ${JSON.stringify(this.events)}; stderr: ${this.stderr.join('\n')}`);
+        throw new Error(
+          `server ${this.pid} exited (${this.proc.exitCode ?? this.proc.signalCode}) before '${name}'; events: ${JSON.stringify(this.events)}; stderr: ${this.stderr.join('\n')}`,
+        );
       }
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`no '${name}' from server ${this.pid} within ${timeoutMs} ms; events: ${JSON.stringify(this.events)}`);
@@ -161,7 +176,11 @@ export class SeqClient {
   private drainWaiters: (() => void)[] = [];
   private closedByUs = false;
 
-  constructor(port: number, host: string, private options: CheckerOptions) {
+  constructor(
+    port: number,
+    host: string,
+    private options: CheckerOptions,
+  ) {
     this.socket = net.connect({ port, host });
     live.add({ kill: () => this.close() });
     this.socket.setNoDelay(true);
@@ -326,7 +345,8 @@ export function copyForNobody(): { root: string; script: string } {
 export async function waitFor(condition: () => boolean, what: string | (() => string), timeoutMs = 10_000, intervalMs = 5): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
+    if (performance.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
     await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
 }

@@ -145,7 +145,10 @@ export function runAppLoad(options: AppLoadOptions): Promise<AppLoadSummary> {
   // Clients start spread over one interval, so their requests do not come in one burst.
   const spacing = options.intervalMs / Math.max(1, options.clients);
   const starts = Array.from({ length: options.clients }, (_, i) =>
-    setTimeout(() => clients.push(factory(options, tally, state, sources.length === 0 ? undefined : sources[i % sources.length])), i * spacing),
+    setTimeout(
+      () => clients.push(factory(options, tally, state, sources.length === 0 ? undefined : sources[i % sources.length])),
+      i * spacing,
+    ),
   );
   const sweep = setInterval(() => {
     const now = performance.now();
@@ -190,7 +193,8 @@ export function runAppLoad(options: AppLoadOptions): Promise<AppLoadSummary> {
         pauseMs,
         histograms: { pauseUs: hdr.encodeIntoCompressedBase64(tally.pause) },
         ...eventLoopLag(eld),
-        ok: tally.failed + tally.hung + tally.lost + tally.duplicated + tally.reordered + tally.closed === 0 && keptFirst === options.clients,
+        ok:
+          tally.failed + tally.hung + tally.lost + tally.duplicated + tally.reordered + tally.closed === 0 && keptFirst === options.clients,
       });
     }, options.durationMs);
   });

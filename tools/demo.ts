@@ -40,7 +40,6 @@ interface Step {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-
 /** Every server's stdout, successors started by SIGUSR2 included (they inherit it). */
 class ServerLogs {
   private readonly records: LogRecord[] = [];
@@ -106,7 +105,6 @@ class ServerLogs {
     }
   }
 }
-
 
 const ms = (value: number): string => `${value.toFixed(1)} ms`;
 
@@ -179,7 +177,9 @@ async function main(): Promise<number> {
     let current = started.pid;
     const chain = [current];
 
-    process.stdout.write(`Server pid ${current} listens on port ${started.port}; starting ${CLIENTS} clients, one message each per ${INTERVAL_MS} ms\n`);
+    process.stdout.write(
+      `Server pid ${current} listens on port ${started.port}; starting ${CLIENTS} clients, one message each per ${INTERVAL_MS} ms\n`,
+    );
     let allOpen!: () => void;
     const opened = new Promise<void>((resolve) => (allOpen = resolve));
     load = runEchoLoad(
@@ -202,11 +202,12 @@ async function main(): Promise<number> {
       await sleep(GAP_MS);
       const how = i % 2 === 1 ? '-T' : 'SIGUSR2';
       const predecessor = current;
-      process.stdout.write(`Takeover ${i}/${TAKEOVERS}: ${how === '-T' ? `spawning takeover-server -T ${channel}` : `kill -USR2 ${predecessor}`}\n`);
+      process.stdout.write(
+        `Takeover ${i}/${TAKEOVERS}: ${how === '-T' ? `spawning takeover-server -T ${channel}` : `kill -USR2 ${predecessor}`}\n`,
+      );
       if (how === '-T') logs.spawn(['-T', channel]);
       else process.kill(predecessor, 'SIGUSR2');
-      const isSummary = (role: TakeoverStats['role']) => (r: LogRecord) =>
-        r.stats?.role === role && r.stats.predecessorPid === predecessor;
+      const isSummary = (role: TakeoverStats['role']) => (r: LogRecord) => r.stats?.role === role && r.stats.predecessorPid === predecessor;
       const done = await logs.waitFor(`takeover ${i} by a successor`, isSummary('successor'));
       const old = await logs.waitFor(`takeover ${i} summary of pid ${predecessor}`, isSummary('predecessor'));
       current = done.stats!.successorPid;

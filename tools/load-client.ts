@@ -10,14 +10,7 @@ import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { runEchoLoad, type EchoLoadOptions, type EchoLoadProgress, type EchoLoadSummary } from './echo-load.js';
 import { loadWsClient, runAppLoad, type AppLoadOptions, type AppLoadSummary } from './app-load.js';
-import {
-  UsageError,
-  parseCommandLineOrExit,
-  parseAddressFlag,
-  parseIntegerFlag,
-  parseNumberFlag,
-  parsePortFlag,
-} from '#lib/cli/format.js';
+import { UsageError, parseCommandLineOrExit, parseAddressFlag, parseIntegerFlag, parseNumberFlag, parsePortFlag } from '#lib/cli/format.js';
 
 const COMMAND = 'load-client';
 

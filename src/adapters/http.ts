@@ -31,7 +31,9 @@ interface IdleState {
 
 /** An http.Server (or a subclass such as Express's or Fastify's server), without loading node:http. */
 export function isHttpServer(server: net.Server): server is http.Server {
-  return typeof (server as { setTimeout?: unknown }).setTimeout === 'function' && 'keepAliveTimeout' in server && 'headersTimeout' in server;
+  return (
+    typeof (server as { setTimeout?: unknown }).setTimeout === 'function' && 'keepAliveTimeout' in server && 'headersTimeout' in server
+  );
 }
 
 export class HttpAdapter implements ConnectionAdapter {
@@ -137,4 +139,3 @@ function connectionsList(server: http.Server): ConnectionsList | undefined {
   const key = Object.getOwnPropertySymbols(server).find((s) => s.description === 'http.server.connections');
   return key ? (server as unknown as Record<symbol, ConnectionsList | undefined>)[key] : undefined;
 }
-

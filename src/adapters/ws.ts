@@ -30,14 +30,18 @@ export interface WebSocketServerLike {
 /** The parts of a `ws` WebSocketServer this adapter uses (its public API and its options). */
 interface WebSocketServer {
   options: {
-    // biome-ignore lint/suspicious/noExplicitAny: ws's WebSocket constructor, typed by ws itself
-    WebSocket: new (address: null, protocols: undefined, options: any) => any;
+    WebSocket: new (address: null, protocols: undefined, options: object) => WebSocketLike;
     perMessageDeflate?: boolean | object;
     maxPayload?: number;
     [key: string]: unknown;
   };
   clients?: Set<unknown>;
-  handleUpgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer, cb: (ws: WebSocketLike, req: http.IncomingMessage) => void): void;
+  handleUpgrade(
+    req: http.IncomingMessage,
+    socket: net.Socket,
+    head: Buffer,
+    cb: (ws: WebSocketLike, req: http.IncomingMessage) => void,
+  ): void;
   emit(event: 'connection', ws: WebSocketLike, req: http.IncomingMessage): boolean;
   shouldHandle(req: { url?: string }): boolean | Promise<boolean>;
 }
@@ -190,12 +194,19 @@ export class WebSocketAdapter implements ConnectionAdapter {
   adopt(socket: net.Socket, { input, output, protocolState }: Carried, prepare: () => void): void {
     const state = parseState(protocolState);
     const { options } = this.server;
-    const ws = new options.WebSocket(null, undefined, options) as WebSocketLike;
+    const ws = new options.WebSocket(null, undefined, options);
     ws._protocol = state.protocol;
     if (state.deflate) ws._extensions = { [DEFLATE]: this.deflate(state.deflate) };
     replayCarried(socket, Buffer.alloc(0), output);
     const request = new http.IncomingMessage(socket);
-    Object.assign(request, { method: state.method, url: state.url, headers: state.headers, rawHeaders: state.rawHeaders, httpVersion: state.httpVersion, complete: true });
+    Object.assign(request, {
+      method: state.method,
+      url: state.url,
+      headers: state.headers,
+      rawHeaders: state.rawHeaders,
+      httpVersion: state.httpVersion,
+      complete: true,
+    });
     prepare();
     ws.setSocket(socket, input, {
       allowSynchronousEvents: options.allowSynchronousEvents,
@@ -255,8 +266,10 @@ function perMessageDeflateClass(webSocketClass: object): new (options: object) =
   let found = deflateClasses.get(webSocketClass);
   if (!found) {
     const require = createRequire(import.meta.url);
-    const module = Object.values(require.cache).find((m) => m?.exports === webSocketClass && m.filename.endsWith(path.join('lib', 'websocket.js')));
-    if (!module) throw new TypeError('the WebSocketServer\'s WebSocket class is not from the ws package');
+    const module = Object.values(require.cache).find(
+      (m) => m?.exports === webSocketClass && m.filename.endsWith(path.join('lib', 'websocket.js')),
+    );
+    if (!module) throw new TypeError("the WebSocketServer's WebSocket class is not from the ws package");
     found = require(path.join(path.dirname(module.filename), 'permessage-deflate.js')) as new (options: object) => Deflate;
     deflateClasses.set(webSocketClass, found);
   }
@@ -267,7 +280,13 @@ function perMessageDeflateClass(webSocketClass: object): new (options: object) =
 function receiverIdle(ws: WebSocketLike): boolean {
   const receiver = ws._receiver;
   if (!receiver) return false;
-  return receiver._state === 0 && receiver._bufferedBytes === 0 && receiver._fragmented === 0 && receiver._fragments.length === 0 && receiver.writableLength === 0;
+  return (
+    receiver._state === 0 &&
+    receiver._bufferedBytes === 0 &&
+    receiver._fragmented === 0 &&
+    receiver._fragments.length === 0 &&
+    receiver.writableLength === 0
+  );
 }
 
 function parseState(state: Buffer | undefined): WebSocketState {

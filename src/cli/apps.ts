@@ -98,7 +98,10 @@ async function loadWs(): Promise<typeof import('ws')> {
     return await import('ws');
   } catch (error) {
     if ((error as { code?: unknown }).code !== 'ERR_MODULE_NOT_FOUND') throw error;
-    throw Object.assign(new Error("--app ws needs the 'ws' package, which is not installed (npm install ws)"), { code: WS_MISSING, cause: error });
+    throw Object.assign(new Error("--app ws needs the 'ws' package, which is not installed (npm install ws)"), {
+      code: WS_MISSING,
+      cause: error,
+    });
   }
 }
 
@@ -140,7 +143,9 @@ export async function createApp(name: Exclude<AppName, 'echo'>): Promise<App> {
     label: 'WebSocket',
     createServer: () => {
       const server = http.createServer(handle);
-      server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket as net.Socket, head, (ws) => wss.emit('connection', ws, req)));
+      server.on('upgrade', (req, socket, head) =>
+        wss.handleUpgrade(req, socket as net.Socket, head, (ws) => wss.emit('connection', ws, req)),
+      );
       return server;
     },
     webSocketServer: wss,

@@ -9,7 +9,15 @@
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { UsageError, parseCommandLineOrExit, formatPeer, parseAddressFlag, parseIntegerFlag, parseNumberFlag, parsePortFlag } from './format.js';
+import {
+  UsageError,
+  parseCommandLineOrExit,
+  formatPeer,
+  parseAddressFlag,
+  parseIntegerFlag,
+  parseNumberFlag,
+  parsePortFlag,
+} from './format.js';
 
 const COMMAND = 'takeover-client';
 /** How long the stop waits for the echo in flight before counting it lost. */

@@ -92,7 +92,8 @@ function parseCommandLine(args: string[]): ServerConfig | 'help' {
   const host = parseAddressFlag(values['listen-address'], '-a/--listen-address');
   const backlog = parseIntegerFlag(values['listen-backlog'], '-b/--listen-backlog', 1, 65535);
   const portText = values['listen-port'];
-  if (portText === undefined && from === undefined) throw new UsageError('missing required option -p/--listen-port (or -T/--takeover PATH)');
+  if (portText === undefined && from === undefined)
+    throw new UsageError('missing required option -p/--listen-port (or -T/--takeover PATH)');
   const port = portText === undefined ? undefined : parsePortFlag(portText, '-p/--listen-port', 0);
 
   const dropped = new Set<number>();
@@ -258,7 +259,10 @@ class TakeoverServer {
     const address = server.address();
     const fd = fdOf(server);
     if (address !== null && typeof address === 'object') {
-      this.log(`Starting ${this.app?.label ?? 'TCP'} server on ${formatPeer(address.address, address.port)} (fd:${fd})`, { ...address, fd });
+      this.log(`Starting ${this.app?.label ?? 'TCP'} server on ${formatPeer(address.address, address.port)} (fd:${fd})`, {
+        ...address,
+        fd,
+      });
     } else {
       // A Unix listener inherited from a predecessor that is not this command.
       this.log(`Starting Unix server (fd:${fd})`, { fd });

@@ -170,10 +170,7 @@ test('a successor facing a predecessor that sends nonsense fails with a code and
   const dir = tempDir();
   const channelPath = path.join(dir, 'channel');
   const before = native.openFdCount();
-  for (const reply of [
-    Buffer.from('nonsense'),
-    encode.welcome(1, 1, 0).data,
-  ]) {
+  for (const reply of [Buffer.from('nonsense'), encode.welcome(1, 1, 0).data]) {
     const listenFd = native.unixListen(channelPath, 'seqpacket', 1);
     const successor = new Takeover({ path: channelPath, mode: 'successor', timeoutMs: 1000 });
     const started = successor.start();

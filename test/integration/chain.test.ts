@@ -6,7 +6,9 @@ import { cleanup, drainAll, openClients, openFds, ServerProcess, tempDir, type S
 
 after(cleanup);
 
-test('20 chained takeovers under load: every old process exits, nothing is lost, fd counts do not grow', { timeout: 180_000 }, async (t) => {
+test('20 chained takeovers under load: every old process exits, nothing is lost, fd counts do not grow', {
+  timeout: 180_000,
+}, async (t) => {
   const dir = tempDir();
   const config: ServerConfig = {
     path: path.join(dir, 'channel'),

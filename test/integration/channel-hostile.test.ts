@@ -18,7 +18,9 @@ after(cleanup);
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function fresh(options: { shellPrefix?: string } = {}): Promise<{ dir: string; config: ServerConfig; server: ServerProcess; port: number }> {
+async function fresh(
+  options: { shellPrefix?: string } = {},
+): Promise<{ dir: string; config: ServerConfig; server: ServerProcess; port: number }> {
   const dir = tempDir();
   const config: ServerConfig = { path: path.join(dir, 'channel'), listen: [{ port: 0, host: '127.0.0.1' }] };
   const server = new ServerProcess(config, options);
@@ -49,7 +51,9 @@ async function settled(pid: number, fds: number): Promise<void> {
   }
 }
 
-test('a flood of channel connections: fds stay within the cap, warnings are summed up, a real successor then takes over', { timeout: 120_000 }, async () => {
+test('a flood of channel connections: fds stay within the cap, warnings are summed up, a real successor then takes over', {
+  timeout: 120_000,
+}, async () => {
   const { dir, config, server, port } = await fresh();
   const baseline = openFds(server.pid);
   const held: number[] = [];
@@ -82,7 +86,11 @@ test('a flood of channel connections: fds stay within the cap, warnings are summ
   // The old process let go of its channel at the handover, which sends out what was held back.
   const dropped = server.pending('warning').filter((w) => w.code === 'ERR_TAKEOVER_BUSY');
   assert.ok(dropped.length < 3000 / 10, `${dropped.length} warnings for 3000 connections`);
-  const summaries = dropped.filter((w) => /^\d+ more like this in the last 1000 ms, the last: 16 takeover channel connections are open: closed a new one from pid \d+ \(uid 0\) at once$/.test(w.message!));
+  const summaries = dropped.filter((w) =>
+    /^\d+ more like this in the last 1000 ms, the last: 16 takeover channel connections are open: closed a new one from pid \d+ \(uid 0\) at once$/.test(
+      w.message!,
+    ),
+  );
   assert.ok(summaries.length >= 1, JSON.stringify(dropped));
   successor.kill('SIGTERM');
   await successor.exited;

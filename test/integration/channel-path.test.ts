@@ -15,7 +15,6 @@ import { cleanup, copyForNobody, NOBODY, ServerProcess, tempDir } from '../helpe
 
 after(cleanup);
 
-
 function assertUnsafe(pattern: RegExp): (error: unknown) => boolean {
   return (error) => {
     assert.ok(error instanceof TakeoverError, `expected a TakeoverError, got ${String(error)}`);
@@ -90,7 +89,10 @@ test('a symlink at the path is never followed: its target keeps its mode, its co
   const channelPath = path.join(dir, 'channel');
   fs.symlinkSync(target, channelPath);
 
-  await assertEveryModeRefuses(channelPath, new RegExp(`^${channelPath} is a symbolic link to ${target} \\(uid 0\\), not a takeover channel`));
+  await assertEveryModeRefuses(
+    channelPath,
+    new RegExp(`^${channelPath} is a symbolic link to ${target} \\(uid 0\\), not a takeover channel`),
+  );
   assert.equal(removeChannelPath(channelPath), false);
 
   assert.equal(fs.statSync(target).mode & 0o7777, 0o4755);
@@ -139,7 +141,9 @@ test("another user's stale socket at the path is reported and left in place", as
 });
 
 /** What a process running as `nobody` needs, in a directory it can read (the checkout may not be). */
-test("a fresh start next to another user's live socket it may not connect to is PATH_UNSAFE, not CHANNEL_IN_USE", { timeout: 60_000 }, async () => {
+test("a fresh start next to another user's live socket it may not connect to is PATH_UNSAFE, not CHANNEL_IN_USE", {
+  timeout: 60_000,
+}, async () => {
   const { root, script } = copyForNobody();
   const dir = tempDir();
   fs.chownSync(dir, NOBODY, NOBODY);

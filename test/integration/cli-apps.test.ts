@@ -62,7 +62,9 @@ class Server {
       const found = this.records.find(predicate);
       if (found) return found;
       const exited = this.child.exited.then(() => {
-        throw new Error(`server ${this.child.pid} exited first; stdout: ${JSON.stringify(this.records)}; stderr: ${this.child.stderrTail()}`);
+        throw new Error(
+          `server ${this.child.pid} exited first; stdout: ${JSON.stringify(this.records)}; stderr: ${this.child.stderrTail()}`,
+        );
       });
       await Promise.race([new Promise<void>((resolve) => this.waiters.add(resolve)), exited]);
     }
@@ -95,7 +97,9 @@ test('--app http: a keep-alive client keeps its one connection across a -T takeo
         let body = '';
         res.setEncoding('utf8');
         res.on('data', (chunk: string) => (body += chunk));
-        res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(body) as { pid: number }) : reject(new Error(`${res.statusCode} ${body}`))));
+        res.on('end', () =>
+          res.statusCode === 200 ? resolve(JSON.parse(body) as { pid: number }) : reject(new Error(`${res.statusCode} ${body}`)),
+        );
       });
       req.on('socket', (socket) => sockets.add(socket));
       req.on('error', reject);
@@ -122,12 +126,14 @@ test('--app http: a keep-alive client keeps its one connection across a -T takeo
   assert.equal(sockets.size, 1, 'the client never had to open a second connection');
   // The streamed and the uploaded routes answer on the same connection.
   const streamed = await new Promise<string>((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: '/stream?ms=50&every=10', agent }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve(body));
-    }).on('error', reject);
+    http
+      .get({ host: '127.0.0.1', port, path: '/stream?ms=50&every=10', agent }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (body += chunk));
+        res.on('end', () => resolve(body));
+      })
+      .on('error', reject);
   });
   assert.match(streamed, new RegExp(`^1 ${successor.child.pid}\\n(?:\\d+ ${successor.child.pid}\\n)*end ${successor.child.pid}\\n$`));
   const uploaded = await new Promise<{ bytes: number }>((resolve, reject) => {
@@ -188,8 +194,15 @@ test('--app ws: a WebSocket stays open across a -T takeover and a SIGUSR2 one; p
   clearInterval(sender);
   await until(() => echoes.length === sent);
   assert.equal(closed, false);
-  assert.deepEqual(pushes, pushes.map((_, i) => i), 'pushes numbered from 0 without a gap, a repeat or a swap');
-  assert.deepEqual(echoes, echoes.map((_, i) => `m${i}`));
+  assert.deepEqual(
+    pushes,
+    pushes.map((_, i) => i),
+    'pushes numbered from 0 without a gap, a repeat or a swap',
+  );
+  assert.deepEqual(
+    echoes,
+    echoes.map((_, i) => `m${i}`),
+  );
   ws.close();
 });
 
@@ -207,7 +220,10 @@ test('--app ws without the ws package installed: a clear error with its code, ex
   const script = path.join(root, 'dist', 'cli', 'server.js');
   const ws = new Server(['--app', 'ws', '-p', '0'], script);
   assert.equal((await ws.child.exited).code, 1);
-  assert.match(ws.child.stderrTail(), /--app ws needs the 'ws' package, which is not installed \(npm install ws\) \(ERR_TAKEOVER_WS_MISSING\)/);
+  assert.match(
+    ws.child.stderrTail(),
+    /--app ws needs the 'ws' package, which is not installed \(npm install ws\) \(ERR_TAKEOVER_WS_MISSING\)/,
+  );
   const plain = new Server(['--app', 'http', '-p', '0'], script);
   await plain.record((r) => typeof r.port === 'number');
 });

@@ -57,7 +57,9 @@ class Server {
     this.child.stdin.end();
     this.collect('out', this.child.stdout);
     this.collect('err', this.child.stderr);
-    this.exited = once(this.child, 'exit').then(([code, signal]) => ({ code, signal }) as { code: number | null; signal: NodeJS.Signals | null });
+    this.exited = once(this.child, 'exit').then(
+      ([code, signal]) => ({ code, signal }) as { code: number | null; signal: NodeJS.Signals | null },
+    );
   }
 
   get pid(): number {
@@ -87,7 +89,9 @@ class Server {
         if (value !== undefined) return { value, index };
       }
       if (this.ended[stream]) {
-        throw new Error(`std${stream} of ${this.pid} ended without the line;\nstdout:\n${this.lines.out.join('\n')}\nstderr:\n${this.lines.err.join('\n')}`);
+        throw new Error(
+          `std${stream} of ${this.pid} ended without the line;\nstdout:\n${this.lines.out.join('\n')}\nstderr:\n${this.lines.err.join('\n')}`,
+        );
       }
       await once(this.events, 'change');
     }
@@ -187,14 +191,20 @@ function summaryLine(from = String.raw`(\d+)`, to = String.raw`(\d+)`): RegExp {
   );
 }
 
-
 describe('takeover-server command line', () => {
   test('-h prints the seed-style usage and exits 0', { timeout }, async () => {
     const { code, stdout, stderr } = await run(['-h']);
     assert.equal(code, 0);
     assert.equal(stderr, '');
     assert.match(stdout, /^Usage: takeover-server \[OPTION\.\.\.\]\n/);
-    for (const flag of ['-a, --listen-address', '-p, --listen-port', '-b, --listen-backlog', '-t, --takeover-path', '-T, --takeover', '-h, --help']) {
+    for (const flag of [
+      '-a, --listen-address',
+      '-p, --listen-port',
+      '-b, --listen-backlog',
+      '-t, --takeover-path',
+      '-T, --takeover',
+      '-h, --help',
+    ]) {
       assert.match(stdout, new RegExp(`^${escapeRegExp(flag)} `, 'm'));
     }
   });
@@ -275,11 +285,16 @@ describe('takeover-server start-up errors leave nothing behind', () => {
     assert.equal(fs.existsSync(channel), false);
   });
 
-  test('while a takeover runs: a second SIGUSR2 is ignored, -T is refused, -t finds the channel in use; the server rolls back', { timeout }, async () => {
+  test('while a takeover runs: a second SIGUSR2 is ignored, -T is refused, -t finds the channel in use; the server rolls back', {
+    timeout,
+  }, async () => {
     const channel = channelPath();
     // The successor SIGUSR2 starts inherits this and stops itself once pre-copy is verified.
     const preload = path.join(distDir, 'test', 'fixtures', 'pause-at.js');
-    const { server, port } = await listeningServer(['-p', '0', '-t', channel], { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'prepare', NODE_OPTIONS: `--import ${preload}` });
+    const { server, port } = await listeningServer(['-p', '0', '-t', channel], {
+      SOCKET_TAKEOVER_TEST_PAUSE_AT: 'prepare',
+      NODE_OPTIONS: `--import ${preload}`,
+    });
     await server.line(/^Starting Takeover channel/);
     server.child.kill('SIGUSR2');
     const { value } = await server.line(/^SIGUSR2: starting successor pid (\d+)$/);
@@ -342,7 +357,10 @@ describe('takeover-server log lines', () => {
     // Frame 3 whole, then half of frame 4: the half is application state to hand over.
     client.socket.write(Buffer.concat([frames(3), frames(4).subarray(0, 2)]));
     assert.deepEqual(await client.bytes(16), [0, 1, 2, 3]);
-    assertInOrder(a.lines.out, [0, 1, 2, 3].map((n) => exact(`${peer} - seqnum:${n}`)));
+    assertInOrder(
+      a.lines.out,
+      [0, 1, 2, 3].map((n) => exact(`${peer} - seqnum:${n}`)),
+    );
 
     const b = new Server(['-T', channel]);
     const summary = await b.line(summaryLine());
@@ -360,9 +378,15 @@ describe('takeover-server log lines', () => {
     ]);
     assert.deepEqual(a.lines.err, []);
 
-    assertInOrder(b.lines.out, [new RegExp(`^Starting connection with Peer ${escapeRegExp(peer)} \\(fd:\\d+\\)$`), exact(`Starting Takeover channel on [${channel}] domain socket`)]);
+    assertInOrder(b.lines.out, [
+      new RegExp(`^Starting connection with Peer ${escapeRegExp(peer)} \\(fd:\\d+\\)$`),
+      exact(`Starting Takeover channel on [${channel}] domain socket`),
+    ]);
     assert.ok(b.lines.out.some((line) => new RegExp(`^Starting TCP server on \\[127\\.0\\.0\\.1\\]:${port} \\(fd:\\d+\\)$`).test(line)));
-    assert.ok(!b.lines.out.some((line) => line.startsWith('Accepting connection from Peer')), 'an adopted connection is not accepted again');
+    assert.ok(
+      !b.lines.out.some((line) => line.startsWith('Accepting connection from Peer')),
+      'an adopted connection is not accepted again',
+    );
 
     client.socket.write(Buffer.concat([frames(4).subarray(2), frames(5)]));
     assert.deepEqual(await client.bytes(24), [0, 1, 2, 3, 4, 5]);
@@ -376,7 +400,9 @@ describe('takeover-server log lines', () => {
     assert.deepEqual(b.lines.err, []);
   });
 
-  test('--log-format json: one object per line with structured fields; -q keeps only start, takeover and summary lines', { timeout }, async () => {
+  test('--log-format json: one object per line with structured fields; -q keeps only start, takeover and summary lines', {
+    timeout,
+  }, async () => {
     const channel = channelPath();
     const a = new Server(['-p', '0', '-t', channel, '--log-format', 'json']);
     const started = await a.record((r) => r.msg.startsWith('Starting TCP server'));
@@ -396,7 +422,10 @@ describe('takeover-server log lines', () => {
     const b = new Server(['-T', channel, '-q', '--log-format', 'json']);
     const successorSummary = await b.record((r) => r.msg.startsWith('Takeover complete'));
     const predecessorSummary = await a.record((r) => r.msg.startsWith('Takeover complete'));
-    for (const [record, role] of [[successorSummary, 'successor'], [predecessorSummary, 'predecessor']] as const) {
+    for (const [record, role] of [
+      [successorSummary, 'successor'],
+      [predecessorSummary, 'predecessor'],
+    ] as const) {
       const stats = record.stats as { role: string; connections: number; stateBytes: number; predecessorPid: number; successorPid: number };
       assert.equal(stats.role, role);
       assert.equal(stats.connections, 1);
@@ -474,7 +503,10 @@ async function chainedTakeovers(host: string): Promise<void> {
       { lost: summary.lost, duplicated: summary.duplicated, reordered: summary.reordered, cut: summary.cut, openAtEnd: summary.openAtEnd },
       { lost: 0, duplicated: 0, reordered: 0, cut: 0, openAtEnd: CLIENTS },
     );
-    assert.ok(Object.values(summary.errors).every((n) => n === 0), JSON.stringify(summary.errors));
+    assert.ok(
+      Object.values(summary.errors).every((n) => n === 0),
+      JSON.stringify(summary.errors),
+    );
     assert.ok(summary.ok);
     assert.ok(summary.echoes >= CLIENTS * 4, `only ${summary.echoes} echoes`);
 

@@ -26,7 +26,11 @@ interface Run {
 
 async function runClient(args: string[], onSpawn?: (child: ReturnType<typeof spawn>) => void, script = LOAD_CLIENT): Promise<Run> {
   // A client that hangs is killed, failing its test with code null instead of holding the runner open.
-  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: CLIENT_TIMEOUT, killSignal: 'SIGKILL' });
+  const child = spawn(process.execPath, [script, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    timeout: CLIENT_TIMEOUT,
+    killSignal: 'SIGKILL',
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
@@ -150,7 +154,6 @@ function decodeMatching(base64: string, percentiles: Percentiles): hdr.Histogram
 }
 
 const noErrors = { ECONNRESET: 0, ECONNREFUSED: 0, EPIPE: 0, EOF: 0, ETIMEDOUT: 0 };
-
 
 describe('the clients against test servers', { timeout: TEST_TIMEOUT }, () => {
   test('a correct echo server: exit 0 and a consistent JSON summary', async () => {
@@ -292,7 +295,21 @@ describe('the clients against test servers', { timeout: TEST_TIMEOUT }, () => {
     await withServer(
       echo,
       async (server) => {
-        const run = await runClient(['-a', '::1', '-p', String(server.port), '-c', '3', '-i', '20', '-d', '0.5', '--source-address', '::1', '--json']);
+        const run = await runClient([
+          '-a',
+          '::1',
+          '-p',
+          String(server.port),
+          '-c',
+          '3',
+          '-i',
+          '20',
+          '-d',
+          '0.5',
+          '--source-address',
+          '::1',
+          '--json',
+        ]);
         assert.equal(run.code, 0, run.stderr);
         const s = summaryOf(run);
         assert.equal(s.target, `[::1]:${server.port}`);
@@ -433,7 +450,7 @@ describe('the clients against test servers', { timeout: TEST_TIMEOUT }, () => {
   });
 });
 
-describe('the clients\' command lines', { timeout: TEST_TIMEOUT }, () => {
+describe("the clients' command lines", { timeout: TEST_TIMEOUT }, () => {
   // A third element names the one command the case is for; without it, it is for both.
   const cases: Array<[string[], RegExp, ('takeover-client' | 'load-client')?]> = [
     [[], /missing required option -p\/--connect-port/],
@@ -472,7 +489,11 @@ describe('the clients\' command lines', { timeout: TEST_TIMEOUT }, () => {
         assert.equal(run.code, 0);
         assert.equal(run.stderr, '');
         assert.match(run.stdout, new RegExp(`^Usage: ${command} \\[OPTION\\.\\.\\.\\]\\n`));
-        for (const line of [/^-a, --connect-address .*Connection Address/m, /^-p, --connect-port .*Connection Port/m, /^-h, --help .*Display this help message/m]) {
+        for (const line of [
+          /^-a, --connect-address .*Connection Address/m,
+          /^-p, --connect-port .*Connection Port/m,
+          /^-h, --help .*Display this help message/m,
+        ]) {
           assert.match(run.stdout, line);
         }
       }
@@ -541,11 +562,17 @@ describe('runEchoLoad in-process', { timeout: TEST_TIMEOUT }, () => {
         assert.ok(s.elapsedMs >= echoedAfterMs, `the run ended after ${s.elapsedMs} ms, before the late echo (${echoedAfterMs} ms)`);
         // Timed to its echo the wait would last at least until the echo left, and the client's own shutdown would pass for the server's pause.
         // The client's wait began before the server held the message, so it lasted at least as long.
-        assert.ok(s.longestPauseMs >= heldMs && s.longestPauseMs < echoedAfterMs, `${s.longestPauseMs} ms, held ${heldMs} ms, echoed after ${echoedAfterMs} ms`);
+        assert.ok(
+          s.longestPauseMs >= heldMs && s.longestPauseMs < echoedAfterMs,
+          `${s.longestPauseMs} ms, held ${heldMs} ms, echoed after ${echoedAfterMs} ms`,
+        );
         // Neither an rtt nor a timeline bucket counts the held wait: each is shorter than the hold.
         assert.ok(s.rttMs.max < heldMs, `${s.rttMs.max} ms, held ${heldMs} ms`);
         assert.ok(Math.max(...s.timeline.map((b) => b.maxRttMs)) < heldMs);
-        assert.equal(s.timeline.reduce((sum, bucket) => sum + bucket.echoes, 0), 4);
+        assert.equal(
+          s.timeline.reduce((sum, bucket) => sum + bucket.echoes, 0),
+          4,
+        );
         assert.equal(decodeMatching(s.histograms.rttUs, s.rttMs).totalCount, 3);
         const pause = decodeMatching(s.histograms.connectionPauseUs, s.connectionPauseMs);
         assert.equal(pause.totalCount, 1);
@@ -587,7 +614,9 @@ describe('runEchoLoad in-process', { timeout: TEST_TIMEOUT }, () => {
           const summaries = await Promise.all([load(fast.port, 30), load(slow.port, 10)]);
           const [f, s] = summaries;
           assert.ok(f!.connectionPauseMs.max < SLOW_MS && s!.connectionPauseMs.p50 >= SLOW_MS, 'the two clients do not overlap');
-          const clients = summaries.map((summary): ClientRun => ({ pid: 0, connections: summary.connections, sources: [], startedAt: 0, exitCode: 0, summary }));
+          const clients = summaries.map(
+            (summary): ClientRun => ({ pid: 0, connections: summary.connections, sources: [], startedAt: 0, exitCode: 0, summary }),
+          );
           const merged = mergeClients(clients);
           // 40 connections, 30 of them fast: the median is a fast one, the 99th percentile a slow one.
           assert.ok(merged.connectionPauseMs.p50 <= f!.connectionPauseMs.max, `p50 ${merged.connectionPauseMs.p50}`);

@@ -91,7 +91,9 @@ async function rawClient(port: number): Promise<net.Socket> {
 
 const pidOf = (body: string) => (JSON.parse(body) as { pid: number }).pid;
 
-test('keep-alive clients request in a loop across 5 chained takeovers, handlers answer after 0-50 ms: none fails, none reconnects', { timeout }, async () => {
+test('keep-alive clients request in a loop across 5 chained takeovers, handlers answer after 0-50 ms: none fails, none reconnects', {
+  timeout,
+}, async () => {
   const app = await startApp('http');
   const clients = Array.from({ length: 30 }, () => new http.Agent({ keepAlive: true, maxSockets: 1 }));
   let stop = false;
@@ -111,16 +113,28 @@ test('keep-alive clients request in a loop across 5 chained takeovers, handlers 
   const pids = [app.current.pid];
   for (let t = 0; t < 5; t++) {
     const before = done;
-    await waitFor(() => done >= before + 60, () => `60 more requests answered before takeover ${t + 1} (${done - before} so far)`, 20_000);
+    await waitFor(
+      () => done >= before + 60,
+      () => `60 more requests answered before takeover ${t + 1} (${done - before} so far)`,
+      20_000,
+    );
     const stats = await takeOver(app);
     assert.equal(stats.connections, clients.length, `takeover ${t + 1} moved every connection`);
     pids.push(app.current.pid);
   }
   const before = done;
-  await waitFor(() => done >= before + 60, () => `60 more requests answered after the last takeover (${done - before} so far)`, 20_000);
+  await waitFor(
+    () => done >= before + 60,
+    () => `60 more requests answered after the last takeover (${done - before} so far)`,
+    20_000,
+  );
   stop = true;
   const fresh = await Promise.all(loops);
-  assert.deepEqual(fresh, clients.map(() => 1), 'each client opened exactly one connection');
+  assert.deepEqual(
+    fresh,
+    clients.map(() => 1),
+    'each client opened exactly one connection',
+  );
   assert.deepEqual([...answeredBy].sort(), [...pids].sort(), 'every process in the chain answered');
   for (const agent of clients) agent.destroy();
   app.current.kill('SIGTERM');
@@ -157,8 +171,14 @@ test('pipelined requests split across the takeover: each answered once, in order
   await successor.next('ready');
   socket.write('GET /delay?ms=0&id=3 HTTP/1.1\r\nHost: x\r\n\r\n');
   const bodies = (await responses).map((b) => JSON.parse(b) as { pid: number; id: string });
-  assert.deepEqual(bodies.map((b) => b.id), ['1', '2', '3']);
-  assert.deepEqual(bodies.map((b) => b.pid), [app.current.pid, app.current.pid, successor.pid]);
+  assert.deepEqual(
+    bodies.map((b) => b.id),
+    ['1', '2', '3'],
+  );
+  assert.deepEqual(
+    bodies.map((b) => b.pid),
+    [app.current.pid, app.current.pid, successor.pid],
+  );
   socket.destroy();
   successor.kill('SIGTERM');
 });
@@ -188,12 +208,14 @@ test('a 3 s streamed response finishes in the old process; the connection then m
   const app = await startApp('http');
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const streamed = new Promise<string>((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port: app.port, path: '/stream?ms=3000&every=100', agent }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (text += chunk));
-      res.on('end', () => resolve(text));
-    }).on('error', reject);
+    http
+      .get({ host: '127.0.0.1', port: app.port, path: '/stream?ms=3000&every=100', agent }, (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => resolve(text));
+      })
+      .on('error', reject);
   });
   const successor = new ServerProcess(app.config, { script: appFixture });
   await app.current.next('defer');
@@ -238,7 +260,9 @@ test('a busy connection past quiesceTimeoutMs stays in the old process, which an
   successor.kill('SIGTERM');
 });
 
-test('a deferred connection that turns quiet and closes while a wave is in flight is recorded as closed (the old process does not crash)', { timeout }, async () => {
+test('a deferred connection that turns quiet and closes while a wave is in flight is recorded as closed (the old process does not crash)', {
+  timeout,
+}, async () => {
   // Waves of one: wave 0 defers the busy connection, and the successor is slow to acknowledge it.
   const app = await startApp('http', { waveSize: 1, spinAt: 'wave0', spinMs: 1500 });
   const closing = await rawClient(app.port);
@@ -270,13 +294,17 @@ test('an Express app: keep-alive requests keep working across takeovers', { time
   app.current.kill('SIGTERM');
 });
 
-test('a net.Server that answers 500 ms after each request, marking it busy: every reply arrives across takeovers', { timeout }, async () => {
+test('a net.Server that answers 500 ms after each request, marking it busy: every reply arrives across takeovers', {
+  timeout,
+}, async () => {
   const app = await startApp('net-async');
   const sockets = await Promise.all(Array.from({ length: 10 }, () => rawClient(app.port)));
   const received = sockets.map(() => [] as number[]);
-  sockets.forEach((s, i) => s.on('data', (chunk: Buffer) => {
-    for (let at = 0; at + 4 <= chunk.length; at += 4) received[i]!.push(chunk.readUInt32BE(at));
-  }));
+  sockets.forEach((s, i) =>
+    s.on('data', (chunk: Buffer) => {
+      for (let at = 0; at + 4 <= chunk.length; at += 4) received[i]!.push(chunk.readUInt32BE(at));
+    }),
+  );
   let sent = 0;
   const send = () => {
     sent++;
@@ -289,8 +317,16 @@ test('a net.Server that answers 500 ms after each request, marking it busy: ever
     send();
     await successor;
   }
-  await waitFor(() => received.every((r) => r.length >= sent), () => `every reply of ${sent} (got ${received.map((r) => r.length).join(', ')})`, 20_000);
-  for (const r of received) assert.deepEqual(r, Array.from({ length: sent }, (_, i) => i + 1));
+  await waitFor(
+    () => received.every((r) => r.length >= sent),
+    () => `every reply of ${sent} (got ${received.map((r) => r.length).join(', ')})`,
+    20_000,
+  );
+  for (const r of received)
+    assert.deepEqual(
+      r,
+      Array.from({ length: sent }, (_, i) => i + 1),
+    );
   for (const s of sockets) s.destroy();
   app.current.kill('SIGTERM');
 });

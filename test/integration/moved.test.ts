@@ -32,7 +32,9 @@ async function pair(options: { server?: () => net.Server } = {}) {
   return { old, oldServer, port, takeOver };
 }
 
-test('writes made before the freeze succeed in the old process and reach the client through the successor; the socket emits moved, not close', { timeout: 30_000 }, async () => {
+test('writes made before the freeze succeed in the old process and reach the client through the successor; the socket emits moved, not close', {
+  timeout: 30_000,
+}, async () => {
   const { old, oldServer, port, takeOver } = await pair();
   const accepted = once(oldServer, 'connection') as Promise<[net.Socket]>;
   const client = net.connect(port, '127.0.0.1');
@@ -54,7 +56,11 @@ test('writes made before the freeze succeed in the old process and reach the cli
   assert.equal(received, 128 * chunk.length);
   await new Promise((r) => setImmediate(r));
   assert.equal(results.length, 128);
-  assert.deepEqual(results.filter((e) => e), [], 'no write callback failed');
+  assert.deepEqual(
+    results.filter((e) => e),
+    [],
+    'no write callback failed',
+  );
   assert.deepEqual(events, ['moved']);
   client.destroy();
   await successor.close();
@@ -62,7 +68,9 @@ test('writes made before the freeze succeed in the old process and reach the cli
   await old.done();
 });
 
-test('a write to a moved connection is reported (ERR_TAKEOVER_CONNECTION_MOVED, with the socket) and fails its callback', { timeout: 30_000 }, async () => {
+test('a write to a moved connection is reported (ERR_TAKEOVER_CONNECTION_MOVED, with the socket) and fails its callback', {
+  timeout: 30_000,
+}, async () => {
   const { old, oldServer, port, takeOver } = await pair();
   const connection = once(oldServer, 'connection') as Promise<[net.Socket]>;
   const client = net.connect(port, '127.0.0.1');
@@ -73,14 +81,19 @@ test('a write to a moved connection is reported (ERR_TAKEOVER_CONNECTION_MOVED, 
   const failed = await new Promise<Error | null | undefined>((resolve) => accepted.write('late', resolve));
   assert.equal((failed as TakeoverError).code, 'ERR_TAKEOVER_CONNECTION_MOVED');
   accepted.end();
-  assert.deepEqual(warnings.map((w) => w.code), ['ERR_TAKEOVER_CONNECTION_MOVED', 'ERR_TAKEOVER_CONNECTION_MOVED']);
+  assert.deepEqual(
+    warnings.map((w) => w.code),
+    ['ERR_TAKEOVER_CONNECTION_MOVED', 'ERR_TAKEOVER_CONNECTION_MOVED'],
+  );
   assert.equal(warnings[0]!.socket, accepted);
   client.destroy();
   await successor.close();
   newServer.close();
 });
 
-test('adopted sockets get their server accept options: allowHalfOpen, highWaterMark, noDelay, pauseOnConnect', { timeout: 30_000 }, async () => {
+test('adopted sockets get their server accept options: allowHalfOpen, highWaterMark, noDelay, pauseOnConnect', {
+  timeout: 30_000,
+}, async () => {
   const make = () => net.createServer({ allowHalfOpen: true, highWaterMark: 1234, noDelay: true, pauseOnConnect: true });
   const { old, port, takeOver } = await pair({ server: make });
   const client = net.connect(port, '127.0.0.1');

@@ -39,13 +39,18 @@ async function framesUntilClosed(fd: number, timeoutMs = 10_000): Promise<Frame[
   }
 }
 
-test('a peer that connects and says nothing is dropped well before timeoutMs; a real successor then takes over', { timeout: 60_000 }, async () => {
+test('a peer that connects and says nothing is dropped well before timeoutMs; a real successor then takes over', {
+  timeout: 60_000,
+}, async () => {
   const { config, server, port } = await fresh();
   const squatter = native.unixConnect(config.path);
   const started = performance.now();
   const frames = await framesUntilClosed(squatter, 5_000);
   native.close(squatter);
-  assert.deepEqual(frames.map((f) => f.type), ['abort']);
+  assert.deepEqual(
+    frames.map((f) => f.type),
+    ['abort'],
+  );
   assert.equal((frames[0] as Extract<Frame, { type: 'abort' }>).code, 'ERR_TAKEOVER_TIMEOUT');
   // The slot is free long before the 10 s timeout: the real successor is not refused.
   const successor = new ServerProcess({ ...config, mode: 'successor' });

@@ -3,7 +3,19 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { cleanup, copyForNobody, drainAll, NOBODY, openClients, probeEcho, ServerProcess, tempDir, waitStopped, type ServerConfig, type SeqClient } from '../helpers.js';
+import {
+  cleanup,
+  copyForNobody,
+  drainAll,
+  NOBODY,
+  openClients,
+  probeEcho,
+  ServerProcess,
+  tempDir,
+  waitStopped,
+  type ServerConfig,
+  type SeqClient,
+} from '../helpers.js';
 
 after(cleanup);
 
@@ -104,8 +116,9 @@ test('a second successor during a takeover is refused; the first can still fail 
   await assertOldServesEverything(r);
 });
 
-
-test('a successor running as another uid is refused by SO_PEERCRED, even when the socket file lets it connect', { timeout: 60_000 }, async () => {
+test('a successor running as another uid is refused by SO_PEERCRED, even when the socket file lets it connect', {
+  timeout: 60_000,
+}, async () => {
   const script = copyForNobody().script;
   const r = await running({}, 0o755);
   const asNobody = { script, spawn: { uid: NOBODY, gid: NOBODY } };
@@ -194,7 +207,9 @@ test('a captureState hook that throws leaves those connections with the old proc
   fs.rmSync(r.dir, { recursive: true, force: true });
 });
 
-test('a successor that stalls mid-waves keeps what it started; the old process finishes the rest, nothing is lost', { timeout: 60_000 }, async () => {
+test('a successor that stalls mid-waves keeps what it started; the old process finishes the rest, nothing is lost', {
+  timeout: 60_000,
+}, async () => {
   const r = await running({ timeoutMs: 1000, waveSize: 100 });
   const successor = new ServerProcess({ ...r.config, timeoutMs: 10_000 }, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
   await waitStopped(successor.pid);
@@ -218,7 +233,9 @@ test('a successor that stalls mid-waves keeps what it started; the old process f
   fs.rmSync(r.dir, { recursive: true, force: true });
 });
 
-test("the old process's close() during a committed takeover lets it finish and leaves the channel to the successor", { timeout: 60_000 }, async () => {
+test("the old process's close() during a committed takeover lets it finish and leaves the channel to the successor", {
+  timeout: 60_000,
+}, async () => {
   const r = await running({ timeoutMs: 1000, waveSize: 100 });
   const successor = new ServerProcess({ ...r.config, timeoutMs: 10_000 }, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
   await waitStopped(successor.pid);

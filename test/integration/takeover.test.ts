@@ -20,7 +20,9 @@ async function startFresh(config: ServerConfig): Promise<{ server: ServerProcess
   return { server, addresses };
 }
 
-test('600 idle, busy and bulk connections on IPv4 and IPv6 move to a successor with nothing lost; new connects never fail', { timeout: 90_000 }, async () => {
+test('600 idle, busy and bulk connections on IPv4 and IPv6 move to a successor with nothing lost; new connects never fail', {
+  timeout: 90_000,
+}, async () => {
   const dir = tempDir();
   const config: ServerConfig = { path: path.join(dir, 'channel'), listen: LISTEN_BOTH };
   const { server: old, addresses } = await startFresh(config);

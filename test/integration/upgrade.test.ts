@@ -26,7 +26,9 @@ async function echo(socket: net.Socket, text: string): Promise<void> {
   assert.equal(got, text);
 }
 
-test('upgrade() starts this program again, which takes over; it resolves with the stats and the old process is done', { timeout: 30_000 }, async () => {
+test('upgrade() starts this program again, which takes over; it resolves with the stats and the old process is done', {
+  timeout: 30_000,
+}, async () => {
   const server = start();
   const ready = await server.next('ready');
   assert.equal(ready.state, 'serving');
@@ -48,7 +50,9 @@ for (const [fail, code] of [
   ['before-start', 'ERR_TAKEOVER_SUCCESSOR_FAILED'],
   ['before-ready', 'ERR_TAKEOVER_PEER_CLOSED'],
 ] as const) {
-  test(`a successor that exits ${fail.replace('-', ' ')} makes upgrade() reject with ${code}; the old process serves on`, { timeout: 30_000 }, async () => {
+  test(`a successor that exits ${fail.replace('-', ' ')} makes upgrade() reject with ${code}; the old process serves on`, {
+    timeout: 30_000,
+  }, async () => {
     const server = start({ UPGRADE_TEST_FAIL: fail });
     const ready = await server.next('ready');
     const client = net.connect(ready.address!.port, '127.0.0.1');

@@ -33,7 +33,6 @@ async function connect(port: number, deflate: boolean): Promise<Client> {
   return client;
 }
 
-
 // The oldest supported ws (the peer dependency's floor) and the newest, on the server side.
 for (const [wsModule, deflate] of [
   ['ws', false],
@@ -41,11 +40,21 @@ for (const [wsModule, deflate] of [
   ['ws-8.18', false],
   ['ws-8.18', true],
 ] as const) {
-  test(`WebSockets (${wsModule === 'ws' ? 'newest ws' : 'ws 8.18.0'}${deflate ? ', permessage-deflate' : ''}) across 5 chained takeovers: numbered pushes and echoes both ways, no gap, no duplicate, no close`, { timeout }, async () => {
+  test(`WebSockets (${wsModule === 'ws' ? 'newest ws' : 'ws 8.18.0'}${deflate ? ', permessage-deflate' : ''}) across 5 chained takeovers: numbered pushes and echoes both ways, no gap, no duplicate, no close`, {
+    timeout,
+  }, async () => {
     // Every message compressed in the thread pool, both ways: at 5 ms a loaded 2-core box can
     // keep a sender busy without a pause, which quiescence cannot wait out (see the README's Limits).
     const everyMs = deflate ? 20 : 5;
-    const config = { path: path.join(tempDir(), 'channel'), app: 'ws', port: 0, host: '127.0.0.1', pushEveryMs: everyMs, deflate, wsModule };
+    const config = {
+      path: path.join(tempDir(), 'channel'),
+      app: 'ws',
+      port: 0,
+      host: '127.0.0.1',
+      pushEveryMs: everyMs,
+      deflate,
+      wsModule,
+    };
     let current = new ServerProcess(config, { script: appFixture });
     const port = (await current.next('ready')).address!.port;
     const clients = await Promise.all(Array.from({ length: 20 }, () => connect(port, deflate)));
@@ -74,8 +83,14 @@ for (const [wsModule, deflate] of [
     );
     for (const c of clients) {
       assert.equal(c.closed, false);
-      assert.deepEqual(c.echoes, Array.from({ length: sent }, (_, i) => `m${i}`));
-      assert.deepEqual(c.pushes, Array.from({ length: c.pushes.length }, (_, i) => i));
+      assert.deepEqual(
+        c.echoes,
+        Array.from({ length: sent }, (_, i) => `m${i}`),
+      );
+      assert.deepEqual(
+        c.pushes,
+        Array.from({ length: c.pushes.length }, (_, i) => i),
+      );
       c.ws.terminate();
     }
     current.kill('SIGTERM');

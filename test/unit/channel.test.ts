@@ -113,13 +113,10 @@ test('a full socket: send() queues in order, trySend() refuses while anything wa
   const total = sent + 3;
 
   const got: (Frame | 'eof')[] = [];
-  await waitFor(
-    () => {
-      got.push(...drain(b));
-      return got.length >= total;
-    },
-    `${total} frames to arrive`,
-  );
+  await waitFor(() => {
+    got.push(...drain(b));
+    return got.length >= total;
+  }, `${total} frames to arrive`);
   assert.deepEqual(
     got.map((f) => (f !== 'eof' && f.type === 'closed' ? f.ids[0] : f)),
     Array.from({ length: total }, (_, i) => i),
@@ -143,13 +140,10 @@ test('closeWhenFlushed(): every queued frame arrives, then EOF', async () => {
   channel.closeWhenFlushed();
   assert.equal(channel.isClosed, false, 'frames still queued: not closed yet');
   const got: (Frame | 'eof')[] = [];
-  await waitFor(
-    () => {
-      got.push(...drain(b));
-      return got.at(-1) === 'eof';
-    },
-    'EOF after the queued frames',
-  );
+  await waitFor(() => {
+    got.push(...drain(b));
+    return got.at(-1) === 'eof';
+  }, 'EOF after the queued frames');
   assert.equal(got.length, sent + 3);
   assert.deepEqual(got.at(-2), { type: 'done', retained: 0, maxPauseUs: 5 });
   assert.deepEqual(events, ['close'], "closing after a flush emits 'close', not 'writable'");
@@ -190,19 +184,16 @@ test('sendLast() with a peer that never closes: the channel closes by itself aft
   await fdsSettle(baseline, 'after closing');
 });
 
-test(
-  'sendLast() is the last frame: a send() after it does not reach the peer',
-  async () => {
-    const [a, b] = channelPair(dir);
-    const { channel } = recorded(a);
-    channel.sendLast(encode.abort('ERR_TAKEOVER_BUSY', 'busy'), 20);
-    channel.send(encode.hello(1));
-    await within(once(channel, 'close'), 'the linger to end');
-    const got = drain(b);
-    native.close(b);
-    assert.deepEqual(got, [{ type: 'abort', code: 'ERR_TAKEOVER_BUSY', message: 'busy' }, 'eof']);
-  },
-);
+test('sendLast() is the last frame: a send() after it does not reach the peer', async () => {
+  const [a, b] = channelPair(dir);
+  const { channel } = recorded(a);
+  channel.sendLast(encode.abort('ERR_TAKEOVER_BUSY', 'busy'), 20);
+  channel.send(encode.hello(1));
+  await within(once(channel, 'close'), 'the linger to end');
+  const got = drain(b);
+  native.close(b);
+  assert.deepEqual(got, [{ type: 'abort', code: 'ERR_TAKEOVER_BUSY', message: 'busy' }, 'eof']);
+});
 
 for (const [name, bytes, fds] of [
   ['a frame that fails validation', Buffer.from('GET / HTTP/1.1\r\n\r\n'), 0],

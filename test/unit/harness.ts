@@ -10,7 +10,15 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as native from '#lib/native.js';
-import { decodeFrame, MAX_FRAME_SIZE, type Frame, type FrameName, type ListenerEntry, type Message, type WaveRecord } from '#lib/protocol.js';
+import {
+  decodeFrame,
+  MAX_FRAME_SIZE,
+  type Frame,
+  type FrameName,
+  type ListenerEntry,
+  type Message,
+  type WaveRecord,
+} from '#lib/protocol.js';
 import type { CapturedState, PredecessorHost, PredecessorSession } from '#lib/predecessor.js';
 import type { InheritedListener, SuccessorHost, SuccessorStep } from '#lib/successor.js';
 import type { Readiness } from '#lib/adapters/adapter.js';
@@ -98,7 +106,11 @@ export class RawPeer {
   /** The next frame, which must be of type `type`; fails after `timeoutMs` or on anything else. */
   async next<T extends FrameName | 'eof'>(type: T, timeoutMs = 5000): Promise<Extract<Received, { type: T }>> {
     const item = await this.nextAny(`a ${type} frame`, timeoutMs);
-    assert.equal(item.type, type, `expected ${type}, got ${JSON.stringify(item, (_, v) => (v?.type === 'Buffer' ? `<${v.data.length} bytes>` : v))}`);
+    assert.equal(
+      item.type,
+      type,
+      `expected ${type}, got ${JSON.stringify(item, (_, v) => (v?.type === 'Buffer' ? `<${v.data.length} bytes>` : v))}`,
+    );
     return item as Extract<Received, { type: T }>;
   }
 
@@ -345,7 +357,9 @@ export class FakePredecessorHost implements PredecessorHost {
   }
 }
 
-type SuccessorOutcome = { kind: 'failure'; error: TakeoverError } | { kind: 'done'; stats: TakeoverStats; warning: TakeoverError | undefined };
+type SuccessorOutcome =
+  | { kind: 'failure'; error: TakeoverError }
+  | { kind: 'done'; stats: TakeoverStats; warning: TakeoverError | undefined };
 
 /**
  * SuccessorHost as Takeover implements it: at LISTENING it listens on the inherited TCP listener
@@ -425,7 +439,11 @@ export class FakeSuccessorHost implements SuccessorHost {
 
 /** Resolves once the process holds exactly `count` fds again (closes are asynchronous in libuv). */
 export async function fdsSettle(count: number, what: string): Promise<void> {
-  await waitFor(() => native.openFdCount() === count, () => `${what}: ${count} fds open (now ${native.openFdCount()})`, 5000);
+  await waitFor(
+    () => native.openFdCount() === count,
+    () => `${what}: ${count} fds open (now ${native.openFdCount()})`,
+    5000,
+  );
 }
 
 /** The fd a TCP socket of this process uses, for matching what arrives on the channel. */

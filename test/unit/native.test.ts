@@ -438,7 +438,10 @@ test('poll: readable events, `this` is the Poller, stop() pauses, close() is ide
   next = new Promise<void>((resolve) => (wake = resolve));
   poller.start(true, false);
   await next;
-  assert.deepEqual(events, [[0, true, false], [0, true, false]]);
+  assert.deepEqual(events, [
+    [0, true, false],
+    [0, true, false],
+  ]);
 
   // Writable fires at once on an idle socket.
   poller.stop();

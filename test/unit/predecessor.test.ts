@@ -88,7 +88,9 @@ async function setup(t: TestContext, connections: number, options: Partial<FakeP
 }
 
 /** HELLO, then WELCOME, LISTENERS and the CONNS batches, each acknowledged, up to PREPARE. */
-async function toPrepare(s: Setup): Promise<{ welcome: Frame; prepare: Extract<Frame, { type: 'prepare' }>; conns: Extract<Frame, { type: 'conns' }>['conns'] }> {
+async function toPrepare(
+  s: Setup,
+): Promise<{ welcome: Frame; prepare: Extract<Frame, { type: 'prepare' }>; conns: Extract<Frame, { type: 'conns' }>['conns'] }> {
   s.peer.send(encode.hello(999_999));
   const welcome = await s.peer.next('welcome');
   await s.peer.next('listeners');
@@ -141,11 +143,20 @@ test('happy path: WELCOME, LISTENERS, CONNS, PREPARE with the digest, COMMIT, LI
   assert.deepEqual(s.host.calls, [`hello:${process.pid}`, 'duplicateListeners']);
 
   const listeners = (await s.peer.next('listeners')).listeners;
-  assert.deepEqual(listeners.map(({ name, kind }) => `${kind} ${name}`), ['tcp tcp:test', 'channel takeover-channel']);
+  assert.deepEqual(
+    listeners.map(({ name, kind }) => `${kind} ${name}`),
+    ['tcp tcp:test', 'channel takeover-channel'],
+  );
   assert.deepEqual(native.socketInfo(listeners[0]!.fd), { domain: 'inet', type: 'stream', listening: true });
   assert.deepEqual(native.socketInfo(listeners[1]!.fd), { domain: 'unix', type: 'seqpacket', listening: true });
   const conns = (await s.peer.next('conns')).conns;
-  assert.deepEqual(conns.map((c) => [c.id, c.listener]), [[1, 0], [2, 0]]);
+  assert.deepEqual(
+    conns.map((c) => [c.id, c.listener]),
+    [
+      [1, 0],
+      [2, 0],
+    ],
+  );
 
   // Bytes the old app has read but not consumed yet travel with the connection.
   s.sockets[0]!.pause();
@@ -181,7 +192,14 @@ test('happy path: WELCOME, LISTENERS, CONNS, PREPARE with the digest, COMMIT, LI
   assert.equal(outcome.stats.successorPid, process.pid);
   assert.equal(outcome.stats.listeners, 2);
   assert.deepEqual(
-    [outcome.stats.connections, outcome.stats.retained, outcome.stats.closed, outcome.stats.deferred, outcome.stats.waves, outcome.stats.bytesIn],
+    [
+      outcome.stats.connections,
+      outcome.stats.retained,
+      outcome.stats.closed,
+      outcome.stats.deferred,
+      outcome.stats.waves,
+      outcome.stats.bytesIn,
+    ],
     [2, 0, 0, 0, 1, 5],
   );
   assert.equal(Math.round(outcome.stats.maxPauseMs * 1000), done.maxPauseUs);
@@ -206,12 +224,18 @@ test('deltas: connections added and closed during pre-copy, after PREPARE and af
   s.peer.send(encode.hello(1));
   await s.peer.next('welcome');
   await s.peer.next('listeners');
-  assert.deepEqual((await s.peer.next('conns')).conns.map((c) => c.id), [1, 2]);
+  assert.deepEqual(
+    (await s.peer.next('conns')).conns.map((c) => c.id),
+    [1, 2],
+  );
   // Pre-copy: the batch is not acknowledged yet, and the app accepts and loses connections.
   const third = await s.app.connect();
   const id3 = s.host.add(third.socket);
   s.host.close(2);
-  assert.deepEqual((await s.peer.next('conns')).conns.map((c) => c.id), [id3]);
+  assert.deepEqual(
+    (await s.peer.next('conns')).conns.map((c) => c.id),
+    [id3],
+  );
   assert.deepEqual(await s.peer.next('closed'), { type: 'closed', ids: [2] });
   s.peer.send(encode.ack(0));
   s.peer.send(encode.ack(1));
@@ -226,7 +250,10 @@ test('deltas: connections added and closed during pre-copy, after PREPARE and af
   await turns(5);
   assert.deepEqual(s.peer.pending, [], 'no CONNS between PREPARE and COMMIT');
   s.peer.send(encode.commit());
-  assert.deepEqual((await s.peer.next('conns')).conns.map((c) => c.id), [id4]);
+  assert.deepEqual(
+    (await s.peer.next('conns')).conns.map((c) => c.id),
+    [id4],
+  );
   s.peer.send(encode.ack(2));
   await s.peer.next('listening');
   assert.deepEqual(fates(await nextWave(s.peer)), [`${id3}:moved`, `${id4}:moved`]);
@@ -245,7 +272,10 @@ test("deferral: a busy connection is 'deferred' once, then moves in the wave its
   s.peer.send(encode.commit());
   await s.peer.next('listening');
   assert.deepEqual(fates(await nextWave(s.peer)), ['1:deferred', '2:moved']);
-  assert.deepEqual(s.host.calls.filter((c) => c.startsWith('defer')), ['defer:1']);
+  assert.deepEqual(
+    s.host.calls.filter((c) => c.startsWith('defer')),
+    ['defer:1'],
+  );
   s.peer.send(encode.waveAck(0));
   await turns(5);
   await servedByOld(s.clients[0]!, 'busy, still here');
@@ -259,7 +289,11 @@ test("deferral: a busy connection is 'deferred' once, then moves in the wave its
   const outcome = await within(s.host.outcome, 'the handover');
   assert.ok(outcome.kind === 'handover');
   assert.deepEqual([outcome.stats.connections, outcome.stats.deferred, outcome.stats.retained, outcome.stats.waves], [2, 1, 0, 2]);
-  assert.deepEqual(s.host.calls.filter((c) => c.startsWith('defer')), ['defer:1'], 'deferred once');
+  assert.deepEqual(
+    s.host.calls.filter((c) => c.startsWith('defer')),
+    ['defer:1'],
+    'deferred once',
+  );
   await s.teardown();
 });
 
@@ -273,7 +307,10 @@ test("still busy at quiesceTimeoutMs: the connection is 'retained', host.retain(
   s.peer.send(encode.waveAck(0));
   const wave = await nextWave(s.peer);
   assert.deepEqual([wave.seq, ...fates(wave)], [1, '1:retained']);
-  assert.deepEqual(s.host.calls.filter((c) => /^(retain|freeze|release)/.test(c)), ['retain:1']);
+  assert.deepEqual(
+    s.host.calls.filter((c) => /^(retain|freeze|release)/.test(c)),
+    ['retain:1'],
+  );
   s.peer.send(encode.waveAck(1));
   assert.equal((await s.peer.next('done')).retained, 1);
   const outcome = await within(s.host.outcome, 'the handover');
@@ -306,8 +343,14 @@ test("'never', a failed capture, a connection closed before its wave: retained, 
   const outcome = await within(s.host.outcome, 'the handover');
   assert.ok(outcome.kind === 'handover');
   const { connections, retained, closed, waves, stateBytes } = outcome.stats;
-  assert.deepEqual({ connections, retained, closed, waves, stateBytes }, { connections: 1, retained: 2, closed: 1, waves: 4, stateBytes: 9 });
-  assert.deepEqual(s.host.calls.filter((c) => c.startsWith('retain')), ['retain:1', 'retain:2']);
+  assert.deepEqual(
+    { connections, retained, closed, waves, stateBytes },
+    { connections: 1, retained: 2, closed: 1, waves: 4, stateBytes: 9 },
+  );
+  assert.deepEqual(
+    s.host.calls.filter((c) => c.startsWith('retain')),
+    ['retain:1', 'retain:2'],
+  );
   await servedByOld(s.clients[0]!, 'never moved');
   await servedByOld(s.clients[1]!, 'capture failed');
   await s.teardown();
@@ -326,8 +369,21 @@ interface RollbackCase {
 }
 
 const rollbacks: RollbackCase[] = [
-  { name: 'the successor closes before HELLO', script: async (s) => s.peer.close(), code: ErrorCodes.PEER_CLOSED, started: false, told: 'closed' },
-  { name: 'no HELLO within timeoutMs', options: { timeoutMs: 100 }, script: async () => {}, code: ErrorCodes.TIMEOUT, started: false, told: ErrorCodes.TIMEOUT },
+  {
+    name: 'the successor closes before HELLO',
+    script: async (s) => s.peer.close(),
+    code: ErrorCodes.PEER_CLOSED,
+    started: false,
+    told: 'closed',
+  },
+  {
+    name: 'no HELLO within timeoutMs',
+    options: { timeoutMs: 100 },
+    script: async () => {},
+    code: ErrorCodes.TIMEOUT,
+    started: false,
+    told: ErrorCodes.TIMEOUT,
+  },
   {
     name: 'a COMMIT before HELLO',
     script: async (s) => s.peer.send(encode.commit()),
@@ -476,7 +532,11 @@ test('resume after LISTENING but before the first WAVE_ACK: the successor never 
   assert.ok(outcome.kind === 'rollback');
   assert.equal(outcome.error.reason, 'ERR_TAKEOVER_SYSTEM');
   assert.deepEqual(s.host.resumed, ['tcp:test', 'takeover-channel']);
-  assert.deepEqual(s.host.calls.filter((c) => c.startsWith('release')), ['release:1'], 'connection 2 was never frozen');
+  assert.deepEqual(
+    s.host.calls.filter((c) => c.startsWith('release')),
+    ['release:1'],
+    'connection 2 was never frozen',
+  );
   await servedByOld(s.clients[1]!, 'never frozen');
   await s.teardown();
 });
@@ -528,22 +588,19 @@ test('a WAVE_ACK out of sequence: ABORT ERR_TAKEOVER_PROTOCOL; before any good o
   await second.teardown();
 });
 
-test(
-  'an ACK naming a batch that was never sent is refused with ABORT ERR_TAKEOVER_PROTOCOL',
-  async (t) => {
-    const s = await setup(t, 1);
-    try {
-      s.peer.send(encode.hello(1));
-      await s.peer.next('welcome');
-      await s.peer.next('listeners');
-      await s.peer.next('conns');
-      s.peer.send(encode.ack(41));
-      const reply = await s.peer.nextAny();
-      assert.equal(reply.type === 'abort' && reply.code, ErrorCodes.PROTOCOL, `got ${reply.type}`);
-    } finally {
-      s.session.abort(new TakeoverError(ErrorCodes.ABORTED, 'end of test'));
-      await s.host.outcome;
-      await s.teardown();
-    }
-  },
-);
+test('an ACK naming a batch that was never sent is refused with ABORT ERR_TAKEOVER_PROTOCOL', async (t) => {
+  const s = await setup(t, 1);
+  try {
+    s.peer.send(encode.hello(1));
+    await s.peer.next('welcome');
+    await s.peer.next('listeners');
+    await s.peer.next('conns');
+    s.peer.send(encode.ack(41));
+    const reply = await s.peer.nextAny();
+    assert.equal(reply.type === 'abort' && reply.code, ErrorCodes.PROTOCOL, `got ${reply.type}`);
+  } finally {
+    s.session.abort(new TakeoverError(ErrorCodes.ABORTED, 'end of test'));
+    await s.host.outcome;
+    await s.teardown();
+  }
+});

@@ -88,7 +88,13 @@ test('every frame type round-trips through encode and decodeFrame', () => {
         { id: 0, listener: 0, fd: 20 },
         { id: 0xffffffff, listener: 0xffff, fd: 21 },
       ]),
-      { type: 'conns', conns: [{ id: 0, listener: 0, fd: 20 }, { id: 0xffffffff, listener: 0xffff, fd: 21 }] },
+      {
+        type: 'conns',
+        conns: [
+          { id: 0, listener: 0, fd: 20 },
+          { id: 0xffffffff, listener: 0xffff, fd: 21 },
+        ],
+      },
     ],
     [encode.ack(0xffffffff), { type: 'ack', seq: 0xffffffff }],
     [encode.closed([7, 0, 0xffffffff]), { type: 'closed', ids: [7, 0, 0xffffffff] }],
@@ -149,7 +155,10 @@ test('decodeFrame rejects JSON bodies that are not JSON objects with the right f
     rejects(() => decodeFrame(json(FrameType.HELLO, { pid }), []), new RegExp(`HELLO frame: 'pid' ${u32.source}`));
   }
   rejects(() => decodeFrame(json(FrameType.HELLO, []), []), /'pid'/);
-  rejects(() => decodeFrame(json(FrameType.WELCOME, { pid: 1, listeners: 254, connections: 0 }), []), /'listeners' must be an integer in 0\.\.253/);
+  rejects(
+    () => decodeFrame(json(FrameType.WELCOME, { pid: 1, listeners: 254, connections: 0 }), []),
+    /'listeners' must be an integer in 0\.\.253/,
+  );
   rejects(() => decodeFrame(json(FrameType.WELCOME, { pid: 1, listeners: 1 }), []), /'connections'/);
   rejects(() => decodeFrame(json(FrameType.PREPARE, { connections: 1, idSum: 1, idXor: -1 }), []), /PREPARE frame: 'idXor'/);
   rejects(() => decodeFrame(json(FrameType.DONE, { retained: 0, maxPauseUs: 0.5 }), []), /DONE frame: 'maxPauseUs'/);
@@ -191,8 +200,10 @@ test('decodeFrame rejects fds on every frame type that must not carry any', () =
 });
 
 test('decodeFrame checks LISTENERS entries against their fds', () => {
-  const listeners = (entries: unknown[], fds = entries.map((_, i) => 10 + i)) =>
-    () => decodeFrame(raw(FrameType.LISTENERS, JSON.stringify(entries), { fdCount: fds.length }), fds);
+  const listeners =
+    (entries: unknown[], fds = entries.map((_, i) => 10 + i)) =>
+    () =>
+      decodeFrame(raw(FrameType.LISTENERS, JSON.stringify(entries), { fdCount: fds.length }), fds);
   const tcp = { name: 'a', kind: 'tcp', backlog: 511 };
   rejects(listeners([tcp, channel], [10, 11, 12]), /LISTENERS frame lists 2 listeners with 3 fds/);
   rejects(listeners([tcp, channel], [10]), /lists 2 listeners with 1 fds/);
@@ -214,10 +225,15 @@ test('decodeFrame checks the sizes of binary bodies', () => {
   rejects(() => decodeFrame(raw(FrameType.CONNS, ''), []), /CONNS frame carries no fds/);
   rejects(() => decodeFrame(raw(FrameType.CONNS, 'x'.repeat(11), { fdCount: 2 }), [3, 4]), /CONNS frame body must be 12 bytes, got 11/);
   rejects(() => decodeFrame(raw(FrameType.CONNS, 'x'.repeat(13), { fdCount: 2 }), [3, 4]), /must be 12 bytes, got 13/);
-  for (const [type, name] of [[FrameType.ACK, 'ACK'], [FrameType.WAVE_ACK, 'WAVE_ACK']] as const) {
-    for (const size of [0, 3, 5, 8]) rejects(() => decodeFrame(raw(type, 'x'.repeat(size)), []), new RegExp(`^${name} frame body must be 4 bytes, got ${size}$`));
+  for (const [type, name] of [
+    [FrameType.ACK, 'ACK'],
+    [FrameType.WAVE_ACK, 'WAVE_ACK'],
+  ] as const) {
+    for (const size of [0, 3, 5, 8])
+      rejects(() => decodeFrame(raw(type, 'x'.repeat(size)), []), new RegExp(`^${name} frame body must be 4 bytes, got ${size}$`));
   }
-  for (const size of [0, 3, 5]) rejects(() => decodeFrame(raw(FrameType.CLOSED, 'x'.repeat(size)), []), /CLOSED frame body must be a non-empty list of u32/);
+  for (const size of [0, 3, 5])
+    rejects(() => decodeFrame(raw(FrameType.CLOSED, 'x'.repeat(size)), []), /CLOSED frame body must be a non-empty list of u32/);
   rejects(() => decodeFrame(raw(FrameType.COMMIT, 'x'), []), /^COMMIT frame body must be 0 bytes, got 1$/);
 });
 
@@ -226,9 +242,33 @@ test('decodeFrame checks the sizes of binary bodies', () => {
 const sampleWave: Wave = {
   seq: 0xffffffff,
   records: [
-    { id: 0, fate: 'moved', adapter: 'net', input: Buffer.from('in'), output: Buffer.from('out'), protocolState: undefined, state: Buffer.from('state') },
-    { id: 1, fate: 'moved', adapter: 'http', input: Buffer.from('only input'), output: Buffer.alloc(0), protocolState: Buffer.from('{}'), state: undefined },
-    { id: 2, fate: 'moved', adapter: 'ws', input: Buffer.alloc(0), output: Buffer.from('only output'), protocolState: Buffer.alloc(0), state: Buffer.alloc(0) },
+    {
+      id: 0,
+      fate: 'moved',
+      adapter: 'net',
+      input: Buffer.from('in'),
+      output: Buffer.from('out'),
+      protocolState: undefined,
+      state: Buffer.from('state'),
+    },
+    {
+      id: 1,
+      fate: 'moved',
+      adapter: 'http',
+      input: Buffer.from('only input'),
+      output: Buffer.alloc(0),
+      protocolState: Buffer.from('{}'),
+      state: undefined,
+    },
+    {
+      id: 2,
+      fate: 'moved',
+      adapter: 'ws',
+      input: Buffer.alloc(0),
+      output: Buffer.from('only output'),
+      protocolState: Buffer.alloc(0),
+      state: Buffer.alloc(0),
+    },
     { id: 3, fate: 'moved', adapter: 'net', input: Buffer.alloc(0), output: Buffer.alloc(0), protocolState: undefined, state: undefined },
     { id: 4, fate: 'retained' },
     { id: 5, fate: 'deferred' },
@@ -240,7 +280,15 @@ test('encodeWave lays out seq, count, then per record: id, fate|flags, adapter, 
   const blob = encodeWave({
     seq: 7,
     records: [
-      { id: 9, fate: 'moved', adapter: 'ws', input: Buffer.from('i'), output: Buffer.from('oo'), protocolState: Buffer.from('ppp'), state: Buffer.from('s') },
+      {
+        id: 9,
+        fate: 'moved',
+        adapter: 'ws',
+        input: Buffer.from('i'),
+        output: Buffer.from('oo'),
+        protocolState: Buffer.from('ppp'),
+        state: Buffer.from('s'),
+      },
       { id: 5, fate: 'closed' },
       { id: 6, fate: 'deferred' },
     ],
@@ -278,7 +326,15 @@ test('encode.wave splits a big wave over frames, MORE on all but the last; it re
     records: [
       ...sampleWave.records,
       { id: 10, fate: 'moved', adapter: 'net', input: big(70_000), output: big(150_000), protocolState: big(300), state: big(20_000) },
-      { id: 11, fate: 'moved', adapter: 'http', input: Buffer.alloc(0), output: big(MAX_BODY_SIZE), protocolState: undefined, state: undefined },
+      {
+        id: 11,
+        fate: 'moved',
+        adapter: 'http',
+        input: Buffer.alloc(0),
+        output: big(MAX_BODY_SIZE),
+        protocolState: undefined,
+        state: undefined,
+      },
     ],
   };
   const blob = encodeWave(wave);
@@ -331,7 +387,10 @@ test('decodeWave rejects malformed waves', () => {
   rejects(() => decodeWave(blob(0xffffffff)), /wave claims 4294967295 records in 8 bytes/);
   rejects(() => decodeWave(blob(1, record(1, MOVED, [5, 0, 0, 0], 'ab'))), /wave record data runs past the end/);
   rejects(() => decodeWave(blob(1, record(1, MOVED, [0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff]))), /data runs past the end/);
-  rejects(() => decodeWave(blob(2, record(1, MOVED, [10, 0, 0, 0], '0123456789'), Buffer.alloc(15))), /wave record header runs past the end/);
+  rejects(
+    () => decodeWave(blob(2, record(1, MOVED, [10, 0, 0, 0], '0123456789'), Buffer.alloc(15))),
+    /wave record header runs past the end/,
+  );
   rejects(() => decodeWave(Buffer.concat([blob(1, record(1, CLOSED, [0, 0, 0, 0])), Buffer.from('x')])), /wave has 1 trailing bytes/);
   rejects(() => decodeWave(blob(0, record(1, CLOSED, [0, 0, 0, 0]))), /wave has 22 trailing bytes/);
   rejects(() => decodeWave(blob(2, record(7, RETAINED, [0, 0, 0, 0]), record(7, MOVED, [0, 0, 0, 0]))), /wave names connection 7 twice/);
@@ -374,7 +433,11 @@ function prng(seed: number) {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
   const int = (n: number) => Math.floor(next() * n);
-  return { int, pick: <T>(xs: readonly T[]): T => xs[int(xs.length)]!, bytes: (n: number) => Buffer.from(Array.from({ length: n }, () => int(256))) };
+  return {
+    int,
+    pick: <T>(xs: readonly T[]): T => xs[int(xs.length)]!,
+    bytes: (n: number) => Buffer.from(Array.from({ length: n }, () => int(256))),
+  };
 }
 
 type Rng = ReturnType<typeof prng>;
@@ -413,8 +476,14 @@ const seedFrames: Message[] = [
   encode.hello(4321),
   encode.welcome(1, 2, 3),
   encode.abort('ERR_TAKEOVER_TIMEOUT', 'too slow'),
-  encode.listeners([{ name: 'http', kind: 'tcp', backlog: 64, fd: 10 }, { ...channel, fd: 11 }]),
-  encode.conns([{ id: 1, listener: 0, fd: 20 }, { id: 2, listener: 1, fd: 21 }]),
+  encode.listeners([
+    { name: 'http', kind: 'tcp', backlog: 64, fd: 10 },
+    { ...channel, fd: 11 },
+  ]),
+  encode.conns([
+    { id: 1, listener: 0, fd: 20 },
+    { id: 2, listener: 1, fd: 21 },
+  ]),
   encode.ack(1),
   encode.closed([1, 2]),
   encode.prepare(2, 3, 3),
@@ -424,7 +493,11 @@ const seedFrames: Message[] = [
   encode.done(1, 250),
   ...encode.wave(Buffer.alloc(MAX_BODY_SIZE + 10)),
 ];
-const seedWaves = [encodeWave(sampleWave), encodeWave({ seq: 1, records: [] }), encodeWave({ seq: 2, records: sampleWave.records.slice(0, 2) })];
+const seedWaves = [
+  encodeWave(sampleWave),
+  encodeWave({ seq: 1, records: [] }),
+  encodeWave({ seq: 2, records: sampleWave.records.slice(0, 2) }),
+];
 
 test('fuzz: mutated frames and waves decode or throw ERR_TAKEOVER_PROTOCOL, nothing else', () => {
   const rng = prng(0x5354);
@@ -433,7 +506,8 @@ test('fuzz: mutated frames and waves decode or throw ERR_TAKEOVER_PROTOCOL, noth
     try {
       fn();
     } catch (error) {
-      if (!isProtocolError(error)) assert.fail(`${what} at iteration ${i} threw ${String(error)}: ${input.subarray(0, 200).toString('hex')}`);
+      if (!isProtocolError(error))
+        assert.fail(`${what} at iteration ${i} threw ${String(error)}: ${input.subarray(0, 200).toString('hex')}`);
       outcomes[errors]++;
     }
   };
@@ -447,17 +521,30 @@ test('fuzz: mutated frames and waves decode or throw ERR_TAKEOVER_PROTOCOL, noth
       data.writeUInt32BE(data.length - HEADER_SIZE, 8);
       data.writeUInt16BE(fds.length, 6);
     }
-    attempt('decodeFrame', i, data, () => {
-      decodeFrame(data, fds);
-      outcomes.frames++;
-    }, 'frameErrors');
+    attempt(
+      'decodeFrame',
+      i,
+      data,
+      () => {
+        decodeFrame(data, fds);
+        outcomes.frames++;
+      },
+      'frameErrors',
+    );
 
     const wave = mutate(rng, rng.pick(seedWaves));
-    attempt('decodeWave', i, wave, () => {
-      // The decoder accepts only the canonical encoding: whatever it accepts re-encodes byte for byte.
-      assert.deepEqual(encodeWave(decodeWave(wave)), wave);
-      outcomes.waves++;
-    }, 'waveErrors');
+    attempt(
+      'decodeWave',
+      i,
+      wave,
+      () => {
+        // The decoder accepts only the canonical encoding: whatever it accepts re-encodes byte for byte.
+        assert.deepEqual(encodeWave(decodeWave(wave)), wave);
+        outcomes.waves++;
+      },
+      'waveErrors',
+    );
   }
-  for (const [outcome, count] of Object.entries(outcomes)) assert.ok(count > 100, `only ${count} ${outcome}: the fuzz is not reaching both outcomes`);
+  for (const [outcome, count] of Object.entries(outcomes))
+    assert.ok(count > 100, `only ${count} ${outcome}: the fuzz is not reaching both outcomes`);
 });

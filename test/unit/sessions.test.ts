@@ -144,7 +144,14 @@ test('both sessions: deltas in every phase, input carried, two waves; DONE agree
   const [oldOutcome, newOutcome] = await within(Promise.all([p.old.outcome, p.next.outcome]), 'both sides to finish');
   assert.ok(oldOutcome.kind === 'handover', oldOutcome.kind);
   assert.ok(newOutcome.kind === 'done' && newOutcome.warning === undefined, newOutcome.kind);
-  const counts = (s: typeof oldOutcome.stats) => ({ connections: s.connections, closed: s.closed, retained: s.retained, waves: s.waves, bytesIn: s.bytesIn, listeners: s.listeners });
+  const counts = (s: typeof oldOutcome.stats) => ({
+    connections: s.connections,
+    closed: s.closed,
+    retained: s.retained,
+    waves: s.waves,
+    bytesIn: s.bytesIn,
+    listeners: s.listeners,
+  });
   assert.deepEqual(counts(oldOutcome.stats), { connections: 3, closed: 2, retained: 0, waves: 2, bytesIn: 5, listeners: 2 });
   assert.deepEqual(counts(newOutcome.stats), counts(oldOutcome.stats));
   assert.equal(newOutcome.stats.maxPauseMs, Math.round(oldOutcome.stats.maxPauseMs * 1000) / 1000);
@@ -165,7 +172,7 @@ test('both sessions: deltas in every phase, input carried, two waves; DONE agree
   await p.teardown();
 });
 
-test("deferral across both: a busy connection is deferred, moves once it turns quiet; one still busy at quiesceTimeoutMs stays with the old app", async (t) => {
+test('deferral across both: a busy connection is deferred, moves once it turns quiet; one still busy at quiesceTimeoutMs stays with the old app', async (t) => {
   const p = await pair(t, 3, {
     old: { quiesceTimeoutMs: 100 },
     onStep: (step, p) => {
@@ -182,9 +189,16 @@ test("deferral across both: a busy connection is deferred, moves once it turns q
   const [oldOutcome, newOutcome] = await within(Promise.all([p.old.outcome, p.next.outcome]), 'both sides to finish');
   assert.ok(oldOutcome.kind === 'handover' && newOutcome.kind === 'done' && newOutcome.warning === undefined);
   for (const stats of [oldOutcome.stats, newOutcome.stats]) {
-    assert.deepEqual({ connections: stats.connections, deferred: stats.deferred, retained: stats.retained }, { connections: 2, deferred: 2, retained: 1 }, stats.role);
+    assert.deepEqual(
+      { connections: stats.connections, deferred: stats.deferred, retained: stats.retained },
+      { connections: 2, deferred: 2, retained: 1 },
+      stats.role,
+    );
   }
-  assert.deepEqual(p.old.calls.filter((c) => /^(defer|retain)/.test(c)), ['defer:1', 'defer:2', 'retain:2']);
+  assert.deepEqual(
+    p.old.calls.filter((c) => /^(defer|retain)/.test(c)),
+    ['defer:1', 'defer:2', 'retain:2'],
+  );
   await reply(p.clients[0]!, 'was busy', 'new');
   await reply(p.clients[1]!, 'still busy', 'old');
   await reply(p.clients[2]!, 'quiet', 'new');
@@ -208,7 +222,7 @@ test('rollback before COMMIT: the new app gives up at PREPARE; both sides drop t
   await p.teardown();
 });
 
-test('rollback before COMMIT: an app slower than the old side\'s timeoutMs; the successor learns why from the ABORT', async (t) => {
+test("rollback before COMMIT: an app slower than the old side's timeoutMs; the successor learns why from the ABORT", async (t) => {
   const p = await pair(t, 1, { old: { timeoutMs: 100 } });
   const [oldOutcome, newOutcome] = await within(Promise.all([p.old.outcome, p.next.outcome]), 'both sides to fail');
   assert.ok(oldOutcome.kind === 'rollback' && oldOutcome.error.code === ErrorCodes.TIMEOUT);
@@ -256,27 +270,22 @@ test('partial handover: the new side fails once wave 0 is acknowledged; it keeps
   await p.teardown();
 });
 
-test(
-  'a new side that fails with a wave in hand does not cut the connections of that wave',
-  {
-    todo:
-      'SuccessorSession.fail() after LISTENING drops every held copy, those of the wave it was handed too; the old side has already released them, so they are closed (the client reads EOF) and the two sides count them differently',
-  },
-  async (t) => {
-    const p = await pair(t, 3, {
-      old: { waveSize: 1 },
-      onStep: (step, p) => {
-        if (step === 'wave1') p.successor.abort(new TakeoverError(ErrorCodes.SYSTEM, 'the new app broke'));
-      },
-    });
-    p.successor.ready();
-    const [oldOutcome, newOutcome] = await within(Promise.all([p.old.outcome, p.next.outcome]), 'both sides to finish');
-    assert.ok(oldOutcome.kind === 'partial' && newOutcome.kind === 'done');
-    assert.equal(newOutcome.stats.connections, oldOutcome.stats.connections, 'both sides count the same connections as moved');
-    const client = p.clients[1]!;
-    client.write('in flight');
-    await waitFor(() => client.ended || client.received.length > 0, 'an answer or EOF');
-    assert.equal(client.ended, false, 'the connection of wave 1 was cut');
-    await p.teardown();
-  },
-);
+test('a new side that fails with a wave in hand does not cut the connections of that wave', {
+  todo: 'SuccessorSession.fail() after LISTENING drops every held copy, those of the wave it was handed too; the old side has already released them, so they are closed (the client reads EOF) and the two sides count them differently',
+}, async (t) => {
+  const p = await pair(t, 3, {
+    old: { waveSize: 1 },
+    onStep: (step, p) => {
+      if (step === 'wave1') p.successor.abort(new TakeoverError(ErrorCodes.SYSTEM, 'the new app broke'));
+    },
+  });
+  p.successor.ready();
+  const [oldOutcome, newOutcome] = await within(Promise.all([p.old.outcome, p.next.outcome]), 'both sides to finish');
+  assert.ok(oldOutcome.kind === 'partial' && newOutcome.kind === 'done');
+  assert.equal(newOutcome.stats.connections, oldOutcome.stats.connections, 'both sides count the same connections as moved');
+  const client = p.clients[1]!;
+  client.write('in flight');
+  await waitFor(() => client.ended || client.received.length > 0, 'an answer or EOF');
+  assert.equal(client.ended, false, 'the connection of wave 1 was cut');
+  await p.teardown();
+});

@@ -43,7 +43,9 @@ before(() => {
   baseline = native.openFdCount();
 });
 // Node itself may close an fd of its own meanwhile (seen on Node 22); more fds than before is a leak.
-after(() => assert.ok(native.openFdCount() <= baseline, `fds leaked across the test file: ${native.openFdCount()} open, ${baseline} before`));
+after(() =>
+  assert.ok(native.openFdCount() <= baseline, `fds leaked across the test file: ${native.openFdCount()} open, ${baseline} before`),
+);
 
 /** Everything one test opens, closed when it ends, pass or fail, so a failure does not cascade into the leak check. */
 class Scope {
@@ -214,22 +216,26 @@ test('wrapInherited does not read: bytes stay in the kernel until startInherited
   assert.equal((await received).toString(), 'sent before the start');
 });
 
-test('freezeSocket takes every chunk a paused app left buffered, not just the first (Node 26 read() returns one chunk)', limit, async (t) => {
-  const scope = new Scope(t);
-  const { client, accepted } = await connection(scope);
-  const pushes = watchPushes(accepted);
-  accepted.pause();
-  for (const part of ['first;', 'second;', 'third']) {
-    const before = pushes.log.bytes;
-    client.write(part);
-    await pushes.until(() => pushes.log.bytes === before + part.length);
-  }
-  const frozen = freezeSocket(accepted);
-  assert.equal(frozen.fate, 'moved');
-  assert.equal(frozen.fate === 'moved' && frozen.input.toString(), 'first;second;third');
-  assert.equal(accepted.readableLength, 0);
-  releaseMoved(accepted, lateUse);
-});
+test(
+  'freezeSocket takes every chunk a paused app left buffered, not just the first (Node 26 read() returns one chunk)',
+  limit,
+  async (t) => {
+    const scope = new Scope(t);
+    const { client, accepted } = await connection(scope);
+    const pushes = watchPushes(accepted);
+    accepted.pause();
+    for (const part of ['first;', 'second;', 'third']) {
+      const before = pushes.log.bytes;
+      client.write(part);
+      await pushes.until(() => pushes.log.bytes === before + part.length);
+    }
+    const frozen = freezeSocket(accepted);
+    assert.equal(frozen.fate, 'moved');
+    assert.equal(frozen.fate === 'moved' && frozen.input.toString(), 'first;second;third');
+    assert.equal(accepted.readableLength, 0);
+    releaseMoved(accepted, lateUse);
+  },
+);
 
 // Below the high-water mark the handle is still reading when the app pauses; above it Node has
 // stopped the handle, and read() inside the freeze would start it again through _read().
@@ -260,35 +266,34 @@ for (const size of [13, 256 * 1024]) {
     const successor = scope.socket(new net.Socket({ fd: native.dup(socketFd(accepted)) }));
     releaseMoved(accepted, lateUse);
     const rest = await readBytes(successor, size + 16 - frozen.input.length);
-    assert.ok(Buffer.concat([frozen.input, rest]).equals(Buffer.concat([sent, Buffer.from('after the freeze')])), 'input ++ kernel bytes differ from what was sent');
+    assert.ok(
+      Buffer.concat([frozen.input, rest]).equals(Buffer.concat([sent, Buffer.from('after the freeze')])),
+      'input ++ kernel bytes differ from what was sent',
+    );
     assert.equal(Buffer.concat(seen).toString(), 'consumed');
   });
 }
 
-test(
-  'freezeSocket under setEncoding: the input is the raw bytes, or the connection is retained',
-  limit,
-  async (t) => {
-    const scope = new Scope(t);
-    const server = scope.server(net.createServer());
-    const cases: [BufferEncoding, number[]][] = [
-      ['utf8', [0x41, 0xe2, 0x82]], // '€' cut after two of its three bytes: the decoder holds them
-      ['utf8', [0x41, 0xff, 0x42]], // not UTF-8: decoded as U+FFFD
-      ['base64', [1, 2, 3, 4]], // the fourth byte waits in the decoder for a full 3-byte group
-    ];
-    for (const [encoding, bytes] of cases) {
-      const { client, accepted } = await connection(scope, server);
-      accepted.setEncoding(encoding);
-      accepted.pause();
-      const pushes = watchPushes(accepted);
-      client.write(Buffer.from(bytes));
-      await pushes.until(() => pushes.log.bytes === bytes.length);
-      const frozen = freezeSocket(accepted);
-      if (frozen.fate === 'moved') assert.deepEqual(frozen.input, Buffer.from(bytes), `${encoding} ${bytes}`);
-      else assert.equal(frozen.fate, 'retained');
-    }
-  },
-);
+test('freezeSocket under setEncoding: the input is the raw bytes, or the connection is retained', limit, async (t) => {
+  const scope = new Scope(t);
+  const server = scope.server(net.createServer());
+  const cases: [BufferEncoding, number[]][] = [
+    ['utf8', [0x41, 0xe2, 0x82]], // '€' cut after two of its three bytes: the decoder holds them
+    ['utf8', [0x41, 0xff, 0x42]], // not UTF-8: decoded as U+FFFD
+    ['base64', [1, 2, 3, 4]], // the fourth byte waits in the decoder for a full 3-byte group
+  ];
+  for (const [encoding, bytes] of cases) {
+    const { client, accepted } = await connection(scope, server);
+    accepted.setEncoding(encoding);
+    accepted.pause();
+    const pushes = watchPushes(accepted);
+    client.write(Buffer.from(bytes));
+    await pushes.until(() => pushes.log.bytes === bytes.length);
+    const frozen = freezeSocket(accepted);
+    if (frozen.fate === 'moved') assert.deepEqual(frozen.input, Buffer.from(bytes), `${encoding} ${bytes}`);
+    else assert.equal(frozen.fate, 'retained');
+  }
+});
 
 /** Ways to leave output pending on a socket whose peer reads nothing; each returns every byte written, in order. */
 const pendingOutput: { name: string; write(socket: net.Socket): Buffer }[] = [

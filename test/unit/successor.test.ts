@@ -195,9 +195,37 @@ test('happy path: HELLO, ACK on receipt, COMMIT only once the app is ready, a wa
   s.peer.send(encode.done(0, 1500));
   const outcome = await within(s.host.outcome, 'onDone');
   assert.ok(outcome.kind === 'done' && outcome.warning === undefined);
-  const { role, predecessorPid, successorPid, listeners, connections, retained, closed, deferred, waves, bytesIn, bytesOut, stateBytes, maxPauseMs } = outcome.stats;
+  const {
+    role,
+    predecessorPid,
+    successorPid,
+    listeners,
+    connections,
+    retained,
+    closed,
+    deferred,
+    waves,
+    bytesIn,
+    bytesOut,
+    stateBytes,
+    maxPauseMs,
+  } = outcome.stats;
   assert.deepEqual(
-    { role, predecessorPid, successorPid, listeners, connections, retained, closed, deferred, waves, bytesIn, bytesOut, stateBytes, maxPauseMs },
+    {
+      role,
+      predecessorPid,
+      successorPid,
+      listeners,
+      connections,
+      retained,
+      closed,
+      deferred,
+      waves,
+      bytesIn,
+      bytesOut,
+      stateBytes,
+      maxPauseMs,
+    },
     {
       role: 'successor',
       predecessorPid: 4242,
@@ -241,7 +269,12 @@ test('deltas: CONNS and CLOSED during pre-copy and after COMMIT; each CONNS is a
   await waitFor(() => s.host.steps.includes('prepare'), 'the session to accept PREPARE');
   s.session.ready();
   await s.peer.next('commit');
-  s.peer.send(encode.conns([{ id: 3, listener: 0, fd: f3 }, { id: 4, listener: 0, fd: f4 }]));
+  s.peer.send(
+    encode.conns([
+      { id: 3, listener: 0, fd: f3 },
+      { id: 4, listener: 0, fd: f4 },
+    ]),
+  );
   s.peer.send(encode.closed([3]));
   assert.deepEqual(await s.peer.next('ack'), { type: 'ack', seq: 2 });
   await new Promise((resolve) => s.oldServer.close(resolve));
@@ -250,7 +283,10 @@ test('deltas: CONNS and CLOSED during pre-copy and after COMMIT; each CONNS is a
   await s.peer.next('waveAck');
   s.peer.send(encode.done(0, 0));
   const outcome = await within(s.host.outcome, 'onDone');
-  assert.ok(outcome.kind === 'done' && outcome.warning === undefined, outcome.kind === 'done' ? outcome.warning?.message : outcome.error.message);
+  assert.ok(
+    outcome.kind === 'done' && outcome.warning === undefined,
+    outcome.kind === 'done' ? outcome.warning?.message : outcome.error.message,
+  );
   assert.deepEqual([outcome.stats.connections, outcome.stats.closed], [2, 2]);
   for (const i of [1, 3]) {
     s.clients[i]!.write('x');
@@ -262,7 +298,10 @@ test('deltas: CONNS and CLOSED during pre-copy and after COMMIT; each CONNS is a
 test('deferral: a deferred connection waits (up to timeoutMs + quiesceMs) and moves in a later wave; one deferred then retained is left to the predecessor', async (t) => {
   const s = await setup(t, 2, { timeoutMs: 200 });
   await toWaves(s, 5000);
-  sendWave(s, 0, [{ id: 1, fate: 'deferred' }, { id: 2, fate: 'deferred' }]);
+  sendWave(s, 0, [
+    { id: 1, fate: 'deferred' },
+    { id: 2, fate: 'deferred' },
+  ]);
   await s.peer.next('waveAck');
   // Longer than timeoutMs: a predecessor waiting for busy connections may be silent up to its bound.
   await new Promise((resolve) => setTimeout(resolve, 600));
@@ -309,7 +348,13 @@ const beforeCommit: FailureCase[] = [
     code: ErrorCodes.PEER_REJECTED,
     told: ErrorCodes.PEER_REJECTED,
   },
-  { name: 'no WELCOME within timeoutMs', options: { timeoutMs: 100 }, script: async () => {}, code: ErrorCodes.TIMEOUT, told: ErrorCodes.TIMEOUT },
+  {
+    name: 'no WELCOME within timeoutMs',
+    options: { timeoutMs: 100 },
+    script: async () => {},
+    code: ErrorCodes.TIMEOUT,
+    told: ErrorCodes.TIMEOUT,
+  },
   {
     name: 'more fds announced than RLIMIT_NOFILE allows',
     script: async (s) => {
