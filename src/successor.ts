@@ -204,8 +204,7 @@ export class SuccessorSession {
     for (const l of listeners) {
       const info = describe(l.fd);
       const ok =
-        info !== undefined &&
-        info.listening &&
+        info?.listening === true &&
         (l.kind === 'channel'
           ? info.domain === 'unix' && info.type === 'seqpacket'
           : info.type === 'stream' && (l.kind === 'unix' ? info.domain === 'unix' : info.domain !== 'unix' && info.domain !== 'other'));
@@ -352,7 +351,7 @@ export class SuccessorSession {
     const blob = Buffer.concat(this.waveChunks);
     this.waveChunks = [];
     this.waveBytes = 0;
-    let wave;
+    let wave: ReturnType<typeof decodeWave>;
     try {
       wave = decodeWave(blob);
     } catch (error) {
