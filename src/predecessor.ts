@@ -471,8 +471,10 @@ export class PredecessorSession {
     this.deadline.clear();
     this.clearRetry();
     this.channel.close();
-    // Only a WAVE_ACK proves the successor listens; before it, taking everything back is right.
-    if (listening && this.waveSeq > 0 && isAlive(this.successorPid)) {
+    // Once LISTENING is out, a live successor may be accepting (or will, once it reads it, even
+    // after a stall): taking the listeners back would make two processes accept. Only a dead one
+    // (the kernel's pid, a zombie counts as dead) lets this process resume them.
+    if (listening && isAlive(this.successorPid)) {
       // The successor accepts on the listeners and the channel now and serves what it started:
       // taking them back would make two processes accept. The connections not frozen yet never
       // left this process, so it finishes them, as retained ones, and then exits.

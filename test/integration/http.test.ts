@@ -280,6 +280,36 @@ test('a deferred connection that turns quiet and closes while a wave is in fligh
   successor.kill('SIGTERM');
 });
 
+test('a successor that stalls past the timeout before acknowledging wave 0 keeps the listeners: never two processes accepting', {
+  timeout,
+}, async () => {
+  const app = await startApp('http', { timeoutMs: 1000, spinAt: 'wave0', spinMs: 2500 });
+  const client = await rawClient(app.port);
+  const response = readResponses(client, 1);
+  const successor = new ServerProcess(app.config, { script: appFixture });
+  assert.equal((await app.current.next('warning')).code, 'ERR_TAKEOVER_TIMEOUT');
+  // The old process handed over what it had frozen and gave up its listeners for good.
+  assert.equal(await app.current.exited, 0);
+  await successor.next('ready');
+  client.write('GET /delay?ms=0&id=moved HTTP/1.1\r\nHost: x\r\n\r\n');
+  assert.equal(pidOf((await response)[0]!), successor.pid);
+  const agent = new http.Agent({ keepAlive: false });
+  for (let i = 0; i < 10; i++) assert.equal(pidOf((await get(app.port, agent, `/delay?ms=0&id=${i}`)).body), successor.pid);
+  client.destroy();
+  successor.kill('SIGTERM');
+});
+
+test('a successor killed at wave 0: the old process takes its listeners back and serves new connections', { timeout }, async () => {
+  const app = await startApp('http');
+  const agent = new http.Agent({ keepAlive: false });
+  assert.equal(pidOf((await get(app.port, agent, '/delay?ms=0&id=before')).body), app.current.pid);
+  const doomed = new ServerProcess({ ...app.config, killAt: 'wave0' }, { script: appFixture });
+  assert.equal((await app.current.next('rollback')).code, 'ERR_TAKEOVER_PEER_CLOSED');
+  await doomed.exited;
+  for (let i = 0; i < 5; i++) assert.equal(pidOf((await get(app.port, agent, `/delay?ms=0&id=${i}`)).body), app.current.pid);
+  app.current.kill('SIGTERM');
+});
+
 test('an Express app: keep-alive requests keep working across takeovers', { timeout }, async () => {
   const app = await startApp('express');
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
