@@ -69,14 +69,13 @@ export class HandingOver implements PredecessorHost {
 
   readiness(id: number): Readiness {
     const known = this.connection(id);
-    return known ? this.served.connections.readiness(known.socket, this.adapterOf(known.socket, known.listener)) : 'never';
+    return known ? this.served.connections.readiness(known.socket, known.adapter) : 'never';
   }
 
   capture(id: number): CapturedState | 'failed' {
     const known = this.connection(id);
     if (!known) return 'failed';
-    const { socket, listener } = known;
-    const adapter = this.adapterOf(socket, listener);
+    const { socket, adapter } = known;
     try {
       const protocolState = adapter.capture(socket);
       const state = this.options.captureState?.(socket);
@@ -91,17 +90,17 @@ export class HandingOver implements PredecessorHost {
 
   retain(id: number): void {
     const known = this.connection(id);
-    if (known) this.adapterOf(known.socket, known.listener).retain(known.socket);
+    known?.adapter.retain(known.socket);
   }
 
   settle(id: number): void {
     const known = this.connection(id);
-    if (known) this.adapterOf(known.socket, known.listener).settle?.(known.socket);
+    known?.adapter.settle?.(known.socket);
   }
 
   resume(id: number): void {
     const known = this.connection(id);
-    if (known) this.adapterOf(known.socket, known.listener).resume?.(known.socket);
+    known?.adapter.resume?.(known.socket);
   }
 
   stopAccepting(): void {
@@ -127,7 +126,7 @@ export class HandingOver implements PredecessorHost {
   }
 
   release(id: number, socket: net.Socket): void {
-    const adapter = this.adapterOf(socket, this.connection(id)!.listener);
+    const { adapter } = this.connection(id)!;
     this.events.step('release', socket);
     this.served.connections.delete(id);
     adapter.forget(socket);
@@ -159,13 +158,15 @@ export class HandingOver implements PredecessorHost {
     this.events.handover(stats);
   }
 
-  /** A connection the session still names; gone once it closed (the session then records it as closed). */
-  private connection(id: number) {
-    return this.served.connections.all.get(id);
-  }
-
-  /** The adapter speaking for a connection now: an upgraded one belongs to its WebSocket server. */
-  private adapterOf(socket: net.Socket, listener: number): ConnectionAdapter {
-    return this.served.webSocketAdapters.find((a) => a.owns(socket)) ?? this.served.registry.records[listener]!.adapter;
+  /**
+   * A connection the session still names, with the adapter speaking for it now (an upgraded one
+   * belongs to its WebSocket server); undefined once it closed (the session records it as closed).
+   */
+  private connection(id: number): { socket: net.Socket; adapter: ConnectionAdapter } | undefined {
+    const known = this.served.connections.all.get(id);
+    if (!known) return undefined;
+    const { socket, listener } = known;
+    const adapter = this.served.webSocketAdapters.find((a) => a.owns(socket)) ?? this.served.registry.records[listener]!.adapter;
+    return { socket, adapter };
   }
 }
