@@ -287,9 +287,10 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   /**
    * The application is ready to serve. Fresh: opens the channel so this process can be taken
    * over; resolves null. Successor: confirms to the predecessor (the point of no return),
-   * receives every connection wave by wave, then opens the channel; resolves with the stats.
-   * Throws ERR_TAKEOVER_INVALID_STATE unless started (a second call returns the same promise);
-   * rejects, with the state 'failed', when a listener or the takeover fails before the commit.
+   * listens on the inherited listeners and channel once the predecessor has stopped accepting,
+   * receives every connection wave by wave; resolves with the stats. Throws
+   * ERR_TAKEOVER_INVALID_STATE unless started (a second call returns the same promise); rejects,
+   * with the state 'failed', when a listener or the takeover fails before the waves begin.
    */
   ready(): Promise<TakeoverStats | null> {
     if (this.readyPromise) return this.readyPromise;
