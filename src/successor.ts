@@ -29,7 +29,13 @@ export interface InheritedListener extends ListenerEntry {
 export type SuccessorStep = 'hello' | 'listeners' | 'precopy' | 'prepare' | `wave${number}`;
 
 export interface SuccessorHost {
-  readonly options: { timeoutMs: number; allowUids: readonly number[]; onStep?: ((step: SuccessorStep) => void) | undefined };
+  readonly options: {
+    timeoutMs: number;
+    allowUids: readonly number[];
+    onStep?: ((step: SuccessorStep) => void) | undefined;
+    /** Below MAX_WAVE_SIZE only in tests, which then need not send half a gibibyte to reach it. */
+    maxWaveSize?: number | undefined;
+  };
   /** Called once the listeners are known, so the app's listen() calls can claim them. */
   onListeners(listeners: readonly InheritedListener[]): void;
   /** Names of inherited listeners the app has not claimed; COMMIT waits for none. */
@@ -85,6 +91,12 @@ export class SuccessorSession {
   private waveChunks: Buffer[] = [];
   private waveBytes = 0;
   private expectedWave = 0;
+  /**
+   * The most connections held at once: WELCOME's count, which the fd check there covered, plus
+   * half the fd room left then, for those the predecessor accepts during the takeover. The other
+   * half stays this process's own, whatever a predecessor sends.
+   */
+  private maxHeld = 0;
   /** Connections the predecessor deferred (busy when their turn came): a later wave decides them. */
   private readonly deferred = new Set<number>();
   /** How long the predecessor may wait for deferred connections (from LISTENING). */
@@ -194,6 +206,7 @@ export class SuccessorSession {
         ),
       );
     }
+    this.maxHeld = frame.connections + Math.floor((soft - open - needed - FD_HEADROOM) / 2);
     // One growth of the fd table now, instead of many slow ones while fds arrive.
     native.growFdTable(open + needed + FD_HEADROOM);
     this.phase = 'listeners';
@@ -231,6 +244,16 @@ export class SuccessorSession {
       for (const { fd } of conns) native.close(fd);
       return this.abort(
         new TakeoverError(ErrorCodes.PROTOCOL, `CONNS frame has a bad entry (connection ${bad.id}, listener ${bad.listener})`),
+      );
+    }
+    // Unbounded, a predecessor could fill this process's fd table up to its limit.
+    if (this.held.size + conns.length > this.maxHeld) {
+      for (const { fd } of conns) native.close(fd);
+      return this.abort(
+        new TakeoverError(
+          ErrorCodes.FD_LIMIT,
+          `the predecessor sent more connections than this process holds at once (${this.maxHeld}: WELCOME's count and half the fds left)`,
+        ),
       );
     }
     if (this.marks.firstConns === 0) {
@@ -342,13 +365,17 @@ export class SuccessorSession {
   }
 
   private onWaveChunk(frame: Extract<Frame, { type: 'wave' }>): void {
+    // The chunks and the copy that joins them are both in memory at the end: the limit bounds
+    // the chunks, so the peak stays within twice the limit.
+    const limit = this.host.options.maxWaveSize ?? MAX_WAVE_SIZE;
     this.waveBytes += frame.chunk.length;
-    if (this.waveBytes > MAX_WAVE_SIZE) {
-      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave larger than ${MAX_WAVE_SIZE} bytes`));
+    if (this.waveBytes > limit) {
+      this.waveChunks = [];
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave larger than ${limit} bytes`));
     }
     this.waveChunks.push(frame.chunk);
     if (frame.more) return;
-    const blob = Buffer.concat(this.waveChunks);
+    const blob = this.waveChunks.length === 1 ? this.waveChunks[0]! : Buffer.concat(this.waveChunks, this.waveBytes);
     this.waveChunks = [];
     this.waveBytes = 0;
     let wave: ReturnType<typeof decodeWave>;

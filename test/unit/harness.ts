@@ -366,7 +366,7 @@ type SuccessorOutcome =
  * with its own server (answering `new:<data>`), and adopts moved connections through NetAdapter.
  */
 export class FakeSuccessorHost implements SuccessorHost {
-  readonly options: { timeoutMs: number; allowUids: readonly number[]; onStep: (step: SuccessorStep) => void } = {
+  readonly options: { timeoutMs: number; allowUids: readonly number[]; onStep: (step: SuccessorStep) => void; maxWaveSize?: number } = {
     timeoutMs: 5000,
     allowUids: [process.getuid!()],
     onStep: (step) => {
