@@ -21,7 +21,7 @@ import { PredecessorSession } from './predecessor.js';
 import { encode } from './protocol.js';
 import { isTlsServer, trackWrites } from './sockets.js';
 import { ErrorCodes, TakeoverError, hookError, systemError } from './errors.js';
-import type { TakeoverStats } from './stats.js';
+import type { RollbackReport, TakeoverStats } from './stats.js';
 import { resolveOptions, invalidOption, type ResolvedOptions, type TakeoverOptions } from './options.js';
 import { ListenerRegistry, whenListening, type ListenerRecord, type ListenTarget } from './listeners.js';
 import { Connections } from './connections.js';
@@ -61,8 +61,12 @@ export interface TakeoverEvents {
   successor: [peer: { pid: number; uid: number }];
   /** Old process: a peer was turned away (uid not allowed, or a takeover already running). */
   refused: [error: TakeoverError];
-  /** Old process: a takeover failed; everything it had not frozen keeps being served here. */
-  rollback: [error: TakeoverError];
+  /**
+   * Old process: a takeover failed; everything it had not handed over keeps being served here.
+   * After the commit, `report` says how many connections went with a successor that died, how
+   * many this process serves on, and that its listeners accept again.
+   */
+  rollback: [error: TakeoverError, report: RollbackReport];
   /** Old process: a connection was busy when its turn came; it waits (up to `quiesceTimeoutMs`) for a later wave. */
   defer: [socket: net.Socket];
   /** Old process: a connection stopped here, its bytes taken out for the successor. */
@@ -446,10 +450,10 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
           this.currentState = 'handing-over';
           this.emit('successor', peer);
         },
-        rollback: (error, started) => {
+        rollback: (error, started, report) => {
           this.outgoing = undefined;
           if (this.currentState === 'handing-over') this.currentState = 'serving';
-          if (started) this.emit('rollback', error);
+          if (started) this.emit('rollback', error, report);
           this.upgrading?.reject(error);
         },
         handover: (stats) => this.retire(stats),

@@ -32,6 +32,7 @@ export interface ServerEvent {
   successor?: boolean;
   state?: string;
   channelExists?: boolean;
+  report?: { successorPid: number; committed: boolean; lost: number; resumed: number; listenersResumed: number };
   addresses?: net.AddressInfo[];
   address?: net.AddressInfo;
   stats?: {
