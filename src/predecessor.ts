@@ -109,6 +109,8 @@ export class PredecessorSession {
   /** CONNS batches acknowledged so far: the next ACK must carry this number. */
   private batchesAcked = 0;
   private listeners: (ListenerEntry & { fd: number })[] = [];
+  /** LISTENERS went out: from then on the successor may hold copies of the listening sockets. */
+  private listenersSent = false;
   private waveQueue: { id: number; socket: net.Socket | undefined }[] = [];
   /** Next entry of waveQueue to freeze (an index: shift() on 10,000 entries costs per call). */
   private waveCursor = 0;
@@ -228,6 +230,7 @@ export class PredecessorSession {
     const connections = this.host.connections();
     this.channel.send(encode.welcome(process.pid, this.listeners.length, connections.size));
     this.channel.send(encode.listeners(this.listeners));
+    this.listenersSent = true;
     for (const id of connections.keys()) this.unsent.add(id);
     this.phase = 'precopy';
     this.deadline.expect('ACK');
@@ -500,6 +503,9 @@ export class PredecessorSession {
     } else {
       this.closeListenerFds();
     }
+    // A successor that aborted closed its copies; one that stalled or misbehaved may keep them,
+    // read or still in its socket's queue, and with them the ports, for as long as it lives.
+    const mayHoldListeners = this.listenersSent && error.code !== ErrorCodes.ABORTED && isAlive(this.successorPid);
     // Every connection a sent wave moved lived in the successor only, and went with it.
     this.host.onRollback(error, started, {
       successorPid: this.successorPid,
@@ -507,6 +513,7 @@ export class PredecessorSession {
       lost: this.stats.connections,
       resumed: this.host.connections().size,
       listenersResumed,
+      listenerHolder: mayHoldListeners ? this.successorPid : 0,
     });
   }
 

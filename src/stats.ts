@@ -101,4 +101,10 @@ export interface RollbackReport {
   resumed: number;
   /** Listeners (the channel's not counted) this process accepts on again after the commit; 0 before it. */
   listenersResumed: number;
+  /**
+   * The successor's pid when it was sent the listeners' copies and is still alive without having
+   * aborted (it stalled, or broke the protocol): it may hold them, and keep the ports listening
+   * after this process stops. 0 otherwise.
+   */
+  listenerHolder: number;
 }
