@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ServerProcess, tempDir, waitStopped, type ServerConfig, type ServerEvent } from '../helpers.js';
+import { ServerProcess, tempDir, waitStopped, within, type ServerConfig, type ServerEvent } from '../helpers.js';
 import { alive, Churn, listenerPids, loadedClients, tally, type NewConnects, type Tally } from './load.js';
 
 export const FAULTS = ['kill-successor', 'stop-successor', 'kill-old', 'stop-old'] as const;
@@ -162,7 +162,10 @@ export async function runFault(fault: Fault, step: Step, plan: FaultPlan = DEFAU
     if (!alive(p.pid)) continue;
     process.kill(p.pid, 'SIGCONT');
     p.kill('SIGTERM');
-    const gone = await Promise.race([p.exited.then(() => true), new Promise((r) => setTimeout(() => r(false), 10_000))]);
+    const gone = await within(p.exited, 'exit', 10_000).then(
+      () => true,
+      () => false,
+    );
     if (!gone) {
       leftover++;
       notes.push(`${p === old ? 'old' : 'successor'} process ignored SIGTERM`);
