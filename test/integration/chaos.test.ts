@@ -26,3 +26,15 @@ test('a successor killed as wave 0 reaches it: the old process takes the listene
     assert.ok(o.ok, summary(o));
   }
 });
+
+test('an old process stopped past the timeout while a wave is acknowledged sends no wave after the ABORT it has not read yet', {
+  timeout: 60_000,
+}, async () => {
+  // The successor acks wave 0, times out waiting for wave 1 and sends ABORT; the old process wakes
+  // with both queued. It used to act on the ACK first: froze wave 1, sent it to a successor that
+  // had given up, and released it: 100 connections cut.
+  const o = await runFault('stop-old', 'wave0');
+  assert.equal(o.tally.cut, 0, summary(o));
+  assert.equal(o.listener, 'successor', summary(o));
+  assert.ok(o.ok, summary(o));
+});
