@@ -6,6 +6,7 @@ import type * as net from 'node:net';
 import { ErrorCodes, TakeoverError } from './errors.js';
 import { MAX_QUIESCE_MS } from './protocol.js';
 import type { SuccessorStep } from './successor.js';
+import type { TakeoverStats } from './stats.js';
 
 export interface TakeoverOptions {
   /**
@@ -47,8 +48,27 @@ export interface TakeoverOptions {
    * 'warning' (ERR_TAKEOVER_HOOK_FAILED); the connection goes on.
    */
   restoreState?: (socket: net.Socket, state: Buffer) => void;
-  /** Called at each protocol step of a successor, for tracing and for fault-injection tests; a throw is ignored. */
-  onStep?: (step: SuccessorStep) => void;
+  /**
+   * Called at each protocol step of a successor, and in the old process at `'stop-accepting'`
+   * (the successor committed; this process stops accepting next), for tracing and for
+   * fault-injection tests; a throw is ignored.
+   */
+  onStep?: (step: SuccessorStep | 'stop-accepting') => void;
+  /**
+   * Once `ready()` resolves, send the parent process a {@link ReadyMessage} through its IPC
+   * channel (`process.send`), when there is one: the signal a supervisor waits for before it
+   * upgrades the next worker of a pool. Default false.
+   */
+  notifyParent?: boolean;
+}
+
+/** What `notifyParent` sends: this process serves, with `stats` of the takeover it made (null when fresh). */
+export interface ReadyMessage {
+  type: 'socket-takeover:ready';
+  pid: number;
+  /** Connections this process serves now. */
+  connections: number;
+  stats: TakeoverStats | null;
 }
 
 export type ResolvedOptions = Required<Omit<TakeoverOptions, 'captureState' | 'restoreState' | 'onStep'>> &
@@ -67,6 +87,7 @@ const KNOWN: readonly (keyof TakeoverOptions)[] = [
   'captureState',
   'restoreState',
   'onStep',
+  'notifyParent',
 ];
 
 export function invalidOption(message: string): TakeoverError {
@@ -92,6 +113,8 @@ export function resolveOptions(options: TakeoverOptions): ResolvedOptions {
   if (!Array.isArray(allowUids) || allowUids.some((u) => !Number.isInteger(u) || u < 0)) {
     throw invalidOption('allowUids must be an array of uids');
   }
+  if (options.notifyParent !== undefined && typeof options.notifyParent !== 'boolean')
+    throw invalidOption('notifyParent must be a boolean');
   for (const hook of ['captureState', 'restoreState', 'onStep'] as const) {
     if (options[hook] !== undefined && typeof options[hook] !== 'function') throw invalidOption(`${hook} must be a function`);
   }
@@ -105,5 +128,6 @@ export function resolveOptions(options: TakeoverOptions): ResolvedOptions {
     captureState: options.captureState,
     restoreState: options.restoreState,
     onStep: options.onStep,
+    notifyParent: options.notifyParent ?? false,
   };
 }

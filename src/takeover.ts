@@ -22,7 +22,7 @@ import { encode } from './protocol.js';
 import { isTlsServer, trackWrites } from './sockets.js';
 import { ErrorCodes, TakeoverError, hookError, systemError } from './errors.js';
 import type { RollbackReport, TakeoverStats } from './stats.js';
-import { resolveOptions, invalidOption, type ResolvedOptions, type TakeoverOptions } from './options.js';
+import { resolveOptions, invalidOption, type ReadyMessage, type ResolvedOptions, type TakeoverOptions } from './options.js';
 import { ListenerRegistry, whenListening, type ListenerRecord, type ListenTarget } from './listeners.js';
 import { Connections } from './connections.js';
 import type { ConnectionAdapter } from './adapters/adapter.js';
@@ -34,7 +34,7 @@ import { isAlive } from './processes.js';
 import { HandingOver } from './handing-over.js';
 import { TakingOver } from './taking-over.js';
 
-export type { TakeoverOptions } from './options.js';
+export type { TakeoverOptions, ReadyMessage } from './options.js';
 export type { ListenTarget } from './listeners.js';
 export type { UpgradeOptions } from './upgrade.js';
 
@@ -306,6 +306,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.readyPromise = this.becomeReady().then(
       (stats) => {
         if (this.currentState === 'readying') this.currentState = 'serving';
+        if (this.options.notifyParent) this.notifyParent(stats);
         return stats;
       },
       (error: Error) => {
@@ -314,6 +315,13 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       },
     );
     return this.readyPromise;
+  }
+
+  /** A parent that went away, or never listened, is not this process's failure: nothing to report. */
+  private notifyParent(stats: TakeoverStats | null): void {
+    if (!process.send || !process.connected) return;
+    const message: ReadyMessage = { type: 'socket-takeover:ready', pid: process.pid, connections: this.connections.size, stats };
+    process.send(message, undefined, {}, () => {});
   }
 
   private async becomeReady(): Promise<TakeoverStats | null> {
