@@ -311,9 +311,9 @@ class Supervisor {
       successor = await this.startWorker(index, true);
     } catch (error) {
       const still = isAlive(old.pid) ? `pid ${old.pid} serves on` : `its pid ${old.pid} is gone`;
-      throw new Error(
-        `${describe(error)}; ${still}; workers ${index + 1 < this.command.workers ? `${index} to ${this.command.workers - 1} ` : `${index} `}not upgraded`,
-      );
+      const last = this.command.workers - 1;
+      const left = index === last ? `worker ${index}` : `workers ${index} to ${last}`;
+      throw new Error(`${describe(error)}; ${still}; ${left} not upgraded`);
     }
     this.install(index, successor);
     const stats = successor.ready.stats;
