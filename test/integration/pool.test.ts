@@ -8,11 +8,11 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterEach, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { KeepAliveClient, NewConnections } from '../../tools/pool-load.js';
 import { distDir, tempDir, waitFor, waitStopped, within } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
@@ -143,105 +143,6 @@ function acceptQueue(inode: string): number {
   return 0;
 }
 
-/**
- * A keep-alive HTTP connection that sends `GET /` whenever the previous answer is in, and counts:
- * requests without an answer are lost, a close it did not make is a cut.
- */
-class KeepAliveClient {
-  readonly socket: net.Socket;
-  readonly problems: string[] = [];
-  sent = 0;
-  answered = 0;
-  private buffer = '';
-  private timer: NodeJS.Timeout | undefined;
-  private closedByUs = false;
-
-  constructor(port: number, intervalMs: number) {
-    this.socket = net.connect({ port, host: HOST });
-    clients.push(this);
-    this.socket.setEncoding('latin1');
-    this.socket.on('data', (chunk: string) => this.onData(chunk));
-    this.socket.on('error', (error: NodeJS.ErrnoException) => this.problems.push(`error ${error.code}`));
-    this.socket.on('close', () => {
-      if (!this.closedByUs) this.problems.push('cut: closed by the server');
-    });
-    this.timer = setInterval(() => {
-      if (this.answered !== this.sent || this.socket.connecting || this.socket.destroyed) return;
-      this.sent++;
-      this.socket.write('GET / HTTP/1.1\r\nHost: pool\r\n\r\n');
-    }, intervalMs);
-  }
-
-  private onData(chunk: string): void {
-    this.buffer += chunk;
-    for (;;) {
-      const end = this.buffer.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      const length = Number(/content-length: (\d+)/i.exec(this.buffer.slice(0, end))?.[1] ?? 0);
-      if (this.buffer.length < end + 4 + length) return;
-      if (!this.buffer.startsWith('HTTP/1.1 200')) this.problems.push(`answer: ${this.buffer.slice(0, 20)}`);
-      this.answered++;
-      this.buffer = this.buffer.slice(end + 4 + length);
-    }
-  }
-
-  async drain(): Promise<void> {
-    clearInterval(this.timer);
-    await waitFor(() => this.answered === this.sent || this.socket.destroyed, 'the last answers', 10_000).catch(() => {});
-    if (this.answered !== this.sent) this.problems.push(`lost: ${this.sent - this.answered} requests unanswered`);
-  }
-
-  close(): void {
-    clearInterval(this.timer);
-    this.closedByUs = true;
-    this.socket.destroy();
-  }
-}
-
-/** New connections, one `GET /` each (Connection: close), at a steady rate: who served each, and what failed. */
-class NewConnections {
-  readonly servedBy = new Map<number, number>();
-  refused = 0;
-  readonly failures: string[] = [];
-  private readonly timer: NodeJS.Timeout;
-  private inFlight = 0;
-
-  constructor(port: number, everyMs: number) {
-    this.timer = setInterval(() => this.one(port), everyMs);
-    clients.push({ close: () => clearInterval(this.timer) });
-  }
-
-  private one(port: number): void {
-    this.inFlight++;
-    const request = http.get({ host: HOST, port, path: '/', agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => {
-        const { pid } = JSON.parse(body) as { pid: number };
-        this.servedBy.set(pid, (this.servedBy.get(pid) ?? 0) + 1);
-        this.inFlight--;
-      });
-    });
-    request.on('error', (error: NodeJS.ErrnoException) => {
-      if (error.code === 'ECONNREFUSED') this.refused++;
-      else this.failures.push(error.code ?? error.message);
-      this.inFlight--;
-    });
-  }
-
-  async stop(): Promise<void> {
-    clearInterval(this.timer);
-    await waitFor(() => this.inFlight === 0, 'the last new connections', 10_000);
-  }
-
-  /** Each worker's share of the connections served, the worker's successive pids counted together. */
-  shares(workers: number[][]): number[] {
-    const total = [...this.servedBy.values()].reduce((a, b) => a + b, 0);
-    return workers.map((own) => own.reduce((sum, pid) => sum + (this.servedBy.get(pid) ?? 0), 0) / total);
-  }
-}
-
 async function startPool(workers: number, env?: NodeJS.ProcessEnv): Promise<{ pool: Pool; port: number }> {
   const port = await freePort();
   const dir = poolDir();
@@ -279,8 +180,20 @@ async function drain(keepAlive: KeepAliveClient[]): Promise<string[]> {
   return keepAlive.flatMap((c, i) => c.problems.map((p) => `client ${i}: ${p}`));
 }
 
+function keepAliveClient(port: number): KeepAliveClient {
+  const client = new KeepAliveClient(HOST, port, 20);
+  clients.push(client);
+  return client;
+}
+
+function newConnections(port: number, everyMs: number): NewConnections {
+  const load = new NewConnections(HOST, port, everyMs);
+  clients.push({ close: () => void load.stop() });
+  return load;
+}
+
 function openKeepAlive(count: number, port: number): KeepAliveClient[] {
-  return Array.from({ length: count }, () => new KeepAliveClient(port, 20));
+  return Array.from({ length: count }, () => keepAliveClient(port));
 }
 
 test('a rolling upgrade of a 2-worker pool under load: 0 cut, lost or refused, same listeners, new connections split', {
@@ -291,7 +204,7 @@ test('a rolling upgrade of a 2-worker pool under load: 0 cut, lost or refused, s
   const inodes = listenerInodes(before, port);
   assert.equal(inodes.length, 2, 'one listener per worker');
   const keepAlive = openKeepAlive(40, port);
-  const fresh = new NewConnections(port, 20);
+  const fresh = newConnections(port, 20);
   await new Promise((resolve) => setTimeout(resolve, 1000));
 
   const from = pool.records.length;
@@ -328,7 +241,7 @@ test("an accept queue full at the switch is served completely by the worker's su
   await waitStopped(old!);
 
   // The kernel completes these handshakes; those hashed to worker 0 wait in its accept queue.
-  const queued = Array.from({ length: 200 }, () => new KeepAliveClient(port, 20));
+  const queued = Array.from({ length: 200 }, () => keepAliveClient(port));
   await waitFor(() => acceptQueue(inode!) > 0 && queued.every((c) => !c.socket.connecting), 'connections queued on worker 0', 10_000);
   const waiting = acceptQueue(inode!);
   t.diagnostic(`${waiting} connections waiting in worker 0's accept queue at the switch`);
@@ -350,7 +263,7 @@ test("the supervisor's own upgrade: a new supervisor (-T DIR) adopts the workers
   const before = pool.workerPids();
   const inodes = listenerInodes(before, port);
   const keepAlive = openKeepAlive(40, port);
-  const fresh = new NewConnections(port, 20);
+  const fresh = newConnections(port, 20);
 
   const next = adoptPool(pool, port, 2);
   await next.record(/^Pool upgraded: 2 workers$/);
@@ -383,7 +296,7 @@ test('kill -9 of a worker: it is restarted fresh and rejoins the group, no conne
   const keepAlive = openKeepAlive(10, port);
   await waitFor(() => keepAlive.every((c) => c.answered > 0), 'every keep-alive client answered');
   const onSurvivor = keepAlive.filter((c) => c.socket.localPort !== undefined && servedBy(c, survivor!));
-  const fresh = new NewConnections(port, 10);
+  const fresh = newConnections(port, 10);
   const from = pool.records.length;
   process.kill(victim!, 'SIGKILL');
   await pool.record(/^Restarting worker 0$/, from);
@@ -440,7 +353,7 @@ test('Node 20 (SO_REUSEPORT set by the addon) and another Node line in one pool'
   const before = pool.workerPids();
   const inodes = listenerInodes(before, port);
   const keepAlive = openKeepAlive(20, port);
-  const fresh = new NewConnections(port, 20);
+  const fresh = newConnections(port, 20);
   // A supervisor of the other line adopts the pool: its successors run that line.
   const next = adoptPool(pool, port, 2, node);
   const first = await next.record(/^Worker 0: pid \d+ -> pid \d+/);
