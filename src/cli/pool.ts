@@ -132,17 +132,20 @@ class Supervisor {
         this.log(`Taking over the pool in [${dir}] from supervisor pid ${previous}`, { previousPid: previous });
         await this.untilExit(previous!, 10_000);
       }
+      let adopted = 0;
       for (let i = 0; i < workers; i++) {
         const status = readWorkerStatus(this.statusFile(i));
         if (status && servesChannel(status.pid, this.channel(i))) {
           this.adopt(i, status.pid);
+          adopted++;
           this.log(`Adopting worker ${i}: pid ${status.pid}`, { worker: i, workerPid: status.pid });
         } else {
           await this.restart(i);
         }
       }
       this.logStatus();
-      await this.upgrade(`-T ${dir}`);
+      // Workers started just now already run this supervisor's code.
+      if (adopted > 0) await this.upgrade(`-T ${dir}`);
       return;
     }
     this.log(`Starting pool of ${workers} workers in [${dir}]`, { dir, workers });

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { afterEach, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { KeepAliveClient, NewConnections } from '../../tools/pool-load.js';
-import { distDir, tempDir, waitFor, waitStopped, within } from '../helpers.js';
+import { distDir, tempDir, waitFor, waitStopped, within, killPids } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 const PAUSE_AT = path.join(distDir, 'test', 'fixtures', 'pause-at.js');
@@ -27,14 +27,7 @@ const clients: { close(): void }[] = [];
 
 afterEach(() => {
   for (const client of clients.splice(0)) client.close();
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // Already gone.
-    }
-  }
-  pids.clear();
+  killPids(pids);
   for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -196,34 +189,45 @@ function openKeepAlive(count: number, port: number): KeepAliveClient[] {
   return Array.from({ length: count }, () => keepAliveClient(port));
 }
 
-test('a rolling upgrade of a 2-worker pool under load: 0 cut, lost or refused, same listeners, new connections split', {
-  timeout,
-}, async () => {
+/**
+ * A 2-worker pool under load: keep-alive clients, and a new connection every 20 ms. `settle()`
+ * stops the load and checks the contract of an upgrade: nothing cut, lost or refused, and the
+ * same listening sockets as at the start.
+ */
+async function loadedPool(keepAliveClients: number) {
   const { pool, port } = await startPool(2);
   const before = pool.workerPids();
   const inodes = listenerInodes(before, port);
   assert.equal(inodes.length, 2, 'one listener per worker');
-  const keepAlive = openKeepAlive(40, port);
+  const keepAlive = openKeepAlive(keepAliveClients, port);
   const fresh = newConnections(port, 20);
+  const settle = async (): Promise<void> => {
+    await fresh.stop();
+    assert.deepEqual(await drain(keepAlive), []);
+    assert.equal(fresh.refused, 0, 'refused connects');
+    assert.deepEqual(fresh.failures, []);
+    // The same sockets: the successors hold the listeners the old workers bound, still in the group.
+    assert.deepEqual(listenerInodes(pool.workerPids(), port), inodes);
+  };
+  return { pool, port, before, fresh, settle };
+}
+
+test('a rolling upgrade of a 2-worker pool under load: 0 cut, lost or refused, same listeners, new connections split', {
+  timeout,
+}, async () => {
+  const { pool, before, fresh, settle } = await loadedPool(40);
   await new Promise((resolve) => setTimeout(resolve, 1000));
 
   const from = pool.records.length;
   pool.child.kill('SIGUSR2');
   await pool.record(/^Pool upgraded: 2 workers$/, from);
   await new Promise((resolve) => setTimeout(resolve, 1000));
-  await fresh.stop();
-  const problems = await drain(keepAlive);
-
+  await settle();
   const after = pool.workerPids();
   assert.ok(
     after.every((pid, i) => pid !== before[i]),
     'every worker is a new process',
   );
-  assert.deepEqual(problems, []);
-  assert.equal(fresh.refused, 0, 'refused connects');
-  assert.deepEqual(fresh.failures, []);
-  // The same sockets: the successors hold the listeners the old workers bound, still in the group.
-  assert.deepEqual(listenerInodes(after, port), inodes);
   const shares = fresh.shares([0, 1].map((i) => [before[i]!, after[i]!]));
   for (const share of shares) assert.ok(share >= 0.3 && share <= 0.7, `shares of new connections ${shares.map((s) => s.toFixed(2))}`);
 });
@@ -259,12 +263,7 @@ test("an accept queue full at the switch is served completely by the worker's su
 test("the supervisor's own upgrade: a new supervisor (-T DIR) adopts the workers, the old one exits, no connection touched", {
   timeout,
 }, async () => {
-  const { pool, port } = await startPool(2);
-  const before = pool.workerPids();
-  const inodes = listenerInodes(before, port);
-  const keepAlive = openKeepAlive(40, port);
-  const fresh = newConnections(port, 20);
-
+  const { pool, port, before, settle } = await loadedPool(40);
   const next = adoptPool(pool, port, 2);
   await next.record(/^Pool upgraded: 2 workers$/);
   await within(pool.exited, 'the old supervisor to exit');
@@ -273,12 +272,7 @@ test("the supervisor's own upgrade: a new supervisor (-T DIR) adopts the workers
     next.records.some((r) => r.msg === `Adopting worker 0: pid ${before[0]}`),
     'worker 0 adopted',
   );
-  await fresh.stop();
-  const problems = await drain(keepAlive);
-  assert.deepEqual(problems, []);
-  assert.equal(fresh.refused, 0, 'refused connects');
-  assert.deepEqual(fresh.failures, []);
-  assert.deepEqual(listenerInodes(pool.workerPids(), port), inodes);
+  await settle();
 
   // The new supervisor runs the pool: SIGTERM stops it, and every worker with it.
   const after = pool.workerPids();
@@ -343,29 +337,22 @@ test('a successor that fails mid-pool: its worker rolls back, serves on, and the
   assert.deepEqual(problems, []);
 });
 
-test('Node 20 (SO_REUSEPORT set by the addon) and another Node line in one pool', { timeout }, async (t) => {
+test("this Node line's workers (SO_REUSEPORT set by the addon, Node 20 included) and another line's in one pool", {
+  timeout,
+}, async (t) => {
   const node = otherNode();
   if (!node) {
     t.skip('no other Node line: set TAKEOVER_TEST_NODE to a node binary of another major version (or unpack one under /tmp/nodes)');
     return;
   }
-  const { pool, port } = await startPool(2);
-  const before = pool.workerPids();
-  const inodes = listenerInodes(before, port);
-  const keepAlive = openKeepAlive(20, port);
-  const fresh = newConnections(port, 20);
+  const { pool, port, before, settle } = await loadedPool(20);
   // A supervisor of the other line adopts the pool: its successors run that line.
   const next = adoptPool(pool, port, 2, node);
   const first = await next.record(/^Worker 0: pid \d+ -> pid \d+/);
   const mixed = [fs.readlinkSync(`/proc/${first.workerPid}/exe`), fs.readlinkSync(`/proc/${before[1]}/exe`)];
   await next.record(/^Pool upgraded: 2 workers$/);
-  await fresh.stop();
-  const problems = await drain(keepAlive);
-  assert.deepEqual(problems, []);
-  assert.equal(fresh.refused, 0, 'refused connects');
-  assert.deepEqual(fresh.failures, []);
+  await settle();
   assert.deepEqual(mixed, [fs.realpathSync(node), fs.realpathSync(process.execPath)], 'both lines served the port at once');
-  assert.deepEqual(listenerInodes(pool.workerPids(), port), inodes);
 });
 
 /** Which worker process holds the server end of a client's connection: found by the client's port in /proc/net/tcp. */
