@@ -124,7 +124,10 @@ class Supervisor {
     fs.writeFileSync(path.join(dir, 'supervisor.json'), `${JSON.stringify({ pid: process.pid })}\n`, { mode: 0o600 });
     process.on('SIGTERM', () => void this.stop('SIGTERM'));
     process.on('SIGINT', () => void this.stop('SIGINT'));
-    process.on('SIGUSR2', () => void this.upgrade('SIGUSR2'));
+    process.on('SIGUSR2', () => {
+      if (this.workers.filter(Boolean).length < this.command.workers) this.log('SIGUSR2 ignored: the pool is starting');
+      else void this.upgrade('SIGUSR2');
+    });
     setInterval(() => this.checkSupervisor(), WATCH_INTERVAL_MS);
 
     if (adopt) {
