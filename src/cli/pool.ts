@@ -23,7 +23,7 @@ import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ReadyMessage } from '../index.js';
 import { createLogger, type LogFormat, type Logger } from './format.js';
-import { formatWorkerStatus, readWorkerStatus } from './worker-status.js';
+import { formatWorkerStatus, readWorkerStatus, writeJsonFile } from './worker-status.js';
 
 export type PoolCommand =
   | { kind: 'status'; dir: string }
@@ -91,6 +91,8 @@ class Supervisor {
   private readonly workers: (Worker | undefined)[] = [];
   /** Workers an upgrade or a restart is acting on: an exit there is theirs to handle. */
   private readonly busy = new Set<number>();
+  /** Processes spawned and not ready yet: a stop must not leave them behind. */
+  private readonly starting = new Set<ChildProcess>();
   private upgrading = false;
   private stopping = false;
 
@@ -121,7 +123,7 @@ class Supervisor {
     const previousAlive = previous !== undefined && previous !== process.pid && isAlive(previous);
     if (!adopt && previousAlive) throw new Error(`supervisor pid ${previous} runs the pool in ${dir}: take it over with -T ${dir}`);
     // From here on the old supervisor, if any, stands down: it watches this file.
-    fs.writeFileSync(path.join(dir, 'supervisor.json'), `${JSON.stringify({ pid: process.pid })}\n`, { mode: 0o600 });
+    writeJsonFile(path.join(dir, 'supervisor.json'), { pid: process.pid });
     process.on('SIGTERM', () => void this.stop('SIGTERM'));
     process.on('SIGINT', () => void this.stop('SIGINT'));
     process.on('SIGUSR2', () => {
@@ -180,6 +182,7 @@ class Supervisor {
       child.once('exit', (code, signal) => resolve(signal ?? `code ${code}`)).once('error', (error) => resolve(describe(error))),
     );
     const worker = { index, pid: child.pid ?? -1, exited, startedAt: Date.now() };
+    this.starting.add(child);
     try {
       const ready = await this.whenReady(child, exited);
       await this.untilStatus(index, worker.pid);
@@ -187,6 +190,8 @@ class Supervisor {
     } catch (error) {
       child.kill('SIGKILL');
       throw new Error(`${successor ? 'successor' : 'worker'} pid ${worker.pid} of worker ${index} ${describe(error)}`);
+    } finally {
+      this.starting.delete(child);
     }
   }
 
@@ -332,17 +337,15 @@ class Supervisor {
     else this.log(`Worker ${index}: old pid ${old.pid} exited (${how})`, { worker: index, oldPid: old.pid, how });
   }
 
-  /** A new supervisor wrote its pid: it is in charge, and every worker serves on. */
+  /**
+   * A new supervisor wrote its pid: it is in charge, and every worker serves on. Only another
+   * pid counts: a file gone or unreadable is no order to leave the pool unsupervised.
+   */
   private checkSupervisor(): void {
     const current = readSupervisorPid(this.command.dir);
-    if (current === process.pid || this.stopping) return;
+    if (current === undefined || current === process.pid || this.stopping) return;
     this.stopping = true;
-    this.log(
-      current === undefined
-        ? 'The pool directory lost its supervisor file: exiting, the workers serve on'
-        : `Pool taken over by supervisor pid ${current}: exiting, the workers serve on`,
-      { successorPid: current },
-    );
+    this.log(`Pool taken over by supervisor pid ${current}: exiting, the workers serve on`, { successorPid: current });
     process.exit(0);
   }
 
@@ -366,6 +369,7 @@ class Supervisor {
 
   /** SIGTERM to each worker (which closes its channel), SIGKILL to one still there after 10 s. */
   private async stopWorkers(): Promise<void> {
+    for (const child of this.starting) child.kill('SIGKILL');
     const live = this.workers.filter((w): w is Worker => w !== undefined && isAlive(w.pid));
     for (const worker of live) process.kill(worker.pid, 'SIGTERM');
     await Promise.all(

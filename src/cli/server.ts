@@ -25,7 +25,7 @@ import {
   type Logger,
 } from './format.js';
 import { APP_NAMES, createApp, type App, type AppName } from './apps.js';
-import { workerStatus, writeWorkerStatus } from './worker-status.js';
+import { workerStatus, writeJsonFile } from './worker-status.js';
 import type { PoolCommand } from './pool.js';
 
 const COMMAND = 'takeover-server';
@@ -271,7 +271,7 @@ class TakeoverServer {
     const write = () => {
       if (takeover.state !== 'serving') return;
       try {
-        writeWorkerStatus(file, workerStatus(takeover.connectionCount, stats));
+        writeJsonFile(file, workerStatus(takeover.connectionCount, stats));
       } catch (error) {
         this.logError('Status file: ', error);
       }

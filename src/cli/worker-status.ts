@@ -32,10 +32,10 @@ export function workerStatus(connections: number, stats: TakeoverStats | null): 
   };
 }
 
-/** Written whole through a rename: a reader never sees half a file. */
-export function writeWorkerStatus(file: string, status: WorkerStatus): void {
+/** Written whole through a rename: a reader (another process polling it) never sees half a file. */
+export function writeJsonFile(file: string, value: object): void {
   const temporary = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(temporary, `${JSON.stringify(status)}\n`, { mode: 0o600 });
+  fs.writeFileSync(temporary, `${JSON.stringify(value)}\n`, { mode: 0o600 });
   fs.renameSync(temporary, file);
 }
 
