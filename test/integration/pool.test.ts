@@ -5,7 +5,7 @@
  * on a log line, a process state or an answer, and bounded.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -228,6 +228,15 @@ test('a rolling upgrade of a 2-worker pool under load: 0 cut, lost or refused, s
     after.every((pid, i) => pid !== before[i]),
     'every worker is a new process',
   );
+  // The status command: each worker's pid, connections and last takeover.
+  const status = execFileSync(process.execPath, [SERVER, '--status', pool.dir], { encoding: 'utf8' }).split('\n');
+  assert.equal(status[0], `Supervisor: pid ${pool.child.pid}`);
+  for (const i of [0, 1]) {
+    assert.match(
+      status[i + 1]!,
+      new RegExp(`^Worker ${i}: pid ${after[i]}, node v[\\d.]+, \\d+ connections?, last takeover at \\S+ from pid ${before[i]}: `),
+    );
+  }
   const shares = fresh.shares([0, 1].map((i) => [before[i]!, after[i]!]));
   for (const share of shares) assert.ok(share >= 0.3 && share <= 0.7, `shares of new connections ${shares.map((s) => s.toFixed(2))}`);
 });
