@@ -139,14 +139,8 @@ class Supervisor {
       }
       let adopted = 0;
       for (let i = 0; i < workers; i++) {
-        const status = readWorkerStatus(this.statusFile(i));
-        if (status && servesChannel(status.pid, this.channel(i))) {
-          this.adopt(i, status.pid);
-          adopted++;
-          this.log(`Adopting worker ${i}: pid ${status.pid}`, { worker: i, workerPid: status.pid });
-        } else {
-          await this.restart(i);
-        }
+        if (this.adoptSuccessor(i)) adopted++;
+        else await this.restart(i);
       }
       this.logStatus();
       // Workers started just now already run this supervisor's code.
@@ -249,27 +243,40 @@ class Supervisor {
     this.busy.add(index);
     try {
       // Taken over by a successor this supervisor did not start (the worker's own SIGUSR2, or a
-      // -T on its channel): the old process exits once done, and the successor wrote its status.
+      // -T on its channel)? The old process exits once done, and the successor writes its status.
       for (let waited = 0; waited < RESTART_DELAY_MS; waited += 50) {
-        const status = readWorkerStatus(this.statusFile(index));
-        if (status && status.pid !== pid && servesChannel(status.pid, this.channel(index))) {
-          this.adopt(index, status.pid);
-          this.log(`Worker ${index}: pid ${pid} was taken over by pid ${status.pid}`, { worker: index, workerPid: status.pid });
-          return;
-        }
+        if (this.adoptSuccessor(index, pid)) return;
         await sleep(50);
       }
       if (Date.now() - worker.startedAt < RESTART_DELAY_MS) await sleep(RESTART_DELAY_MS);
-      await this.restart(index);
+      await this.restart(index, pid);
       this.logStatus();
     } finally {
       this.busy.delete(index);
     }
   }
 
-  /** Starts worker i fresh, again and again while it fails: the pool must get back to N workers. */
-  private async restart(index: number): Promise<void> {
+  /**
+   * Adopts the process worker i's status file names, when it serves worker i's channel: a worker
+   * of the pool this supervisor takes over, or the successor of the worker `gone`.
+   */
+  private adoptSuccessor(index: number, gone?: number): boolean {
+    const status = readWorkerStatus(this.statusFile(index));
+    if (!status || status.pid === gone || !servesChannel(status.pid, this.channel(index))) return false;
+    this.adopt(index, status.pid);
+    const fields = { worker: index, workerPid: status.pid };
+    if (gone === undefined) this.log(`Adopting worker ${index}: pid ${status.pid}`, fields);
+    else this.log(`Worker ${index}: pid ${gone} was taken over by pid ${status.pid}`, fields);
+    return true;
+  }
+
+  /**
+   * Starts worker i fresh, again and again while it fails: the pool must get back to N workers.
+   * A fresh start fails while another process serves the channel: that one is adopted instead.
+   */
+  private async restart(index: number, gone?: number): Promise<void> {
     while (!this.stopping) {
+      if (this.adoptSuccessor(index, gone)) return;
       this.log(`Restarting worker ${index}`, { worker: index });
       try {
         this.install(index, await this.startWorker(index, false));

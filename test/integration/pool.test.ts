@@ -293,6 +293,16 @@ test("the supervisor's own upgrade: a new supervisor (-T DIR) adopts the workers
   );
 });
 
+test("a worker taken over behind the supervisor's back (SIGUSR2 to the worker) is adopted, not restarted", { timeout }, async () => {
+  const { pool, before, settle } = await loadedPool(20);
+  const from = pool.records.length;
+  process.kill(before[0]!, 'SIGUSR2');
+  const adopted = await pool.record(new RegExp(`^Worker 0: pid ${before[0]} was taken over by pid \\d+$`), from);
+  assert.equal(adopted.workerPid, pool.workerPids()[0]);
+  assert.ok(!pool.records.slice(from).some((r) => /^Restarting worker/.test(r.msg)));
+  await settle();
+});
+
 test('kill -9 of a worker: it is restarted fresh and rejoins the group, no connect refused', { timeout }, async () => {
   const { pool, port } = await startPool(2);
   const [victim, survivor] = pool.workerPids();
