@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -843,6 +844,89 @@ static napi_value remove_socket_at(napi_env env, napi_callback_info info) {
   return errno == ENOENT ? boolean(env, false) : throw_errno(env, "unlinkat", errno);
 }
 
+/* ---- systemd: sd_notify and socket activation -------------------------------
+ *
+ * The service manager's notification protocol, as sd_notify(3) describes it: one
+ * AF_UNIX SOCK_DGRAM datagram to $NOTIFY_SOCKET (a path, or an abstract name written
+ * "@name"), optionally with fds as SCM_RIGHTS (FDSTORE=1). Written here rather than
+ * linked from libsystemd, so the addon builds and loads where libsystemd is absent.
+ */
+
+/* NOTIFY_SOCKET "@name" is the abstract address "\0name": its length is significant, so
+ * the address length counts exactly the name's bytes, never a trailing NUL. */
+static bool get_notify_address(napi_env env, napi_value v, struct sockaddr_un *sa, socklen_t *salen) {
+  size_t len;
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"socketPath\" argument must be of type string"), false;
+  if (len == 0 || len >= sizeof sa->sun_path) return throw_errno(env, "sendmsg", len == 0 ? ENOENT : ENAMETOOLONG), false;
+  napi_get_value_string_utf8(env, v, sa->sun_path, sizeof sa->sun_path, &len);
+  if (sa->sun_path[0] == '@') sa->sun_path[0] = '\0';
+  else if (sa->sun_path[0] != '/') return throw_errno(env, "sendmsg", EINVAL), false; /* systemd sends nothing else */
+  *salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (sa->sun_path[0] ? 1 : 0));
+  return true;
+}
+
+/* sdNotify(socketPath, data, fds): one datagram, from a fresh non-blocking socket so that
+ * a manager that does not read can never stall the event loop (EAGAIN is thrown instead). */
+static napi_value sd_notify_send(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  struct sockaddr_un sa;
+  socklen_t salen;
+  int fds[MAX_FDS];
+  void *data = NULL;
+  size_t len = 0;
+  bool is_buffer = false, is_array = false;
+  uint32_t nfds = 0;
+  if (!get_notify_address(env, argv[0], &sa, &salen)) return NULL;
+  if (napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"data\" argument must be a Buffer");
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  if (len == 0) return range_error(env, "A notification cannot be empty");
+  if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"fds\" argument must be an Array");
+  CHECK(napi_get_array_length(env, argv[2], &nfds));
+  if (nfds > MAX_FDS) return range_error(env, "At most 253 fds fit in one message");
+  for (uint32_t i = 0; i < nfds; i++) {
+    napi_value el;
+    CHECK(napi_get_element(env, argv[2], i, &el));
+    GET_INT(el, "fds[i]", &fds[i]);
+  }
+
+  struct iovec iov = { .iov_base = data, .iov_len = len };
+  struct msghdr msg = { .msg_name = &sa, .msg_namelen = salen, .msg_iov = &iov, .msg_iovlen = 1 };
+  control_buf ctl;
+  if (nfds > 0) {
+    memset(&ctl, 0, sizeof ctl);
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  ssize_t r;
+  do r = sendmsg(fd, &msg, MSG_NOSIGNAL); while (r < 0 && errno == EINTR);
+  int err = errno;
+  close(fd);
+  if (r < 0) return throw_errno(env, "sendmsg", err);
+  return NULL;
+}
+
+/* The fds systemd passes (LISTEN_FDS) are inherited across exec, so not close-on-exec:
+ * sd_listen_fds(3) sets the flag, and so must we, or every child would inherit them. */
+static napi_value set_cloexec(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd, flags;
+  GET_INT(argv[0], "fd", &fd);
+  if ((flags = fcntl(fd, F_GETFD)) < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) return throw_errno(env, "fcntl", errno);
+  return NULL;
+}
+
 /* ---- module ------------------------------------------------------------------ */
 
 NAPI_MODULE_INIT() {
@@ -855,6 +939,8 @@ NAPI_MODULE_INIT() {
     FN("socketInfo", socket_info), FN("openDirAt", open_dir_at), FN("statAt", stat_at),
     FN("readlinkAt", readlink_at), FN("unixListenAt", unix_listen_at), FN("unixConnectAt", unix_connect_at),
     FN("removeSocketAt", remove_socket_at),
+    /* systemd */
+    FN("sdNotify", sd_notify_send), FN("setCloseOnExec", set_cloexec),
   };
 #undef FN
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;

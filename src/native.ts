@@ -354,3 +354,28 @@ export function unixConnectAt(dirFd: number, name: string): number {
 export function removeSocketAt(dirFd: number, name: string): boolean {
   return addon.removeSocketAt(dirFd, name);
 }
+
+// ---- systemd (src/systemd.ts) ----
+
+interface Addon {
+  sdNotify(socketPath: string, data: Buffer, fds: readonly number[]): void;
+  setCloseOnExec(fd: number): void;
+}
+
+/**
+ * Send one sd_notify(3) datagram to the service manager's socket: `socketPath` is
+ * `$NOTIFY_SOCKET`, a path or an abstract name written `@name`. `fds` travel as SCM_RIGHTS
+ * (for `FDSTORE=1`); they stay owned by the caller, the manager gets its own duplicates.
+ *
+ * @throws system errors: ENOENT or ECONNREFUSED (nobody there), EAGAIN (the manager's queue is
+ *   full; nothing was sent, the call never blocks), EINVAL (a path that is neither absolute nor
+ *   `@`-abstract), ENAMETOOLONG; RangeError for empty data or more than 253 fds.
+ */
+export function sdNotify(socketPath: string, data: Buffer, fds: readonly number[]): void {
+  addon.sdNotify(socketPath, data, fds);
+}
+
+/** Mark an inherited fd close-on-exec (FD_CLOEXEC), as sd_listen_fds(3) does. Throws EBADF if it is not open. */
+export function setCloseOnExec(fd: number): void {
+  addon.setCloseOnExec(fd);
+}
