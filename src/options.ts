@@ -33,6 +33,17 @@ export interface TakeoverOptions {
   restoreState?: (socket: net.Socket, state: Buffer) => void;
   /** Called at each protocol step of a successor, for tracing and for fault-injection tests. */
   onStep?: (step: SuccessorStep) => void;
+  /**
+   * Speak to systemd (default true): sd_notify when `$NOTIFY_SOCKET` is set, and the listeners
+   * systemd passes (`$LISTEN_FDS`) for `listen()`. False leaves both to the application.
+   */
+  systemd?: boolean;
+  /**
+   * Put each listener this process binds in systemd's fd store (`FDSTORE=1`), so that a crash or a
+   * restart keeps it open. Default: when `$FDSTORE` (set by systemd >= 254 to
+   * FileDescriptorStoreMax=) is positive. Needs `FileDescriptorStoreMax=` in the unit.
+   */
+  fdStore?: boolean;
 }
 
 export type ResolvedOptions = Required<Omit<TakeoverOptions, 'captureState' | 'restoreState' | 'onStep'>> &
@@ -51,6 +62,8 @@ const KNOWN: readonly (keyof TakeoverOptions)[] = [
   'captureState',
   'restoreState',
   'onStep',
+  'systemd',
+  'fdStore',
 ];
 
 export function invalidOption(message: string): TakeoverError {
@@ -79,6 +92,9 @@ export function resolveOptions(options: TakeoverOptions): ResolvedOptions {
   for (const hook of ['captureState', 'restoreState', 'onStep'] as const) {
     if (options[hook] !== undefined && typeof options[hook] !== 'function') throw invalidOption(`${hook} must be a function`);
   }
+  for (const flag of ['systemd', 'fdStore'] as const) {
+    if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw invalidOption(`${flag} must be a boolean`);
+  }
   return {
     path: options.path,
     mode,
@@ -89,5 +105,7 @@ export function resolveOptions(options: TakeoverOptions): ResolvedOptions {
     captureState: options.captureState,
     restoreState: options.restoreState,
     onStep: options.onStep,
+    systemd: options.systemd ?? true,
+    fdStore: options.fdStore ?? Number(process.env.FDSTORE) > 0,
   };
 }

@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import type * as http from 'node:http';
 import * as net from 'node:net';
 import { parseArgs } from 'node:util';
-import { ErrorCodes, fdOf, Takeover, type ListenTarget, type TakeoverError, type TakeoverStats } from '../index.js';
+import { ErrorCodes, fdOf, Takeover, TakeoverError, type ListenTarget, type TakeoverStats } from '../index.js';
 import {
   UsageError,
   parseCommandLineOrExit,
@@ -36,6 +36,8 @@ const USAGE = `Usage: ${COMMAND} [OPTION...]
 -t, --takeover-path PATH    Takeover channel unix domain path
 -T, --takeover PATH         Perform takeover operation from the server on PATH, then serve
                             and be takeover-able on PATH (-a/-p/-b are then not needed)
+    --fd-store              Put the listener in systemd's fd store (FDSTORE=1), so that a
+                            crash or a restart keeps it (default: when $FDSTORE is set)
 -q, --quiet                 No per-message or per-connection lines
     --log-format text|json  One JSON object per line with --log-format json (default text)
     --app echo|http|ws      What to serve (default echo: the seed's 4-byte frame echo, with its
@@ -49,6 +51,8 @@ const USAGE = `Usage: ${COMMAND} [OPTION...]
 -h, --help                  Display this help message
 
 kill -USR2 <pid> makes a server with a takeover path start its own successor and hand over.
+Under systemd (with -t), it speaks sd_notify when $NOTIFY_SOCKET is set, and serves the sockets
+systemd passes ($LISTEN_FDS: socket activation, or its fd store after a restart), -p then optional.
 `;
 
 const OPTIONS = {
@@ -58,23 +62,25 @@ const OPTIONS = {
   'takeover-path': { type: 'string', short: 't' },
   takeover: { type: 'string', short: 'T' },
   quiet: { type: 'boolean', short: 'q', default: false },
+  'fd-store': { type: 'boolean', default: false },
   'log-format': { type: 'string', default: 'text' },
   app: { type: 'string', default: 'echo' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
 interface ServerConfig {
-  /** Undefined with -T: the successor serves whatever it inherits. */
-  listen: { host: string; port: number; backlog: number } | undefined;
+  /** Undefined with -T: the successor serves whatever it inherits. No port: only what systemd passed. */
+  listen: { host: string; port: number | undefined; backlog: number } | undefined;
   channel: { path: string; mode: 'fresh' | 'successor' } | undefined;
   quiet: boolean;
+  fdStore: boolean;
   logFormat: LogFormat;
   app: AppName;
   /** The command line without -t/-T, for the successor SIGUSR2 starts. */
   successorArgs: string[];
 }
 
-function parseCommandLine(args: string[]): ServerConfig | 'help' {
+function parseCommandLine(args: string[], activated: boolean): ServerConfig | 'help' {
   const { values, tokens } = parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: false, tokens: true });
   if (values.help) return 'help';
 
@@ -92,8 +98,8 @@ function parseCommandLine(args: string[]): ServerConfig | 'help' {
   const host = parseAddressFlag(values['listen-address'], '-a/--listen-address');
   const backlog = parseIntegerFlag(values['listen-backlog'], '-b/--listen-backlog', 1, 65535);
   const portText = values['listen-port'];
-  if (portText === undefined && from === undefined)
-    throw new UsageError('missing required option -p/--listen-port (or -T/--takeover PATH)');
+  if (portText === undefined && from === undefined && !(activated && path !== undefined))
+    throw new UsageError('missing required option -p/--listen-port (or -T/--takeover PATH, or -t PATH under socket activation)');
   const port = portText === undefined ? undefined : parsePortFlag(portText, '-p/--listen-port', 0);
 
   const dropped = new Set<number>();
@@ -103,9 +109,10 @@ function parseCommandLine(args: string[]): ServerConfig | 'help' {
     if (!token.inlineValue) dropped.add(token.index + 1);
   }
   return {
-    listen: from === undefined ? { host, port: port!, backlog } : undefined,
+    listen: from === undefined ? { host, port, backlog } : undefined,
     channel: from !== undefined ? { path: from, mode: 'successor' } : path !== undefined ? { path, mode: 'fresh' } : undefined,
     quiet: values.quiet,
+    fdStore: values['fd-store'],
     logFormat,
     app,
     successorArgs: args.filter((_, i) => !dropped.has(i)),
@@ -167,7 +174,6 @@ class TakeoverServer {
   private readonly adopted = new WeakSet<net.Socket>();
   private takeover: Takeover | undefined;
   private serving = false;
-  private handedOver = false;
   private stopping = false;
   /** The successor SIGUSR2 started, until its upgrade settles. */
   private successorPid: number | undefined;
@@ -195,14 +201,12 @@ class TakeoverServer {
     process.on('SIGINT', () => void this.stop('SIGINT'));
     process.on('SIGUSR2', () => this.onSuccessorSignal());
 
-    const { channel, listen } = this.config;
+    const { channel } = this.config;
     const takeover = channel && this.createTakeover(channel.path, channel.mode);
     this.takeover = takeover;
     await takeover?.start();
     if (takeover && this.app?.webSocketServer) takeover.webSockets(this.app.webSocketServer);
-    const targets: ListenTarget[] = takeover?.isSuccessor
-      ? takeover.inheritedListeners.map(({ name }) => ({ name }))
-      : [{ port: listen!.port, host: listen!.host, backlog: listen!.backlog }];
+    const targets: ListenTarget[] = takeover?.isSuccessor ? takeover.inheritedListeners.map(({ name }) => ({ name })) : this.freshTargets();
     for (const target of targets) {
       const server: net.Server = this.app ? this.app.createServer() : net.createServer((socket) => this.onConnection(socket));
       server.on('listening', () => this.onListening(server));
@@ -219,11 +223,28 @@ class TakeoverServer {
     if (stats) this.log(formatSummary(stats), { stats });
   }
 
+  /**
+   * -p's listener (which adopts the socket systemd hands back from its fd store, of the same
+   * name), and every other listener systemd passed.
+   */
+  private freshTargets(): ListenTarget[] {
+    const { host, port, backlog } = this.config.listen!;
+    const targets: ListenTarget[] = port === undefined ? [] : [{ port, host, backlog }];
+    for (const { index, name } of this.takeover?.activatedListeners ?? []) {
+      if (name !== `tcp:${host}:${port}`) targets.push({ systemd: index, backlog });
+    }
+    if (targets.length === 0) {
+      throw new TakeoverError(ErrorCodes.ACTIVATION_INVALID, 'no listener: systemd passed none that can be served (LISTEN_FDS), and no -p');
+    }
+    return targets;
+  }
+
   private createTakeover(path: string, mode: 'fresh' | 'successor'): Takeover {
     const { app } = this;
     const takeover = new Takeover({
       path,
       mode,
+      ...(this.config.fdStore ? { fdStore: true } : {}),
       captureState: (socket) => (app ? app.captureState(socket) : this.partial.get(socket)),
       restoreState: (socket, state) => (app ? app.restoreState(socket, state) : this.partial.set(socket, Buffer.from(state))),
     });
@@ -239,7 +260,6 @@ class TakeoverServer {
       if (this.verbose) this.logConnection('Releasing Peer', socket);
     });
     takeover.on('handover', (stats) => {
-      this.handedOver = true;
       if (!app) this.log('tcp_peer_release(): Tcp peers released...');
       this.log(formatSummary(stats), { stats });
     });
@@ -326,18 +346,29 @@ class TakeoverServer {
       this.logger.error('SIGUSR2 ignored: no takeover path (-t or -T) to hand over on', { pid: process.pid });
       return;
     }
-    if (this.successorPid !== undefined) {
-      this.log(`SIGUSR2 ignored: successor pid ${this.successorPid} is already taking over`);
-      return;
-    }
-    if (!this.serving || this.handedOver || this.stopping) {
+    if (this.stopping) {
       this.log('SIGUSR2 ignored: this server is not serving');
       return;
     }
+    // upgrade() refuses itself while busy or not serving: under systemd, the reload it was asked
+    // for is then answered at once.
+    const pending = this.successorPid;
     const args = [...process.execArgv, process.argv[1]!, ...this.config.successorArgs, '-T', path];
     this.takeover!.upgrade({ args }).then(
       () => (this.successorPid = undefined),
       (error: TakeoverError) => {
+        if (error.code === ErrorCodes.BUSY) {
+          this.log(
+            pending === undefined
+              ? `SIGUSR2 ignored: ${error.message}`
+              : `SIGUSR2 ignored: successor pid ${pending} is already taking over`,
+          );
+          return;
+        }
+        if (error.code === ErrorCodes.INVALID_STATE) {
+          this.log('SIGUSR2 ignored: this server is not serving');
+          return;
+        }
         const pid = this.successorPid;
         this.successorPid = undefined;
         // A rollback is logged as such; a successor that died before it began is not.
@@ -364,7 +395,7 @@ class TakeoverServer {
 }
 
 async function main(args: string[]): Promise<number | undefined> {
-  const config = parseCommandLineOrExit(COMMAND, USAGE, () => parseCommandLine(args), describeError);
+  const config = parseCommandLineOrExit(COMMAND, USAGE, () => parseCommandLine(args, process.env.LISTEN_FDS !== undefined), describeError);
   if (typeof config === 'number') return config;
   let app: App | undefined;
   try {
