@@ -16,7 +16,8 @@ import { createInterface } from 'node:readline';
 import { afterEach, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import * as native from '#lib/native.js';
-import { cleanup, distDir, drainAll, openClients, probeEcho, SeqClient, ServerProcess, tempDir, waitFor } from '../helpers.js';
+import { fdOf } from '#lib/index.js';
+import { cleanup, distDir, drainAll, openClients, probeEcho, ServerProcess, tempDir, waitFor } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 const RECORDER = path.resolve(distDir, '..', 'test', 'fixtures', 'notify-recorder.py');
@@ -58,6 +59,7 @@ class Recorder {
   readonly messages: Notification[] = [];
   readonly stderr: string[] = [];
   private spawned: number[] = [];
+  private bound = false;
 
   private constructor(
     readonly proc: ChildProcess,
@@ -66,7 +68,8 @@ class Recorder {
     createInterface({ input: proc.stdout! }).on('line', (line) => {
       const record = JSON.parse(line) as Notification & { spawned?: number; listening?: string };
       if (record.spawned !== undefined) this.spawned.push(record.spawned);
-      else if (record.listening === undefined) this.messages.push(record);
+      else if (record.listening !== undefined) this.bound = true;
+      else this.messages.push(record);
     });
     createInterface({ input: proc.stderr! }).on('line', (line) => this.stderr.push(line));
   }
@@ -75,19 +78,20 @@ class Recorder {
     const proc = spawn('python3', [RECORDER, socketPath], { stdio: ['pipe', 'pipe', 'pipe'] });
     const recorder = new Recorder(proc, socketPath);
     recorders.push(recorder);
-    await waitFor(() => socketPath.startsWith('@') || fs.existsSync(socketPath), 'the notify socket', 20_000);
+    await waitFor(() => recorder.bound, 'the notify socket', 20_000);
     return recorder;
   }
 
   /** The first message at or after `from` that `match` accepts, and its index. */
   async next(match: (m: Notification) => boolean, what: string, from = 0): Promise<Notification & { index: number }> {
-    let index = -1;
+    const find = () => this.messages.findIndex((m, i) => i >= from && match(m));
     await waitFor(
-      () => (index = this.messages.findIndex((m, i) => i >= from && match(m))) >= 0,
+      () => find() >= 0,
       () => `${what}; messages: ${JSON.stringify(this.messages.map((m) => ({ pid: m.pid, ...m.fields })))}`,
       30_000,
       10,
     );
+    const index = find();
     return { ...this.messages[index]!, index };
   }
 
@@ -131,14 +135,14 @@ class Proc {
   }
 
   async line(pattern: RegExp, stream: 'out' | 'err' = 'out'): Promise<RegExpMatchArray> {
-    let found: RegExpMatchArray | null = null;
+    const find = () => this[stream].map((l) => l.match(pattern)).find((m) => m !== null);
     await waitFor(
-      () => (found = this[stream].map((l) => l.match(pattern)).find((m) => m !== null) ?? null) !== null,
+      () => find() !== undefined,
       () => `${pattern} on std${stream} of ${this.pid}; stdout: ${this.out.join('\n')}; stderr: ${this.err.join('\n')}`,
       30_000,
       10,
     );
-    return found!;
+    return find()!;
   }
 
   async port(): Promise<number> {
@@ -180,7 +184,10 @@ async function checkHandover(recorder: Recorder, old: number, successor: number,
   const exit = await recorder.mark(`${old} exited`);
   assert.ok(reloading.index < main.index && main.index < exit, 'RELOADING=1, then MAINPID/READY=1, then the old process exits');
   const status = await recorder.next((m) => m.pid === successor && /^Took over/.test(m.fields.STATUS ?? ''), 'the STATUS', from);
-  assert.match(status.fields.STATUS!, new RegExp(`^Took over from pid ${old}: 1 connection, \\d+ waves?, max pause [\\d.]+ ms, total \\d+ ms$`));
+  assert.match(
+    status.fields.STATUS!,
+    new RegExp(`^Took over from pid ${old}: 1 connection, \\d+ waves?, max pause [\\d.]+ ms, total \\d+ ms$`),
+  );
   assert.deepEqual(
     recorder.messages.slice(main.index).filter((m) => m.pid === old),
     [],
@@ -211,6 +218,16 @@ test('takeover-server under a notify socket: READY=1 once serving, then through 
   client!.close();
 });
 
+test('an abstract NOTIFY_SOCKET (@name) is reached too', { timeout }, async () => {
+  const recorder = await Recorder.start(`@takeover-test-${process.pid}`);
+  const server = takeoverServer(['-p', '0', '-t', path.join(privateDir(), 'channel'), '-q'], { NOTIFY_SOCKET: recorder.path });
+  await recorder.next((m) => m.pid === server.pid && m.fields.READY === '1', 'READY=1');
+  server.child.kill('SIGTERM');
+  await server.exited;
+  const stopping = await recorder.next((m) => m.pid === server.pid && m.fields.STOPPING === '1', 'STOPPING=1 at close()');
+  assert.match(stopping.fields.STATUS!, /^Shutting down/);
+});
+
 test('SIGUSR2 as systemd ReloadSignal: RELOADING=1 with the CLOCK_MONOTONIC time of the reload, READY=1 from the new main process, twice in a chain', {
   timeout,
 }, async () => {
@@ -236,4 +253,203 @@ test('SIGUSR2 as systemd ReloadSignal: RELOADING=1 with the CLOCK_MONOTONIC time
   }
   assert.deepEqual(await drainAll([client!]), []);
   client!.close();
+});
+
+for (const [fail, code] of [
+  ['before-start', 'ERR_TAKEOVER_SUCCESSOR_FAILED'],
+  ['before-ready', 'ERR_TAKEOVER_PEER_CLOSED'],
+] as const) {
+  test(`an upgrade() whose successor fails ${fail.replace('-', ' ')}: the old process ends the reload with READY=1 and says why (${code})`, {
+    timeout,
+  }, async () => {
+    const recorder = await Recorder.start();
+    const channel = path.join(privateDir(), 'channel');
+    const script = path.join(distDir, 'test', 'fixtures', 'upgrade-app.js');
+    const server = new ServerProcess(channel as unknown as object, {
+      script,
+      env: { NOTIFY_SOCKET: recorder.path, UPGRADE_TEST_FAIL: fail, UPGRADE_TEST_SUCCESSOR: '0' },
+    });
+    await server.next('ready');
+    const from = recorder.messages.length;
+    server.proc.kill('SIGUSR2');
+    assert.equal((await server.next('upgrade-failed')).code, code);
+    const reloading = await recorder.next((m) => m.pid === server.pid && m.fields.RELOADING === '1', 'RELOADING=1', from);
+    const resumed = await recorder.next((m) => m.pid === server.pid && m.fields.READY === '1', 'READY=1 again', from);
+    assert.ok(reloading.index < resumed.index);
+    assert.equal(resumed.fields.MAINPID, String(server.pid));
+    assert.equal(resumed.fields.STATUS, `Takeover failed (${code}), still serving (pid ${server.pid})`);
+    assert.deepEqual(
+      recorder.messages.slice(from).filter((m) => m.pid !== server.pid && m.fields.TEST === undefined),
+      [],
+      'the failed successor never claimed the service',
+    );
+    server.kill();
+  });
+}
+
+test('fd store: the listener is stored once (not again by its successor), and after a crash the socket systemd hands back is adopted: connects made meanwhile are served', {
+  timeout,
+}, async () => {
+  const recorder = await Recorder.start();
+  const env = { NOTIFY_SOCKET: recorder.path };
+  const channel = path.join(privateDir(), 'channel');
+  const first = takeoverServer(['-p', '0', '-t', channel, '-q', '--fd-store'], env);
+  const port = await first.port();
+  const stored = await recorder.next((m) => m.fields.FDSTORE === '1', 'FDSTORE=1');
+  assert.equal(stored.pid, first.pid);
+  assert.equal(stored.fields.FDNAME, 'tcp%3A127.0.0.1%3A0');
+  assert.deepEqual(stored.fds, [{ family: 'inet', type: 'stream', listening: true, port }]);
+  const ready = await recorder.next((m) => m.pid === first.pid && m.fields.READY === '1', 'READY=1');
+  assert.ok(stored.index < ready.index, 'stored before READY=1');
+
+  const [client] = await openClients(1, [{ port, host: '127.0.0.1' }], () => ({ framesPerBurst: 2, intervalMs: 10 }));
+  client!.start();
+  const from = recorder.messages.length;
+  const successor = takeoverServer(['-T', channel, '-q', '--fd-store'], env);
+  await checkHandover(recorder, first.pid, successor.pid, from);
+  assert.deepEqual(await drainAll([client!]), []);
+  assert.deepEqual(
+    recorder.messages.filter((m) => m.fields.FDSTORE !== undefined).map((m) => m.pid),
+    [first.pid],
+    'the successor stores nothing: its listener is the one already stored',
+  );
+
+  // A crash: nobody serves the port, but the store keeps the socket, so connects are accepted
+  // (they wait in its backlog) instead of refused.
+  successor.child.kill('SIGKILL');
+  await successor.exited;
+  const waiting = await openClients(3, [{ port, host: '127.0.0.1' }], () => ({ framesPerBurst: 1, intervalMs: 10 }));
+  for (const c of waiting) c.burst(3);
+  const restarted = await recorder.spawn([process.execPath, SERVER, '-p', '0', '-t', channel, '-q', '--fd-store'], env);
+  const back = await recorder.next((m) => m.pid === restarted && m.fields.READY === '1', 'READY=1 after the restart', from);
+  assert.deepEqual(await drainAll(waiting), []);
+  assert.ok(!recorder.messages.slice(from).some((m) => m.pid === restarted && m.fields.FDSTORE !== undefined), 'not stored again');
+  assert.deepEqual(back.store, ['tcp%3A127.0.0.1%3A0']);
+  for (const c of [client!, ...waiting]) c.close();
+});
+
+test('socket activation by systemd-socket-activate: takeover-server -t without -p serves the passed socket; its successor gets it from its predecessor, not from LISTEN_FDS', {
+  timeout,
+}, async () => {
+  const recorder = await Recorder.start();
+  const channel = path.join(privateDir(), 'channel');
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const port = (probe.address() as net.AddressInfo).port;
+  probe.close();
+  const activator = new Proc(
+    'systemd-socket-activate',
+    ['-l', `127.0.0.1:${port}`, '--fdname=web', '-E', `NOTIFY_SOCKET=${recorder.path}`, process.execPath, SERVER, '-t', channel, '-q'],
+    {},
+  );
+  await activator.line(new RegExp(`Listening on 127\\.0\\.0\\.1:${port} as 3`), 'err');
+  // The first connect starts the service (systemd-socket-activate execs it in its own place).
+  const [client] = await openClients(1, [{ port, host: '127.0.0.1' }], () => ({ framesPerBurst: 2, intervalMs: 10 }));
+  client!.start();
+  const ready = await recorder.next((m) => m.fields.READY === '1', 'READY=1');
+  assert.equal(ready.pid, activator.pid);
+  await probeEcho(port, '127.0.0.1');
+
+  const from = recorder.messages.length;
+  activator.child.kill('SIGUSR2');
+  const main = await recorder.next((m) => m.pid !== activator.pid && m.fields.READY === '1', 'READY=1 from the successor', from);
+  pids.add(main.pid);
+  await checkHandover(recorder, activator.pid, main.pid, from);
+  assert.ok(!fs.readFileSync(`/proc/${main.pid}/environ`, 'utf8').includes('LISTEN_FDS='), 'the successor never sees LISTEN_FDS');
+  assert.deepEqual(await drainAll([client!]), []);
+  await probeEcho(port, '127.0.0.1');
+  client!.close();
+});
+
+test('an ordinary app given two sockets exactly as systemd gives them adopts them by name and by index, and its successor by inheritance', {
+  timeout,
+}, async () => {
+  const dir = privateDir();
+  const tcp = net.createServer().listen(0, '127.0.0.1');
+  await once(tcp, 'listening');
+  const unixPath = path.join(dir, 'echo.sock');
+  const unixFd = native.unixListen(unixPath, 'stream', 16);
+  const script = path.join(distDir, 'test', 'fixtures', 'systemd-app.js');
+  const app = new ServerProcess(path.join(dir, 'channel') as unknown as object, {
+    script,
+    shellPrefix: 'export LISTEN_PID=$$',
+    env: { LISTEN_FDS: '2', LISTEN_FDNAMES: 'web:echo' },
+    spawn: { stdio: ['ignore', 'pipe', 'pipe', native.dup(fdOf(tcp)), unixFd] },
+  });
+  // The app owns them now; this process's copies go (no libuv handle unlinks the Unix path).
+  tcp.close();
+  native.close(unixFd);
+  const ready = (await app.next('ready')) as unknown as { activated: unknown; address: net.AddressInfo; listenFds: string | null };
+  assert.deepEqual(ready.activated, [
+    { index: 0, name: 'web', kind: 'tcp' },
+    { index: 1, name: 'echo', kind: 'unix' },
+  ]);
+  assert.equal(ready.listenFds, null, 'LISTEN_* are removed once taken');
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const get = () =>
+    new Promise<string>((resolve, reject) => {
+      http
+        .get({ port: ready.address.port, host: '127.0.0.1', agent }, (res) => {
+          let body = '';
+          res.on('data', (chunk: Buffer) => (body += chunk));
+          res.on('end', () => resolve(body));
+        })
+        .on('error', reject);
+    });
+  assert.equal(await get(), `pid ${app.pid}`);
+  const echo = net.connect(unixPath);
+  await once(echo, 'connect');
+  const roundTrip = async (text: string) => {
+    echo.write(text);
+    let got = '';
+    while (got.length < text.length) got += ((await once(echo, 'data')) as [Buffer])[0].toString();
+    assert.equal(got, text);
+  };
+  await roundTrip('before');
+
+  app.proc.kill('SIGUSR2');
+  const successor = await app.next('ready');
+  pids.add(successor.pid);
+  assert.equal(successor.successor, true);
+  const inherited = successor as unknown as { activated: unknown; listenFds: string | null };
+  assert.deepEqual(inherited.activated, [], 'nothing from systemd: it all came from the predecessor');
+  assert.equal(inherited.listenFds, null);
+  assert.equal(await get(), `pid ${successor.pid}`, 'the keep-alive connection moved');
+  await roundTrip('after, from the successor');
+  assert.equal(await app.exited, 0);
+  echo.destroy();
+  agent.destroy();
+});
+
+test('bad input from the environment is a coded warning and never stops serving', { timeout }, async () => {
+  const dir = privateDir();
+  const notAFile = fs.openSync(path.join(dir, 'plain-file'), 'w');
+  const cases: { env: NodeJS.ProcessEnv; stdio?: StdioOptions; warning: RegExp }[] = [
+    { env: { LISTEN_FDS: 'lots' }, warning: /LISTEN_FDS 'lots' is not a count of fds.*\(ERR_TAKEOVER_ACTIVATION_INVALID\)$/ },
+    {
+      env: { LISTEN_FDS: '1' },
+      stdio: ['ignore', 'pipe', 'pipe', notAFile],
+      warning: /LISTEN_FDS fd 3 \('unknown'\) is not a socket.*\(ERR_TAKEOVER_ACTIVATION_INVALID\)$/,
+    },
+    {
+      env: { NOTIFY_SOCKET: path.join(dir, 'nobody-here') },
+      warning: /sd_notify to NOTIFY_SOCKET .* failed: ENOENT.*\(ERR_TAKEOVER_NOTIFY_FAILED\)$/,
+    },
+    { env: { NOTIFY_SOCKET: 'relative/path' }, warning: /failed: EINVAL.*\(ERR_TAKEOVER_NOTIFY_FAILED\)$/ },
+  ];
+  for (const { env, stdio, warning } of cases) {
+    const channel = path.join(dir, 'channel');
+    const server = takeoverServer(['-p', '0', '-t', channel, '-q'], env, { shellPrefix: 'export LISTEN_PID=$$', stdio });
+    await server.line(warning, 'err');
+    await probeEcho(await server.port(), '127.0.0.1');
+    server.child.kill('SIGTERM');
+    await server.exited;
+  }
+  // LISTEN_PID of another process: its listeners are not ours.
+  const other = takeoverServer(['-p', '0', '-t', path.join(dir, 'channel'), '-q'], { LISTEN_PID: '1', LISTEN_FDS: '1' });
+  await other.line(/LISTEN_PID is 1, not this process/, 'err');
+  await probeEcho(await other.port(), '127.0.0.1');
+  other.child.kill('SIGTERM');
+  await other.exited;
+  fs.closeSync(notAFile);
 });
