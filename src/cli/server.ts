@@ -224,14 +224,15 @@ class TakeoverServer {
   }
 
   /**
-   * -p's listener (which adopts the socket systemd hands back from its fd store, of the same
-   * name), and every other listener systemd passed.
+   * -p's listener (which adopts the socket systemd hands back from its fd store under the same
+   * name), and every socket of a .socket unit. A name with ':' is the fd store's (systemd refuses
+   * ':' in FileDescriptorName=): one -p no longer names is left unadopted, so it leaves the store.
    */
   private freshTargets(): ListenTarget[] {
     const { host, port, backlog } = this.config.listen!;
     const targets: ListenTarget[] = port === undefined ? [] : [{ port, host, backlog }];
     for (const { index, name } of this.takeover?.activatedListeners ?? []) {
-      if (name !== `tcp:${host}:${port}`) targets.push({ systemd: index, backlog });
+      if (!name.includes(':')) targets.push({ systemd: index, backlog });
     }
     if (targets.length === 0) {
       throw new TakeoverError(ErrorCodes.ACTIVATION_INVALID, 'no listener: systemd passed none that can be served (LISTEN_FDS), and no -p');

@@ -270,6 +270,7 @@ for (const [fail, code] of [
       env: { NOTIFY_SOCKET: recorder.path, UPGRADE_TEST_FAIL: fail, UPGRADE_TEST_SUCCESSOR: '0' },
     });
     await server.next('ready');
+    await recorder.next((m) => m.pid === server.pid && m.fields.READY === '1', 'READY=1');
     const from = recorder.messages.length;
     server.proc.kill('SIGUSR2');
     assert.equal((await server.next('upgrade-failed')).code, code);
@@ -452,4 +453,24 @@ test('bad input from the environment is a coded warning and never stops serving'
   other.child.kill('SIGTERM');
   await other.exited;
   fs.closeSync(notAFile);
+});
+
+test('a stored listener the next start no longer listens on is closed and leaves the fd store', { timeout }, async () => {
+  const recorder = await Recorder.start();
+  const env = { NOTIFY_SOCKET: recorder.path };
+  const channel = path.join(privateDir(), 'channel');
+  const first = takeoverServer(['-p', '0', '-t', channel, '-q', '--fd-store'], env);
+  const oldPort = await first.port();
+  await recorder.next((m) => m.pid === first.pid && m.fields.READY === '1', 'READY=1');
+  first.child.kill('SIGKILL');
+  await first.exited;
+  // Restarted with another address: systemd hands the old socket back, nothing adopts it.
+  const from = recorder.messages.length;
+  const restarted = await recorder.spawn([process.execPath, SERVER, '-a', '127.0.0.2', '-p', '0', '-t', channel, '-q', '--fd-store'], env);
+  const removed = await recorder.next((m) => m.fields.FDSTOREREMOVE === '1', 'FDSTOREREMOVE=1', from);
+  assert.equal(removed.pid, restarted);
+  assert.equal(removed.fields.FDNAME, 'tcp%3A127.0.0.1%3A0');
+  const ready = await recorder.next((m) => m.pid === restarted && m.fields.READY === '1', 'READY=1', from);
+  assert.deepEqual(ready.store, ['tcp%3A127.0.0.2%3A0'], 'only the new listener is stored');
+  await assert.rejects(probeEcho(oldPort, '127.0.0.1'), /ECONNREFUSED/, 'nobody holds the old port any more');
 });
