@@ -233,42 +233,53 @@ static napi_value peer_credentials(napi_env env, napi_callback_info info) {
 
 /* ---- messages -------------------------------------------------------------- */
 
+/* The "fds" argument: an Array of at most MAX_FDS fds. */
+static bool get_fds(napi_env env, napi_value v, int *fds, uint32_t *nfds) {
+  bool is_array = false;
+  if (napi_is_array(env, v, &is_array) != napi_ok || !is_array)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"fds\" argument must be an Array"), false;
+  if (napi_get_array_length(env, v, nfds) != napi_ok) return napi_failed(env), false;
+  if (*nfds > MAX_FDS) return range_error(env, "At most 253 fds fit in one message"), false;
+  for (uint32_t i = 0; i < *nfds; i++) {
+    napi_value el;
+    if (napi_get_element(env, v, i, &el) != napi_ok) return napi_failed(env), false;
+    if (!get_int(env, el, "fds[i]", &fds[i])) return false;
+  }
+  return true;
+}
+
+/* fds as one SCM_RIGHTS cmsg in ctl; none attaches nothing (an empty SCM_RIGHTS is EINVAL). */
+static void attach_fds(struct msghdr *msg, control_buf *ctl, const int *fds, uint32_t nfds) {
+  if (nfds == 0) return;
+  memset(ctl, 0, sizeof *ctl);
+  msg->msg_control = ctl->buf;
+  msg->msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+  struct cmsghdr *c = CMSG_FIRSTHDR(msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+  memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+}
+
 static napi_value send_message(napi_env env, napi_callback_info info) {
   ARGS(3);
   int fd, fds[MAX_FDS];
   void *data = NULL;
   size_t len = 0;
-  bool is_buffer = false, is_array = false;
+  bool is_buffer = false;
   uint32_t nfds = 0;
   GET_INT(argv[0], "fd", &fd);
   if (napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer)
     return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"data\" argument must be a Buffer");
   CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
-  if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array)
-    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"fds\" argument must be an Array");
-  CHECK(napi_get_array_length(env, argv[2], &nfds));
-  if (nfds > MAX_FDS) return range_error(env, "At most 253 fds fit in one message");
+  if (!get_fds(env, argv[2], fds, &nfds)) return NULL;
   /* Zero bytes and no fds is exactly what the receiver reads at EOF: refuse it. */
   if (len == 0 && nfds == 0) return range_error(env, "An empty message would read as EOF");
-  for (uint32_t i = 0; i < nfds; i++) {
-    napi_value el;
-    CHECK(napi_get_element(env, argv[2], i, &el));
-    GET_INT(el, "fds[i]", &fds[i]);
-  }
 
   struct iovec iov = { .iov_base = data, .iov_len = len };
   struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
   control_buf ctl;
-  if (nfds > 0) { /* an SCM_RIGHTS cmsg with no fds is EINVAL: only attach one when needed */
-    memset(&ctl, 0, sizeof ctl);
-    msg.msg_control = ctl.buf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-  }
+  attach_fds(&msg, &ctl, fds, nfds);
   ssize_t r;
   do r = sendmsg(fd, &msg, MSG_NOSIGNAL); while (r < 0 && errno == EINTR);
   if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return boolean(env, false);
@@ -877,36 +888,19 @@ static napi_value sd_notify_send(napi_env env, napi_callback_info info) {
   int fds[MAX_FDS];
   void *data = NULL;
   size_t len = 0;
-  bool is_buffer = false, is_array = false;
+  bool is_buffer = false;
   uint32_t nfds = 0;
   if (!get_notify_address(env, argv[0], &sa, &salen)) return NULL;
   if (napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer)
     return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"data\" argument must be a Buffer");
   CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
   if (len == 0) return range_error(env, "A notification cannot be empty");
-  if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array)
-    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"fds\" argument must be an Array");
-  CHECK(napi_get_array_length(env, argv[2], &nfds));
-  if (nfds > MAX_FDS) return range_error(env, "At most 253 fds fit in one message");
-  for (uint32_t i = 0; i < nfds; i++) {
-    napi_value el;
-    CHECK(napi_get_element(env, argv[2], i, &el));
-    GET_INT(el, "fds[i]", &fds[i]);
-  }
+  if (!get_fds(env, argv[2], fds, &nfds)) return NULL;
 
   struct iovec iov = { .iov_base = data, .iov_len = len };
   struct msghdr msg = { .msg_name = &sa, .msg_namelen = salen, .msg_iov = &iov, .msg_iovlen = 1 };
   control_buf ctl;
-  if (nfds > 0) {
-    memset(&ctl, 0, sizeof ctl);
-    msg.msg_control = ctl.buf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-  }
+  attach_fds(&msg, &ctl, fds, nfds);
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, "socket", errno);
   ssize_t r;

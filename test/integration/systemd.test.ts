@@ -17,25 +17,16 @@ import { afterEach, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import * as native from '#lib/native.js';
 import { fdOf } from '#lib/index.js';
-import { cleanup, distDir, drainAll, openClients, probeEcho, ServerProcess, tempDir, waitFor } from '../helpers.js';
+import { cleanup, distDir, drainAll, killAtCleanup, openClients, probeEcho, ServerProcess, tempDir, waitFor } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 const RECORDER = path.resolve(distDir, '..', 'test', 'fixtures', 'notify-recorder.py');
 const timeout = 60_000;
 
-const pids = new Set<number>();
 const dirs: string[] = [];
 const recorders: Recorder[] = [];
 
 afterEach(() => {
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // Gone already.
-    }
-  }
-  pids.clear();
   for (const recorder of recorders.splice(0)) recorder.proc.kill();
   cleanup();
   for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
@@ -107,7 +98,7 @@ class Recorder {
     this.proc.stdin!.write(`${JSON.stringify({ spawn: argv, env })}\n`);
     await waitFor(() => this.spawned.length > count, 'the recorder to spawn', 20_000);
     const pid = this.spawned[count]!;
-    pids.add(pid);
+    killAtCleanup(pid);
     return pid;
   }
 }
@@ -124,7 +115,7 @@ class Proc {
     this.child = options.shellPrefix
       ? spawn('sh', ['-c', `${options.shellPrefix}; exec "$0" "$@"`, command, ...args], spawnOptions)
       : spawn(command, args, spawnOptions);
-    pids.add(this.child.pid!);
+    killAtCleanup(this.child.pid!);
     this.exited = once(this.child, 'exit');
     createInterface({ input: this.child.stdout! }).on('line', (line) => this.out.push(line));
     createInterface({ input: this.child.stderr! }).on('line', (line) => this.err.push(line));
@@ -245,7 +236,7 @@ test('SIGUSR2 as systemd ReloadSignal: RELOADING=1 with the CLOCK_MONOTONIC time
     // Successors write to the first process's stdout.
     await waitFor(() => first.out.filter((l) => l.startsWith('SIGUSR2: starting successor pid')).length === round, 'the successor');
     const successor = Number(first.out.filter((l) => l.startsWith('SIGUSR2: starting successor pid'))[round - 1]!.match(/(\d+)$/)![1]);
-    pids.add(successor);
+    killAtCleanup(successor);
     const reloading = await checkHandover(recorder, old, successor, from);
     const at = BigInt(reloading.fields.MONOTONIC_USEC!);
     assert.ok(before <= at && at <= micros(), `MONOTONIC_USEC ${at} is the reload's time (${before}..)`);
@@ -354,7 +345,7 @@ test('socket activation by systemd-socket-activate: takeover-server -t without -
   const from = recorder.messages.length;
   activator.child.kill('SIGUSR2');
   const main = await recorder.next((m) => m.pid !== activator.pid && m.fields.READY === '1', 'READY=1 from the successor', from);
-  pids.add(main.pid);
+  killAtCleanup(main.pid);
   await checkHandover(recorder, activator.pid, main.pid, from);
   assert.ok(!fs.readFileSync(`/proc/${main.pid}/environ`, 'utf8').includes('LISTEN_FDS='), 'the successor never sees LISTEN_FDS');
   assert.deepEqual(await drainAll([client!]), []);
@@ -410,7 +401,7 @@ test('an ordinary app given two sockets exactly as systemd gives them adopts the
 
   app.proc.kill('SIGUSR2');
   const successor = await app.next('ready');
-  pids.add(successor.pid);
+  killAtCleanup(successor.pid);
   assert.equal(successor.successor, true);
   const inherited = successor as unknown as { activated: unknown; listenFds: string | null };
   assert.deepEqual(inherited.activated, [], 'nothing from systemd: it all came from the predecessor');
