@@ -21,6 +21,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -879,10 +880,12 @@ static bool get_notify_address(napi_env env, napi_value v, struct sockaddr_un *s
   return true;
 }
 
-/* sdNotify(socketPath, data, fds): one datagram, from a fresh non-blocking socket so that
- * a manager that does not read can never stall the event loop (EAGAIN is thrown instead). */
+/* sdNotify(socketPath, data, fds, timeoutMs): one datagram. The manager's receive queue holds
+ * net.unix.max_dgram_qlen datagrams (10 by default, 512 under systemd's sysctl defaults); when it
+ * is full, a send waits for room as libsystemd's does, but at most timeoutMs (SO_SNDTIMEO; 0 never
+ * waits), after which EAGAIN is thrown: a READY=1 dropped at once would fail the service's start. */
 static napi_value sd_notify_send(napi_env env, napi_callback_info info) {
-  ARGS(3);
+  ARGS(4);
   struct sockaddr_un sa;
   socklen_t salen;
   int fds[MAX_FDS];
@@ -890,21 +893,29 @@ static napi_value sd_notify_send(napi_env env, napi_callback_info info) {
   size_t len = 0;
   bool is_buffer = false;
   uint32_t nfds = 0;
+  int timeout_ms;
   if (!get_notify_address(env, argv[0], &sa, &salen)) return NULL;
   if (napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer)
     return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"data\" argument must be a Buffer");
   CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
   if (len == 0) return range_error(env, "A notification cannot be empty");
   if (!get_fds(env, argv[2], fds, &nfds)) return NULL;
+  GET_INT(argv[3], "timeoutMs", &timeout_ms);
 
   struct iovec iov = { .iov_base = data, .iov_len = len };
   struct msghdr msg = { .msg_name = &sa, .msg_namelen = salen, .msg_iov = &iov, .msg_iovlen = 1 };
   control_buf ctl;
   attach_fds(&msg, &ctl, fds, nfds);
-  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, "socket", errno);
+  /* An SO_SNDTIMEO of 0 would mean waiting forever. */
+  if (timeout_ms > 0 && setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0) {
+    close_all(&fd, 1);
+    return throw_errno(env, "setsockopt", errno);
+  }
   ssize_t r;
-  do r = sendmsg(fd, &msg, MSG_NOSIGNAL); while (r < 0 && errno == EINTR);
+  do r = sendmsg(fd, &msg, MSG_NOSIGNAL | (timeout_ms > 0 ? 0 : MSG_DONTWAIT)); while (r < 0 && errno == EINTR);
   int err = errno;
   close(fd);
   if (r < 0) return throw_errno(env, "sendmsg", err);

@@ -33,6 +33,12 @@ const LISTEN_FDS_START = 3;
 const MAX_LISTEN_FDS = 4096;
 /** fdname_is_valid() in systemd: at most 255 characters. */
 const MAX_FDNAME = 255;
+/**
+ * The longest a notification may stall the event loop while the manager's queue is full. systemd
+ * reads its socket at once; a queue full for this long means it is overwhelmed, and the message
+ * is reported (ERR_TAKEOVER_NOTIFY_FAILED, EAGAIN) rather than waited for.
+ */
+const NOTIFY_TIMEOUT_MS = 250;
 
 function activationError(message: string, cause?: unknown): TakeoverError {
   return new TakeoverError(ErrorCodes.ACTIVATION_INVALID, message, { cause });
@@ -273,7 +279,7 @@ export class Systemd {
       .map(([key, value]) => `${key}=${String(value).replace(/[\r\n]+/g, ' ')}\n`)
       .join('');
     try {
-      native.sdNotify(this.socketPath, Buffer.from(text), fds);
+      native.sdNotify(this.socketPath, Buffer.from(text), fds, NOTIFY_TIMEOUT_MS);
       this.failing = undefined;
     } catch (error) {
       const code = (error as { code?: string }).code ?? 'unknown';

@@ -88,7 +88,7 @@ class Recorder {
 
   /** Puts a marker in the queue: whatever is recorded before it was sent before this call. */
   async mark(text: string): Promise<number> {
-    native.sdNotify(this.path, Buffer.from(`TEST=${text}\n`), []);
+    native.sdNotify(this.path, Buffer.from(`TEST=${text}\n`), [], 1000);
     return (await this.next((m) => m.fields.TEST === text, `the marker ${text}`)).index;
   }
 
@@ -217,6 +217,31 @@ test('an abstract NOTIFY_SOCKET (@name) is reached too', { timeout }, async () =
   await server.exited;
   const stopping = await recorder.next((m) => m.pid === server.pid && m.fields.STOPPING === '1', 'STOPPING=1 at close()');
   assert.match(stopping.fields.STATUS!, /^Shutting down/);
+});
+
+test("a burst larger than the manager's queue (net.unix.max_dgram_qlen) waits for room instead of losing notifications", {
+  timeout,
+}, async () => {
+  const recorder = await Recorder.start();
+  for (let i = 0; i < 100; i++) native.sdNotify(recorder.path, Buffer.from(`STATUS=${i}\n`), [], 5000);
+  await recorder.next((m) => m.fields.STATUS === '99', 'the last one');
+  assert.deepEqual(
+    recorder.messages.map((m) => m.fields.STATUS),
+    Array.from({ length: 100 }, (_, i) => String(i)),
+  );
+  // A manager that does not read at all: the wait is bounded, and the send fails with EAGAIN.
+  recorder.proc.kill('SIGSTOP');
+  try {
+    const qlen = Number(fs.readFileSync('/proc/sys/net/unix/max_dgram_qlen', 'utf8'));
+    assert.throws(
+      () => {
+        for (let i = 0; i <= qlen + 1; i++) native.sdNotify(recorder.path, Buffer.from('STATUS=stuck\n'), [], 50);
+      },
+      { code: 'EAGAIN' },
+    );
+  } finally {
+    recorder.proc.kill('SIGCONT');
+  }
 });
 
 test('SIGUSR2 as systemd ReloadSignal: RELOADING=1 with the CLOCK_MONOTONIC time of the reload, READY=1 from the new main process, twice in a chain', {

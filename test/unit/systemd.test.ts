@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { decodeFdName, encodeFdName, takeActivatedListeners } from '#lib/systemd.js';
 import { Takeover } from '#lib/index.js';
+import * as native from '#lib/native.js';
 
 test('listener names become FDNAMEs systemd accepts (no ":", control or non-ASCII bytes, "%" escaped) and come back the same', () => {
   for (const name of ['tcp:127.0.0.1:8000', 'unix:/run/app.sock', 'web', '50% off: ünïcode\ttab', 'tcp:[::1]:0']) {
@@ -53,4 +54,17 @@ test('the systemd and fdStore options take booleans only', () => {
     assert.throws(() => new Takeover({ path: '/tmp/x', ...(options as object) }), { code: 'ERR_TAKEOVER_INVALID_OPTION' });
   }
   assert.equal(new Takeover({ path: '/tmp/x', systemd: false, fdStore: true }).options.fdStore, true);
+});
+
+test('sdNotify reports a socket that is not there, a path systemd never gives, and bad arguments as coded errors', () => {
+  const data = Buffer.from('READY=1\n');
+  assert.throws(() => native.sdNotify('/nonexistent/notify.sock', data, [], 0), { code: 'ENOENT', syscall: 'sendmsg' });
+  assert.throws(() => native.sdNotify(`@takeover-nobody-${process.pid}`, data, [], 0), { code: 'ECONNREFUSED' });
+  assert.throws(() => native.sdNotify('relative/notify.sock', data, [], 0), { code: 'EINVAL' });
+  assert.throws(() => native.sdNotify(`/${'x'.repeat(200)}`, data, [], 0), { code: 'ENAMETOOLONG' });
+  assert.throws(() => native.sdNotify('', data, [], 0), { code: 'ENOENT' });
+  assert.throws(() => native.sdNotify('/run/notify', Buffer.alloc(0), [], 0), { code: 'ERR_OUT_OF_RANGE' });
+  assert.throws(() => native.sdNotify('/run/notify', data, [3.5], 0), { code: 'ERR_OUT_OF_RANGE' });
+  assert.throws(() => native.sdNotify('/run/notify', 'READY=1' as unknown as Buffer, [], 0), { code: 'ERR_INVALID_ARG_TYPE' });
+  assert.throws(() => native.setCloseOnExec(1_000_000), { code: 'EBADF' });
 });
