@@ -8,7 +8,12 @@ import { MAX_QUIESCE_MS } from './protocol.js';
 import type { SuccessorStep } from './successor.js';
 
 export interface TakeoverOptions {
-  /** Path of the takeover channel (a Unix socket, created mode 0600). */
+  /**
+   * Path of the takeover channel (a Unix socket, created mode 0600), resolved against the working
+   * directory: at most 107 bytes, its file name at most 82. Every directory from `/` down must
+   * belong to root or this user and not be writable by others unless sticky (like /tmp), and the
+   * path must hold nothing but this user's socket: else ERR_TAKEOVER_PATH_UNSAFE.
+   */
   path: string;
   /**
    * 'fresh': start a new server (fails if one is live on `path`); 'successor': take over from
@@ -17,21 +22,32 @@ export interface TakeoverOptions {
   mode?: 'auto' | 'fresh' | 'successor';
   /** Uids allowed on the other end of the channel (SO_PEERCRED). Default: this process's uid. */
   allowUids?: readonly number[];
-  /** How long to wait for each step of the other side before giving up. Default 10,000 ms. */
+  /**
+   * How long to wait for each step of the other side before giving up, and for `upgrade()`'s
+   * child to connect. 1 to 2^31-1 ms; default 10,000 ms.
+   */
   timeoutMs?: number;
-  /** Connections frozen and started together; each pauses for one wave. Default 128. */
+  /** Connections frozen and started together; each pauses for one wave (which also stops growing at 64 MiB). 1 to 1,000,000; default 128. */
   waveSize?: number;
   /**
    * How long the old process waits, from the start of the waves, for busy connections (a
    * request being handled, a reply pending, a frame half-read) to become quiet. Past it they
-   * stay with the old process, which finishes them. Default 10,000 ms.
+   * stay with the old process, which finishes them. 0 to 86,400,000 ms; default 10,000 ms.
    */
   quiesceTimeoutMs?: number;
-  /** Old process, at freeze: application state of a connection (e.g. a half-parsed frame). */
+  /**
+   * Old process, just before the freeze: application state of a connection (e.g. a half-parsed
+   * frame). A throw, or a result that is neither a Buffer nor undefined, keeps the connection in
+   * the old process, with a 'warning' (ERR_TAKEOVER_HOOK_FAILED).
+   */
   captureState?: (socket: net.Socket) => Buffer | undefined;
-  /** New process, before the application first sees the connection: the state captured by the old one. */
+  /**
+   * New process, before the application first sees the connection ('adopt', 'connection'): the
+   * state captured by the old one, when there is one. A throw, or a state with no hook set, is a
+   * 'warning' (ERR_TAKEOVER_HOOK_FAILED); the connection goes on.
+   */
   restoreState?: (socket: net.Socket, state: Buffer) => void;
-  /** Called at each protocol step of a successor, for tracing and for fault-injection tests. */
+  /** Called at each protocol step of a successor, for tracing and for fault-injection tests; a throw is ignored. */
   onStep?: (step: SuccessorStep) => void;
   /**
    * Speak to systemd (default true): sd_notify when `$NOTIFY_SOCKET` is set, and the listeners

@@ -59,9 +59,12 @@ export type TakeoverState =
   | 'failed';
 
 export interface TakeoverEvents {
-  /** Old process: a successor connected and passed the uid check. */
+  /** Old process: a successor connected, passed the uid check and said HELLO (pid and uid from SO_PEERCRED). */
   successor: [peer: { pid: number; uid: number }];
-  /** Old process: a peer was turned away (uid not allowed, or a takeover already running). */
+  /**
+   * Old process: a peer was turned away (uid not allowed, or a takeover already running). At most
+   * one per kind and second; the ones held back are summed up in the next.
+   */
   refused: [error: TakeoverError];
   /** Old process: a takeover failed; everything it had not frozen keeps being served here. */
   rollback: [error: TakeoverError];
@@ -79,11 +82,17 @@ export interface TakeoverEvents {
   adopt: [socket: net.Socket];
   /** Old process: `upgrade()` started this successor process. */
   upgrade: [successor: { pid: number; args: readonly string[] }];
-  /** Something went wrong that did not stop this process from serving. */
+  /** Something went wrong that did not stop this process from serving (docs/API.md lists the cases). Never `'error'`. */
   warning: [error: TakeoverError];
 }
 
+/**
+ * One process's takeover lifecycle, on one channel path: see the module comment, and docs/API.md
+ * for every member, event and error. Methods called out of order throw (or reject with)
+ * ERR_TAKEOVER_INVALID_STATE; bad arguments ERR_TAKEOVER_INVALID_OPTION.
+ */
 export class Takeover extends EventEmitter<TakeoverEvents> {
+  /** The options, validated and with the defaults filled in. */
   readonly options: ResolvedOptions;
   private currentState: TakeoverState = 'new';
   private role: 'fresh' | 'successor' = 'fresh';
@@ -122,6 +131,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     return takeover;
   }
 
+  /** Where this process is in its lifecycle (see {@link TakeoverState}). */
   get state(): TakeoverState {
     return this.currentState;
   }
@@ -156,7 +166,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   /**
    * Fresh: checks the channel path. Successor: connects to the predecessor, checks its uid and
    * receives its listeners; pre-copy of the connections goes on in the background.
-   * Throws ERR_TAKEOVER_PATH_UNSAFE, _CHANNEL_IN_USE, _NO_PREDECESSOR, _PEER_REJECTED, _ABORTED...
+   * Rejects with ERR_TAKEOVER_PATH_UNSAFE, _CHANNEL_IN_USE, _NO_PREDECESSOR, _PEER_REJECTED,
+   * _ABORTED (`reason`: the predecessor's code), _FD_LIMIT, _TIMEOUT, _PEER_CLOSED, _PROTOCOL...;
+   * the state is then 'failed', and a successor should exit (its predecessor serves on).
    */
   async start(): Promise<void> {
     this.expectState('new', 'start');
@@ -217,9 +229,11 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * requests, other servers whenever they are not marked {@link busy}.
    *
    * Resolves once the server listens, or (successor) once it has claimed the predecessor's
-   * listener, which starts accepting at the commit; safe to await before `ready()`. A failure
-   * rejects this promise and `ready()`. The name defaults to `tcp:<host>:<port>` or
-   * `unix:<path>`, exactly as given. Throws ERR_TAKEOVER_TLS_UNSUPPORTED for a TLS server.
+   * listener, at once: the server starts accepting on it after the commit, once the predecessor
+   * has stopped. Safe to await before `ready()`. A failure rejects this promise and `ready()`. The
+   * name defaults to `tcp:<host>:<port>` or `unix:<path>`, exactly as given. Throws (synchronously)
+   * ERR_TAKEOVER_INVALID_STATE, _INVALID_OPTION, _TLS_UNSUPPORTED for a TLS server, and
+   * _SYSTEM for a `{ path }` that cannot be bound.
    */
   listen(server: net.Server, target: ListenTarget): Promise<void> {
     this.expectState('started', 'listen');
@@ -260,9 +274,11 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
 
   /**
    * Hands this `ws` WebSocketServer's connections over at frame boundaries, and gives the ones
-   * a predecessor hands over to it as `'connection'` events. Call it before `ready()`, once per
-   * WebSocketServer, on both sides. It makes the server negotiate permessage-deflate without
-   * context takeover (compression windows cannot move).
+   * a predecessor hands over to it as `'connection'` events. Call it once per WebSocketServer,
+   * on both sides, in the same order; in a successor before `ready()` (a WebSocket that arrives
+   * with no server for it is closed), in a fresh process any time while serving. It makes the
+   * server negotiate permessage-deflate without context takeover (compression windows cannot
+   * move). Throws ERR_TAKEOVER_INVALID_OPTION, _INVALID_STATE.
    */
   webSockets(wss: WebSocketServerLike): void {
     if (!['started', 'readying', 'serving'].includes(this.currentState)) this.expectState('started', 'webSockets');
@@ -282,7 +298,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * Marks a connection (a `net.Socket`, or a WebSocket of a server given to {@link webSockets})
    * busy: a takeover does not move it until the returned function is called. Mark each request
    * your application answers asynchronously; a connection still busy at `quiesceTimeoutMs`
-   * stays in this process, which finishes it. Marks nest.
+   * stays in this process, which finishes it. Marks nest. Throws ERR_TAKEOVER_INVALID_OPTION for
+   * anything else.
    */
   busy(connection: net.Socket | object): () => void {
     const socket = connection instanceof net.Socket ? connection : this.webSocketAdapters.map((a) => a.socketOf(connection)).find((s) => s);
@@ -293,7 +310,10 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   /**
    * The application is ready to serve. Fresh: opens the channel so this process can be taken
    * over; resolves null. Successor: confirms to the predecessor (the point of no return),
-   * receives every connection wave by wave, then opens the channel; resolves with the stats.
+   * listens on the inherited listeners and channel once the predecessor has stopped accepting,
+   * receives every connection wave by wave; resolves with the stats. Throws
+   * ERR_TAKEOVER_INVALID_STATE unless started (a second call returns the same promise); rejects,
+   * with the state 'failed', when a listener or the takeover fails before the waves begin.
    */
   ready(): Promise<TakeoverStats | null> {
     if (this.readyPromise) return this.readyPromise;
@@ -367,7 +387,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * otherwise) and lets it take this process over. Resolves with this side's stats at the
    * handover; rejects with the rollback's error (this process then serves on), or with
    * ERR_TAKEOVER_SUCCESSOR_FAILED if the successor exits or never connects within `timeoutMs`.
-   * One at a time: ERR_TAKEOVER_BUSY while a takeover runs.
+   * One at a time: ERR_TAKEOVER_BUSY while a takeover runs; ERR_TAKEOVER_INVALID_STATE unless
+   * serving; ERR_TAKEOVER_INVALID_OPTION for bad options. It never throws.
    */
   upgrade(options: UpgradeOptions = {}): Promise<TakeoverStats> {
     const refuse = (error: TakeoverError) => {
@@ -406,8 +427,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
 
   /**
    * Stops being takeover-able: closes the channel and, when no successor took over, removes
-   * the channel path and the Unix listener paths this process created. Servers are the app's
-   * to close.
+   * the channel path and the Unix listener paths this process created. A takeover of this
+   * process past its commit is let finish first, one before it is aborted; so is this process's
+   * own takeover of a predecessor before its commit. Servers are the app's to close.
    */
   async close(): Promise<void> {
     if (this.currentState === 'closed') return;
