@@ -51,8 +51,8 @@ const USAGE = `Usage: ${COMMAND} [OPTION...]
 -h, --help                  Display this help message
 
 kill -USR2 <pid> makes a server with a takeover path start its own successor and hand over.
-Under systemd (with -t), it speaks sd_notify when $NOTIFY_SOCKET is set, and serves the sockets
-systemd passes ($LISTEN_FDS: socket activation, or its fd store after a restart), -p then optional.
+Under systemd (with -t), it speaks sd_notify when $NOTIFY_SOCKET is set, and serves the sockets of
+a .socket unit ($LISTEN_FDS; -p then optional) and takes -p's listener back from the fd store.
 `;
 
 const OPTIONS = {
