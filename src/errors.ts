@@ -43,6 +43,11 @@ export const ErrorCodes = {
   TLS_UNSUPPORTED: 'ERR_TAKEOVER_TLS_UNSUPPORTED',
   /** `upgrade()`'s successor process exited, or never connected, before the takeover finished. */
   SUCCESSOR_FAILED: 'ERR_TAKEOVER_SUCCESSOR_FAILED',
+  /**
+   * A process that was sent copies of the listeners in a failed takeover still lives: it may keep
+   * the ports listening (the message names its pid) after this process stops.
+   */
+  LISTENER_HELD: 'ERR_TAKEOVER_LISTENER_HELD',
   /** The native addon could not be loaded (`cause` says why). */
   ADDON_LOAD: 'ERR_TAKEOVER_ADDON_LOAD',
   /** A notification to systemd (`$NOTIFY_SOCKET`) could not be sent (`cause`); serving goes on. */

@@ -92,3 +92,26 @@ export class StatsRecorder {
     };
   }
 }
+
+/** What a rollback left in the old process (the `'rollback'` event's second argument). */
+export interface RollbackReport {
+  /** The successor, kernel's pid; 0 when it never said HELLO. */
+  successorPid: number;
+  /**
+   * The successor had committed: this process had stopped accepting and may have handed waves
+   * over. Before the commit nothing ever stopped here.
+   */
+  committed: boolean;
+  /** Connections handed over in waves to a successor that then died: gone with it. */
+  lost: number;
+  /** Connections this process serves on: never frozen, or frozen in a wave that could not be sent. */
+  resumed: number;
+  /** Listeners (the channel's not counted) this process accepts on again after the commit; 0 before it. */
+  listenersResumed: number;
+  /**
+   * The successor's pid when it was sent the listeners' copies and is still alive without having
+   * aborted (it stalled, or broke the protocol): it may hold them, and keep the ports listening
+   * after this process stops. 0 otherwise.
+   */
+  listenerHolder: number;
+}

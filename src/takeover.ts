@@ -22,7 +22,7 @@ import { encode } from './protocol.js';
 import { isTlsServer, serverFd, trackWrites } from './sockets.js';
 import * as native from './native.js';
 import { ErrorCodes, TakeoverError, hookError, systemError } from './errors.js';
-import type { TakeoverStats } from './stats.js';
+import type { RollbackReport, TakeoverStats } from './stats.js';
 import { resolveOptions, invalidOption, type ResolvedOptions, type TakeoverOptions } from './options.js';
 import { ListenerRegistry, whenListening, type ListenerRecord, type ListenTarget } from './listeners.js';
 import { Connections } from './connections.js';
@@ -31,6 +31,7 @@ import { NetAdapter } from './adapters/net.js';
 import { HttpAdapter, isHttpServer } from './adapters/http.js';
 import { WebSocketAdapter, type WebSocketServerLike } from './adapters/ws.js';
 import { startUpgrade, type Upgrade, type UpgradeOptions } from './upgrade.js';
+import { isAlive } from './processes.js';
 import { HandingOver } from './handing-over.js';
 import { TakingOver } from './taking-over.js';
 import { Systemd, takeActivatedListeners } from './systemd.js';
@@ -66,8 +67,12 @@ export interface TakeoverEvents {
    * one per kind and second; the ones held back are summed up in the next.
    */
   refused: [error: TakeoverError];
-  /** Old process: a takeover failed; everything it had not frozen keeps being served here. */
-  rollback: [error: TakeoverError];
+  /**
+   * Old process: a takeover failed; everything it had not handed over keeps being served here.
+   * After the commit, `report` says how many connections went with a successor that died, how
+   * many this process serves on, and that its listeners accept again.
+   */
+  rollback: [error: TakeoverError, report: RollbackReport];
   /** Old process: a connection was busy when its turn came; it waits (up to `quiesceTimeoutMs`) for a later wave. */
   defer: [socket: net.Socket];
   /** Old process: a connection stopped here, its bytes taken out for the successor. */
@@ -109,6 +114,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private resolveDone!: (stats: TakeoverStats) => void;
   /** This process created or inherited the channel and no successor has taken it: close() removes the files. */
   private ownsPaths = false;
+  /** Failed successors that may still hold copies of the listeners: close() names those still alive. */
+  private readonly listenerHolders = new Set<number>();
   /** A peer that reconnects in a loop is refused each time: one 'refused' per kind and second, with a count. */
   private readonly refusals = new WarningLimiter((error) => this.emit('refused', error));
   private readonly systemd: Systemd;
@@ -454,6 +461,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.incoming?.abort(shuttingDown);
     this.channelListener?.close();
     this.channelListener = undefined;
+    for (const pid of this.listenerHolders) if (isAlive(pid)) this.warnListenerHeld(pid, 'still lives as this process stops');
+    this.listenerHolders.clear();
     if (handedOver) return;
     try {
       // Only our own socket: whatever was put at the path since stays.
@@ -531,16 +540,32 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
           this.systemd.handingOver(`Handing over to pid ${peer.pid}`);
           this.emit('successor', peer);
         },
-        rollback: (error, started) => {
+        rollback: (error, started, report) => {
           this.outgoing = undefined;
           if (this.currentState === 'handing-over') this.currentState = 'serving';
           this.systemd.resumed(error);
-          if (started) this.emit('rollback', error);
+          if (started) this.emit('rollback', error, report);
+          if (report.listenerHolder !== 0) {
+            this.listenerHolders.add(report.listenerHolder);
+            this.warnListenerHeld(report.listenerHolder, 'still lives');
+          }
           this.upgrading?.reject(error);
         },
         handover: (stats) => this.retire(stats),
       }),
       channel,
+    );
+  }
+
+  /** Closing the listeners here does not free their ports while another process holds copies: say who. */
+  private warnListenerHeld(pid: number, when: string): void {
+    const names = this.registry.records.map((r) => r.name).join(', ');
+    this.emit(
+      'warning',
+      new TakeoverError(
+        ErrorCodes.LISTENER_HELD,
+        `pid ${pid}, a failed successor that was sent copies of the listeners (${names}), ${when}: it may keep them listening until it exits`,
+      ),
     );
   }
 

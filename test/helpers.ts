@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import type { RollbackReport } from '#lib/stats.js';
 
 export const distDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const fixture = path.join(distDir, 'test', 'fixtures', 'echo-server.js');
@@ -32,6 +33,7 @@ export interface ServerEvent {
   successor?: boolean;
   state?: string;
   channelExists?: boolean;
+  report?: RollbackReport;
   addresses?: net.AddressInfo[];
   address?: net.AddressInfo;
   stats?: {

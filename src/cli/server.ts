@@ -191,8 +191,8 @@ class TakeoverServer {
     this.logger.info(msg, { pid: process.pid, ...fields });
   }
 
-  logError(msg: string, error: unknown): void {
-    this.logger.error(`${msg}${describeError(error)}`, { pid: process.pid, ...errorFields(error) });
+  logError(msg: string, error: unknown, fields?: Record<string, unknown>): void {
+    this.logger.error(`${msg}${describeError(error)}`, { pid: process.pid, ...errorFields(error), ...fields });
   }
 
   /** Resolves once serving; rejects, with nothing left behind, when the server cannot start. */
@@ -271,7 +271,16 @@ class TakeoverServer {
     // The old process has nothing left to serve: its exit is this command's to make.
     void takeover.done().then(() => process.exit(0));
     takeover.on('refused', (error) => this.logError('Takeover refused: ', error));
-    takeover.on('rollback', (error) => this.logError('Takeover rolled back, still serving: ', error));
+    takeover.on('rollback', (error, report) => {
+      if (!report.committed) return this.logError('Takeover rolled back, still serving: ', error);
+      // Past the commit the successor may have taken connections with it: say so, not "rolled back".
+      const { lost, resumed, successorPid } = report;
+      this.logError(
+        `Takeover failed after the commit: ${plural(lost, 'connection')} lost with successor pid ${successorPid}, ${resumed} resumed here, listeners accepting again: `,
+        error,
+        { rollback: report },
+      );
+    });
     takeover.on('warning', (error) => this.logError('Warning: ', error));
     return takeover;
   }
