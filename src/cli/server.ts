@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import type * as http from 'node:http';
 import * as net from 'node:net';
 import { parseArgs } from 'node:util';
-import { ErrorCodes, fdOf, Takeover, type ListenTarget, type TakeoverError, type TakeoverStats } from '../index.js';
+import type { ListenTarget, Takeover, TakeoverError, TakeoverStats } from '../index.js';
 import {
   UsageError,
   parseCommandLineOrExit,
@@ -25,6 +25,19 @@ import {
   type Logger,
 } from './format.js';
 import { APP_NAMES, createApp, type App, type AppName } from './apps.js';
+
+/**
+ * Node's default for SIGUSR2 is to exit, and a successor that SIGUSR2 started may be sent one
+ * while it loads or takes over. Caught from here on, before the library loads (tens of ms), and
+ * kept until the server can act on it; only Node's own start-up, before any JavaScript runs,
+ * is left uncovered.
+ */
+const successorSignal: { pending: boolean; handle: (() => void) | undefined } = { pending: false, handle: undefined };
+process.on('SIGUSR2', () => {
+  if (successorSignal.handle) successorSignal.handle();
+  else successorSignal.pending = true;
+});
+const { ErrorCodes, fdOf, Takeover: TakeoverClass } = await import('../index.js');
 
 const COMMAND = 'takeover-server';
 
@@ -171,6 +184,8 @@ class TakeoverServer {
   private stopping = false;
   /** The successor SIGUSR2 started, until its upgrade settles. */
   private successorPid: number | undefined;
+  /** A SIGUSR2 came while this server was starting or taking over: acted on once it serves. */
+  private upgradeWhenServing = false;
 
   constructor(
     private readonly config: ServerConfig,
@@ -193,7 +208,8 @@ class TakeoverServer {
   async start(): Promise<void> {
     process.on('SIGTERM', () => void this.stop('SIGTERM'));
     process.on('SIGINT', () => void this.stop('SIGINT'));
-    process.on('SIGUSR2', () => this.onSuccessorSignal());
+    successorSignal.handle = () => this.onSuccessorSignal();
+    if (successorSignal.pending) this.onSuccessorSignal();
 
     const { channel, listen } = this.config;
     const takeover = channel && this.createTakeover(channel.path, channel.mode);
@@ -217,11 +233,12 @@ class TakeoverServer {
     for (const server of this.servers) server.on('error', (error) => this.logError('Listener error: ', error));
     if (channel) this.log(`Starting Takeover channel on [${channel.path}] domain socket`, { path: channel.path });
     if (stats) this.log(formatSummary(stats), { stats });
+    if (this.upgradeWhenServing) this.onSuccessorSignal();
   }
 
   private createTakeover(path: string, mode: 'fresh' | 'successor'): Takeover {
     const { app } = this;
-    const takeover = new Takeover({
+    const takeover = new TakeoverClass({
       path,
       mode,
       captureState: (socket) => (app ? app.captureState(socket) : this.partial.get(socket)),
@@ -339,10 +356,16 @@ class TakeoverServer {
       this.log(`SIGUSR2 ignored: successor pid ${this.successorPid} is already taking over`);
       return;
     }
-    if (!this.serving || this.handedOver || this.stopping) {
+    if (this.handedOver || this.stopping) {
       this.log('SIGUSR2 ignored: this server is not serving');
       return;
     }
+    if (!this.serving) {
+      if (!this.upgradeWhenServing) this.log('SIGUSR2 while starting: the successor starts once this server serves');
+      this.upgradeWhenServing = true;
+      return;
+    }
+    this.upgradeWhenServing = false;
     const args = [...process.execArgv, process.argv[1]!, ...this.config.successorArgs, '-T', path];
     this.takeover!.upgrade({ args }).then(
       () => (this.successorPid = undefined),
