@@ -174,6 +174,18 @@ async function listeningServer(args: string[], env?: NodeJS.ProcessEnv): Promise
   return { server, port: Number(value[1]), fd: Number(value[2]) };
 }
 
+/** A server on a new channel whose successors (SIGUSR2's, which inherit this) stop themselves at `step`. */
+async function serverPausingSuccessorsAt(step: string, args: string[] = []): Promise<{ server: Server; port: number; channel: string }> {
+  const channel = channelPath();
+  const preload = path.join(distDir, 'test', 'fixtures', 'pause-at.js');
+  const { server, port } = await listeningServer([...args, '-p', '0', '-t', channel], {
+    SOCKET_TAKEOVER_TEST_PAUSE_AT: step,
+    NODE_OPTIONS: `--import ${preload}`,
+  });
+  await server.line(/^Starting Takeover channel/);
+  return { server, port, channel };
+}
+
 function assertInOrder(lines: string[], patterns: RegExp[]): void {
   let from = 0;
   for (const pattern of patterns) {
@@ -288,14 +300,8 @@ describe('takeover-server start-up errors leave nothing behind', () => {
   test('while a takeover runs: a second SIGUSR2 is ignored, -T is refused, -t finds the channel in use; the server rolls back', {
     timeout,
   }, async () => {
-    const channel = channelPath();
-    // The successor SIGUSR2 starts inherits this and stops itself once pre-copy is verified.
-    const preload = path.join(distDir, 'test', 'fixtures', 'pause-at.js');
-    const { server, port } = await listeningServer(['-p', '0', '-t', channel], {
-      SOCKET_TAKEOVER_TEST_PAUSE_AT: 'prepare',
-      NODE_OPTIONS: `--import ${preload}`,
-    });
-    await server.line(/^Starting Takeover channel/);
+    // The successor stops itself once pre-copy is verified.
+    const { server, port, channel } = await serverPausingSuccessorsAt('prepare');
     server.child.kill('SIGUSR2');
     const { value } = await server.line(/^SIGUSR2: starting successor pid (\d+)$/);
     const successor = Number(value[1]);
@@ -332,14 +338,8 @@ describe('takeover-server start-up errors leave nothing behind', () => {
   test('a SIGUSR2 that reaches a successor while it takes over is kept: the successor serves, then starts its own', {
     timeout,
   }, async () => {
-    const channel = channelPath();
     // Every successor stops itself once pre-copy is verified, so the signal arrives mid-takeover.
-    const preload = path.join(distDir, 'test', 'fixtures', 'pause-at.js');
-    const { server, port } = await listeningServer(['-p', '0', '-t', channel], {
-      SOCKET_TAKEOVER_TEST_PAUSE_AT: 'prepare',
-      NODE_OPTIONS: `--import ${preload}`,
-    });
-    await server.line(/^Starting Takeover channel/);
+    const { server, port } = await serverPausingSuccessorsAt('prepare');
     const client = new RawClient(port);
     client.socket.write(frames(1));
     assert.deepEqual(await client.bytes(4), [1]);
@@ -395,13 +395,7 @@ describe('takeover-server start-up errors leave nothing behind', () => {
   test('a successor killed mid-waves: the log says how many connections were lost with it, how many resumed, and that the listeners accept again', {
     timeout,
   }, async () => {
-    const channel = channelPath();
-    const preload = path.join(distDir, 'test', 'fixtures', 'pause-at.js');
-    const { server, port } = await listeningServer(['-q', '-p', '0', '-t', channel], {
-      SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1',
-      NODE_OPTIONS: `--import ${preload}`,
-    });
-    await server.line(/^Starting Takeover channel/);
+    const { server, port } = await serverPausingSuccessorsAt('wave1', ['-q']);
     const clients: net.Socket[] = [];
     for (let i = 0; i < 300; i++) {
       const socket = net.connect(port, '127.0.0.1');
