@@ -104,6 +104,11 @@ export class HandingOver implements PredecessorHost {
   }
 
   stopAccepting(): void {
+    try {
+      this.served.options.onStep?.('stop-accepting');
+    } catch {
+      // An observer's failure is not the takeover's.
+    }
     this.channelListener.setAccepting(false);
     for (const r of this.served.registry.records) stopAccepting(r.server);
   }

@@ -299,7 +299,18 @@ export class PredecessorSession {
     this.marks.commit = performance.now();
     this.phase = 'committed';
     this.host.stopAccepting();
-    this.pump();
+    this.afterReceived(() => this.pump());
+  }
+
+  /**
+   * Runs `act` once every frame already received has been handled. The successor may have given
+   * up (an ABORT after its COMMIT or WAVE_ACK, when this process was stopped past its timeout),
+   * and a wave sent now would be released here and dropped there: its connections lost.
+   */
+  private afterReceived(act: () => void): void {
+    queueMicrotask(() => {
+      if (this.phase !== 'failed') act();
+    });
   }
 
   private startWaves(): void {
@@ -437,7 +448,7 @@ export class PredecessorSession {
     this.stats.waves++;
     this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - this.waveStartedAt);
     this.waveSeq++;
-    this.nextWave();
+    this.afterReceived(() => this.nextWave());
   }
 
   private clearRetry(): void {

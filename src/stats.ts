@@ -1,7 +1,9 @@
 /** What one takeover did, as seen from one side. Times are milliseconds. */
 export interface TakeoverStats {
+  /** Which side reports: `ready()` gives the successor's, `'handover'`, `done()` and `upgrade()` the predecessor's. */
   role: 'predecessor' | 'successor';
   predecessorPid: number;
+  /** The kernel's word for it (SO_PEERCRED), not the pid the successor claims. */
   successorPid: number;
   /** Listeners handed over, the channel's included. */
   listeners: number;
@@ -22,8 +24,13 @@ export interface TakeoverStats {
   bytesOut: number;
   /** Application state captured at freeze time. */
   stateBytes: number;
+  /** Waves the successor acknowledged (predecessor) or started (successor). */
   waves: number;
-  /** Longest wave from freeze (predecessor) to started (successor): the longest pause any connection saw on the server side. */
+  /**
+   * Longest wave from freeze (predecessor) to started (successor): the longest pause any
+   * connection saw on the server side. The successor reports the predecessor's figure, from DONE
+   * (0 when the takeover ended early after LISTENING).
+   */
   maxPauseMs: number;
   /** When the successor's COMMIT was sent (successor) or received (predecessor): epoch ms, sub-ms precision. */
   committedAt: number;

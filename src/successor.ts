@@ -21,13 +21,15 @@ export interface InheritedListener extends ListenerEntry {
   fd: number;
 }
 
-/** What the session needs from the process it runs in (implemented by TakingOver, taking-over.ts). */
 /**
- * The protocol steps a successor passes, each once and in order: `precopy` at the first batch of
- * connections, `wave<N>` once wave N arrived, before it starts.
+ * The protocol steps a successor passes (the `onStep` option), each once and in order: `hello`
+ * once HELLO is sent, `listeners` once the predecessor's listeners are checked, `precopy` at the
+ * first batch of connections (none when the predecessor has no connections), `prepare` once
+ * pre-copy is verified, `wave<N>` once wave N arrived, before any of it starts.
  */
 export type SuccessorStep = 'hello' | 'listeners' | 'precopy' | 'prepare' | `wave${number}`;
 
+/** What the session needs from the process it runs in (implemented by TakingOver, taking-over.ts). */
 export interface SuccessorHost {
   readonly options: {
     timeoutMs: number;

@@ -71,6 +71,31 @@ export function cleanup(): void {
   live.clear();
 }
 
+/** SIGKILLs each of these processes still alive, and forgets them: for a test file's afterEach. */
+export function killPids(pids: Set<number>): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // Already gone, as it should be.
+    }
+  }
+  pids.clear();
+}
+
+/** A process the test did not start as a {@link ServerProcess} (a successor, say): {@link cleanup} kills it. */
+export function killAtCleanup(pid: number): void {
+  live.add({
+    kill: () => {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    },
+  });
+}
+
 /** One echo-server process; its JSON event lines are queued for {@link next}. */
 export class ServerProcess {
   readonly proc: ChildProcess;

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { afterEach, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { runEchoLoad } from '../../tools/echo-load.js';
-import { distDir, probeEcho, tempDir, ipv6Available, waitFor, waitStopped } from '../helpers.js';
+import { distDir, probeEcho, tempDir, ipv6Available, waitFor, waitStopped, killPids } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 // Per test, not per suite: a suite's timeout cancels the tests after a hung one as well.
@@ -22,14 +22,7 @@ const pids = new Set<number>();
 const dirs: string[] = [];
 
 afterEach(() => {
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // Already gone, as it should be.
-    }
-  }
-  pids.clear();
+  killPids(pids);
   for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
 });
 
