@@ -470,6 +470,7 @@ export class PredecessorSession {
     this.phase = 'failed';
     this.deadline.clear();
     this.clearRetry();
+    this.recorder.stop();
     this.channel.close();
     // Once LISTENING is out, a live successor may be accepting (or will, once it reads it, even
     // after a stall): taking the listeners back would make two processes accept. Only a dead one

@@ -1,3 +1,5 @@
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+
 /** What one takeover did, as seen from one side. Times are milliseconds. */
 export interface TakeoverStats {
   role: 'predecessor' | 'successor';
@@ -25,6 +27,12 @@ export interface TakeoverStats {
   waves: number;
   /** Longest wave from freeze (predecessor) to started (successor): the longest pause any connection saw on the server side. */
   maxPauseMs: number;
+  /**
+   * This process's event-loop delay while its side of the takeover ran (sampled every
+   * millisecond): how long its loop could not serve anything, the takeover's work and the
+   * application's together. `max` is the longest single stretch.
+   */
+  loopDelayMs: { p99: number; max: number };
   /** When the successor's COMMIT was sent (successor) or received (predecessor): epoch ms, sub-ms precision. */
   committedAt: number;
   phases: {
@@ -42,6 +50,9 @@ export interface TakeoverStats {
     totalMs: number;
   };
 }
+
+/** Sampling period of the event-loop delay: a timer every ms costs little for the seconds a takeover lasts. */
+const LOOP_DELAY_RESOLUTION_MS = 1;
 
 type Counts = Pick<
   TakeoverStats,
@@ -68,12 +79,27 @@ export class StatsRecorder {
     maxPauseMs: 0,
   };
 
+  private readonly loopDelay: IntervalHistogram = monitorEventLoopDelay({ resolution: LOOP_DELAY_RESOLUTION_MS });
+
+  constructor() {
+    this.loopDelay.enable();
+  }
+
+  /** Stops sampling the event loop; snapshot() does it too. */
+  stop(): void {
+    this.loopDelay.disable();
+  }
+
   snapshot(who: Pick<TakeoverStats, 'role' | 'predecessorPid' | 'successorPid' | 'listeners'>): TakeoverStats {
     const end = performance.now();
     const { marks, started } = this;
+    this.stop();
+    // The histogram records whole timer periods: the delay is what exceeds the period.
+    const delay = (ns: number): number => (this.loopDelay.count === 0 ? 0 : Math.max(0, ns / 1e6 - LOOP_DELAY_RESOLUTION_MS));
     return {
       ...who,
       ...this.counts,
+      loopDelayMs: { p99: delay(this.loopDelay.percentile(99)), max: delay(this.loopDelay.max) },
       committedAt: performance.timeOrigin + marks.commit,
       phases: {
         precopyMs: marks.prepare - started,

@@ -428,6 +428,7 @@ export class SuccessorSession {
     const listening = this.phase === 'waves';
     this.phase = 'failed';
     this.deadline.clear();
+    this.recorder.stop();
     this.channel.close();
     // Copies never started here: the predecessor still serves them (before COMMIT all of
     // them; after, the ones it had not frozen), so only this process's fds go.
