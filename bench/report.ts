@@ -94,6 +94,8 @@ export interface AgainstControl {
   /** The old process's event-loop delay while its side of the takeover ran. */
   oldLoop: { p99: number; max: number } | undefined;
   newLoop: { p99: number; max: number } | undefined;
+  /** The old process's longest single step of takeover work: wall time, and its thread's CPU time. */
+  oldStep: { wall: number; cpu: number } | undefined;
 }
 
 export function againstControl(runs: SystemRun[], size: number): AgainstControl | undefined {
@@ -107,6 +109,7 @@ export function againstControl(runs: SystemRun[], size: number): AgainstControl 
     p99: { takeover: ours.connectionPauseMs.p99, control: control.connectionPauseMs.p99 },
     oldLoop: sw?.predecessor?.loopDelayMs,
     newLoop: sw?.successor?.loopDelayMs,
+    oldStep: sw?.predecessor ? { wall: sw.predecessor.longestStepMs, cpu: sw.predecessor.longestStepCpuMs } : undefined,
   };
 }
 
@@ -164,12 +167,16 @@ function sizeTargets(runs: SystemRun[], size: number): TargetResult[] {
     const reason = ours?.load ? `no control run at ${int(size)}` : why;
     results.push(unmeasured(names.wait, reason), unmeasured(names.p99, reason));
   }
-  const loop = ours?.switch?.predecessor?.loopDelayMs;
-  if (loop) {
+  const pred = ours?.switch?.predecessor;
+  if (pred) {
+    const loop = pred.loopDelayMs;
     results.push({
       name: names.loop,
       met: loop.max <= LOOP_BLOCK_TARGET_MS,
-      detail: `longest stretch ${fmt(loop.max)} ms (p99 ${fmt(loop.p99)} ms), ${margin(loop.max, LOOP_BLOCK_TARGET_MS, ' ms')}; the application's own work counts too`,
+      detail:
+        `event-loop delay max ${fmt(loop.max)} ms (p99 ${fmt(loop.p99)} ms), ${margin(loop.max, LOOP_BLOCK_TARGET_MS, ' ms')}; ` +
+        `the application's work and the waits for a core count too: the takeover's own longest step took ` +
+        `${fmt(pred.longestStepMs)} ms, ${fmt(pred.longestStepCpuMs)} ms of it on the CPU`,
     });
   } else {
     results.push(unmeasured(names.loop, ours?.error ?? 'no predecessor summary'));
@@ -328,8 +335,8 @@ function systemsTable(results: BenchResults): string[] {
 
 function controlTable(results: BenchResults): string[] {
   const lines = [
-    `| connections | longest echo wait: takeover / control (ms) | limit: control + ${WAIT_OVER_CONTROL_MS} ms | pause p99: takeover / control (ms) | p99 ratio (limit ${P99_OVER_CONTROL}x) | old process's loop delay max / p99 (ms) | successor's loop delay max / p99 (ms) |`,
-    '|---:|---:|---:|---:|---:|---:|---:|',
+    `| connections | longest echo wait: takeover / control (ms) | limit: control + ${WAIT_OVER_CONTROL_MS} ms | pause p99: takeover / control (ms) | p99 ratio (limit ${P99_OVER_CONTROL}x) | old process's loop delay max / p99 (ms) | old process's longest takeover step, wall / CPU (ms) | successor's loop delay max / p99 (ms) |`,
+    '|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   const mark = (ok: boolean, text: string): string => (ok ? text : `**${text}**`);
   for (const size of results.sizes) {
@@ -342,7 +349,7 @@ function controlTable(results: BenchResults): string[] {
     lines.push(
       `| ${int(size)} | ${mark(vs.wait.takeover <= limit, fmt(vs.wait.takeover))} / ${fmt(vs.wait.control)} | ${fmt(limit)} | ` +
         `${fmt(vs.p99.takeover)} / ${fmt(vs.p99.control)} | ${mark(ratio <= P99_OVER_CONTROL, `${ratio.toFixed(2)}x`)} | ` +
-        `${loop(vs.oldLoop, true)} | ${loop(vs.newLoop, false)} |`,
+        `${loop(vs.oldLoop, true)} | ${vs.oldStep ? `${fmt(vs.oldStep.wall)} / ${fmt(vs.oldStep.cpu)}` : '–'} | ${loop(vs.newLoop, false)} |`,
     );
   }
   return lines;
@@ -514,8 +521,11 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
       'control: the same takeover-server under the same load in the same benchmark run, just before the takeover run, ' +
         "with no switch: this machine's and this load's own noise. longest echo wait and pause p99: as in the table above " +
         "(each connection's longest wait, over the whole run). loop delay: the event-loop delay each server process " +
-        "sampled every millisecond while its side of the takeover ran (`stats.loopDelayMs`), the takeover's work and " +
-        "the application's together; max is the longest single stretch its loop could not serve. Bold: over its limit.",
+        "sampled every millisecond while its side of the takeover ran (`stats.loopDelayMs`), the takeover's work, the " +
+        "application's and the waits for a core together; max is the longest single stretch its loop could not serve. " +
+        "longest takeover step: the longest stretch of the old process's own takeover work between two returns to its " +
+        'event loop (`stats.longestStepMs`), and how much of it its thread spent on the CPU (`stats.longestStepCpuMs`): ' +
+        'a wall time well above the CPU time is a wait for a core. Bold: over its limit.',
     );
   }
   const phases = takeoverTable(results);

@@ -136,8 +136,8 @@ export class PredecessorSession {
     this.deadline = new Deadline(host.options.timeoutMs, (what, ms) =>
       this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the successor sent no ${what} within ${ms} ms`)),
     );
-    channel.on('frame', (frame) => this.onFrame(frame));
-    channel.on('writable', () => this.pump());
+    channel.on('frame', (frame) => this.recorder.step(() => this.onFrame(frame)));
+    channel.on('writable', () => this.recorder.step(() => this.pump()));
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the successor closed the takeover channel')));
     this.deadline.expect('HELLO', Math.min(host.options.timeoutMs, HELLO_TIMEOUT_MS));
@@ -156,7 +156,7 @@ export class PredecessorSession {
   connectionAdded(id: number): void {
     if (this.phase === 'precopy' || this.phase === 'prepared' || this.phase === 'committed') {
       this.unsent.add(id);
-      if (this.phase !== 'prepared') this.pump();
+      if (this.phase !== 'prepared') this.recorder.step(() => this.pump());
     }
   }
 
@@ -180,7 +180,7 @@ export class PredecessorSession {
       return;
     }
     this.clearRetry();
-    this.nextWave();
+    this.recorder.step(() => this.nextWave());
   }
 
   /** Tells the successor why, then rolls back. */
@@ -356,7 +356,7 @@ export class PredecessorSession {
       this.retryTimer = setTimeout(
         () => {
           this.retryTimer = undefined;
-          this.nextWave();
+          this.recorder.step(() => this.nextWave());
         },
         Math.max(0, Math.min(QUIESCE_RETRY_MS, this.quiesceDeadline - performance.now())),
       );

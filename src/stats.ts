@@ -1,4 +1,5 @@
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { threadCpuMs } from './native.js';
 
 /** What one takeover did, as seen from one side. Times are milliseconds. */
 export interface TakeoverStats {
@@ -33,6 +34,13 @@ export interface TakeoverStats {
    * application's together. `max` is the longest single stretch.
    */
   loopDelayMs: { p99: number; max: number };
+  /**
+   * The longest single stretch of this side's own takeover work, from an event (a frame, the
+   * channel writable, a timer) to the return to the event loop: what the takeover alone blocks.
+   */
+  longestStepMs: number;
+  /** ...and the most CPU time of the event loop's thread one such stretch used: the work without the waits for a core. */
+  longestStepCpuMs: number;
   /** When the successor's COMMIT was sent (successor) or received (predecessor): epoch ms, sub-ms precision. */
   committedAt: number;
   phases: {
@@ -56,7 +64,17 @@ const LOOP_DELAY_RESOLUTION_MS = 1;
 
 type Counts = Pick<
   TakeoverStats,
-  'connections' | 'retained' | 'deferred' | 'closed' | 'bytesIn' | 'bytesOut' | 'stateBytes' | 'waves' | 'maxPauseMs'
+  | 'connections'
+  | 'retained'
+  | 'deferred'
+  | 'closed'
+  | 'bytesIn'
+  | 'bytesOut'
+  | 'stateBytes'
+  | 'waves'
+  | 'maxPauseMs'
+  | 'longestStepMs'
+  | 'longestStepCpuMs'
 >;
 
 /**
@@ -77,12 +95,26 @@ export class StatsRecorder {
     stateBytes: 0,
     waves: 0,
     maxPauseMs: 0,
+    longestStepMs: 0,
+    longestStepCpuMs: 0,
   };
 
   private readonly loopDelay: IntervalHistogram = monitorEventLoopDelay({ resolution: LOOP_DELAY_RESOLUTION_MS });
 
   constructor() {
     this.loopDelay.enable();
+  }
+
+  /** Runs one step of takeover work, timing it (a step inside another counts within the outer one). */
+  step<T>(work: () => T): T {
+    const start = performance.now();
+    const cpuStart = threadCpuMs();
+    try {
+      return work();
+    } finally {
+      this.counts.longestStepMs = Math.max(this.counts.longestStepMs, performance.now() - start);
+      this.counts.longestStepCpuMs = Math.max(this.counts.longestStepCpuMs, threadCpuMs() - cpuStart);
+    }
   }
 
   /** Stops sampling the event loop; snapshot() does it too. */

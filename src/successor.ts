@@ -104,7 +104,7 @@ export class SuccessorSession {
     this.deadline = new Deadline(host.options.timeoutMs, (what, ms) =>
       this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the predecessor sent no ${what} within ${ms} ms`)),
     );
-    channel.on('frame', (frame) => this.onFrame(frame));
+    channel.on('frame', (frame) => this.recorder.step(() => this.onFrame(frame)));
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the predecessor closed the takeover channel')));
     if (!host.options.allowUids.includes(channel.peer.uid)) {
@@ -259,7 +259,7 @@ export class SuccessorSession {
     this.wrapScheduled = true;
     setImmediate(() => {
       this.wrapScheduled = false;
-      this.wrapSome(WRAP_CHUNK);
+      this.recorder.step(() => this.wrapSome(WRAP_CHUNK));
     });
   }
 
