@@ -90,6 +90,11 @@ const QUIESCE_RETRY_MS = 2;
  * not hold the only takeover slot for the whole timeout.
  */
 const HELLO_TIMEOUT_MS = 1000;
+/**
+ * The old process serves while it sends: past this much sending in one turn of its event loop
+ * it yields (setImmediate) so that its connections are read and answered in between.
+ */
+const SEND_SLICE_MS = 1;
 
 /**
  * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
@@ -106,6 +111,8 @@ export class PredecessorSession {
   private readonly sent = new Set<number>();
   private closedUnsent: number[] = [];
   private batchesInFlight = 0;
+  /** A pump() continues on the next loop turn (it yielded after SEND_SLICE_MS). */
+  private pumpScheduled = false;
   /** CONNS batches acknowledged so far: the next ACK must carry this number. */
   private batchesAcked = 0;
   private listeners: (ListenerEntry & { fd: number })[] = [];
@@ -241,7 +248,12 @@ export class PredecessorSession {
   private pump(): void {
     if (this.phase !== 'precopy' && this.phase !== 'committed') return;
     const connections = this.host.connections();
+    const sliceEnd = performance.now() + SEND_SLICE_MS;
     while (this.batchesInFlight < this.window && this.unsent.size > 0) {
+      if (performance.now() >= sliceEnd) {
+        this.schedulePump();
+        break;
+      }
       const batch: { id: number; listener: number; fd: number }[] = [];
       for (const id of this.unsent) {
         const conn = connections.get(id);
@@ -282,6 +294,15 @@ export class PredecessorSession {
     } else {
       this.startWaves();
     }
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.recorder.step(() => this.pump());
+    });
   }
 
   private flushClosed(): void {
