@@ -38,7 +38,7 @@ export interface CapturedState {
 
 /** What the session needs from the process it runs in (implemented by HandingOver, handing-over.ts). */
 export interface PredecessorHost {
-  readonly options: { timeoutMs: number; waveSize: number; quiesceTimeoutMs: number };
+  readonly options: { timeoutMs: number; waveSize: number; quiesceTimeoutMs: number; timedWaves?: boolean };
   /** Listeners to send, each with a dup'ed fd the session owns and closes. */
   duplicateListeners(): (ListenerEntry & { fd: number })[];
   connections(): ReadonlyMap<number, { socket: net.Socket; listener: number }>;
@@ -95,6 +95,15 @@ const HELLO_TIMEOUT_MS = 1000;
  * it yields (setImmediate) so that its connections are read and answered in between.
  */
 const SEND_SLICE_MS = 1;
+/**
+ * Unless the application fixed the wave size, waves are sized so that building, sending and
+ * releasing one costs about this much CPU: each wave is one stretch of the old process's loop.
+ */
+const WAVE_STEP_MS = 1.5;
+/** ...from the cost per connection of the waves so far; and never smaller than this. */
+const MIN_TIMED_WAVE = 16;
+/** ...and freezing stops past this wall time whatever the estimate said (a slow capture hook, a preemption). */
+const WAVE_SLICE_MS = 1;
 
 /**
  * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
@@ -122,6 +131,10 @@ export class PredecessorSession {
   private waveSeq = 0;
   private waveStartedAt = 0;
   private waveInFlight = false;
+  /** Connections the next wave may take: options.waveSize, or less when waves are timed. */
+  private waveLimit: number;
+  /** Timed waves: CPU ms per connection of the waves so far (a moving average), 0 before the first. */
+  private waveCostMs = 0;
   /** Connections that were busy when their turn came: asked again until quiet or the quiescence bound. */
   private readonly deferred = new Map<number, net.Socket>();
   /** Deferred connections reported quiet while a wave was in flight: asked first in the next wave. */
@@ -140,6 +153,8 @@ export class PredecessorSession {
     private readonly host: PredecessorHost,
     private readonly channel: Channel,
   ) {
+    // The first timed wave is small: its code runs cold, and its cost sizes the next ones.
+    this.waveLimit = host.options.timedWaves ? MIN_TIMED_WAVE : host.options.waveSize;
     this.deadline = new Deadline(host.options.timeoutMs, (what, ms) =>
       this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the successor sent no ${what} within ${ms} ms`)),
     );
@@ -341,10 +356,12 @@ export class PredecessorSession {
     // A send already failed (the successor died): freezing now would hand connections to nobody.
     if (this.channel.isBroken) return;
     this.waveStartedAt = performance.now();
+    const cpuStart = native.threadCpuMs();
     const records: WaveRecord[] = [];
     const released: Frozen[] = [];
     const budget = { bytes: 0 };
-    const room = () => records.length < this.host.options.waveSize && budget.bytes < WAVE_BYTE_BUDGET;
+    const sliceEnd = this.host.options.timedWaves ? this.waveStartedAt + WAVE_SLICE_MS : Infinity;
+    const room = () => records.length < this.waveLimit && budget.bytes < WAVE_BYTE_BUDGET && performance.now() < sliceEnd;
     for (const id of this.maybeQuiet) {
       if (!room()) break;
       this.maybeQuiet.delete(id);
@@ -398,8 +415,18 @@ export class PredecessorSession {
       return;
     }
     for (const { id, socket } of released) this.host.release(id, socket);
+    if (this.host.options.timedWaves) this.sizeNextWave(native.threadCpuMs() - cpuStart, records.length);
     this.waveInFlight = true;
     this.deadline.expect('WAVE_ACK');
+  }
+
+  /** Timed waves: the next one as big as WAVE_STEP_MS of CPU allows, at the cost per connection seen so far. */
+  private sizeNextWave(cpuMs: number, connections: number): void {
+    if (connections === 0) return;
+    const cost = cpuMs / connections;
+    this.waveCostMs = this.waveCostMs === 0 ? cost : (this.waveCostMs + cost) / 2;
+    const fits = Math.floor(WAVE_STEP_MS / this.waveCostMs);
+    this.waveLimit = Math.max(MIN_TIMED_WAVE, Math.min(this.host.options.waveSize, fits));
   }
 
   /** Decides one connection's fate in the wave being built; a moved one is frozen here and released once the wave is sent. */
