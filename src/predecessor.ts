@@ -253,7 +253,8 @@ export class PredecessorSession {
     for (const id of connections.keys()) this.unsent.add(id);
     this.phase = 'precopy';
     this.deadline.expect('ACK');
-    this.pump();
+    // Listing 10,000 connections is a stretch of its own: the sending starts on the next turn.
+    this.schedulePump();
   }
 
   /**
@@ -341,9 +342,16 @@ export class PredecessorSession {
     this.marks.listening = performance.now();
     this.quiesceDeadline = this.marks.listening + quiesceTimeoutMs;
     this.phase = 'waves';
-    const connections = this.host.connections();
-    this.waveQueue = [...this.sent].map((id) => ({ id, socket: connections.get(id)?.socket }));
-    this.nextWave();
+    // Stopping the listeners, the last deltas and LISTENING were this turn's stretch: the queue
+    // (every connection) and the first wave are the next one's.
+    setImmediate(() =>
+      this.recorder.step(() => {
+        if (this.phase !== 'waves') return;
+        const connections = this.host.connections();
+        this.waveQueue = [...this.sent].map((id) => ({ id, socket: connections.get(id)?.socket }));
+        this.nextWave();
+      }),
+    );
   }
 
   /**
@@ -527,7 +535,9 @@ export class PredecessorSession {
       // The successor accepts on the listeners and the channel now and serves what it started:
       // taking them back would make two processes accept. The connections not frozen yet never
       // left this process, so it finishes them, as retained ones, and then exits.
-      this.stats.retained += this.waveQueue.length - this.waveCursor + this.deferred.size;
+      // Before the first wave the queue is not built yet: every connection sent is still here.
+      const unfrozen = this.waveQueue.length > 0 ? this.waveQueue.length - this.waveCursor : this.sent.size;
+      this.stats.retained += unfrozen + this.deferred.size;
       for (const id of this.deferred.keys()) this.host.retain(id);
       this.deferred.clear();
       this.waveQueue = [];
