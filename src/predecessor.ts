@@ -125,7 +125,8 @@ export class PredecessorSession {
   /** CONNS batches acknowledged so far: the next ACK must carry this number. */
   private batchesAcked = 0;
   private listeners: (ListenerEntry & { fd: number })[] = [];
-  private waveQueue: { id: number; socket: net.Socket | undefined }[] = [];
+  /** Connection ids in wave order; each socket is looked up when its turn comes (gone by then: closed). */
+  private waveQueue: number[] = [];
   /** Next entry of waveQueue to freeze (an index: shift() on 10,000 entries costs per call). */
   private waveCursor = 0;
   private waveSeq = 0;
@@ -347,8 +348,7 @@ export class PredecessorSession {
     setImmediate(() =>
       this.recorder.step(() => {
         if (this.phase !== 'waves') return;
-        const connections = this.host.connections();
-        this.waveQueue = [...this.sent].map((id) => ({ id, socket: connections.get(id)?.socket }));
+        this.waveQueue = [...this.sent];
         this.nextWave();
       }),
     );
@@ -377,9 +377,10 @@ export class PredecessorSession {
       // A connection that closed meanwhile is recorded as closed by consider().
       if (socket && (socket.destroyed || this.host.readiness(id) === 'quiet')) this.consider(id, socket, records, released, budget);
     }
+    const connections = this.host.connections();
     while (room() && this.waveCursor < this.waveQueue.length) {
-      const { id, socket } = this.waveQueue[this.waveCursor++]!;
-      this.consider(id, socket, records, released, budget);
+      const id = this.waveQueue[this.waveCursor++]!;
+      this.consider(id, connections.get(id)?.socket, records, released, budget);
     }
     if (this.waveCursor === this.waveQueue.length) {
       const pastBound = performance.now() >= this.quiesceDeadline;
