@@ -16,6 +16,7 @@ import { dropCopy, wrapInherited, type AcceptOptions } from './sockets.js';
 import { ErrorCodes, TakeoverError } from './errors.js';
 import { Deadline } from './deadline.js';
 import { StatsRecorder, type TakeoverStats } from './stats.js';
+import { lowerPriority } from './processes.js';
 
 export interface InheritedListener extends ListenerEntry {
   fd: number;
@@ -51,6 +52,12 @@ const FD_HEADROOM = 64;
 const PREGROWN_FDS = 65536;
 /** Fds checked and wrapped per turn of the event loop: 28-43 us each, so about 15 ms. */
 const WRAP_CHUNK = 400;
+/**
+ * Nice steps the wrapping runs at: it is a burst of CPU (0.3-0.4 s at 10,000 connections) while
+ * the predecessor still serves everything, and on a machine with few cores it must not take the
+ * predecessor's. Raised back before COMMIT, when this process starts serving.
+ */
+const WRAP_NICE_STEPS = 10;
 
 interface Held {
   fd: number;
@@ -82,6 +89,8 @@ export class SuccessorSession {
   /** Ids received but not yet checked and wrapped; worked off between frames (see wrapSome). */
   private readonly toWrap: number[] = [];
   private wrapScheduled = false;
+  /** Raises this process's priority back after the wrapping; set while it is lowered. */
+  private restorePriority: (() => void) | undefined;
   private waveChunks: Buffer[] = [];
   private waveBytes = 0;
   private expectedWave = 0;
@@ -311,8 +320,14 @@ export class SuccessorSession {
     this.phase = 'prepared';
     this.step('prepare');
     this.deadline.clear();
+    if (this.toWrap.length > 0) this.restorePriority = lowerPriority(WRAP_NICE_STEPS);
     this.scheduleWrap();
     this.maybeCommit();
+  }
+
+  private raisePriority(): void {
+    this.restorePriority?.();
+    this.restorePriority = undefined;
   }
 
   /** COMMIT once verified, once the app is ready, and once every fd is wrapped (so no wave waits for it). */
@@ -327,6 +342,7 @@ export class SuccessorSession {
         ),
       );
     }
+    this.raisePriority();
     this.marks.commit = performance.now();
     this.channel.send(encode.commit());
     this.phase = 'committed';
@@ -429,6 +445,7 @@ export class SuccessorSession {
     this.phase = 'failed';
     this.deadline.clear();
     this.recorder.stop();
+    this.raisePriority();
     this.channel.close();
     // Copies never started here: the predecessor still serves them (before COMMIT all of
     // them; after, the ones it had not frozen), so only this process's fds go.
