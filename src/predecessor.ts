@@ -369,7 +369,9 @@ export class PredecessorSession {
     const released: Frozen[] = [];
     const budget = { bytes: 0 };
     const sliceEnd = this.host.options.timedWaves ? this.waveStartedAt + WAVE_SLICE_MS : Infinity;
-    const room = () => records.length < this.waveLimit && budget.bytes < WAVE_BYTE_BUDGET && performance.now() < sliceEnd;
+    // The time bound never leaves a wave empty: an empty wave with nothing deferred means the end.
+    const room = () =>
+      records.length < this.waveLimit && budget.bytes < WAVE_BYTE_BUDGET && (records.length === 0 || performance.now() < sliceEnd);
     for (const id of this.maybeQuiet) {
       if (!room()) break;
       this.maybeQuiet.delete(id);
