@@ -485,7 +485,9 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
     '',
     '### Targets',
     '',
-    `Checked at ${int(results.targetSize)} connections, reported, never asserted.`,
+    `Those of issue #10, reported, never asserted: no connection cut or echo lost, the latency against the control run and the old ` +
+      `process's event loop at every size; the transfer, the whole takeover and the old process's exit at ${int(results.targetSize)} ` +
+      'connections; the steady-state throughput.',
     '',
     ...targetLines(results),
   ];

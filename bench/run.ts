@@ -442,7 +442,7 @@ async function main(config: Config): Promise<void> {
   ctx.log('');
   ctx.log(section);
   ctx.log('');
-  ctx.log(`Targets at ${targetSize} connections:`);
+  ctx.log('Targets:');
   for (const line of targetLines(results)) ctx.log(line.replace(/\*\*/g, ''));
   ctx.log(`Results: ${written.join(', ')} (${Math.round(results.durationS)} s)`);
   if (!config.writeDocs)
