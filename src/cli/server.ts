@@ -396,8 +396,10 @@ class TakeoverServer {
   }
 
   private onConnection(socket: net.Socket): void {
-    const peer = formatPeer(socket.remoteAddress, socket.remotePort);
-    this.peers.set(socket, peer);
+    // Only the verbose lines name the peer: getpeername() per connection costs, at accept and
+    // for every connection a successor adopts.
+    const peer = this.verbose ? formatPeer(socket.remoteAddress, socket.remotePort) : '';
+    if (this.verbose) this.peers.set(socket, peer);
     this.sockets.add(socket);
     socket.setNoDelay(true);
     socket.on('close', () => this.sockets.delete(socket));
