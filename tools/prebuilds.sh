@@ -27,6 +27,9 @@ if [ -z "${npm_config_nodedir:-}" ]; then
   [ -f "$prefix/include/node/node_api.h" ] && export npm_config_nodedir=$prefix
 fi
 
+# The oldest glibc the glibc prebuilds load on (fstat and fstatat are GLIBC_2.33 symbols when built on Debian 12).
+glibc_floor=2.33
+
 fail() {
   echo "prebuilds: $*" >&2
   exit 1
@@ -41,7 +44,12 @@ check() {
   needed=$(readelf -d "$file" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | paste -sd' ')
   versions=$(readelf --dyn-syms -W "$file" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n1 || true)
   case $libc in
-    glibc) [[ " $needed " == *' libc.so.6 '* ]] || fail "$file does not link glibc (needs: $needed)" ;;
+    glibc)
+      [[ " $needed " == *' libc.so.6 '* ]] || fail "$file does not link glibc (needs: $needed)"
+      # The README promises this floor: a newer build host raises it unless the C avoids the new symbols.
+      [ "$(printf '%s\n' "$versions" GLIBC_$glibc_floor | sort -V | tail -n1)" = GLIBC_$glibc_floor ] ||
+        fail "$file needs $versions, past the glibc $glibc_floor that the README promises"
+      ;;
     musl)
       [[ " $needed " == *' libc.so '* && " $needed " != *libc.so.6* ]] || fail "$file does not link musl (needs: $needed)"
       [ -z "$versions" ] || fail "$file wants glibc symbol versions ($versions)"
