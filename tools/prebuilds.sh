@@ -24,7 +24,7 @@ rm -rf "$root/prebuilds"
 # Without a nodedir, node-gyp downloads headers; the running Node's own serve any N-API build.
 if [ -z "${npm_config_nodedir:-}" ]; then
   prefix=$(dirname "$(dirname "$(command -v node)")")
-  [ -f "$prefix/include/node/node_api.h" ] && export npm_config_nodedir=$prefix
+  if [ -f "$prefix/include/node/node_api.h" ]; then export npm_config_nodedir=$prefix; fi
 fi
 
 # The oldest glibc the glibc prebuilds load on (fstat and fstatat are GLIBC_2.33 symbols when built on Debian 12).
