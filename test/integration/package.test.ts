@@ -162,4 +162,5 @@ test('the packed tarball installs without a compiler and takes over with its pre
   });
   assert.equal(picked.trim(), `arm64 ${path.join(installed, 'prebuilds', 'linux-arm64', 'socket-takeover.glibc.node')}`);
   await takeover([...arm64, path.join(installed, 'dist', 'cli', 'server.js')], { cwd: app, env }, path.join(work, 'arm64.sock'));
+  t.diagnostic(`arm64: took over with the arm64 prebuild on ${arm64Node} under qemu-user`);
 });
