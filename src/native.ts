@@ -361,3 +361,51 @@ export function unixConnectAt(dirFd: number, name: string): number {
 export function removeSocketAt(dirFd: number, name: string): boolean {
   return addon.removeSocketAt(dirFd, name);
 }
+
+// ---- TCP listeners in a SO_REUSEPORT group (pool workers) ----
+
+interface Addon {
+  tcpListenReusePort(address: string, port: number, backlog: number, ipv6Only: boolean): number;
+}
+
+/**
+ * Create a TCP socket with SO_REUSEADDR and SO_REUSEPORT, bound to `address` (an IPv4 or IPv6
+ * literal) and `port` (0: any free port) and listening with `backlog`, so that several processes
+ * of this uid share the port, the kernel spreading new connections over them. An IPv6 socket
+ * gets IPV6_V6ONLY = `ipv6Only` (`'::'` is dual-stack unless asked), as Node's `listen()` does.
+ * Node 20 ignores `listen({ reusePort })`, and the option must be set before bind.
+ *
+ * @returns a listening fd owned by the caller: adopt it with `server.listen({ fd })`.
+ * @throws system errors such as EADDRINUSE (the port is held without SO_REUSEPORT, or by
+ *   another uid), EACCES (a privileged port), EADDRNOTAVAIL, EINVAL (not an IP literal).
+ */
+export function tcpListenReusePort(address: string, port: number, backlog: number, ipv6Only: boolean): number {
+  return addon.tcpListenReusePort(address, port, backlog, ipv6Only);
+}
+
+// ---- systemd (src/systemd.ts) ----
+
+interface Addon {
+  sdNotify(socketPath: string, data: Buffer, fds: readonly number[], timeoutMs: number): void;
+  setCloseOnExec(fd: number): void;
+}
+
+/**
+ * Send one sd_notify(3) datagram to the service manager's socket: `socketPath` is
+ * `$NOTIFY_SOCKET`, a path or an abstract name written `@name`. `fds` travel as SCM_RIGHTS
+ * (for `FDSTORE=1`); they stay owned by the caller, the manager gets its own duplicates.
+ * When the manager's receive queue is full, the call blocks until it has room, for at most
+ * `timeoutMs` (as libsystemd's sd_notify waits, but bounded; 0 never waits).
+ *
+ * @throws system errors: ENOENT or ECONNREFUSED (nobody there), EAGAIN (the queue stayed full
+ *   for `timeoutMs`; nothing was sent), EINVAL (a path that is neither absolute nor
+ *   `@`-abstract), ENAMETOOLONG; RangeError for empty data or more than 253 fds.
+ */
+export function sdNotify(socketPath: string, data: Buffer, fds: readonly number[], timeoutMs: number): void {
+  addon.sdNotify(socketPath, data, fds, timeoutMs);
+}
+
+/** Mark an inherited fd close-on-exec (FD_CLOEXEC), as sd_listen_fds(3) does. Throws EBADF if it is not open. */
+export function setCloseOnExec(fd: number): void {
+  addon.setCloseOnExec(fd);
+}

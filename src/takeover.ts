@@ -19,10 +19,11 @@ import {
 } from './channel-listener.js';
 import { PredecessorSession } from './predecessor.js';
 import { encode } from './protocol.js';
-import { isTlsServer, trackWrites } from './sockets.js';
+import { isTlsServer, serverFd, trackWrites } from './sockets.js';
+import * as native from './native.js';
 import { ErrorCodes, TakeoverError, hookError, systemError } from './errors.js';
-import type { TakeoverStats } from './stats.js';
-import { resolveOptions, invalidOption, type ResolvedOptions, type TakeoverOptions } from './options.js';
+import type { RollbackReport, TakeoverStats } from './stats.js';
+import { resolveOptions, invalidOption, type ReadyMessage, type ResolvedOptions, type TakeoverOptions } from './options.js';
 import { ListenerRegistry, whenListening, type ListenerRecord, type ListenTarget } from './listeners.js';
 import { Connections } from './connections.js';
 import type { ConnectionAdapter } from './adapters/adapter.js';
@@ -30,10 +31,12 @@ import { NetAdapter } from './adapters/net.js';
 import { HttpAdapter, isHttpServer } from './adapters/http.js';
 import { WebSocketAdapter, type WebSocketServerLike } from './adapters/ws.js';
 import { startUpgrade, type Upgrade, type UpgradeOptions } from './upgrade.js';
+import { isAlive } from './processes.js';
 import { HandingOver } from './handing-over.js';
 import { TakingOver } from './taking-over.js';
+import { Systemd, takeActivatedListeners } from './systemd.js';
 
-export type { TakeoverOptions } from './options.js';
+export type { TakeoverOptions, ReadyMessage } from './options.js';
 export type { ListenTarget } from './listeners.js';
 export type { UpgradeOptions } from './upgrade.js';
 
@@ -57,12 +60,19 @@ export type TakeoverState =
   | 'failed';
 
 export interface TakeoverEvents {
-  /** Old process: a successor connected and passed the uid check. */
+  /** Old process: a successor connected, passed the uid check and said HELLO (pid and uid from SO_PEERCRED). */
   successor: [peer: { pid: number; uid: number }];
-  /** Old process: a peer was turned away (uid not allowed, or a takeover already running). */
+  /**
+   * Old process: a peer was turned away (uid not allowed, or a takeover already running). At most
+   * one per kind and second; the ones held back are summed up in the next.
+   */
   refused: [error: TakeoverError];
-  /** Old process: a takeover failed; everything it had not frozen keeps being served here. */
-  rollback: [error: TakeoverError];
+  /**
+   * Old process: a takeover failed; everything it had not handed over keeps being served here.
+   * After the commit, `report` says how many connections went with a successor that died, how
+   * many this process serves on, and that its listeners accept again.
+   */
+  rollback: [error: TakeoverError, report: RollbackReport];
   /** Old process: a connection was busy when its turn came; it waits (up to `quiesceTimeoutMs`) for a later wave. */
   defer: [socket: net.Socket];
   /** Old process: a connection stopped here, its bytes taken out for the successor. */
@@ -77,11 +87,17 @@ export interface TakeoverEvents {
   adopt: [socket: net.Socket];
   /** Old process: `upgrade()` started this successor process. */
   upgrade: [successor: { pid: number; args: readonly string[] }];
-  /** Something went wrong that did not stop this process from serving. */
+  /** Something went wrong that did not stop this process from serving (docs/API.md lists the cases). Never `'error'`. */
   warning: [error: TakeoverError];
 }
 
+/**
+ * One process's takeover lifecycle, on one channel path: see the module comment, and docs/API.md
+ * for every member, event and error. Methods called out of order throw (or reject with)
+ * ERR_TAKEOVER_INVALID_STATE; bad arguments ERR_TAKEOVER_INVALID_OPTION.
+ */
 export class Takeover extends EventEmitter<TakeoverEvents> {
+  /** The options, validated and with the defaults filled in. */
   readonly options: ResolvedOptions;
   private currentState: TakeoverState = 'new';
   private role: 'fresh' | 'successor' = 'fresh';
@@ -98,8 +114,13 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private resolveDone!: (stats: TakeoverStats) => void;
   /** This process created or inherited the channel and no successor has taken it: close() removes the files. */
   private ownsPaths = false;
+  /** Failed successors that may still hold copies of the listeners: close() names those still alive. */
+  private readonly listenerHolders = new Set<number>();
   /** A peer that reconnects in a loop is refused each time: one 'refused' per kind and second, with a count. */
   private readonly refusals = new WarningLimiter((error) => this.emit('refused', error));
+  private readonly systemd: Systemd;
+  /** What was wrong with systemd's LISTEN_FDS, told at ready(), once the application listens for warnings. */
+  private activationProblems: TakeoverError[] = [];
 
   /** Validates the options; nothing happens until {@link start}. Throws ERR_TAKEOVER_INVALID_OPTION. */
   constructor(options: TakeoverOptions) {
@@ -107,6 +128,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.options = resolveOptions(options);
     this.donePromise = new Promise((resolve) => (this.resolveDone = resolve));
     this.connections.onMaybeQuiet = (id) => this.outgoing?.connectionMaybeQuiet(id);
+    this.systemd = new Systemd({ enabled: this.options.systemd, fdStore: this.options.fdStore }, (error) => this.emit('warning', error));
   }
 
   /** `new Takeover(options)` then `start()`. */
@@ -116,6 +138,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     return takeover;
   }
 
+  /** Where this process is in its lifecycle (see {@link TakeoverState}). */
   get state(): TakeoverState {
     return this.currentState;
   }
@@ -133,6 +156,15 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     return this.registry.claimable.map((l) => ({ name: l.name, kind: l.kind as 'tcp' | 'unix' }));
   }
 
+  /**
+   * The listening sockets systemd passed to this process (socket activation, or its fd store
+   * after a restart), after `start()`: `listen(server, { name })` or `{ systemd: index }` adopts
+   * one. Those no `listen()` adopts are closed at `ready()`, with a warning.
+   */
+  get activatedListeners(): readonly { index: number; name: string; kind: 'tcp' | 'unix' }[] {
+    return this.registry.activated.map(({ index, name, kind }) => ({ index, name, kind }));
+  }
+
   /** Connections tracked by this process (those of servers passed to {@link listen}). */
   get connectionCount(): number {
     return this.connections.size;
@@ -141,12 +173,19 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   /**
    * Fresh: checks the channel path. Successor: connects to the predecessor, checks its uid and
    * receives its listeners; pre-copy of the connections goes on in the background.
-   * Throws ERR_TAKEOVER_PATH_UNSAFE, _CHANNEL_IN_USE, _NO_PREDECESSOR, _PEER_REJECTED, _ABORTED...
+   * Rejects with ERR_TAKEOVER_PATH_UNSAFE, _CHANNEL_IN_USE, _NO_PREDECESSOR, _PEER_REJECTED,
+   * _ABORTED (`reason`: the predecessor's code), _FD_LIMIT, _TIMEOUT, _PEER_CLOSED, _PROTOCOL...;
+   * the state is then 'failed', and a successor should exit (its predecessor serves on).
    */
   async start(): Promise<void> {
     this.expectState('new', 'start');
     this.currentState = 'starting';
     const { path, mode } = this.options;
+    if (this.options.systemd) {
+      const { listeners, problems } = takeActivatedListeners();
+      this.registry.activated = listeners;
+      this.activationProblems = problems;
+    }
     try {
       checkChannelPath(path);
       if (mode === 'fresh' && isSocketLive(path)) {
@@ -155,6 +194,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       const channel = mode === 'fresh' ? undefined : this.connectUnlessAuto(path);
       if (channel) {
         this.role = 'successor';
+        const predecessorPid = channel.peer.pid;
         this.incoming = new TakingOver(
           this.options,
           this.registry,
@@ -164,6 +204,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
             track: (socket, listener) => this.track(socket, listener),
             adopt: (socket) => this.emitSafely('adopt', socket),
             openChannel: (fd) => this.openChannel(fd),
+            listening: () => this.systemd.listening(predecessorPid),
           },
           channel,
         );
@@ -195,9 +236,11 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * requests, other servers whenever they are not marked {@link busy}.
    *
    * Resolves once the server listens, or (successor) once it has claimed the predecessor's
-   * listener, which starts accepting at the commit; safe to await before `ready()`. A failure
-   * rejects this promise and `ready()`. The name defaults to `tcp:<host>:<port>` or
-   * `unix:<path>`, exactly as given. Throws ERR_TAKEOVER_TLS_UNSUPPORTED for a TLS server.
+   * listener, at once: the server starts accepting on it after the commit, once the predecessor
+   * has stopped. Safe to await before `ready()`. A failure rejects this promise and `ready()`. The
+   * name defaults to `tcp:<host>:<port>` or `unix:<path>`, exactly as given. Throws (synchronously)
+   * ERR_TAKEOVER_INVALID_STATE, _INVALID_OPTION, _TLS_UNSUPPORTED for a TLS server, and
+   * _SYSTEM for a `{ path }` that cannot be bound.
    */
   listen(server: net.Server, target: ListenTarget): Promise<void> {
     this.expectState('started', 'listen');
@@ -208,7 +251,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         'a TLS server cannot be handed over (its sessions live in this process); terminate TLS in front and listen() with plain HTTP or TCP',
       );
     }
-    const { name, kind, backlog, inherited } = this.registry.check(server, target);
+    const { name, kind, backlog, inherited, activated } = this.registry.check(server, target);
     const index = this.registry.records.length;
     const record: ListenerRecord = {
       name,
@@ -217,6 +260,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       server,
       adapter: this.adapterFor(server),
       inherited,
+      activated,
       listening: Promise.resolve(),
     };
     server.prependListener('connection', (socket: net.Socket) => this.track(socket, index));
@@ -237,9 +281,11 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
 
   /**
    * Hands this `ws` WebSocketServer's connections over at frame boundaries, and gives the ones
-   * a predecessor hands over to it as `'connection'` events. Call it before `ready()`, once per
-   * WebSocketServer, on both sides. It makes the server negotiate permessage-deflate without
-   * context takeover (compression windows cannot move).
+   * a predecessor hands over to it as `'connection'` events. Call it once per WebSocketServer,
+   * on both sides, in the same order; in a successor before `ready()` (a WebSocket that arrives
+   * with no server for it is closed), in a fresh process any time while serving. It makes the
+   * server negotiate permessage-deflate without context takeover (compression windows cannot
+   * move). Throws ERR_TAKEOVER_INVALID_OPTION, _INVALID_STATE.
    */
   webSockets(wss: WebSocketServerLike): void {
     if (!['started', 'readying', 'serving'].includes(this.currentState)) this.expectState('started', 'webSockets');
@@ -259,7 +305,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * Marks a connection (a `net.Socket`, or a WebSocket of a server given to {@link webSockets})
    * busy: a takeover does not move it until the returned function is called. Mark each request
    * your application answers asynchronously; a connection still busy at `quiesceTimeoutMs`
-   * stays in this process, which finishes it. Marks nest.
+   * stays in this process, which finishes it. Marks nest. Throws ERR_TAKEOVER_INVALID_OPTION for
+   * anything else.
    */
   busy(connection: net.Socket | object): () => void {
     const socket = connection instanceof net.Socket ? connection : this.webSocketAdapters.map((a) => a.socketOf(connection)).find((s) => s);
@@ -270,7 +317,10 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   /**
    * The application is ready to serve. Fresh: opens the channel so this process can be taken
    * over; resolves null. Successor: confirms to the predecessor (the point of no return),
-   * receives every connection wave by wave, then opens the channel; resolves with the stats.
+   * listens on the inherited listeners and channel once the predecessor has stopped accepting,
+   * receives every connection wave by wave; resolves with the stats. Throws
+   * ERR_TAKEOVER_INVALID_STATE unless started (a second call returns the same promise); rejects,
+   * with the state 'failed', when a listener or the takeover fails before the waves begin.
    */
   ready(): Promise<TakeoverStats | null> {
     if (this.readyPromise) return this.readyPromise;
@@ -279,6 +329,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.readyPromise = this.becomeReady().then(
       (stats) => {
         if (this.currentState === 'readying') this.currentState = 'serving';
+        if (this.options.notifyParent) this.notifyParent(stats);
         return stats;
       },
       (error: Error) => {
@@ -289,11 +340,21 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     return this.readyPromise;
   }
 
+  /** A parent that went away, or never listened, is not this process's failure: nothing to report. */
+  private notifyParent(stats: TakeoverStats | null): void {
+    if (!process.send || !process.connected) return;
+    const message: ReadyMessage = { type: 'socket-takeover:ready', pid: process.pid, connections: this.connections.size, stats };
+    process.send(message, undefined, {}, () => {});
+  }
+
   private async becomeReady(): Promise<TakeoverStats | null> {
+    for (const problem of this.activationProblems.splice(0)) this.emit('warning', problem);
+    this.closeUnadopted();
     const records = this.registry.records;
     if (!this.isSuccessor) {
       await Promise.all(records.map((r) => r.listening));
       this.openChannel(createChannelFd(this.options.path));
+      this.systemd.serving(this.ownListeners());
       return null;
     }
     // This process's own new listeners must work before it commits: after COMMIT the
@@ -307,7 +368,33 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     }
     const stats = await this.incoming!.commit();
     await Promise.all(records.map((r) => r.listening));
+    this.systemd.tookOver(stats, this.ownListeners());
     return stats;
+  }
+
+  /** The listeners this process bound itself (not adopted): the ones it may put in systemd's fd store. */
+  private ownListeners(): { name: string; fd: number }[] {
+    return this.registry.records.filter((r) => !r.inherited && !r.activated).map((r) => ({ name: r.name, fd: serverFd(r.server) }));
+  }
+
+  /**
+   * A listener systemd passed that nothing adopts would hold its port with nobody accepting:
+   * close this process's copy. One from the fd store (a listener since dropped from the
+   * configuration) leaves the store too; removing a .socket unit's name from the store is a no-op.
+   */
+  private closeUnadopted(): void {
+    for (const listener of this.registry.unadopted()) {
+      native.close(listener.fd);
+      this.systemd.forget(listener.name);
+      this.emit(
+        'warning',
+        new TakeoverError(
+          ErrorCodes.LISTENER_UNCLAIMED,
+          `systemd passed listener #${listener.index} '${listener.name}' (fd ${listener.fd}) and no listen() adopted it: closed`,
+        ),
+      );
+    }
+    this.registry.activated = this.registry.activated.filter((a) => this.registry.records.some((r) => r.activated === a));
   }
 
   /**
@@ -315,14 +402,20 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * otherwise) and lets it take this process over. Resolves with this side's stats at the
    * handover; rejects with the rollback's error (this process then serves on), or with
    * ERR_TAKEOVER_SUCCESSOR_FAILED if the successor exits or never connects within `timeoutMs`.
-   * One at a time: ERR_TAKEOVER_BUSY while a takeover runs.
+   * One at a time: ERR_TAKEOVER_BUSY while a takeover runs; ERR_TAKEOVER_INVALID_STATE unless
+   * serving; ERR_TAKEOVER_INVALID_OPTION for bad options. It never throws.
    */
   upgrade(options: UpgradeOptions = {}): Promise<TakeoverStats> {
-    if (this.upgrading || this.outgoing) return Promise.reject(new TakeoverError(ErrorCodes.BUSY, 'a takeover is already in progress'));
+    const refuse = (error: TakeoverError) => {
+      this.systemd.refused(error);
+      return Promise.reject(error);
+    };
+    if (this.upgrading || this.outgoing) return refuse(new TakeoverError(ErrorCodes.BUSY, 'a takeover is already in progress'));
     if (this.currentState !== 'serving') {
-      return Promise.reject(new TakeoverError(ErrorCodes.INVALID_STATE, `upgrade() needs a serving process (state: ${this.currentState})`));
+      return refuse(new TakeoverError(ErrorCodes.INVALID_STATE, `upgrade() needs a serving process (state: ${this.currentState})`));
     }
-    return startUpgrade(options, {
+    this.systemd.handingOver('Upgrading: starting a successor');
+    const upgrade = startUpgrade(options, {
       timeoutMs: this.options.timeoutMs,
       hasSuccessor: () => this.outgoing !== undefined,
       isHandedOver: () => this.handoverStats !== undefined,
@@ -334,6 +427,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         if (this.upgrading === upgrade) this.upgrading = undefined;
       },
     });
+    upgrade.catch((error: TakeoverError) => this.systemd.resumed(error));
+    return upgrade;
   }
 
   /**
@@ -347,8 +442,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
 
   /**
    * Stops being takeover-able: closes the channel and, when no successor took over, removes
-   * the channel path and the Unix listener paths this process created. Servers are the app's
-   * to close.
+   * the channel path and the Unix listener paths this process created. A takeover of this
+   * process past its commit is let finish first, one before it is aborted; so is this process's
+   * own takeover of a predecessor before its commit. Servers are the app's to close.
    */
   async close(): Promise<void> {
     if (this.currentState === 'closed') return;
@@ -366,12 +462,15 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     }
     if (this.incoming?.isCommitted) await this.readyPromise?.catch(() => {});
     const handedOver = this.handoverStats !== undefined;
+    if (this.currentState === 'serving') this.systemd.stopping();
     this.currentState = 'closed';
     const shuttingDown = new TakeoverError(ErrorCodes.ABORTED, 'the server is shutting down');
     this.outgoing?.abort(shuttingDown);
     this.incoming?.abort(shuttingDown);
     this.channelListener?.close();
     this.channelListener = undefined;
+    for (const pid of this.listenerHolders) if (isAlive(pid)) this.warnListenerHeld(pid, 'still lives as this process stops');
+    this.listenerHolders.clear();
     if (handedOver) return;
     try {
       // Only our own socket: whatever was put at the path since stays.
@@ -379,7 +478,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     } catch (error) {
       this.emit('warning', error instanceof TakeoverError ? error : systemError('remove the channel path', error));
     }
-    for (const p of this.registry.unixPaths()) fs.rmSync(p, { force: true });
+    // Under systemd the fd store may hold a listener after this process is gone: its file stays
+    // (a stale one is replaced at the next bind).
+    if (!(this.systemd.supervised && this.options.fdStore)) for (const p of this.registry.unixPaths()) fs.rmSync(p, { force: true });
   }
 
   // ---- connections ----
@@ -444,12 +545,18 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         step: (event, socket) => this.emitSafely(event, socket),
         successor: (peer) => {
           this.currentState = 'handing-over';
+          this.systemd.handingOver(`Handing over to pid ${peer.pid}`);
           this.emit('successor', peer);
         },
-        rollback: (error, started) => {
+        rollback: (error, started, report) => {
           this.outgoing = undefined;
           if (this.currentState === 'handing-over') this.currentState = 'serving';
-          if (started) this.emit('rollback', error);
+          this.systemd.resumed(error);
+          if (started) this.emit('rollback', error, report);
+          if (report.listenerHolder !== 0) {
+            this.listenerHolders.add(report.listenerHolder);
+            this.warnListenerHeld(report.listenerHolder, 'still lives');
+          }
           this.upgrading?.reject(error);
         },
         handover: (stats) => this.retire(stats),
@@ -458,9 +565,22 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     );
   }
 
+  /** Closing the listeners here does not free their ports while another process holds copies: say who. */
+  private warnListenerHeld(pid: number, when: string): void {
+    const names = this.registry.records.map((r) => r.name).join(', ');
+    this.emit(
+      'warning',
+      new TakeoverError(
+        ErrorCodes.LISTENER_HELD,
+        `pid ${pid}, a failed successor that was sent copies of the listeners (${names}), ${when}: it may keep them listening until it exits`,
+      ),
+    );
+  }
+
   /** Handed over: the successor owns the channel and listeners; done once the last connection here closes. */
   private retire(stats: TakeoverStats): void {
     this.outgoing = undefined;
+    this.systemd.handedOver();
     this.handoverStats = stats;
     if (this.currentState !== 'closed') this.currentState = 'draining';
     this.channelListener?.close();

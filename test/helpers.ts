@@ -11,6 +11,7 @@ import { once } from 'node:events';
 import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import type { RollbackReport } from '#lib/stats.js';
 
 export const distDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const fixture = path.join(distDir, 'test', 'fixtures', 'echo-server.js');
@@ -33,6 +34,7 @@ export interface ServerEvent {
   successor?: boolean;
   state?: string;
   channelExists?: boolean;
+  report?: RollbackReport;
   addresses?: net.AddressInfo[];
   address?: net.AddressInfo;
   stats?: {
@@ -68,6 +70,31 @@ const live = new Set<{ kill(): void }>();
 export function cleanup(): void {
   for (const thing of live) thing.kill();
   live.clear();
+}
+
+/** SIGKILLs each of these processes still alive, and forgets them: for a test file's afterEach. */
+export function killPids(pids: Set<number>): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // Already gone, as it should be.
+    }
+  }
+  pids.clear();
+}
+
+/** A process the test did not start as a {@link ServerProcess} (a successor, say): {@link cleanup} kills it. */
+export function killAtCleanup(pid: number): void {
+  live.add({
+    kill: () => {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    },
+  });
 }
 
 /** One echo-server process; its JSON event lines are queued for {@link next}. */

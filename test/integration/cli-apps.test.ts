@@ -12,7 +12,7 @@ import { afterEach, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { ProcessGroups, type Child } from '../../bench/procs.js';
-import { copyForNobody, tempDir } from '../helpers.js';
+import { copyForNobody, tempDir, killPids } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 const timeout = 30_000;
@@ -23,14 +23,7 @@ const detached = new Set<number>();
 const dirs: string[] = [];
 afterEach(() => {
   groups.killAll();
-  for (const pid of detached) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // Already gone, as it should be.
-    }
-  }
-  detached.clear();
+  killPids(detached);
   for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -214,7 +207,7 @@ test('--app with an unknown value is a usage error (exit 2)', { timeout }, async
 });
 
 test('--app ws without the ws package installed: a clear error with its code, exit 1; --app http still starts', { timeout }, async () => {
-  // A copy of the package with no node_modules above it, as an install without the optional peer.
+  // A copy of the package whose node_modules holds only node-gyp-build: an install without the optional peer.
   const { root } = copyForNobody();
   dirs.push(root);
   const script = path.join(root, 'dist', 'cli', 'server.js');
