@@ -3,6 +3,7 @@
  * tables printed on the console and written into bench/results/latest.md (and, with --write-docs,
  * into BENCHMARKS.md between its markers).
  */
+import type { PoolRun } from './pool.js';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AppLoadResult, LoadResult } from './load.js';
 import type { AppPlan, FloorRun, SystemRun, Workload } from './systems.js';
@@ -45,6 +46,8 @@ export interface BenchResults {
   targets: TargetResult[];
   /** Caveats found in the figures themselves (load generator lag, busy machine). */
   warnings: string[];
+  /** The pool workload (bench/pool.ts), when run. */
+  pool?: PoolRun[];
 }
 
 export const TARGET_SIZE = 10_000;

@@ -27,6 +27,7 @@ import {
   type Skipped,
 } from './report.js';
 import { pauseChart } from './svg.js';
+import { describePoolRun, poolSection, runPool, type PoolPlan, type PoolRun } from './pool.js';
 import {
   buildFloor,
   runFloor,
@@ -52,7 +53,8 @@ const USAGE = `Usage: npm run bench -- [OPTION...]
     --per-source N         Most connections per source address (default 1000)
     --client-nice N        Nice value of the client processes (default -10, needs root or
                            CAP_SYS_NICE; 0 to leave them at the servers' priority)
-    --workloads LIST       Any of echo,http,ws (default: all)
+    --workloads LIST       Any of echo,http,ws,pool (default: all). pool: 2 workers under HTTP load
+                           upgraded one by one, takeover-server --workers 2 beside pm2 reload -i 2
     --app-sizes N,N...     HTTP clients, and WebSocket clients, per run (default 1000)
     --app-duration S       Load duration of each HTTP and WebSocket run (default 10)
     --app-interval MS      Each HTTP client's pause after an answer before its next request, and
@@ -71,6 +73,9 @@ const SYSTEM_FLAGS: Record<string, SystemName | 'floor'> = {
   floor: 'floor',
 };
 
+/** The pool workload is short: it shows what a rolling upgrade does to connections, not speed at scale. */
+const POOL_PLAN: PoolPlan = { connections: 200, newRate: 50, durationS: 10, switchAfterS: 3 };
+
 const CHART_BEFORE_MS = 2000;
 const CHART_AFTER_MS = 3000;
 
@@ -86,6 +91,7 @@ interface Config {
   apps: AppPlan[];
   appSizes: number[];
   appWorkload: Workload;
+  pool: boolean;
   writeDocs: boolean;
 }
 
@@ -116,7 +122,7 @@ function parseCommandLine(args: string[]): Config | 'help' {
       'per-client': { type: 'string', default: '10000' },
       'per-source': { type: 'string', default: '1000' },
       'client-nice': { type: 'string', default: '-10' },
-      workloads: { type: 'string', default: 'echo,http,ws' },
+      workloads: { type: 'string', default: 'echo,http,ws,pool' },
       'app-sizes': { type: 'string', default: '1000' },
       'app-duration': { type: 'string', default: '10' },
       'app-interval': { type: 'string', default: '250' },
@@ -149,7 +155,8 @@ function parseCommandLine(args: string[]): Config | 'help' {
   if (workload.switchAfterS + 2 > workload.durationS) throw new Error('--duration must run at least 2 s past --switch-after');
   const workloads = values.workloads.split(',').map((w) => w.trim());
   for (const w of workloads)
-    if (!['echo', 'http', 'ws'].includes(w)) throw new Error(`unknown workload '${w}' in --workloads (expected echo, http, ws)`);
+    if (!['echo', 'http', 'ws', 'pool'].includes(w))
+      throw new Error(`unknown workload '${w}' in --workloads (expected echo, http, ws, pool)`);
   const appWorkload: Workload = {
     ...workload,
     intervalMs: Math.round(positive(values['app-interval'], '--app-interval')),
@@ -171,6 +178,7 @@ function parseCommandLine(args: string[]): Config | 'help' {
     apps: (['http', 'ws'] as const).filter((w) => workloads.includes(w)).map((w) => ({ workload: w, ...plan })),
     appSizes: values['app-sizes'].split(',').map((s) => Math.round(positive(s.replace(/_/g, ''), '--app-sizes'))),
     appWorkload,
+    pool: workloads.includes('pool'),
     writeDocs: values['write-docs'],
   };
 }
@@ -327,6 +335,17 @@ async function main(config: Config): Promise<void> {
     }
   }
 
+  const pool: PoolRun[] = [];
+  if (config.pool) {
+    ctx.log(`A pool of 2 workers, ${POOL_PLAN.connections} keep-alive HTTP clients, ${POOL_PLAN.newRate} new connections/s:`);
+    for (const system of config.systems) {
+      if (system !== 'socket-takeover' && system !== 'pm2 reload') continue;
+      const run = await runPool(ctx, system, POOL_PLAN);
+      pool.push(run);
+      ctx.log(describePoolRun(run));
+    }
+  }
+
   const ranSizes = config.sizes.filter((s) => !skipped.some((k) => k.connections === s));
   const targetSize = ranSizes.includes(TARGET_SIZE) || ranSizes.length === 0 ? TARGET_SIZE : Math.max(...ranSizes);
   const results: BenchResults = {
@@ -343,6 +362,7 @@ async function main(config: Config): Promise<void> {
     targetSize,
     targets: evaluateTargets(runs, floor, targetSize),
     warnings: collectWarnings(runs),
+    ...(pool.length > 0 ? { pool } : {}),
   };
   if (targetSize !== TARGET_SIZE)
     results.warnings.push(
@@ -379,8 +399,9 @@ async function main(config: Config): Promise<void> {
   latest('latest.json', `${JSON.stringify(results, null, 2)}\n`);
   if (chart) latest('latest.svg', chart);
   // Each copy links the chart next to it.
-  latest('latest.md', `${renderSection(results, chart ? 'latest.svg' : undefined)}\n`);
-  const section = renderSection(results, chart ? 'docs/bench-pause.svg' : undefined);
+  const poolLines = poolSection(pool, POOL_PLAN).join('\n');
+  latest('latest.md', `${renderSection(results, chart ? 'latest.svg' : undefined)}${poolLines}\n`);
+  const section = renderSection(results, chart ? 'docs/bench-pause.svg' : undefined) + poolLines;
   if (config.writeDocs) {
     if (chart) {
       mkdirSync(join(root, 'docs'), { recursive: true });

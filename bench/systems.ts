@@ -94,7 +94,7 @@ const STOP_TIMEOUT_MS = 5_000;
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`${what} did not happen within ${ms} ms`)), ms);
@@ -103,7 +103,7 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
 }
 
 /** Resolves with the first stdout line `match` accepts; rejects if the process exits first. */
-function waitForLine<T>(child: Child, match: (line: string, at: number) => T | undefined, what: string): Promise<T> {
+export function waitForLine<T>(child: Child, match: (line: string, at: number) => T | undefined, what: string): Promise<T> {
   return withTimeout(
     new Promise<T>((resolve, reject) => {
       child.onLine((line, at) => {
@@ -129,7 +129,7 @@ function parseJson(line: string): Record<string, unknown> | undefined {
 }
 
 /** A port free right now; the plain servers need one fixed port across their two processes. */
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.on('error', reject);

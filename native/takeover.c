@@ -21,6 +21,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -843,6 +845,57 @@ static napi_value remove_socket_at(napi_env env, napi_callback_info info) {
   return errno == ENOENT ? boolean(env, false) : throw_errno(env, "unlinkat", errno);
 }
 
+/* ---- TCP listeners in a SO_REUSEPORT group (pool workers) -------------------
+ * Node 20 ignores listen({ reusePort }), and the option must be set before bind:
+ * the addon makes the whole listener, and the server adopts it with listen({ fd }).
+ * Kept apart from the rest of the file, which only ever handles existing sockets. */
+
+/* tcpListenReusePort(address, port, backlog, ipv6Only): a listening, non-blocking,
+ * close-on-exec TCP socket with SO_REUSEADDR and SO_REUSEPORT. address is an IPv4
+ * or IPv6 literal (checked in TS; EINVAL here otherwise). An IPv6 socket gets
+ * IPV6_V6ONLY = ipv6Only, as Node's listen() does: '::' is dual-stack unless asked. */
+static napi_value tcp_listen_reuseport(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  char address[INET6_ADDRSTRLEN + 1];
+  int port, backlog, one = 1;
+  bool v6only;
+  union { struct sockaddr sa; struct sockaddr_in in; struct sockaddr_in6 in6; } addr;
+  socklen_t addrlen;
+  if (napi_get_value_string_utf8(env, argv[0], address, sizeof address, NULL) != napi_ok)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"address\" argument must be of type string");
+  GET_INT(argv[1], "port", &port);
+  GET_INT(argv[2], "backlog", &backlog);
+  if (napi_get_value_bool(env, argv[3], &v6only) != napi_ok)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"ipv6Only\" argument must be of type boolean");
+  if (port > 65535) return range_error(env, "The \"port\" argument must be <= 65535");
+  memset(&addr, 0, sizeof addr);
+  if (inet_pton(AF_INET, address, &addr.in.sin_addr) == 1) {
+    addr.in.sin_family = AF_INET;
+    addr.in.sin_port = htons((uint16_t)port);
+    addrlen = sizeof addr.in;
+  } else if (inet_pton(AF_INET6, address, &addr.in6.sin6_addr) == 1) {
+    addr.in6.sin6_family = AF_INET6;
+    addr.in6.sin6_port = htons((uint16_t)port);
+    addrlen = sizeof addr.in6;
+  } else {
+    return throw_errno(env, "bind", EINVAL);
+  }
+  int v6 = addr.sa.sa_family == AF_INET6 ? v6only : 0;
+  int fd = socket(addr.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  const char *failed =
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ? "setsockopt"
+    : setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ? "setsockopt"
+    : addr.sa.sa_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof v6) < 0 ? "setsockopt"
+    : bind(fd, &addr.sa, addrlen) < 0 ? "bind"
+    : listen(fd, backlog) < 0 ? "listen" : NULL;
+  if (failed) {
+    close_all(&fd, 1);
+    return throw_errno(env, failed, errno);
+  }
+  return num(env, fd);
+}
+
 /* ---- module ------------------------------------------------------------------ */
 
 NAPI_MODULE_INIT() {
@@ -855,6 +908,8 @@ NAPI_MODULE_INIT() {
     FN("socketInfo", socket_info), FN("openDirAt", open_dir_at), FN("statAt", stat_at),
     FN("readlinkAt", readlink_at), FN("unixListenAt", unix_listen_at), FN("unixConnectAt", unix_connect_at),
     FN("removeSocketAt", remove_socket_at),
+    /* TCP listeners in a SO_REUSEPORT group (pool workers) */
+    FN("tcpListenReusePort", tcp_listen_reuseport),
   };
 #undef FN
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;

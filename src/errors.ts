@@ -1,9 +1,11 @@
 /**
  * Every failure this library reports is a {@link TakeoverError} with a stable `code`,
- * so callers branch on codes, never on messages. The codes are listed in the README.
+ * so callers branch on codes, never on messages. The codes, and where each one surfaces, are
+ * listed in docs/API.md.
  */
 import type { Socket } from 'node:net';
 
+/** Every code, by name: the name is the code without `ERR_TAKEOVER_` (`ErrorCodes.BUSY === 'ERR_TAKEOVER_BUSY'`). */
 export const ErrorCodes = {
   /** An option or argument has the wrong type or value. */
   INVALID_OPTION: 'ERR_TAKEOVER_INVALID_OPTION',
@@ -41,18 +43,24 @@ export const ErrorCodes = {
   TLS_UNSUPPORTED: 'ERR_TAKEOVER_TLS_UNSUPPORTED',
   /** `upgrade()`'s successor process exited, or never connected, before the takeover finished. */
   SUCCESSOR_FAILED: 'ERR_TAKEOVER_SUCCESSOR_FAILED',
+  /**
+   * A process that was sent copies of the listeners in a failed takeover still lives: it may keep
+   * the ports listening (the message names its pid) after this process stops.
+   */
+  LISTENER_HELD: 'ERR_TAKEOVER_LISTENER_HELD',
   /** The native addon could not be loaded (`cause` says why). */
   ADDON_LOAD: 'ERR_TAKEOVER_ADDON_LOAD',
 } as const;
 
 export type TakeoverErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
+/** The one error class of the library: branch on {@link TakeoverError.code}; `cause` keeps the underlying error, if any. */
 export class TakeoverError extends Error {
   override readonly name = 'TakeoverError';
   readonly code: TakeoverErrorCode;
   /** For `ERR_TAKEOVER_ABORTED`: the code the other side gave. */
   readonly reason: string | undefined;
-  /** For `ERR_TAKEOVER_CONNECTION_MOVED`: the connection concerned. */
+  /** For `ERR_TAKEOVER_CONNECTION_MOVED` (and warnings about an adopted connection): the connection concerned. */
   readonly socket: Socket | undefined;
 
   constructor(code: TakeoverErrorCode, message: string, options: { cause?: unknown; reason?: string; socket?: Socket } = {}) {

@@ -11,7 +11,7 @@ import type { CapturedState, PredecessorHost } from './predecessor.js';
 import type { ListenerEntry } from './protocol.js';
 import { releaseMoved, serverFd, stopAccepting } from './sockets.js';
 import { ErrorCodes, TakeoverError, hookError } from './errors.js';
-import type { TakeoverStats } from './stats.js';
+import type { RollbackReport, TakeoverStats } from './stats.js';
 import type { ResolvedOptions } from './options.js';
 import { CHANNEL_LISTENER_NAME, DEFAULT_BACKLOG, listenOnFd, type ListenerRegistry } from './listeners.js';
 import type { Connections } from './connections.js';
@@ -32,7 +32,7 @@ export interface HandoverEvents {
   /** The application's listener of a step, which must not stop the handover halfway. */
   step(event: 'defer' | 'freeze' | 'release', socket: net.Socket): void;
   successor(peer: { pid: number; uid: number }): void;
-  rollback(error: TakeoverError, started: boolean): void;
+  rollback(error: TakeoverError, started: boolean, report: RollbackReport): void;
   /** Everything that could move has moved (a warning came first when the successor stopped early). */
   handover(stats: TakeoverStats): void;
 }
@@ -104,6 +104,11 @@ export class HandingOver implements PredecessorHost {
   }
 
   stopAccepting(): void {
+    try {
+      this.served.options.onStep?.('stop-accepting');
+    } catch {
+      // An observer's failure is not the takeover's.
+    }
     this.channelListener.setAccepting(false);
     for (const r of this.served.registry.records) stopAccepting(r.server);
   }
@@ -145,8 +150,8 @@ export class HandingOver implements PredecessorHost {
     this.events.successor({ pid, uid: this.peerUid });
   }
 
-  onRollback(error: TakeoverError, started: boolean): void {
-    this.events.rollback(error, started);
+  onRollback(error: TakeoverError, started: boolean, report: RollbackReport): void {
+    this.events.rollback(error, started, report);
   }
 
   onPartialHandover(error: TakeoverError, stats: TakeoverStats): void {

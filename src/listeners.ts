@@ -8,7 +8,7 @@
  * with {@link ListenerRegistry.forWireIndex}; its own indexes may differ.
  */
 import * as fs from 'node:fs';
-import type * as net from 'node:net';
+import * as net from 'node:net';
 import * as native from './native.js';
 import type { ConnectionAdapter } from './adapters/adapter.js';
 import { MAX_BACKLOG, type ListenerKind } from './protocol.js';
@@ -18,7 +18,20 @@ import { ErrorCodes, TakeoverError, systemError } from './errors.js';
 import { invalidOption } from './options.js';
 
 export type ListenTarget =
-  | { port: number; host?: string; backlog?: number; ipv6Only?: boolean; name?: string }
+  | {
+      port: number;
+      host?: string;
+      backlog?: number;
+      ipv6Only?: boolean;
+      /**
+       * Join the port's SO_REUSEPORT group, with every other listener of this uid that set it: the
+       * kernel spreads new connections over them (a pool of workers). Set by the addon before
+       * bind, so it works on Node 20 too, which ignores Node's own option. `host` must then be an
+       * IP literal (default `'::'`, dual-stack, else `'0.0.0.0'` without IPv6).
+       */
+      reusePort?: boolean;
+      name?: string;
+    }
   | { path: string; backlog?: number; name?: string }
   /** Only an inherited listener of that name (see {@link Takeover.inheritedListeners}). */
   | { name: string };
@@ -105,6 +118,7 @@ export class ListenerRegistry {
     } else if ('port' in target) {
       if (!Number.isInteger(target.port) || target.port < 0 || target.port > 65535)
         throw invalidOption('target.port must be an integer in 0..65535');
+      checkReusePort(target);
     } else if (typeof target.name !== 'string' || !this.claimable.some((l) => l.name === target.name)) {
       throw invalidOption(`no inherited listener is named '${String((target as { name?: unknown }).name)}'`);
     }
@@ -136,8 +150,9 @@ export class ListenerRegistry {
       record.unixPath = target.path;
       listenOnFd(server, createUnixListener(target.path, record.backlog), record.backlog);
     } else if ('port' in target) {
-      const { port, host, ipv6Only } = target;
-      server.listen({ port, host, backlog: record.backlog, ipv6Only });
+      const { port, host, ipv6Only, reusePort } = target;
+      if (reusePort) listenOnFd(server, createReusePortListener(host, port, record.backlog, ipv6Only === true), record.backlog);
+      else server.listen({ port, host, backlog: record.backlog, ipv6Only });
     }
   }
 
@@ -161,5 +176,32 @@ function createUnixListener(path: string, backlog: number): number {
     return native.unixListen(path, 'stream', backlog);
   } catch (error) {
     throw systemError(`listen ${path}`, error);
+  }
+}
+
+function checkReusePort(target: { host?: string; ipv6Only?: boolean; reusePort?: boolean }): void {
+  const { host, ipv6Only, reusePort } = target;
+  if (reusePort !== undefined && typeof reusePort !== 'boolean') throw invalidOption('target.reusePort must be a boolean');
+  if (ipv6Only !== undefined && typeof ipv6Only !== 'boolean') throw invalidOption('target.ipv6Only must be a boolean');
+  // No name lookup: which address a name resolves to must not change between the workers of a pool.
+  if (reusePort && host !== undefined && net.isIP(host) === 0) {
+    throw invalidOption(`target.host must be an IP address with reusePort (got '${String(host)}')`);
+  }
+}
+
+/** A listener in the port's SO_REUSEPORT group, made by the addon: Node 20 has no such option. */
+function createReusePortListener(host: string | undefined, port: number, backlog: number, ipv6Only: boolean): number {
+  const attempt = (address: string) => native.tcpListenReusePort(address, port, backlog, ipv6Only);
+  try {
+    if (host !== undefined) return attempt(host);
+    try {
+      return attempt('::');
+    } catch (error) {
+      // As Node does without a host: the IPv6 wildcard, else IPv4's on a machine without IPv6.
+      if ((error as { code?: unknown }).code !== 'EAFNOSUPPORT') throw error;
+      return attempt('0.0.0.0');
+    }
+  } catch (error) {
+    throw systemError(`listen ${host === undefined ? '' : `[${host}]`}:${port} with SO_REUSEPORT`, error);
   }
 }

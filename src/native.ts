@@ -354,3 +354,24 @@ export function unixConnectAt(dirFd: number, name: string): number {
 export function removeSocketAt(dirFd: number, name: string): boolean {
   return addon.removeSocketAt(dirFd, name);
 }
+
+// ---- TCP listeners in a SO_REUSEPORT group (pool workers) ----
+
+interface Addon {
+  tcpListenReusePort(address: string, port: number, backlog: number, ipv6Only: boolean): number;
+}
+
+/**
+ * Create a TCP socket with SO_REUSEADDR and SO_REUSEPORT, bound to `address` (an IPv4 or IPv6
+ * literal) and `port` (0: any free port) and listening with `backlog`, so that several processes
+ * of this uid share the port, the kernel spreading new connections over them. An IPv6 socket
+ * gets IPV6_V6ONLY = `ipv6Only` (`'::'` is dual-stack unless asked), as Node's `listen()` does.
+ * Node 20 ignores `listen({ reusePort })`, and the option must be set before bind.
+ *
+ * @returns a listening fd owned by the caller: adopt it with `server.listen({ fd })`.
+ * @throws system errors such as EADDRINUSE (the port is held without SO_REUSEPORT, or by
+ *   another uid), EACCES (a privileged port), EADDRNOTAVAIL, EINVAL (not an IP literal).
+ */
+export function tcpListenReusePort(address: string, port: number, backlog: number, ipv6Only: boolean): number {
+  return addon.tcpListenReusePort(address, port, backlog, ipv6Only);
+}

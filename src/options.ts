@@ -6,9 +6,15 @@ import type * as net from 'node:net';
 import { ErrorCodes, TakeoverError } from './errors.js';
 import { MAX_QUIESCE_MS } from './protocol.js';
 import type { SuccessorStep } from './successor.js';
+import type { TakeoverStats } from './stats.js';
 
 export interface TakeoverOptions {
-  /** Path of the takeover channel (a Unix socket, created mode 0600). */
+  /**
+   * Path of the takeover channel (a Unix socket, created mode 0600), resolved against the working
+   * directory: at most 107 bytes, its file name at most 82. Every directory from `/` down must
+   * belong to root or this user and not be writable by others unless sticky (like /tmp), and the
+   * path must hold nothing but this user's socket: else ERR_TAKEOVER_PATH_UNSAFE.
+   */
   path: string;
   /**
    * 'fresh': start a new server (fails if one is live on `path`); 'successor': take over from
@@ -17,22 +23,52 @@ export interface TakeoverOptions {
   mode?: 'auto' | 'fresh' | 'successor';
   /** Uids allowed on the other end of the channel (SO_PEERCRED). Default: this process's uid. */
   allowUids?: readonly number[];
-  /** How long to wait for each step of the other side before giving up. Default 10,000 ms. */
+  /**
+   * How long to wait for each step of the other side before giving up, and for `upgrade()`'s
+   * child to connect. 1 to 2^31-1 ms; default 10,000 ms.
+   */
   timeoutMs?: number;
-  /** Connections frozen and started together; each pauses for one wave. Default 128. */
+  /** Connections frozen and started together; each pauses for one wave (which also stops growing at 64 MiB). 1 to 1,000,000; default 128. */
   waveSize?: number;
   /**
    * How long the old process waits, from the start of the waves, for busy connections (a
    * request being handled, a reply pending, a frame half-read) to become quiet. Past it they
-   * stay with the old process, which finishes them. Default 10,000 ms.
+   * stay with the old process, which finishes them. 0 to 86,400,000 ms; default 10,000 ms.
    */
   quiesceTimeoutMs?: number;
-  /** Old process, at freeze: application state of a connection (e.g. a half-parsed frame). */
+  /**
+   * Old process, just before the freeze: application state of a connection (e.g. a half-parsed
+   * frame). A throw, or a result that is neither a Buffer nor undefined, keeps the connection in
+   * the old process, with a 'warning' (ERR_TAKEOVER_HOOK_FAILED).
+   */
   captureState?: (socket: net.Socket) => Buffer | undefined;
-  /** New process, before the application first sees the connection: the state captured by the old one. */
+  /**
+   * New process, before the application first sees the connection ('adopt', 'connection'): the
+   * state captured by the old one, when there is one. A throw, or a state with no hook set, is a
+   * 'warning' (ERR_TAKEOVER_HOOK_FAILED); the connection goes on.
+   */
   restoreState?: (socket: net.Socket, state: Buffer) => void;
-  /** Called at each protocol step of a successor, for tracing and for fault-injection tests. */
-  onStep?: (step: SuccessorStep) => void;
+  /**
+   * Called at each protocol step of a successor, and in the old process at `'stop-accepting'`
+   * (the successor committed; this process stops accepting next), for tracing and for
+   * fault-injection tests; a throw is ignored.
+   */
+  onStep?: (step: SuccessorStep | 'stop-accepting') => void;
+  /**
+   * Once `ready()` resolves, send the parent process a {@link ReadyMessage} through its IPC
+   * channel (`process.send`), when there is one: the signal a supervisor waits for before it
+   * upgrades the next worker of a pool. Default false.
+   */
+  notifyParent?: boolean;
+}
+
+/** What `notifyParent` sends: this process serves, with `stats` of the takeover it made (null when fresh). */
+export interface ReadyMessage {
+  type: 'socket-takeover:ready';
+  pid: number;
+  /** Connections this process serves now. */
+  connections: number;
+  stats: TakeoverStats | null;
 }
 
 export type ResolvedOptions = Required<Omit<TakeoverOptions, 'captureState' | 'restoreState' | 'onStep'>> &
@@ -51,6 +87,7 @@ const KNOWN: readonly (keyof TakeoverOptions)[] = [
   'captureState',
   'restoreState',
   'onStep',
+  'notifyParent',
 ];
 
 export function invalidOption(message: string): TakeoverError {
@@ -76,6 +113,8 @@ export function resolveOptions(options: TakeoverOptions): ResolvedOptions {
   if (!Array.isArray(allowUids) || allowUids.some((u) => !Number.isInteger(u) || u < 0)) {
     throw invalidOption('allowUids must be an array of uids');
   }
+  if (options.notifyParent !== undefined && typeof options.notifyParent !== 'boolean')
+    throw invalidOption('notifyParent must be a boolean');
   for (const hook of ['captureState', 'restoreState', 'onStep'] as const) {
     if (options[hook] !== undefined && typeof options[hook] !== 'function') throw invalidOption(`${hook} must be a function`);
   }
@@ -89,5 +128,6 @@ export function resolveOptions(options: TakeoverOptions): ResolvedOptions {
     captureState: options.captureState,
     restoreState: options.restoreState,
     onStep: options.onStep,
+    notifyParent: options.notifyParent ?? false,
   };
 }

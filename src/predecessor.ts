@@ -27,7 +27,7 @@ import type { Readiness } from './adapters/adapter.js';
 import { ErrorCodes, TakeoverError, systemError } from './errors.js';
 import { Deadline } from './deadline.js';
 import { isAlive } from './processes.js';
-import { StatsRecorder, type TakeoverStats } from './stats.js';
+import { StatsRecorder, type RollbackReport, type TakeoverStats } from './stats.js';
 
 /** What a connection carries besides its bytes, from its adapter and the application's hook. */
 export interface CapturedState {
@@ -62,7 +62,7 @@ export interface PredecessorHost {
   /** The connection now lives in the successor: drop this process's copy (no FIN). */
   release(id: number, socket: net.Socket): void;
   /** Called on every failure; `started` is false for a peer that never said HELLO (e.g. a liveness probe). */
-  onRollback(error: TakeoverError, started: boolean): void;
+  onRollback(error: TakeoverError, started: boolean, report: RollbackReport): void;
   onHello(pid: number): void;
   onHandover(stats: TakeoverStats): void;
   /** A failure after LISTENING while the successor lives: it keeps what it has, this process the rest. */
@@ -109,6 +109,8 @@ export class PredecessorSession {
   /** CONNS batches acknowledged so far: the next ACK must carry this number. */
   private batchesAcked = 0;
   private listeners: (ListenerEntry & { fd: number })[] = [];
+  /** LISTENERS went out: from then on the successor may hold copies of the listening sockets. */
+  private listenersSent = false;
   private waveQueue: { id: number; socket: net.Socket | undefined }[] = [];
   /** Next entry of waveQueue to freeze (an index: shift() on 10,000 entries costs per call). */
   private waveCursor = 0;
@@ -228,6 +230,7 @@ export class PredecessorSession {
     const connections = this.host.connections();
     this.channel.send(encode.welcome(process.pid, this.listeners.length, connections.size));
     this.channel.send(encode.listeners(this.listeners));
+    this.listenersSent = true;
     for (const id of connections.keys()) this.unsent.add(id);
     this.phase = 'precopy';
     this.deadline.expect('ACK');
@@ -498,6 +501,7 @@ export class PredecessorSession {
       this.host.onPartialHandover(error, stats);
       return;
     }
+    let listenersResumed = 0;
     if (committed) {
       // The successor may be gone with the connections already frozen; the rest never
       // stopped here, and the listeners' dups let this process accept again.
@@ -505,11 +509,23 @@ export class PredecessorSession {
       this.deferred.clear();
       const listeners = this.listeners;
       this.listeners = [];
+      listenersResumed = listeners.filter((l) => l.kind !== 'channel').length;
       this.host.resumeAccepting(listeners);
     } else {
       this.closeListenerFds();
     }
-    this.host.onRollback(error, started);
+    // A successor that aborted closed its copies; one that stalled or misbehaved may keep them,
+    // read or still in its socket's queue, and with them the ports, for as long as it lives.
+    const mayHoldListeners = this.listenersSent && error.code !== ErrorCodes.ABORTED && isAlive(this.successorPid);
+    // Every connection a sent wave moved lived in the successor only, and went with it.
+    this.host.onRollback(error, started, {
+      successorPid: this.successorPid,
+      committed,
+      lost: this.stats.connections,
+      resumed: this.host.connections().size,
+      listenersResumed,
+      listenerHolder: mayHoldListeners ? this.successorPid : 0,
+    });
   }
 
   private closeListenerFds(): void {

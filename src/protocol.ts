@@ -24,8 +24,12 @@ export const MAX_FRAME_SIZE = 64 * 1024;
 export const MAX_BODY_SIZE = MAX_FRAME_SIZE - HEADER_SIZE;
 /** The fds one frame may carry: as many as one message (SCM_MAX_FD). */
 export const MAX_FDS_PER_FRAME = MAX_FDS_PER_MESSAGE;
-/** A reassembled wave may carry much pending output; this bounds what a bad peer can make us buffer. */
-export const MAX_WAVE_SIZE = 1024 * 1024 * 1024;
+/**
+ * A reassembled wave may carry much pending output; this bounds what a bad peer can make us
+ * buffer. Joining the chunks holds them and their copy at once, so memory peaks at twice this
+ * (1 GiB). A real wave stays well below: 64 MiB of budget plus one connection of at most 256 MiB.
+ */
+export const MAX_WAVE_SIZE = 512 * 1024 * 1024;
 const FLAG_MORE = 1;
 /** Longest quiescence bound a LISTENING frame may announce (one day); also the option's limit. */
 export const MAX_QUIESCE_MS = 24 * 60 * 60 * 1000;

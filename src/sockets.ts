@@ -28,7 +28,7 @@ interface WritableChunk {
 
 interface SocketInternals {
   _handle: Handle | null;
-  _readableState: { ended: boolean; decoder: { lastNeed: number } | null };
+  _readableState: { ended: boolean; reading: boolean; decoder: { lastNeed: number } | null };
   _read(size: number): void;
   _write(chunk: unknown, encoding: BufferEncoding, cb: WriteCallback): void;
   _writev?(chunks: WritableChunk[], cb: WriteCallback): void;
@@ -163,7 +163,11 @@ export function freezeSocket(socket: net.Socket): Frozen {
  * Nothing was lost: the output never left libuv's queue and the Writable's buffer.
  */
 export function thawSocket(socket: net.Socket, input: Buffer): void {
-  delete (internals(socket) as Partial<SocketInternals>)._read;
+  const s = internals(socket);
+  delete (s as Partial<SocketInternals>)._read;
+  // The freeze's read() called the no-op _read, which left the stream waiting for a read that
+  // never comes: it would never ask the handle again, and the connection would go deaf.
+  s._readableState.reading = false;
   if (input.length > 0) socket.unshift(input);
   if (flowingAtFreeze.delete(socket)) socket.resume();
 }

@@ -1,7 +1,9 @@
 /** What one takeover did, as seen from one side. Times are milliseconds. */
 export interface TakeoverStats {
+  /** Which side reports: `ready()` gives the successor's, `'handover'`, `done()` and `upgrade()` the predecessor's. */
   role: 'predecessor' | 'successor';
   predecessorPid: number;
+  /** The kernel's word for it (SO_PEERCRED), not the pid the successor claims. */
   successorPid: number;
   /** Listeners handed over, the channel's included. */
   listeners: number;
@@ -22,8 +24,13 @@ export interface TakeoverStats {
   bytesOut: number;
   /** Application state captured at freeze time. */
   stateBytes: number;
+  /** Waves the successor acknowledged (predecessor) or started (successor). */
   waves: number;
-  /** Longest wave from freeze (predecessor) to started (successor): the longest pause any connection saw on the server side. */
+  /**
+   * Longest wave from freeze (predecessor) to started (successor): the longest pause any
+   * connection saw on the server side. The successor reports the predecessor's figure, from DONE
+   * (0 when the takeover ended early after LISTENING).
+   */
   maxPauseMs: number;
   /** When the successor's COMMIT was sent (successor) or received (predecessor): epoch ms, sub-ms precision. */
   committedAt: number;
@@ -84,4 +91,27 @@ export class StatsRecorder {
       },
     };
   }
+}
+
+/** What a rollback left in the old process (the `'rollback'` event's second argument). */
+export interface RollbackReport {
+  /** The successor, kernel's pid; 0 when it never said HELLO. */
+  successorPid: number;
+  /**
+   * The successor had committed: this process had stopped accepting and may have handed waves
+   * over. Before the commit nothing ever stopped here.
+   */
+  committed: boolean;
+  /** Connections handed over in waves to a successor that then died: gone with it. */
+  lost: number;
+  /** Connections this process serves on: never frozen, or frozen in a wave that could not be sent. */
+  resumed: number;
+  /** Listeners (the channel's not counted) this process accepts on again after the commit; 0 before it. */
+  listenersResumed: number;
+  /**
+   * The successor's pid when it was sent the listeners' copies and is still alive without having
+   * aborted (it stalled, or broke the protocol): it may hold them, and keep the ports listening
+   * after this process stops. 0 otherwise.
+   */
+  listenerHolder: number;
 }

@@ -21,15 +21,23 @@ export interface InheritedListener extends ListenerEntry {
   fd: number;
 }
 
-/** What the session needs from the process it runs in (implemented by TakingOver, taking-over.ts). */
 /**
- * The protocol steps a successor passes, each once and in order: `precopy` at the first batch of
- * connections, `wave<N>` once wave N arrived, before it starts.
+ * The protocol steps a successor passes (the `onStep` option), each once and in order: `hello`
+ * once HELLO is sent, `listeners` once the predecessor's listeners are checked, `precopy` at the
+ * first batch of connections (none when the predecessor has no connections), `prepare` once
+ * pre-copy is verified, `wave<N>` once wave N arrived, before any of it starts.
  */
 export type SuccessorStep = 'hello' | 'listeners' | 'precopy' | 'prepare' | `wave${number}`;
 
+/** What the session needs from the process it runs in (implemented by TakingOver, taking-over.ts). */
 export interface SuccessorHost {
-  readonly options: { timeoutMs: number; allowUids: readonly number[]; onStep?: ((step: SuccessorStep) => void) | undefined };
+  readonly options: {
+    timeoutMs: number;
+    allowUids: readonly number[];
+    onStep?: ((step: SuccessorStep) => void) | undefined;
+    /** Below MAX_WAVE_SIZE only in tests, which then need not send half a gibibyte to reach it. */
+    maxWaveSize?: number | undefined;
+  };
   /** Called once the listeners are known, so the app's listen() calls can claim them. */
   onListeners(listeners: readonly InheritedListener[]): void;
   /** Names of inherited listeners the app has not claimed; COMMIT waits for none. */
@@ -85,6 +93,18 @@ export class SuccessorSession {
   private waveChunks: Buffer[] = [];
   private waveBytes = 0;
   private expectedWave = 0;
+  /**
+   * A wave checked whole, whose connections the predecessor has released: if the session fails
+   * before they are started (an observer of the wave's step aborts it), fail() starts them
+   * anyway, as nobody else holds them any more.
+   */
+  private waveInHand: { records: WaveRecord[]; held: Held[] } | undefined;
+  /**
+   * The most connections held at once: WELCOME's count, which the fd check there covered, plus
+   * half the fd room left then, for those the predecessor accepts during the takeover. The other
+   * half stays this process's own, whatever a predecessor sends.
+   */
+  private maxHeld = 0;
   /** Connections the predecessor deferred (busy when their turn came): a later wave decides them. */
   private readonly deferred = new Set<number>();
   /** How long the predecessor may wait for deferred connections (from LISTENING). */
@@ -194,6 +214,7 @@ export class SuccessorSession {
         ),
       );
     }
+    this.maxHeld = frame.connections + Math.floor((soft - open - needed - FD_HEADROOM) / 2);
     // One growth of the fd table now, instead of many slow ones while fds arrive.
     native.growFdTable(open + needed + FD_HEADROOM);
     this.phase = 'listeners';
@@ -231,6 +252,16 @@ export class SuccessorSession {
       for (const { fd } of conns) native.close(fd);
       return this.abort(
         new TakeoverError(ErrorCodes.PROTOCOL, `CONNS frame has a bad entry (connection ${bad.id}, listener ${bad.listener})`),
+      );
+    }
+    // Unbounded, a predecessor could fill this process's fd table up to its limit.
+    if (this.held.size + conns.length > this.maxHeld) {
+      for (const { fd } of conns) native.close(fd);
+      return this.abort(
+        new TakeoverError(
+          ErrorCodes.FD_LIMIT,
+          `the predecessor sent more connections than this process holds at once (${this.maxHeld}: WELCOME's count and half the fds left)`,
+        ),
       );
     }
     if (this.marks.firstConns === 0) {
@@ -342,13 +373,17 @@ export class SuccessorSession {
   }
 
   private onWaveChunk(frame: Extract<Frame, { type: 'wave' }>): void {
+    // The chunks and the copy that joins them are both in memory at the end: the limit bounds
+    // the chunks, so the peak stays within twice the limit.
+    const limit = this.host.options.maxWaveSize ?? MAX_WAVE_SIZE;
     this.waveBytes += frame.chunk.length;
-    if (this.waveBytes > MAX_WAVE_SIZE) {
-      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave larger than ${MAX_WAVE_SIZE} bytes`));
+    if (this.waveBytes > limit) {
+      this.waveChunks = [];
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave larger than ${limit} bytes`));
     }
     this.waveChunks.push(frame.chunk);
     if (frame.more) return;
-    const blob = Buffer.concat(this.waveChunks);
+    const blob = this.waveChunks.length === 1 ? this.waveChunks[0]! : Buffer.concat(this.waveChunks, this.waveBytes);
     this.waveChunks = [];
     this.waveBytes = 0;
     let wave: ReturnType<typeof decodeWave>;
@@ -360,41 +395,53 @@ export class SuccessorSession {
     if (wave.seq !== this.expectedWave) {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave ${wave.seq} arrived, expected ${this.expectedWave}`));
     }
-    this.step(`wave${wave.seq}`);
     // Check the whole wave before starting any of it: failing halfway would drop the rest,
     // which the predecessor has already released.
+    const held: Held[] = [];
     for (const record of wave.records) {
-      const held = this.held.get(record.id);
-      if (!held) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));
+      const h = this.held.get(record.id);
+      if (!h) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));
       if (record.fate === 'deferred' && this.deferred.has(record.id)) {
         return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave defers connection ${record.id} twice`));
       }
-      if (record.fate === 'moved' && !held.socket && !this.wrap(record.id, held)) return;
+      if (record.fate === 'moved' && !h.socket && !this.wrap(record.id, h)) return;
+      held.push(h);
     }
-    for (const record of wave.records) {
-      const held = this.held.get(record.id)!;
-      if (record.fate === 'deferred') {
-        this.deferred.add(record.id);
-        this.stats.deferred++;
-        continue;
-      }
-      this.deferred.delete(record.id);
-      this.held.delete(record.id);
-      if (record.fate !== 'moved') {
-        drop(held);
-        this.stats[record.fate]++;
-        continue;
-      }
-      this.host.adopt(held.socket!, held.listener, record);
-      this.stats.connections++;
-      this.stats.bytesIn += record.input.length;
-      this.stats.bytesOut += record.output.length;
-      this.stats.stateBytes += (record.protocolState?.length ?? 0) + (record.state?.length ?? 0);
-    }
+    for (const record of wave.records) if (record.fate !== 'deferred') this.held.delete(record.id);
+    this.waveInHand = { records: wave.records, held };
+    this.step(`wave${wave.seq}`);
+    // An observer of the step may have failed the session: fail() started the wave then.
+    if (this.phase !== 'waves') return;
+    this.startWave();
     this.channel.send(encode.waveAck(this.expectedWave++));
     this.stats.waves++;
     // While connections are deferred the predecessor may rightly stay silent up to its bound.
     this.deadline.expect('WAVE', this.host.options.timeoutMs + (this.deferred.size > 0 ? this.quiesceMs : 0));
+  }
+
+  /** Starts the checked wave in hand: adopts what moved, drops the copies of what did not. */
+  private startWave(): void {
+    const { records, held } = this.waveInHand!;
+    this.waveInHand = undefined;
+    records.forEach((record, i) => {
+      const h = held[i]!;
+      if (record.fate === 'deferred') {
+        this.deferred.add(record.id);
+        this.stats.deferred++;
+        return;
+      }
+      this.deferred.delete(record.id);
+      if (record.fate !== 'moved') {
+        drop(h);
+        this.stats[record.fate]++;
+        return;
+      }
+      this.host.adopt(h.socket!, h.listener, record);
+      this.stats.connections++;
+      this.stats.bytesIn += record.input.length;
+      this.stats.bytesOut += record.output.length;
+      this.stats.stateBytes += (record.protocolState?.length ?? 0) + (record.state?.length ?? 0);
+    });
   }
 
   private finish({ retained, maxPauseUs }: Extract<Frame, { type: 'done' }>): void {
@@ -440,7 +487,9 @@ export class SuccessorSession {
       return;
     }
     // Listening already: this process owns the listeners and the channel and serves what it
-    // started; the predecessor finishes the connections it had not frozen.
+    // started, a checked wave in hand too (the predecessor released it); the predecessor
+    // finishes the connections it had not frozen.
+    if (this.waveInHand) this.startWave();
     this.host.onDone(this.statsNow(), error);
   }
 }

@@ -21,8 +21,8 @@ import { PredecessorSession } from './predecessor.js';
 import { encode } from './protocol.js';
 import { isTlsServer, trackWrites } from './sockets.js';
 import { ErrorCodes, TakeoverError, hookError, systemError } from './errors.js';
-import type { TakeoverStats } from './stats.js';
-import { resolveOptions, invalidOption, type ResolvedOptions, type TakeoverOptions } from './options.js';
+import type { RollbackReport, TakeoverStats } from './stats.js';
+import { resolveOptions, invalidOption, type ReadyMessage, type ResolvedOptions, type TakeoverOptions } from './options.js';
 import { ListenerRegistry, whenListening, type ListenerRecord, type ListenTarget } from './listeners.js';
 import { Connections } from './connections.js';
 import type { ConnectionAdapter } from './adapters/adapter.js';
@@ -30,10 +30,11 @@ import { NetAdapter } from './adapters/net.js';
 import { HttpAdapter, isHttpServer } from './adapters/http.js';
 import { WebSocketAdapter, type WebSocketServerLike } from './adapters/ws.js';
 import { startUpgrade, type Upgrade, type UpgradeOptions } from './upgrade.js';
+import { isAlive } from './processes.js';
 import { HandingOver } from './handing-over.js';
 import { TakingOver } from './taking-over.js';
 
-export type { TakeoverOptions } from './options.js';
+export type { TakeoverOptions, ReadyMessage } from './options.js';
 export type { ListenTarget } from './listeners.js';
 export type { UpgradeOptions } from './upgrade.js';
 
@@ -57,12 +58,19 @@ export type TakeoverState =
   | 'failed';
 
 export interface TakeoverEvents {
-  /** Old process: a successor connected and passed the uid check. */
+  /** Old process: a successor connected, passed the uid check and said HELLO (pid and uid from SO_PEERCRED). */
   successor: [peer: { pid: number; uid: number }];
-  /** Old process: a peer was turned away (uid not allowed, or a takeover already running). */
+  /**
+   * Old process: a peer was turned away (uid not allowed, or a takeover already running). At most
+   * one per kind and second; the ones held back are summed up in the next.
+   */
   refused: [error: TakeoverError];
-  /** Old process: a takeover failed; everything it had not frozen keeps being served here. */
-  rollback: [error: TakeoverError];
+  /**
+   * Old process: a takeover failed; everything it had not handed over keeps being served here.
+   * After the commit, `report` says how many connections went with a successor that died, how
+   * many this process serves on, and that its listeners accept again.
+   */
+  rollback: [error: TakeoverError, report: RollbackReport];
   /** Old process: a connection was busy when its turn came; it waits (up to `quiesceTimeoutMs`) for a later wave. */
   defer: [socket: net.Socket];
   /** Old process: a connection stopped here, its bytes taken out for the successor. */
@@ -77,11 +85,17 @@ export interface TakeoverEvents {
   adopt: [socket: net.Socket];
   /** Old process: `upgrade()` started this successor process. */
   upgrade: [successor: { pid: number; args: readonly string[] }];
-  /** Something went wrong that did not stop this process from serving. */
+  /** Something went wrong that did not stop this process from serving (docs/API.md lists the cases). Never `'error'`. */
   warning: [error: TakeoverError];
 }
 
+/**
+ * One process's takeover lifecycle, on one channel path: see the module comment, and docs/API.md
+ * for every member, event and error. Methods called out of order throw (or reject with)
+ * ERR_TAKEOVER_INVALID_STATE; bad arguments ERR_TAKEOVER_INVALID_OPTION.
+ */
 export class Takeover extends EventEmitter<TakeoverEvents> {
+  /** The options, validated and with the defaults filled in. */
   readonly options: ResolvedOptions;
   private currentState: TakeoverState = 'new';
   private role: 'fresh' | 'successor' = 'fresh';
@@ -98,6 +112,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private resolveDone!: (stats: TakeoverStats) => void;
   /** This process created or inherited the channel and no successor has taken it: close() removes the files. */
   private ownsPaths = false;
+  /** Failed successors that may still hold copies of the listeners: close() names those still alive. */
+  private readonly listenerHolders = new Set<number>();
   /** A peer that reconnects in a loop is refused each time: one 'refused' per kind and second, with a count. */
   private readonly refusals = new WarningLimiter((error) => this.emit('refused', error));
 
@@ -116,6 +132,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     return takeover;
   }
 
+  /** Where this process is in its lifecycle (see {@link TakeoverState}). */
   get state(): TakeoverState {
     return this.currentState;
   }
@@ -141,7 +158,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   /**
    * Fresh: checks the channel path. Successor: connects to the predecessor, checks its uid and
    * receives its listeners; pre-copy of the connections goes on in the background.
-   * Throws ERR_TAKEOVER_PATH_UNSAFE, _CHANNEL_IN_USE, _NO_PREDECESSOR, _PEER_REJECTED, _ABORTED...
+   * Rejects with ERR_TAKEOVER_PATH_UNSAFE, _CHANNEL_IN_USE, _NO_PREDECESSOR, _PEER_REJECTED,
+   * _ABORTED (`reason`: the predecessor's code), _FD_LIMIT, _TIMEOUT, _PEER_CLOSED, _PROTOCOL...;
+   * the state is then 'failed', and a successor should exit (its predecessor serves on).
    */
   async start(): Promise<void> {
     this.expectState('new', 'start');
@@ -195,9 +214,11 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * requests, other servers whenever they are not marked {@link busy}.
    *
    * Resolves once the server listens, or (successor) once it has claimed the predecessor's
-   * listener, which starts accepting at the commit; safe to await before `ready()`. A failure
-   * rejects this promise and `ready()`. The name defaults to `tcp:<host>:<port>` or
-   * `unix:<path>`, exactly as given. Throws ERR_TAKEOVER_TLS_UNSUPPORTED for a TLS server.
+   * listener, at once: the server starts accepting on it after the commit, once the predecessor
+   * has stopped. Safe to await before `ready()`. A failure rejects this promise and `ready()`. The
+   * name defaults to `tcp:<host>:<port>` or `unix:<path>`, exactly as given. Throws (synchronously)
+   * ERR_TAKEOVER_INVALID_STATE, _INVALID_OPTION, _TLS_UNSUPPORTED for a TLS server, and
+   * _SYSTEM for a `{ path }` that cannot be bound.
    */
   listen(server: net.Server, target: ListenTarget): Promise<void> {
     this.expectState('started', 'listen');
@@ -237,9 +258,11 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
 
   /**
    * Hands this `ws` WebSocketServer's connections over at frame boundaries, and gives the ones
-   * a predecessor hands over to it as `'connection'` events. Call it before `ready()`, once per
-   * WebSocketServer, on both sides. It makes the server negotiate permessage-deflate without
-   * context takeover (compression windows cannot move).
+   * a predecessor hands over to it as `'connection'` events. Call it once per WebSocketServer,
+   * on both sides, in the same order; in a successor before `ready()` (a WebSocket that arrives
+   * with no server for it is closed), in a fresh process any time while serving. It makes the
+   * server negotiate permessage-deflate without context takeover (compression windows cannot
+   * move). Throws ERR_TAKEOVER_INVALID_OPTION, _INVALID_STATE.
    */
   webSockets(wss: WebSocketServerLike): void {
     if (!['started', 'readying', 'serving'].includes(this.currentState)) this.expectState('started', 'webSockets');
@@ -259,7 +282,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * Marks a connection (a `net.Socket`, or a WebSocket of a server given to {@link webSockets})
    * busy: a takeover does not move it until the returned function is called. Mark each request
    * your application answers asynchronously; a connection still busy at `quiesceTimeoutMs`
-   * stays in this process, which finishes it. Marks nest.
+   * stays in this process, which finishes it. Marks nest. Throws ERR_TAKEOVER_INVALID_OPTION for
+   * anything else.
    */
   busy(connection: net.Socket | object): () => void {
     const socket = connection instanceof net.Socket ? connection : this.webSocketAdapters.map((a) => a.socketOf(connection)).find((s) => s);
@@ -270,7 +294,10 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   /**
    * The application is ready to serve. Fresh: opens the channel so this process can be taken
    * over; resolves null. Successor: confirms to the predecessor (the point of no return),
-   * receives every connection wave by wave, then opens the channel; resolves with the stats.
+   * listens on the inherited listeners and channel once the predecessor has stopped accepting,
+   * receives every connection wave by wave; resolves with the stats. Throws
+   * ERR_TAKEOVER_INVALID_STATE unless started (a second call returns the same promise); rejects,
+   * with the state 'failed', when a listener or the takeover fails before the waves begin.
    */
   ready(): Promise<TakeoverStats | null> {
     if (this.readyPromise) return this.readyPromise;
@@ -279,6 +306,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.readyPromise = this.becomeReady().then(
       (stats) => {
         if (this.currentState === 'readying') this.currentState = 'serving';
+        if (this.options.notifyParent) this.notifyParent(stats);
         return stats;
       },
       (error: Error) => {
@@ -287,6 +315,13 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       },
     );
     return this.readyPromise;
+  }
+
+  /** A parent that went away, or never listened, is not this process's failure: nothing to report. */
+  private notifyParent(stats: TakeoverStats | null): void {
+    if (!process.send || !process.connected) return;
+    const message: ReadyMessage = { type: 'socket-takeover:ready', pid: process.pid, connections: this.connections.size, stats };
+    process.send(message, undefined, {}, () => {});
   }
 
   private async becomeReady(): Promise<TakeoverStats | null> {
@@ -315,7 +350,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * otherwise) and lets it take this process over. Resolves with this side's stats at the
    * handover; rejects with the rollback's error (this process then serves on), or with
    * ERR_TAKEOVER_SUCCESSOR_FAILED if the successor exits or never connects within `timeoutMs`.
-   * One at a time: ERR_TAKEOVER_BUSY while a takeover runs.
+   * One at a time: ERR_TAKEOVER_BUSY while a takeover runs; ERR_TAKEOVER_INVALID_STATE unless
+   * serving; ERR_TAKEOVER_INVALID_OPTION for bad options. It never throws.
    */
   upgrade(options: UpgradeOptions = {}): Promise<TakeoverStats> {
     if (this.upgrading || this.outgoing) return Promise.reject(new TakeoverError(ErrorCodes.BUSY, 'a takeover is already in progress'));
@@ -347,8 +383,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
 
   /**
    * Stops being takeover-able: closes the channel and, when no successor took over, removes
-   * the channel path and the Unix listener paths this process created. Servers are the app's
-   * to close.
+   * the channel path and the Unix listener paths this process created. A takeover of this
+   * process past its commit is let finish first, one before it is aborted; so is this process's
+   * own takeover of a predecessor before its commit. Servers are the app's to close.
    */
   async close(): Promise<void> {
     if (this.currentState === 'closed') return;
@@ -372,6 +409,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.incoming?.abort(shuttingDown);
     this.channelListener?.close();
     this.channelListener = undefined;
+    for (const pid of this.listenerHolders) if (isAlive(pid)) this.warnListenerHeld(pid, 'still lives as this process stops');
+    this.listenerHolders.clear();
     if (handedOver) return;
     try {
       // Only our own socket: whatever was put at the path since stays.
@@ -446,15 +485,31 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
           this.currentState = 'handing-over';
           this.emit('successor', peer);
         },
-        rollback: (error, started) => {
+        rollback: (error, started, report) => {
           this.outgoing = undefined;
           if (this.currentState === 'handing-over') this.currentState = 'serving';
-          if (started) this.emit('rollback', error);
+          if (started) this.emit('rollback', error, report);
+          if (report.listenerHolder !== 0) {
+            this.listenerHolders.add(report.listenerHolder);
+            this.warnListenerHeld(report.listenerHolder, 'still lives');
+          }
           this.upgrading?.reject(error);
         },
         handover: (stats) => this.retire(stats),
       }),
       channel,
+    );
+  }
+
+  /** Closing the listeners here does not free their ports while another process holds copies: say who. */
+  private warnListenerHeld(pid: number, when: string): void {
+    const names = this.registry.records.map((r) => r.name).join(', ');
+    this.emit(
+      'warning',
+      new TakeoverError(
+        ErrorCodes.LISTENER_HELD,
+        `pid ${pid}, a failed successor that was sent copies of the listeners (${names}), ${when}: it may keep them listening until it exits`,
+      ),
     );
   }
 

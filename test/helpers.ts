@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import type { RollbackReport } from '#lib/stats.js';
 
 export const distDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const fixture = path.join(distDir, 'test', 'fixtures', 'echo-server.js');
@@ -32,6 +33,7 @@ export interface ServerEvent {
   successor?: boolean;
   state?: string;
   channelExists?: boolean;
+  report?: RollbackReport;
   addresses?: net.AddressInfo[];
   address?: net.AddressInfo;
   stats?: {
@@ -67,6 +69,18 @@ const live = new Set<{ kill(): void }>();
 export function cleanup(): void {
   for (const thing of live) thing.kill();
   live.clear();
+}
+
+/** SIGKILLs each of these processes still alive, and forgets them: for a test file's afterEach. */
+export function killPids(pids: Set<number>): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // Already gone, as it should be.
+    }
+  }
+  pids.clear();
 }
 
 /** One echo-server process; its JSON event lines are queued for {@link next}. */

@@ -7,7 +7,8 @@
  *
  * Uses `server[Symbol(http.server.connections)].active()` (the parsers in the middle of a
  * message, which Node keeps for its own request timeouts) and `socket._httpMessage` (the
- * response the socket is bound to); test/http.test.ts exercises both across real takeovers.
+ * response the socket is bound to); test/integration/http.test.ts exercises both across real
+ * takeovers.
  */
 import type * as http from 'node:http';
 import type * as net from 'node:net';

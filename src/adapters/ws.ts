@@ -11,8 +11,8 @@
  * negotiated context takeover anyway stays in the old process.
  *
  * Uses ws 8 internals that its own WebSocketServer uses: `_socket`, `_receiver`, `_sender`,
- * `_protocol`, `_extensions`, `setSocket()`, and the sender's `dequeue()`; test/ws.test.ts
- * exercises them across real takeovers.
+ * `_protocol`, `_extensions`, `setSocket()`, and the sender's `dequeue()`;
+ * test/integration/ws.test.ts exercises them across real takeovers.
  */
 import { createRequire } from 'node:module';
 import * as http from 'node:http';

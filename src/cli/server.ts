@@ -25,6 +25,8 @@ import {
   type Logger,
 } from './format.js';
 import { APP_NAMES, createApp, type App, type AppName } from './apps.js';
+import { workerStatus, writeJsonFile } from './worker-status.js';
+import type { PoolCommand } from './pool.js';
 
 const COMMAND = 'takeover-server';
 
@@ -46,6 +48,18 @@ const USAGE = `Usage: ${COMMAND} [OPTION...]
                             and ?push=MS in the URL pushes {"push":n} every MS ms. ws needs the
                             optional 'ws' package. A successor (-T) must serve the same app;
                             http and ws log only start and takeover lines.
+    --reuse-port            Join the port's SO_REUSEPORT group (needs -t or -T): several servers
+                            of this user share the port, the kernel spreading new connections
+    --status-file FILE      Write this server's pid, connections and last takeover to FILE
+                            (JSON) once ready, then each second while it serves
+-w, --workers N             Run a pool: a supervisor (holding no socket) starts N workers on the
+                            port with --reuse-port, worker i take-over-able on DIR/worker-<i>.sock
+                            with -t DIR. -T DIR: a new supervisor adopts the pool in DIR (the old
+                            supervisor exits, the workers serve on), then upgrades it. SIGUSR2 to
+                            the supervisor upgrades the workers one at a time. A crashed worker
+                            is restarted. SIGTERM stops the pool.
+    --status DIR            Print the status of the pool in DIR (each worker's pid, connections,
+                            last takeover) and exit
 -h, --help                  Display this help message
 
 kill -USR2 <pid> makes a server with a takeover path start its own successor and hand over.
@@ -60,6 +74,10 @@ const OPTIONS = {
   quiet: { type: 'boolean', short: 'q', default: false },
   'log-format': { type: 'string', default: 'text' },
   app: { type: 'string', default: 'echo' },
+  'reuse-port': { type: 'boolean', default: false },
+  'status-file': { type: 'string' },
+  workers: { type: 'string', short: 'w' },
+  status: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
@@ -70,13 +88,27 @@ interface ServerConfig {
   quiet: boolean;
   logFormat: LogFormat;
   app: AppName;
+  reusePort: boolean;
+  statusFile: string | undefined;
   /** The command line without -t/-T, for the successor SIGUSR2 starts. */
   successorArgs: string[];
 }
 
-function parseCommandLine(args: string[]): ServerConfig | 'help' {
+/** The command line minus the options named (and their values). */
+function withoutOptions(args: string[], tokens: ReturnType<typeof parseArgs>['tokens'], names: readonly string[]): string[] {
+  const dropped = new Set<number>();
+  for (const token of tokens ?? []) {
+    if (token.kind !== 'option' || !names.includes(token.name)) continue;
+    dropped.add(token.index);
+    if (token.value !== undefined && !token.inlineValue) dropped.add(token.index + 1);
+  }
+  return args.filter((_, i) => !dropped.has(i));
+}
+
+function parseCommandLine(args: string[]): ServerConfig | PoolCommand | 'help' {
   const { values, tokens } = parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: false, tokens: true });
   if (values.help) return 'help';
+  if (values.status !== undefined) return { kind: 'status', dir: values.status };
 
   const from = values.takeover;
   const path = values['takeover-path'];
@@ -95,12 +127,24 @@ function parseCommandLine(args: string[]): ServerConfig | 'help' {
   if (portText === undefined && from === undefined)
     throw new UsageError('missing required option -p/--listen-port (or -T/--takeover PATH)');
   const port = portText === undefined ? undefined : parsePortFlag(portText, '-p/--listen-port', 0);
+  if (values['reuse-port'] && path === undefined && from === undefined) throw new UsageError('--reuse-port needs -t or -T');
+  if (values['status-file'] === '') throw new UsageError('the status file path must not be empty');
 
-  const dropped = new Set<number>();
-  for (const token of tokens) {
-    if (token.kind !== 'option' || (token.name !== 'takeover-path' && token.name !== 'takeover')) continue;
-    dropped.add(token.index);
-    if (!token.inlineValue) dropped.add(token.index + 1);
+  if (values.workers !== undefined) {
+    const workers = parseIntegerFlag(values.workers, '-w/--workers', 1, 64);
+    const dir = path ?? from;
+    if (dir === undefined) throw new UsageError('--workers needs -t DIR (a new pool) or -T DIR (adopt the pool in DIR)');
+    // A new supervisor serves the same port: it restarts crashed workers with these flags.
+    if (port === undefined || port === 0) throw new UsageError('--workers needs -p/--listen-port PORT (not 0: the workers share it)');
+    if (values['status-file'] !== undefined) throw new UsageError('--status-file is per worker: the pool writes DIR/worker-<i>.json');
+    return {
+      kind: 'pool',
+      workers,
+      dir,
+      adopt: from !== undefined,
+      logFormat,
+      workerArgs: withoutOptions(args, tokens, ['workers', 'takeover-path', 'takeover', 'reuse-port']),
+    };
   }
   return {
     listen: from === undefined ? { host, port: port!, backlog } : undefined,
@@ -108,7 +152,9 @@ function parseCommandLine(args: string[]): ServerConfig | 'help' {
     quiet: values.quiet,
     logFormat,
     app,
-    successorArgs: args.filter((_, i) => !dropped.has(i)),
+    reusePort: values['reuse-port'],
+    statusFile: values['status-file'],
+    successorArgs: withoutOptions(args, tokens, ['takeover-path', 'takeover']),
   };
 }
 
@@ -185,8 +231,8 @@ class TakeoverServer {
     this.logger.info(msg, { pid: process.pid, ...fields });
   }
 
-  logError(msg: string, error: unknown): void {
-    this.logger.error(`${msg}${describeError(error)}`, { pid: process.pid, ...errorFields(error) });
+  logError(msg: string, error: unknown, fields?: Record<string, unknown>): void {
+    this.logger.error(`${msg}${describeError(error)}`, { pid: process.pid, ...errorFields(error), ...fields });
   }
 
   /** Resolves once serving; rejects, with nothing left behind, when the server cannot start. */
@@ -202,7 +248,7 @@ class TakeoverServer {
     if (takeover && this.app?.webSocketServer) takeover.webSockets(this.app.webSocketServer);
     const targets: ListenTarget[] = takeover?.isSuccessor
       ? takeover.inheritedListeners.map(({ name }) => ({ name }))
-      : [{ port: listen!.port, host: listen!.host, backlog: listen!.backlog }];
+      : [{ port: listen!.port, host: listen!.host, backlog: listen!.backlog, reusePort: this.config.reusePort }];
     for (const target of targets) {
       const server: net.Server = this.app ? this.app.createServer() : net.createServer((socket) => this.onConnection(socket));
       server.on('listening', () => this.onListening(server));
@@ -217,6 +263,21 @@ class TakeoverServer {
     for (const server of this.servers) server.on('error', (error) => this.logError('Listener error: ', error));
     if (channel) this.log(`Starting Takeover channel on [${channel.path}] domain socket`, { path: channel.path });
     if (stats) this.log(formatSummary(stats), { stats });
+    if (takeover && this.config.statusFile) this.writeStatus(takeover, this.config.statusFile, stats);
+  }
+
+  /** Only while serving: once a successor takes over, the file is its to write. */
+  private writeStatus(takeover: Takeover, file: string, stats: TakeoverStats | null): void {
+    const write = () => {
+      if (takeover.state !== 'serving') return;
+      try {
+        writeJsonFile(file, workerStatus(takeover.connectionCount, stats));
+      } catch (error) {
+        this.logError('Status file: ', error);
+      }
+    };
+    write();
+    setInterval(write, 1000).unref();
   }
 
   private createTakeover(path: string, mode: 'fresh' | 'successor'): Takeover {
@@ -224,6 +285,8 @@ class TakeoverServer {
     const takeover = new Takeover({
       path,
       mode,
+      // A pool's supervisor waits for this before it upgrades the next worker.
+      notifyParent: true,
       captureState: (socket) => (app ? app.captureState(socket) : this.partial.get(socket)),
       restoreState: (socket, state) => (app ? app.restoreState(socket, state) : this.partial.set(socket, Buffer.from(state))),
     });
@@ -250,7 +313,16 @@ class TakeoverServer {
     // The old process has nothing left to serve: its exit is this command's to make.
     void takeover.done().then(() => process.exit(0));
     takeover.on('refused', (error) => this.logError('Takeover refused: ', error));
-    takeover.on('rollback', (error) => this.logError('Takeover rolled back, still serving: ', error));
+    takeover.on('rollback', (error, report) => {
+      if (!report.committed) return this.logError('Takeover rolled back, still serving: ', error);
+      // Past the commit the successor may have taken connections with it: say so, not "rolled back".
+      const { lost, resumed, successorPid } = report;
+      this.logError(
+        `Takeover failed after the commit: ${plural(lost, 'connection')} lost with successor pid ${successorPid}, ${resumed} resumed here, listeners accepting again: `,
+        error,
+        { rollback: report },
+      );
+    });
     takeover.on('warning', (error) => this.logError('Warning: ', error));
     return takeover;
   }
@@ -366,6 +438,8 @@ class TakeoverServer {
 async function main(args: string[]): Promise<number | undefined> {
   const config = parseCommandLineOrExit(COMMAND, USAGE, () => parseCommandLine(args), describeError);
   if (typeof config === 'number') return config;
+  // Workers never load the supervisor: a successor's start-up time is part of each takeover.
+  if ('kind' in config) return (await import('./pool.js')).runPoolCommand(config);
   let app: App | undefined;
   try {
     app = config.app === 'echo' ? undefined : await createApp(config.app);

@@ -44,6 +44,7 @@ test('options are validated with ERR_TAKEOVER_INVALID_OPTION', () => {
     { path: '/tmp/x', allowUids: [-1] },
     { path: '/tmp/x', allowUids: 'root' },
     { path: '/tmp/x', captureState: 'yes' },
+    { path: '/tmp/x', notifyParent: 'yes' },
   ];
   for (const options of bad) {
     assert.throws(() => new Takeover(options as never), assertCode('ERR_TAKEOVER_INVALID_OPTION'), JSON.stringify(options));

@@ -2,17 +2,21 @@
  * Hostile peers on the channel (issue #9, items 4 and 6): a flood of connections does not
  * exhaust the server's fds nor its log, and a peer that sends what the server cannot take
  * (a bad frame before HELLO, an oversized frame, too many fds, a zero-length message) gets
- * an ABORT with a code, and the server says so.
+ * an ABORT with a code, and the server says so. A fake predecessor cannot fill a successor's fd
+ * table either (item 5).
  */
 import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { MAX_OPEN_CHANNELS } from '#lib/channel-listener.js';
 import * as native from '#lib/native.js';
 import { decodeFrame, encode, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
-import { cleanup, openFds, probeEcho, ServerProcess, tempDir, type ServerConfig } from '../helpers.js';
+import { serverFd, socketFd } from '#lib/sockets.js';
+import { cleanup, openFds, probeEcho, ServerProcess, tempDir, waitFor, type ServerConfig } from '../helpers.js';
 
 after(cleanup);
 
@@ -208,4 +212,51 @@ test('a zero-length message is not taken as the peer closing: ABORT ERR_TAKEOVER
   server.kill('SIGTERM');
   await server.exited;
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('a fake predecessor sending more connections than WELCOME announced: the successor takes half its fd room at most, then ABORT ERR_TAKEOVER_FD_LIMIT and exits', {
+  timeout: 60_000,
+}, async (t) => {
+  const dir = tempDir();
+  const channelPath = path.join(dir, 'channel');
+  const listener = native.unixListen(channelPath, 'seqpacket', 4);
+  const tcp = net.createServer();
+  tcp.listen(0, '127.0.0.1');
+  await once(tcp, 'listening');
+  const client = net.connect((tcp.address() as net.AddressInfo).port, '127.0.0.1');
+  await once(client, 'connect');
+  const channelListener = native.unixListen(path.join(dir, 'next'), 'seqpacket', 4);
+  let fd = -1;
+  t.after(() => {
+    for (const f of [fd, listener, channelListener]) if (f >= 0) native.close(f);
+    client.destroy();
+    tcp.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  // With 300 fds, half the room left after WELCOME's 1 connection is about 110 connections.
+  const successor = new ServerProcess(
+    { path: channelPath, mode: 'successor', listen: [{ port: 0, host: '127.0.0.1' }] },
+    { shellPrefix: 'ulimit -n 300' },
+  );
+  await waitFor(() => (fd = native.accept(listener)) >= 0, 'the successor to connect');
+  assert.equal((await nextFrame(fd)).type, 'hello');
+  native.sendMessage(fd, encode.welcome(process.pid, 2, 1).data, []);
+  const listeners = encode.listeners([
+    { name: 'tcp:test', kind: 'tcp', backlog: 511, fd: serverFd(tcp) },
+    { name: 'takeover-channel', kind: 'channel', backlog: 511, fd: channelListener },
+  ]);
+  native.sendMessage(fd, listeners.data, listeners.fds);
+  // One fd sent 100 times per frame arrives as 100 fds.
+  const batch = (first: number) =>
+    encode.conns(Array.from({ length: 100 }, (_, i) => ({ id: first + i, listener: 0, fd: socketFd(client) })));
+  for (const first of [1, 101]) {
+    const message = batch(first);
+    native.sendMessage(fd, message.data, message.fds);
+  }
+  assert.deepEqual(await nextFrame(fd), { type: 'ack', seq: 0 }, 'the first 100 fit');
+  const abort = await nextFrame(fd);
+  assert.equal(abort.type === 'abort' && abort.code, 'ERR_TAKEOVER_FD_LIMIT', JSON.stringify(abort));
+  const error = await successor.next('error');
+  assert.equal(error.code, 'ERR_TAKEOVER_FD_LIMIT');
+  assert.equal(await successor.exited, 1);
 });

@@ -12,7 +12,7 @@ import { afterEach, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { ProcessGroups, type Child } from '../../bench/procs.js';
-import { copyForNobody, tempDir } from '../helpers.js';
+import { copyForNobody, tempDir, killPids } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 const timeout = 30_000;
@@ -23,14 +23,7 @@ const detached = new Set<number>();
 const dirs: string[] = [];
 afterEach(() => {
   groups.killAll();
-  for (const pid of detached) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // Already gone, as it should be.
-    }
-  }
-  detached.clear();
+  killPids(detached);
   for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
 });
 

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { afterEach, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { runEchoLoad } from '../../tools/echo-load.js';
-import { distDir, probeEcho, tempDir, ipv6Available } from '../helpers.js';
+import { distDir, probeEcho, tempDir, ipv6Available, waitStopped, killPids } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 // Per test, not per suite: a suite's timeout cancels the tests after a hung one as well.
@@ -22,14 +22,7 @@ const pids = new Set<number>();
 const dirs: string[] = [];
 
 afterEach(() => {
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // Already gone, as it should be.
-    }
-  }
-  pids.clear();
+  killPids(pids);
   for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -325,6 +318,45 @@ describe('takeover-server start-up errors leave nothing behind', () => {
     const again = await server.line(/^SIGUSR2: starting successor pid (\d+)$/, from);
     pids.add(Number(again.value[1]));
 
+    server.child.kill('SIGTERM');
+    assert.deepEqual(await server.exited, { code: 0, signal: null });
+  });
+
+  test('a successor killed mid-waves: the log says how many connections were lost with it, how many resumed, and that the listeners accept again', {
+    timeout,
+  }, async () => {
+    const channel = channelPath();
+    const preload = path.join(distDir, 'test', 'fixtures', 'pause-at.js');
+    const { server, port } = await listeningServer(['-q', '-p', '0', '-t', channel], {
+      SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1',
+      NODE_OPTIONS: `--import ${preload}`,
+    });
+    await server.line(/^Starting Takeover channel/);
+    const clients: net.Socket[] = [];
+    for (let i = 0; i < 300; i++) {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.on('error', () => {});
+      clients.push(socket);
+      // An echo proves the server has accepted (and counts) the connection.
+      socket.write(Buffer.alloc(4));
+      await once(socket, 'data');
+    }
+    server.child.kill('SIGUSR2');
+    const { value } = await server.line(/^SIGUSR2: starting successor pid (\d+)$/);
+    const successor = Number(value[1]);
+    pids.add(successor);
+    // Stopped with wave 1 in hand: waves of 128, so 256 connections left the old process.
+    await waitStopped(successor);
+    process.kill(successor, 'SIGKILL');
+    await server.line(
+      new RegExp(
+        `^${escapeRegExp(`Takeover failed after the commit: 256 connections lost with successor pid ${successor}, 44 resumed here, listeners accepting again: `)}.* \\(ERR_TAKEOVER_PEER_CLOSED\\)$`,
+      ),
+      0,
+      'err',
+    );
+    await probeEcho(port, '127.0.0.1');
+    for (const socket of clients) socket.destroy();
     server.child.kill('SIGTERM');
     assert.deepEqual(await server.exited, { code: 0, signal: null });
   });

@@ -1,7 +1,8 @@
 /**
  * Fixes from the faults-and-hostile-peers review (issue #9) that live in the two sessions: a
  * silent peer does not hold the takeover slot for the whole timeout, ACKs are checked, the listen
- * backlog survives a takeover, and the one holding the slot is named.
+ * backlog survives a takeover, the one holding the slot is named, and so is a failed successor
+ * that may hold the listeners' copies.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -90,4 +91,48 @@ test('the listen backlog survives a takeover (not reset to 511)', { timeout: 60_
   assert.equal(await server.exited, 0);
   assert.equal(backlog(), 64);
   successor.kill();
+});
+
+/** Resolves with the error code of a connect to the port (undefined when it connects). */
+async function connectOutcome(port: number): Promise<string | undefined> {
+  const socket = net.connect(port, '127.0.0.1');
+  try {
+    await once(socket, 'connect');
+    return undefined;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code;
+  } finally {
+    socket.destroy();
+  }
+}
+
+test('a peer that is sent the listeners and stalls: the rollback and the stop both name its pid (ERR_TAKEOVER_LISTENER_HELD); the port is freed once it lets go', {
+  timeout: 60_000,
+}, async () => {
+  const config: ServerConfig = { path: path.join(tempDir(), 'channel'), listen: [{ port: 0, host: '127.0.0.1' }], timeoutMs: 1000 };
+  const server = new ServerProcess(config);
+  const port = (await server.next('ready')).addresses![0]!.port;
+  // HELLO, then never a read: WELCOME and LISTENERS, the listeners' copies with them, wait in this socket's queue.
+  const stalled = native.unixConnect(config.path);
+  native.sendMessage(stalled, encode.hello(process.pid).data, []);
+  const rollback = await server.next('rollback');
+  assert.equal(rollback.code, 'ERR_TAKEOVER_TIMEOUT');
+  assert.equal(rollback.report?.listenerHolder, process.pid);
+  const warning = await server.next('warning');
+  assert.equal(warning.code, 'ERR_TAKEOVER_LISTENER_HELD');
+  assert.match(warning.message!, new RegExp(`^pid ${process.pid}, a failed successor that was sent copies of the listeners \\(tcp:[^)]+\\), still lives:`));
+  await probeEcho(port, '127.0.0.1');
+  server.kill('SIGTERM');
+  const atStop = await server.next('warning');
+  assert.equal(atStop.code, 'ERR_TAKEOVER_LISTENER_HELD');
+  assert.match(atStop.message!, new RegExp(`^pid ${process.pid}, .* still lives as this process stops: it may keep them listening until it exits$`));
+  await server.next('closed');
+  assert.equal(await server.exited, 0);
+  // As the warning says: the server is gone and the port still listens, through the copy in the queue.
+  assert.equal(await connectOutcome(port), undefined);
+  native.close(stalled);
+  let outcome: string | undefined;
+  const deadline = performance.now() + 5_000;
+  while ((outcome = await connectOutcome(port)) === undefined && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(outcome, 'ECONNREFUSED', 'the port is free once the holder let go');
 });

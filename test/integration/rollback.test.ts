@@ -233,6 +233,35 @@ test('a successor that stalls mid-waves keeps what it started; the old process f
   fs.rmSync(r.dir, { recursive: true, force: true });
 });
 
+test('a successor killed mid-waves: the old process reports the connections lost with it and those it resumed, and accepts again', {
+  timeout: 60_000,
+}, async () => {
+  const r = await running({ waveSize: 100 });
+  const doomed = new ServerProcess(r.config, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
+  await waitStopped(doomed.pid);
+  doomed.kill('SIGKILL');
+  const rollback = await r.old.next('rollback');
+  assert.equal(rollback.code, 'ERR_TAKEOVER_PEER_CLOSED');
+  // Waves 0 and 1 were sent (wave 1 sat unstarted in the stopped successor): both went with it.
+  assert.deepEqual(rollback.report, {
+    successorPid: doomed.pid,
+    committed: true,
+    lost: 200,
+    resumed: 100,
+    listenersResumed: 1,
+    listenerHolder: 0,
+  });
+  await probeEcho(r.address.port, r.address.host);
+  for (const c of r.clients) c.burst(2);
+  await drainAll(r.clients);
+  const served = r.clients.filter((c) => c.problems.length === 0);
+  assert.equal(served.length, 100, 'exactly the connections never frozen are served on');
+  for (const c of r.clients) c.close();
+  r.old.kill('SIGTERM');
+  await r.old.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+});
+
 test("the old process's close() during a committed takeover lets it finish and leaves the channel to the successor", {
   timeout: 60_000,
 }, async () => {

@@ -25,7 +25,7 @@ import type { Readiness } from '#lib/adapters/adapter.js';
 import { NetAdapter } from '#lib/adapters/net.js';
 import { acceptOptions, releaseMoved, serverFd, socketFd, stopAccepting } from '#lib/sockets.js';
 import type { TakeoverError } from '#lib/errors.js';
-import type { TakeoverStats } from '#lib/stats.js';
+import type { RollbackReport, TakeoverStats } from '#lib/stats.js';
 import { waitFor, within } from '../helpers.js';
 
 let pairs = 0;
@@ -229,7 +229,7 @@ export class OldApp {
 }
 
 type Outcome =
-  | { kind: 'rollback'; error: TakeoverError; started: boolean }
+  | { kind: 'rollback'; error: TakeoverError; started: boolean; report: RollbackReport }
   | { kind: 'handover'; stats: TakeoverStats }
   | { kind: 'partial'; error: TakeoverError; stats: TakeoverStats };
 
@@ -337,9 +337,9 @@ export class FakePredecessorHost implements PredecessorHost {
     releaseMoved(socket, () => new Error('used after it moved'));
   }
 
-  onRollback(error: TakeoverError, started: boolean): void {
+  onRollback(error: TakeoverError, started: boolean, report: RollbackReport): void {
     this.calls.push(`rollback:${error.code}`);
-    this.finish({ kind: 'rollback', error, started });
+    this.finish({ kind: 'rollback', error, started, report });
   }
 
   onHello(pid: number): void {
@@ -366,7 +366,7 @@ type SuccessorOutcome =
  * with its own server (answering `new:<data>`), and adopts moved connections through NetAdapter.
  */
 export class FakeSuccessorHost implements SuccessorHost {
-  readonly options: { timeoutMs: number; allowUids: readonly number[]; onStep: (step: SuccessorStep) => void } = {
+  readonly options: { timeoutMs: number; allowUids: readonly number[]; onStep: (step: SuccessorStep) => void; maxWaveSize?: number } = {
     timeoutMs: 5000,
     allowUids: [process.getuid!()],
     onStep: (step) => {

@@ -510,6 +510,15 @@ test('resume after COMMIT, before LISTENING: the listeners accept again from the
   const outcome = await within(s.host.outcome, 'the rollback');
   assert.ok(outcome.kind === 'rollback');
   assert.equal(outcome.error.code, ErrorCodes.PEER_CLOSED);
+  // The peer closed without an ABORT and its process (this one) lives: it may hold the listeners.
+  assert.deepEqual(outcome.report, {
+    successorPid: process.pid,
+    committed: true,
+    lost: 0,
+    resumed: 2,
+    listenersResumed: 1,
+    listenerHolder: process.pid,
+  });
   assert.deepEqual(s.host.resumed, ['tcp:test', 'takeover-channel']);
   assert.ok(!s.host.calls.some((c) => c.startsWith('freeze')));
   assert.ok(serverFd(s.app.server) >= 0, 'listening again');
@@ -558,6 +567,36 @@ test('partial handover: the successor fails after a WAVE_ACK; it keeps the liste
   assert.equal(serverFd(s.app.server), -1);
   await servedByOld(s.clients[2]!, 'finished here');
   await fdsSettle(s.before - 3 + s.peer.heldFds, 'the listener dups and the channel are closed, two sockets released, the server stopped');
+  await s.teardown();
+});
+
+test('a wave whose send fails (the successor closed right after its WAVE_ACK) is thawed and served on: only the wave it had is gone', async (t) => {
+  const s = await setup(t, 3, { waveSize: 1 });
+  // Input the old app has not read yet: frozen into wave 1, it must come back ahead of new input.
+  s.sockets[1]!.pause();
+  s.clients[1]!.write('early');
+  await waitFor(() => s.sockets[1]!.readableLength === 5, "'early' buffered in the old app");
+  await toPrepare(s);
+  s.peer.send(encode.commit());
+  await s.peer.next('listening');
+  assert.deepEqual(fates(await nextWave(s.peer)), ['1:moved']);
+  // Gone before the old process reads the WAVE_ACK: the wave it then freezes and sends meets EPIPE.
+  s.peer.send(encode.waveAck(0));
+  s.peer.closeChannel();
+  const outcome = await within(s.host.outcome, 'the partial handover');
+  assert.ok(outcome.kind === 'partial', outcome.kind);
+  assert.equal(outcome.error.code, ErrorCodes.PEER_CLOSED, outcome.error.message);
+  assert.ok(s.host.calls.includes('freeze:2'), 'wave 1 was frozen before its send failed');
+  assert.deepEqual(
+    s.host.calls.filter((c) => c.startsWith('release')),
+    ['release:1'],
+    'only wave 0 was released',
+  );
+  assert.deepEqual([outcome.stats.connections, outcome.stats.retained, outcome.stats.bytesIn], [1, 2, 0]);
+  s.sockets[1]!.resume();
+  await s.clients[1]!.expect('old:early');
+  await servedByOld(s.clients[1]!, 'thawed');
+  await servedByOld(s.clients[2]!, 'never frozen');
   await s.teardown();
 });
 

@@ -246,7 +246,7 @@ test('rollback before COMMIT: a listener the new app did not claim; the old side
   await p.teardown();
 });
 
-test('partial handover: the new side fails once wave 0 is acknowledged; it keeps wave 0 and the listener, the old app finishes the rest', async (t) => {
+test('partial handover: the new side fails with wave 1 in hand; it keeps waves 0 and 1 (nothing released is cut) and the listener, the old app finishes the rest', async (t) => {
   const p = await pair(t, 3, {
     old: { waveSize: 1 },
     onStep: (step, p) => {
@@ -259,33 +259,15 @@ test('partial handover: the new side fails once wave 0 is acknowledged; it keeps
   assert.equal(oldOutcome.error.reason, ErrorCodes.SYSTEM);
   assert.deepEqual([oldOutcome.stats.connections, oldOutcome.stats.retained], [2, 1]);
   assert.ok(newOutcome.kind === 'done' && newOutcome.warning?.code === ErrorCodes.SYSTEM);
-  assert.equal(newOutcome.stats.connections, 1);
+  // Wave 1 was in hand, checked and released by the old side: the new side started it too.
+  assert.equal(newOutcome.stats.connections, oldOutcome.stats.connections, 'both sides count the same connections as moved');
   assert.equal(p.old.resumed, undefined, 'the old app does not take the listener back');
   await reply(p.clients[0]!, 'wave 0', 'new');
+  await reply(p.clients[1]!, 'wave 1, in hand', 'new');
   await reply(p.clients[2]!, 'never frozen', 'old');
   const fresh = new Client(net.connect(p.app.port, '127.0.0.1'));
   await once(fresh.socket, 'connect');
   await reply(fresh, 'fresh', 'new');
   fresh.socket.destroy();
-  await p.teardown();
-});
-
-test('a new side that fails with a wave in hand does not cut the connections of that wave', {
-  todo: 'SuccessorSession.fail() after LISTENING drops every held copy, those of the wave it was handed too; the old side has already released them, so they are closed (the client reads EOF) and the two sides count them differently',
-}, async (t) => {
-  const p = await pair(t, 3, {
-    old: { waveSize: 1 },
-    onStep: (step, p) => {
-      if (step === 'wave1') p.successor.abort(new TakeoverError(ErrorCodes.SYSTEM, 'the new app broke'));
-    },
-  });
-  p.successor.ready();
-  const [oldOutcome, newOutcome] = await within(Promise.all([p.old.outcome, p.next.outcome]), 'both sides to finish');
-  assert.ok(oldOutcome.kind === 'partial' && newOutcome.kind === 'done');
-  assert.equal(newOutcome.stats.connections, oldOutcome.stats.connections, 'both sides count the same connections as moved');
-  const client = p.clients[1]!;
-  client.write('in flight');
-  await waitFor(() => client.ended || client.received.length > 0, 'an answer or EOF');
-  assert.equal(client.ended, false, 'the connection of wave 1 was cut');
   await p.teardown();
 });

@@ -324,6 +324,24 @@ test('deferral: a deferred connection waits (up to timeoutMs + quiesceMs) and mo
   await s.teardown();
 });
 
+test('wave size: chunks are counted against the limit as they arrive; a wave past it is refused with a code before it is joined', async (t) => {
+  // The limit lowered through the host's option, as only tests do (MAX_WAVE_SIZE is 512 MiB).
+  const s = await setup(t, 2, { maxWaveSize: 200_000 });
+  await toWaves(s);
+  sendWave(s, 0, [moved(1, 'x'.repeat(150_000))]);
+  assert.deepEqual(await s.peer.next('waveAck'), { type: 'waveAck', seq: 0 });
+  await s.clients[0]!.expect(`new:${'x'.repeat(150_000)}`);
+  // 4 frames of 64 KiB: the fourth goes past 200,000 bytes; the fifth is never reached.
+  sendWave(s, 1, [moved(2, 'y'.repeat(250_000))]);
+  const abort = await s.peer.next('abort');
+  assert.equal(abort.code, ErrorCodes.PROTOCOL);
+  assert.match(abort.message, /wave larger than 200000 bytes/);
+  const outcome = await within(s.host.outcome, 'onDone');
+  assert.ok(outcome.kind === 'done' && outcome.warning?.code === ErrorCodes.PROTOCOL);
+  assert.equal(outcome.stats.connections, 1);
+  await s.teardown();
+});
+
 interface FailureCase {
   name: string;
   connections?: number;

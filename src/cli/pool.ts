@@ -1,0 +1,420 @@
+/**
+ * `takeover-server --workers N`: a supervisor that holds no socket, and N workers that share the
+ * port through SO_REUSEPORT, each one take-over-able on its own channel in the pool's directory.
+ *
+ * The directory is the pool's whole state, so that a supervisor can be replaced without touching
+ * a worker:
+ * - `worker-<i>.sock`: worker i's takeover channel;
+ * - `worker-<i>.json`: written by whichever process serves worker i (its pid, connections, last
+ *   takeover): how a supervisor finds a worker it did not start;
+ * - `supervisor.json`: the supervisor in charge. A new one (`-T DIR`) writes its own pid there;
+ *   the old one sees it, and exits without signalling a worker.
+ *
+ * Workers run detached (their own process group) and are tied to the supervisor by nothing
+ * once ready: the IPC channel carries their ready message, then the supervisor disconnects it.
+ * A supervisor watches the workers it started through their exit, and adopted ones through
+ * /proc. Upgrading worker i is one takeover of its channel: start a successor with `-T`, wait
+ * for its ready message, then for the old process's exit. A successor that fails leaves the old
+ * worker serving (the library rolls back) and stops the upgrade.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { ReadyMessage } from '../index.js';
+import { createLogger, type LogFormat, type Logger } from './format.js';
+import { formatWorkerStatus, readWorkerStatus, writeJsonFile } from './worker-status.js';
+
+export type PoolCommand =
+  | { kind: 'status'; dir: string }
+  | {
+      kind: 'pool';
+      workers: number;
+      dir: string;
+      /** -T DIR: adopt the pool in DIR (its supervisor exits), then upgrade it. */
+      adopt: boolean;
+      logFormat: LogFormat;
+      /** Each worker's flags, without -t/-T, --reuse-port and --status-file, which the pool adds. */
+      workerArgs: string[];
+    };
+
+/** A worker that does not report ready in this time is killed: a fresh start, or a successor. */
+const READY_TIMEOUT_MS = 60_000;
+/** How long an upgrade waits for the old worker to exit before it moves on (it finishes the connections it kept). */
+const OLD_EXIT_TIMEOUT_MS = 30_000;
+/** How often adopted workers and the supervisor file are looked at. */
+const WATCH_INTERVAL_MS = 200;
+/** A worker that exits within this time of its start is restarted only after this delay. */
+const RESTART_DELAY_MS = 1000;
+
+interface Worker {
+  readonly index: number;
+  readonly pid: number;
+  /** Resolves with how the process ended: its exit code or signal, or 'exited' when not our child. */
+  readonly exited: Promise<string>;
+  readonly startedAt: number;
+}
+
+/** Alive and not a zombie: /proc says so for any process, a child of ours or not. */
+function isAlive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** A recycled pid is not the worker: the process must have the channel on its command line. */
+function servesChannel(pid: number, channel: string): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(channel) && isAlive(pid);
+  } catch {
+    return false;
+  }
+}
+
+function readSupervisorPid(dir: string): number | undefined {
+  try {
+    const { pid } = JSON.parse(fs.readFileSync(path.join(dir, 'supervisor.json'), 'utf8')) as { pid?: unknown };
+    return Number.isInteger(pid) ? (pid as number) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const plural = (n: number, noun: string): string => `${n} ${noun}${n === 1 ? '' : 's'}`;
+const describe = (error: unknown) => (error instanceof Error ? error.message : String(error));
+
+class Supervisor {
+  private readonly logger: Logger;
+  private readonly workers: (Worker | undefined)[] = [];
+  /** Workers an upgrade or a restart is acting on: an exit there is theirs to handle. */
+  private readonly busy = new Set<number>();
+  /** Processes spawned and not ready yet: a stop must not leave them behind. */
+  private readonly starting = new Set<ChildProcess>();
+  private upgrading = false;
+  private stopping = false;
+
+  constructor(private readonly command: Extract<PoolCommand, { kind: 'pool' }>) {
+    this.logger = createLogger({ format: command.logFormat });
+  }
+
+  private log(msg: string, fields?: Record<string, unknown>): void {
+    this.logger.info(msg, { pid: process.pid, supervisor: true, ...fields });
+  }
+
+  private logError(msg: string, fields?: Record<string, unknown>): void {
+    this.logger.error(msg, { pid: process.pid, supervisor: true, ...fields });
+  }
+
+  private channel(index: number): string {
+    return path.join(this.command.dir, `worker-${index}.sock`);
+  }
+
+  private statusFile(index: number): string {
+    return path.join(this.command.dir, `worker-${index}.json`);
+  }
+
+  async start(): Promise<void> {
+    const { dir, workers, adopt } = this.command;
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const previous = readSupervisorPid(dir);
+    const previousAlive = previous !== undefined && previous !== process.pid && isAlive(previous);
+    if (!adopt && previousAlive) throw new Error(`supervisor pid ${previous} runs the pool in ${dir}: take it over with -T ${dir}`);
+    // From here on the old supervisor, if any, stands down: it watches this file.
+    writeJsonFile(path.join(dir, 'supervisor.json'), { pid: process.pid });
+    process.on('SIGTERM', () => void this.stop('SIGTERM'));
+    process.on('SIGINT', () => void this.stop('SIGINT'));
+    process.on('SIGUSR2', () => {
+      if (this.workers.filter(Boolean).length < this.command.workers) this.log('SIGUSR2 ignored: the pool is starting');
+      else void this.upgrade('SIGUSR2');
+    });
+    setInterval(() => this.checkSupervisor(), WATCH_INTERVAL_MS);
+
+    if (adopt) {
+      if (previousAlive) {
+        this.log(`Taking over the pool in [${dir}] from supervisor pid ${previous}`, { previousPid: previous });
+        await this.untilExit(previous!, 10_000);
+      }
+      let adopted = 0;
+      for (let i = 0; i < workers; i++) {
+        if (this.adoptSuccessor(i)) adopted++;
+        else await this.restart(i);
+      }
+      this.logStatus();
+      // Workers started just now already run this supervisor's code.
+      if (adopted > 0) await this.upgrade(`-T ${dir}`);
+      return;
+    }
+    this.log(`Starting pool of ${workers} workers in [${dir}]`, { dir, workers });
+    try {
+      const started = await Promise.all(Array.from({ length: workers }, (_, i) => this.startWorker(i, false)));
+      for (const [i, worker] of started.entries()) this.install(i, worker);
+    } catch (error) {
+      await this.stopWorkers();
+      fs.rmSync(path.join(dir, 'supervisor.json'), { force: true });
+      throw error;
+    }
+    this.logStatus();
+  }
+
+  /** Spawns worker i, fresh or as the successor of its channel's server; resolves once it is ready. */
+  private async startWorker(index: number, successor: boolean): Promise<Worker & { ready: ReadyMessage }> {
+    const args = [
+      ...process.execArgv,
+      process.argv[1]!,
+      ...this.command.workerArgs,
+      '--reuse-port',
+      '--status-file',
+      this.statusFile(index),
+      successor ? '-T' : '-t',
+      this.channel(index),
+    ];
+    const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const exited = new Promise<string>((resolve) =>
+      child.once('exit', (code, signal) => resolve(signal ?? `code ${code}`)).once('error', (error) => resolve(describe(error))),
+    );
+    const worker = { index, pid: child.pid ?? -1, exited, startedAt: Date.now() };
+    this.starting.add(child);
+    try {
+      const ready = await this.whenReady(child, exited);
+      await this.untilStatus(index, worker.pid);
+      return { ...worker, ready };
+    } catch (error) {
+      child.kill('SIGKILL');
+      throw new Error(`${successor ? 'successor' : 'worker'} pid ${worker.pid} of worker ${index} ${describe(error)}`);
+    } finally {
+      this.starting.delete(child);
+    }
+  }
+
+  private whenReady(child: ChildProcess, exited: Promise<string>): Promise<ReadyMessage> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`was not ready within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
+      void exited.then((how) => {
+        clearTimeout(timer);
+        reject(new Error(`exited (${how}) before it was ready`));
+      });
+      child.on('message', (message: ReadyMessage) => {
+        if (message?.type !== 'socket-takeover:ready') return;
+        clearTimeout(timer);
+        // Nothing ties a ready worker to this supervisor: it must outlive it.
+        child.disconnect();
+        resolve(message);
+      });
+    });
+  }
+
+  /** The ready message comes before the worker writes its status file; the status line reads the file. */
+  private async untilStatus(index: number, pid: number): Promise<void> {
+    for (let waited = 0; waited < 2000 && readWorkerStatus(this.statusFile(index))?.pid !== pid; waited += 20) await sleep(20);
+  }
+
+  private async untilExit(pid: number, timeoutMs: number): Promise<boolean> {
+    for (let waited = 0; waited < timeoutMs; waited += 50) {
+      if (!isAlive(pid)) return true;
+      await sleep(50);
+    }
+    return false;
+  }
+
+  /** A worker this supervisor did not start: watched through /proc. */
+  private adopt(index: number, pid: number): void {
+    const exited = new Promise<string>((resolve) => {
+      const timer = setInterval(() => {
+        if (isAlive(pid)) return;
+        clearInterval(timer);
+        resolve('status unknown: not a child of this supervisor');
+      }, WATCH_INTERVAL_MS);
+    });
+    this.install(index, { index, pid, exited, startedAt: Date.now() });
+  }
+
+  private install(index: number, worker: Worker): void {
+    this.workers[index] = worker;
+    void worker.exited.then((how) => this.onExit(worker, how));
+  }
+
+  private async onExit(worker: Worker, how: string): Promise<void> {
+    const { index, pid } = worker;
+    if (this.stopping || this.workers[index] !== worker || this.busy.has(index)) return;
+    this.log(`Worker ${index} (pid ${pid}) exited (${how})`, { worker: index, workerPid: pid, how });
+    this.busy.add(index);
+    try {
+      // Taken over by a successor this supervisor did not start (the worker's own SIGUSR2, or a
+      // -T on its channel)? The old process exits once done, and the successor writes its status.
+      for (let waited = 0; waited < RESTART_DELAY_MS; waited += 50) {
+        if (this.adoptSuccessor(index, pid)) return;
+        await sleep(50);
+      }
+      if (Date.now() - worker.startedAt < RESTART_DELAY_MS) await sleep(RESTART_DELAY_MS);
+      await this.restart(index, pid);
+      this.logStatus();
+    } finally {
+      this.busy.delete(index);
+    }
+  }
+
+  /**
+   * Adopts the process worker i's status file names, when it serves worker i's channel: a worker
+   * of the pool this supervisor takes over, or the successor of the worker `gone`.
+   */
+  private adoptSuccessor(index: number, gone?: number): boolean {
+    const status = readWorkerStatus(this.statusFile(index));
+    if (!status || status.pid === gone || !servesChannel(status.pid, this.channel(index))) return false;
+    this.adopt(index, status.pid);
+    const fields = { worker: index, workerPid: status.pid };
+    if (gone === undefined) this.log(`Adopting worker ${index}: pid ${status.pid}`, fields);
+    else this.log(`Worker ${index}: pid ${gone} was taken over by pid ${status.pid}`, fields);
+    return true;
+  }
+
+  /**
+   * Starts worker i fresh, again and again while it fails: the pool must get back to N workers.
+   * A fresh start fails while another process serves the channel: that one is adopted instead.
+   */
+  private async restart(index: number, gone?: number): Promise<void> {
+    while (!this.stopping) {
+      if (this.adoptSuccessor(index, gone)) return;
+      this.log(`Restarting worker ${index}`, { worker: index });
+      try {
+        this.install(index, await this.startWorker(index, false));
+        return;
+      } catch (error) {
+        this.logError(`Worker ${index} could not start: ${describe(error)}; retrying in ${RESTART_DELAY_MS} ms`, { worker: index });
+        await sleep(RESTART_DELAY_MS);
+      }
+    }
+  }
+
+  /** Upgrades the workers one at a time; stops at the first that fails, which keeps serving. */
+  async upgrade(reason: string): Promise<void> {
+    if (this.stopping) return;
+    if (this.upgrading) {
+      this.log(`${reason} ignored: the pool is being upgraded`);
+      return;
+    }
+    this.upgrading = true;
+    const { workers } = this.command;
+    this.log(`Upgrading the pool (${reason}): ${workers} workers, one at a time`, { reason });
+    try {
+      for (let i = 0; i < workers; i++) {
+        while (this.busy.has(i)) await sleep(50);
+        if (this.stopping) return;
+        this.busy.add(i);
+        try {
+          await this.upgradeWorker(i);
+        } finally {
+          this.busy.delete(i);
+          // It died while the upgrade held it: now the usual restart applies.
+          const worker = this.workers[i];
+          if (worker && !isAlive(worker.pid)) void this.onExit(worker, 'exited');
+        }
+      }
+      this.log(`Pool upgraded: ${workers} workers`, { upgraded: workers });
+    } catch (error) {
+      this.logError(`Upgrade stopped: ${describe(error)}`, { upgradeFailed: true });
+    } finally {
+      this.upgrading = false;
+      this.logStatus();
+    }
+  }
+
+  private async upgradeWorker(index: number): Promise<void> {
+    const old = this.workers[index]!;
+    this.log(`Upgrading worker ${index}: successor of pid ${old.pid}`, { worker: index, workerPid: old.pid });
+    let successor: Awaited<ReturnType<Supervisor['startWorker']>>;
+    try {
+      successor = await this.startWorker(index, true);
+    } catch (error) {
+      const still = isAlive(old.pid) ? `pid ${old.pid} serves on` : `its pid ${old.pid} is gone`;
+      const last = this.command.workers - 1;
+      const left = index === last ? `worker ${index}` : `workers ${index} to ${last}`;
+      throw new Error(`${describe(error)}; ${still}; ${left} not upgraded`);
+    }
+    this.install(index, successor);
+    const stats = successor.ready.stats;
+    this.log(
+      `Worker ${index}: pid ${old.pid} -> pid ${successor.pid}, ${plural(stats?.connections ?? 0, 'connection')}, max pause ${(stats?.maxPauseMs ?? 0).toFixed(1)} ms`,
+      { worker: index, predecessorPid: old.pid, workerPid: successor.pid, stats },
+    );
+    const how = await Promise.race([old.exited, sleep(OLD_EXIT_TIMEOUT_MS).then(() => undefined)]);
+    if (how === undefined) this.log(`Worker ${index}: old pid ${old.pid} still finishes the connections it kept; moving on`);
+    else this.log(`Worker ${index}: old pid ${old.pid} exited (${how})`, { worker: index, oldPid: old.pid, how });
+  }
+
+  /**
+   * A new supervisor wrote its pid: it is in charge, and every worker serves on. Only another
+   * pid counts: a file gone or unreadable is no order to leave the pool unsupervised.
+   */
+  private checkSupervisor(): void {
+    const current = readSupervisorPid(this.command.dir);
+    if (current === undefined || current === process.pid || this.stopping) return;
+    this.stopping = true;
+    this.log(`Pool taken over by supervisor pid ${current}: exiting, the workers serve on`, { successorPid: current });
+    process.exit(0);
+  }
+
+  logStatus(): void {
+    for (let i = 0; i < this.command.workers; i++) {
+      const status = readWorkerStatus(this.statusFile(i));
+      this.log(formatWorkerStatus(i, status, status !== undefined && isAlive(status.pid)), { worker: i, status });
+    }
+  }
+
+  private async stop(signal: string): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.log(`Stopping pool on ${signal}`);
+    await this.stopWorkers();
+    // The pool is gone: no status file may name a worker that a later pool would mistake for its own.
+    for (let i = 0; i < this.command.workers; i++) fs.rmSync(this.statusFile(i), { force: true });
+    if (readSupervisorPid(this.command.dir) === process.pid) fs.rmSync(path.join(this.command.dir, 'supervisor.json'), { force: true });
+    process.exit(0);
+  }
+
+  /** SIGTERM to each worker (which closes its channel), SIGKILL to one still there after 10 s. */
+  private async stopWorkers(): Promise<void> {
+    for (const child of this.starting) child.kill('SIGKILL');
+    const live = this.workers.filter((w): w is Worker => w !== undefined && isAlive(w.pid));
+    for (const worker of live) process.kill(worker.pid, 'SIGTERM');
+    await Promise.all(
+      live.map(async (worker) => {
+        if (!(await this.untilExit(worker.pid, 10_000))) process.kill(worker.pid, 'SIGKILL');
+      }),
+    );
+  }
+}
+
+function printStatus(dir: string): number {
+  const supervisor = readSupervisorPid(dir);
+  const files = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => /^worker-\d+\.json$/.test(f)) : [];
+  if (supervisor === undefined && files.length === 0) {
+    process.stderr.write(`takeover-server: no pool in ${dir}\n`);
+    return 1;
+  }
+  const lines = [
+    supervisor === undefined ? 'Supervisor: none' : `Supervisor: pid ${supervisor}${isAlive(supervisor) ? '' : ' (not running)'}`,
+  ];
+  const indexes = files.map((f) => Number(/\d+/.exec(f)![0])).sort((a, b) => a - b);
+  for (const i of indexes) {
+    const status = readWorkerStatus(path.join(dir, `worker-${i}.json`));
+    lines.push(formatWorkerStatus(i, status, status !== undefined && isAlive(status.pid)));
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+  return 0;
+}
+
+/** Runs the supervisor (undefined: it serves on) or prints a pool's status (an exit code). */
+export async function runPoolCommand(command: PoolCommand): Promise<number | undefined> {
+  if (command.kind === 'status') return printStatus(command.dir);
+  const supervisor = new Supervisor(command);
+  try {
+    await supervisor.start();
+  } catch (error) {
+    process.stderr.write(`takeover-server: ${describe(error)}\n`);
+    return 1;
+  }
+  return undefined;
+}
