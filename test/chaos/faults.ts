@@ -12,7 +12,8 @@ import { alive, Churn, listenerPids, loadedClients, tally, type NewConnects, typ
 
 export const FAULTS = ['kill-successor', 'stop-successor', 'kill-old', 'stop-old'] as const;
 export type Fault = (typeof FAULTS)[number];
-export const STEPS = ['hello', 'listeners', 'precopy', 'prepare', 'wave0', 'wave1'] as const;
+/** The successor's steps, and the old process's 'stop-accepting' (COMMIT read, LISTENING not sent): there the old one stops itself. */
+export const STEPS = ['hello', 'listeners', 'precopy', 'prepare', 'stop-accepting', 'wave0', 'wave1'] as const;
 export type Step = (typeof STEPS)[number];
 
 export const FAULT_TEXT: Record<Fault, string> = {
@@ -44,6 +45,14 @@ export interface Expectation {
 export function expectation(fault: Fault, step: Step, plan: FaultPlan): Expectation {
   const n = plan.connections;
   const waves = step.startsWith('wave') ? Number(step.slice(4)) + 1 : 0;
+  if (step === 'stop-accepting' && fault === 'stop-successor') {
+    return {
+      listener: 'successor',
+      minKept: n,
+      maxKept: n,
+      why: 'the old process wakes, sends LISTENING and wave 0 to the stopped successor, times out: partial handover',
+    };
+  }
   if (waves === 0) {
     if (fault === 'kill-old')
       return { listener: 'none', minKept: 0, maxKept: 0, why: 'the server died before COMMIT; the successor drops its copies' };
@@ -121,15 +130,20 @@ export async function runFault(fault: Fault, step: Step, plan: FaultPlan = DEFAU
   const notes: string[] = [];
   const config: ServerConfig = { path: path.join(dir, 'channel'), listen: [{ port: 0, host: '127.0.0.1' }], waveSize: plan.waveSize };
   const stopsOld = fault === 'stop-old';
-  const old = new ServerProcess({ ...config, timeoutMs: stopsOld ? 60_000 : plan.timeoutMs });
+  const old = new ServerProcess(
+    { ...config, timeoutMs: stopsOld ? 60_000 : plan.timeoutMs },
+    { env: step === 'stop-accepting' ? { SOCKET_TAKEOVER_TEST_PAUSE_AT: step } : {} },
+  );
   const port = (await old.next('ready')).addresses![0]!.port;
   const clients = await loadedClients(plan.connections, port);
   const churn = new Churn(port);
+  // At 'stop-accepting' the old process is the one that stops itself; the successor waits for LISTENING.
+  const oldSide = step === 'stop-accepting';
   const successor = new ServerProcess(
     { ...config, timeoutMs: stopsOld ? plan.timeoutMs : 60_000 },
-    { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: step } },
+    { env: oldSide ? {} : { SOCKET_TAKEOVER_TEST_PAUSE_AT: step } },
   );
-  await waitStopped(successor.pid);
+  await waitStopped(oldSide ? old.pid : successor.pid);
 
   let oldEvent = 'killed';
   let successorEvent = 'killed';
@@ -138,9 +152,18 @@ export async function runFault(fault: Fault, step: Step, plan: FaultPlan = DEFAU
   switch (fault) {
     case 'kill-successor':
       successor.kill('SIGKILL');
+      if (oldSide) {
+        await successor.exited;
+        process.kill(old.pid, 'SIGCONT');
+      }
       oldEvent = describe(await outcome(old, oldSettled));
       break;
     case 'stop-successor':
+      if (oldSide) {
+        process.kill(successor.pid, 'SIGSTOP');
+        await waitStopped(successor.pid);
+        process.kill(old.pid, 'SIGCONT');
+      }
       oldEvent = describe(await outcome(old, oldSettled));
       process.kill(successor.pid, 'SIGCONT');
       successorEvent = describe(await outcome(successor, successorSettled));
@@ -152,8 +175,10 @@ export async function runFault(fault: Fault, step: Step, plan: FaultPlan = DEFAU
       successorEvent = describe(await outcome(successor, successorSettled));
       break;
     case 'stop-old':
-      process.kill(old.pid, 'SIGSTOP');
-      await waitStopped(old.pid);
+      if (!oldSide) {
+        process.kill(old.pid, 'SIGSTOP');
+        await waitStopped(old.pid);
+      }
       process.kill(successor.pid, 'SIGCONT');
       successorEvent = describe(await outcome(successor, successorSettled));
       // The failed successor is gone before the old process wakes, so the old one sees it dead.

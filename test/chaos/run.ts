@@ -64,6 +64,8 @@ const run: Run = {
   faults: [],
 };
 const started = Date.now();
+// A crash of the runner must not leave servers behind.
+process.on('exit', cleanup);
 
 if (parts.has('faults')) {
   for (const fault of FAULTS) {

@@ -120,12 +120,18 @@ test('a peer that is sent the listeners and stalls: the rollback and the stop bo
   assert.equal(rollback.report?.listenerHolder, process.pid);
   const warning = await server.next('warning');
   assert.equal(warning.code, 'ERR_TAKEOVER_LISTENER_HELD');
-  assert.match(warning.message!, new RegExp(`^pid ${process.pid}, a failed successor that was sent copies of the listeners \\(tcp:[^)]+\\), still lives:`));
+  assert.match(
+    warning.message!,
+    new RegExp(`^pid ${process.pid}, a failed successor that was sent copies of the listeners \\(tcp:[^)]+\\), still lives:`),
+  );
   await probeEcho(port, '127.0.0.1');
   server.kill('SIGTERM');
   const atStop = await server.next('warning');
   assert.equal(atStop.code, 'ERR_TAKEOVER_LISTENER_HELD');
-  assert.match(atStop.message!, new RegExp(`^pid ${process.pid}, .* still lives as this process stops: it may keep them listening until it exits$`));
+  assert.match(
+    atStop.message!,
+    new RegExp(`^pid ${process.pid}, .* still lives as this process stops: it may keep them listening until it exits$`),
+  );
   await server.next('closed');
   assert.equal(await server.exited, 0);
   // As the warning says: the server is gone and the port still listens, through the copy in the queue.
