@@ -570,7 +570,7 @@ test('partial handover: the successor fails after a WAVE_ACK; it keeps the liste
   await s.teardown();
 });
 
-test('a wave whose send fails (the successor closed right after its WAVE_ACK) is thawed and served on: only the wave it had is gone', async (t) => {
+test('a wave whose send fails (the successor closed as the next wave was frozen) is thawed and served on: only the wave it had is gone', async (t) => {
   const s = await setup(t, 3, { waveSize: 1 });
   // Input the old app has not read yet: frozen into wave 1, it must come back ahead of new input.
   s.sockets[1]!.pause();
@@ -580,9 +580,14 @@ test('a wave whose send fails (the successor closed right after its WAVE_ACK) is
   s.peer.send(encode.commit());
   await s.peer.next('listening');
   assert.deepEqual(fates(await nextWave(s.peer)), ['1:moved']);
-  // Gone before the old process reads the WAVE_ACK: the wave it then freezes and sends meets EPIPE.
+  // Gone once the old process has read the WAVE_ACK and is freezing wave 1: its send meets EPIPE.
+  // (Closed together with the ACK, the old process reads both before it freezes anything.)
+  const onFreeze = s.host.onFreeze.bind(s.host);
+  s.host.onFreeze = (socket) => {
+    onFreeze(socket);
+    if (s.host.calls.at(-1) === 'freeze:2') s.peer.closeChannel();
+  };
   s.peer.send(encode.waveAck(0));
-  s.peer.closeChannel();
   const outcome = await within(s.host.outcome, 'the partial handover');
   assert.ok(outcome.kind === 'partial', outcome.kind);
   assert.equal(outcome.error.code, ErrorCodes.PEER_CLOSED, outcome.error.message);
