@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -234,42 +236,53 @@ static napi_value peer_credentials(napi_env env, napi_callback_info info) {
 
 /* ---- messages -------------------------------------------------------------- */
 
+/* The "fds" argument: an Array of at most MAX_FDS fds. */
+static bool get_fds(napi_env env, napi_value v, int *fds, uint32_t *nfds) {
+  bool is_array = false;
+  if (napi_is_array(env, v, &is_array) != napi_ok || !is_array)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"fds\" argument must be an Array"), false;
+  if (napi_get_array_length(env, v, nfds) != napi_ok) return napi_failed(env), false;
+  if (*nfds > MAX_FDS) return range_error(env, "At most 253 fds fit in one message"), false;
+  for (uint32_t i = 0; i < *nfds; i++) {
+    napi_value el;
+    if (napi_get_element(env, v, i, &el) != napi_ok) return napi_failed(env), false;
+    if (!get_int(env, el, "fds[i]", &fds[i])) return false;
+  }
+  return true;
+}
+
+/* fds as one SCM_RIGHTS cmsg in ctl; none attaches nothing (an empty SCM_RIGHTS is EINVAL). */
+static void attach_fds(struct msghdr *msg, control_buf *ctl, const int *fds, uint32_t nfds) {
+  if (nfds == 0) return;
+  memset(ctl, 0, sizeof *ctl);
+  msg->msg_control = ctl->buf;
+  msg->msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+  struct cmsghdr *c = CMSG_FIRSTHDR(msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+  memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+}
+
 static napi_value send_message(napi_env env, napi_callback_info info) {
   ARGS(3);
   int fd, fds[MAX_FDS];
   void *data = NULL;
   size_t len = 0;
-  bool is_buffer = false, is_array = false;
+  bool is_buffer = false;
   uint32_t nfds = 0;
   GET_INT(argv[0], "fd", &fd);
   if (napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer)
     return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"data\" argument must be a Buffer");
   CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
-  if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array)
-    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"fds\" argument must be an Array");
-  CHECK(napi_get_array_length(env, argv[2], &nfds));
-  if (nfds > MAX_FDS) return range_error(env, "At most 253 fds fit in one message");
+  if (!get_fds(env, argv[2], fds, &nfds)) return NULL;
   /* Zero bytes and no fds is exactly what the receiver reads at EOF: refuse it. */
   if (len == 0 && nfds == 0) return range_error(env, "An empty message would read as EOF");
-  for (uint32_t i = 0; i < nfds; i++) {
-    napi_value el;
-    CHECK(napi_get_element(env, argv[2], i, &el));
-    GET_INT(el, "fds[i]", &fds[i]);
-  }
 
   struct iovec iov = { .iov_base = data, .iov_len = len };
   struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
   control_buf ctl;
-  if (nfds > 0) { /* an SCM_RIGHTS cmsg with no fds is EINVAL: only attach one when needed */
-    memset(&ctl, 0, sizeof ctl);
-    msg.msg_control = ctl.buf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-  }
+  attach_fds(&msg, &ctl, fds, nfds);
   ssize_t r;
   do r = sendmsg(fd, &msg, MSG_NOSIGNAL); while (r < 0 && errno == EINTR);
   if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return boolean(env, false);
@@ -902,6 +915,82 @@ static napi_value tcp_listen_reuseport(napi_env env, napi_callback_info info) {
   return num(env, fd);
 }
 
+/* ---- systemd: sd_notify and socket activation -------------------------------
+ *
+ * The service manager's notification protocol, as sd_notify(3) describes it: one
+ * AF_UNIX SOCK_DGRAM datagram to $NOTIFY_SOCKET (a path, or an abstract name written
+ * "@name"), optionally with fds as SCM_RIGHTS (FDSTORE=1). Written here rather than
+ * linked from libsystemd, so the addon builds and loads where libsystemd is absent.
+ */
+
+/* NOTIFY_SOCKET "@name" is the abstract address "\0name": its length is significant, so
+ * the address length counts exactly the name's bytes, never a trailing NUL. */
+static bool get_notify_address(napi_env env, napi_value v, struct sockaddr_un *sa, socklen_t *salen) {
+  size_t len;
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"socketPath\" argument must be of type string"), false;
+  if (len == 0 || len >= sizeof sa->sun_path) return throw_errno(env, "sendmsg", len == 0 ? ENOENT : ENAMETOOLONG), false;
+  napi_get_value_string_utf8(env, v, sa->sun_path, sizeof sa->sun_path, &len);
+  if (sa->sun_path[0] == '@') sa->sun_path[0] = '\0';
+  else if (sa->sun_path[0] != '/') return throw_errno(env, "sendmsg", EINVAL), false; /* systemd sends nothing else */
+  *salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (sa->sun_path[0] ? 1 : 0));
+  return true;
+}
+
+/* sdNotify(socketPath, data, fds, timeoutMs): one datagram. The manager's receive queue holds
+ * net.unix.max_dgram_qlen datagrams (10 by default, 512 under systemd's sysctl defaults); when it
+ * is full, a send waits for room as libsystemd's does, but at most timeoutMs (SO_SNDTIMEO; 0 never
+ * waits), after which EAGAIN is thrown: a READY=1 dropped at once would fail the service's start. */
+static napi_value sd_notify_send(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  struct sockaddr_un sa;
+  socklen_t salen;
+  int fds[MAX_FDS];
+  void *data = NULL;
+  size_t len = 0;
+  bool is_buffer = false;
+  uint32_t nfds = 0;
+  int timeout_ms;
+  if (!get_notify_address(env, argv[0], &sa, &salen)) return NULL;
+  if (napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer)
+    return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"data\" argument must be a Buffer");
+  CHECK(napi_get_buffer_info(env, argv[1], &data, &len));
+  if (len == 0) return range_error(env, "A notification cannot be empty");
+  if (!get_fds(env, argv[2], fds, &nfds)) return NULL;
+  GET_INT(argv[3], "timeoutMs", &timeout_ms);
+
+  struct iovec iov = { .iov_base = data, .iov_len = len };
+  struct msghdr msg = { .msg_name = &sa, .msg_namelen = salen, .msg_iov = &iov, .msg_iovlen = 1 };
+  control_buf ctl;
+  attach_fds(&msg, &ctl, fds, nfds);
+  struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  /* An SO_SNDTIMEO of 0 would mean waiting forever. */
+  if (timeout_ms > 0 && setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0) {
+    close_all(&fd, 1);
+    return throw_errno(env, "setsockopt", errno);
+  }
+  ssize_t r;
+  do r = sendmsg(fd, &msg, MSG_NOSIGNAL | (timeout_ms > 0 ? 0 : MSG_DONTWAIT)); while (r < 0 && errno == EINTR);
+  int err = errno;
+  close(fd);
+  if (r < 0) return throw_errno(env, "sendmsg", err);
+  return NULL;
+}
+
+/* The fds systemd passes (LISTEN_FDS) are inherited across exec, so not close-on-exec:
+ * sd_listen_fds(3) sets the flag, and so must we, or every child would inherit them. */
+static napi_value set_cloexec(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd, flags;
+  GET_INT(argv[0], "fd", &fd);
+  if ((flags = fcntl(fd, F_GETFD)) < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) return throw_errno(env, "fcntl", errno);
+  return NULL;
+}
+
 /* ---- module ------------------------------------------------------------------ */
 
 NAPI_MODULE_INIT() {
@@ -916,6 +1005,8 @@ NAPI_MODULE_INIT() {
     FN("removeSocketAt", remove_socket_at),
     /* TCP listeners in a SO_REUSEPORT group (pool workers) */
     FN("tcpListenReusePort", tcp_listen_reuseport),
+    /* systemd */
+    FN("sdNotify", sd_notify_send), FN("setCloseOnExec", set_cloexec),
   };
 #undef FN
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;

@@ -50,6 +50,10 @@ export const ErrorCodes = {
   LISTENER_HELD: 'ERR_TAKEOVER_LISTENER_HELD',
   /** The native addon could not be loaded (`cause` says why). */
   ADDON_LOAD: 'ERR_TAKEOVER_ADDON_LOAD',
+  /** A notification to systemd (`$NOTIFY_SOCKET`) could not be sent (`cause`); serving goes on. */
+  NOTIFY_FAILED: 'ERR_TAKEOVER_NOTIFY_FAILED',
+  /** `$LISTEN_PID`, `$LISTEN_FDS` or `$LISTEN_FDNAMES` is malformed, or a passed fd is not a listening stream socket. */
+  ACTIVATION_INVALID: 'ERR_TAKEOVER_ACTIVATION_INVALID',
 } as const;
 
 export type TakeoverErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

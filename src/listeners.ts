@@ -13,6 +13,7 @@ import * as native from './native.js';
 import type { ConnectionAdapter } from './adapters/adapter.js';
 import { MAX_BACKLOG, type ListenerKind } from './protocol.js';
 import type { InheritedListener } from './successor.js';
+import type { ActivatedListener } from './systemd.js';
 import { isSocketLive } from './channel-listener.js';
 import { ErrorCodes, TakeoverError, systemError } from './errors.js';
 import { invalidOption } from './options.js';
@@ -33,8 +34,17 @@ export type ListenTarget =
       name?: string;
     }
   | { path: string; backlog?: number; name?: string }
-  /** Only an inherited listener of that name (see {@link Takeover.inheritedListeners}). */
-  | { name: string };
+  /**
+   * Only an inherited listener of that name: the predecessor's (see {@link Takeover.inheritedListeners}),
+   * else one systemd passed with that name (see {@link Takeover.activatedListeners}).
+   */
+  | { name: string; backlog?: number }
+  /**
+   * The listener systemd passed as fd `3 + systemd` (`$LISTEN_FDS` order), for sockets whose names
+   * are not unique. Named `systemd:<index>` unless `name` says otherwise, so that a successor,
+   * which gets it from its predecessor, finds it with the same target.
+   */
+  | { systemd: number; backlog?: number; name?: string };
 
 export interface ListenerRecord {
   readonly name: string;
@@ -47,6 +57,8 @@ export interface ListenerRecord {
   unixPath?: string;
   /** The predecessor's listener this one adopts at LISTENING, instead of binding a new socket. */
   readonly inherited: InheritedListener | undefined;
+  /** The listener systemd passed that this one adopts at once, instead of binding a new socket. */
+  readonly activated: ActivatedListener | undefined;
   /** Settles when the server listens: at once for a new socket, at LISTENING for an inherited one. */
   listening: Promise<void>;
 }
@@ -81,6 +93,7 @@ export function listenOnFd(server: net.Server, fd: number, backlog: number): voi
 function defaultName(target: ListenTarget): string {
   if (target.name !== undefined) return target.name;
   if ('path' in target) return `unix:${target.path}`;
+  if ('systemd' in target) return `systemd:${target.systemd}`;
   return 'port' in target ? `tcp:${target.host ?? ''}:${target.port}` : '';
 }
 
@@ -88,6 +101,8 @@ export class ListenerRegistry {
   readonly records: ListenerRecord[] = [];
   /** The predecessor's listeners, in its LISTENERS frame's order (successor only). */
   inherited: readonly InheritedListener[] = [];
+  /** The listeners systemd passed (`$LISTEN_FDS`), in its order. */
+  activated: readonly ActivatedListener[] = [];
 
   /** The predecessor's listeners an application may claim (the channel's excepted). */
   get claimable(): InheritedListener[] {
@@ -107,11 +122,25 @@ export class ListenerRegistry {
     return this.claimable.filter((l) => !this.records.some((r) => r.inherited === l)).map((l) => l.name);
   }
 
-  /** Checks a `listen()` call; returns the listener's name, kind and the inherited listener it adopts, if any. */
+  /** Systemd's listeners that no `listen()` adopted. */
+  unadopted(): ActivatedListener[] {
+    return this.activated.filter((a) => !this.records.some((r) => r.activated === a));
+  }
+
+  /**
+   * Checks a `listen()` call; returns the listener's name, kind and the listener it adopts, if
+   * any: the predecessor's of the same name first (it is the one serving), else systemd's.
+   */
   check(
     server: net.Server,
     target: ListenTarget,
-  ): { name: string; kind: 'tcp' | 'unix'; backlog: number; inherited: InheritedListener | undefined } {
+  ): {
+    name: string;
+    kind: 'tcp' | 'unix';
+    backlog: number;
+    inherited: InheritedListener | undefined;
+    activated: ActivatedListener | undefined;
+  } {
     if (target === null || typeof target !== 'object') throw invalidOption('target must be an object');
     if ('path' in target) {
       if (typeof target.path !== 'string' || target.path.length === 0) throw invalidOption('target.path must be a non-empty string');
@@ -119,8 +148,10 @@ export class ListenerRegistry {
       if (!Number.isInteger(target.port) || target.port < 0 || target.port > 65535)
         throw invalidOption('target.port must be an integer in 0..65535');
       checkReusePort(target);
-    } else if (typeof target.name !== 'string' || !this.claimable.some((l) => l.name === target.name)) {
-      throw invalidOption(`no inherited listener is named '${String((target as { name?: unknown }).name)}'`);
+    } else if ('systemd' in target) {
+      if (!Number.isInteger(target.systemd) || target.systemd < 0) throw invalidOption('target.systemd must be an integer >= 0');
+    } else if (typeof target.name !== 'string') {
+      throw invalidOption('target needs a port, a path, a name or a systemd index');
     }
     const backlog = (target as { backlog?: unknown }).backlog;
     if (backlog !== undefined && (!Number.isInteger(backlog) || (backlog as number) < 0 || (backlog as number) > MAX_BACKLOG)) {
@@ -133,20 +164,45 @@ export class ListenerRegistry {
     if (this.records.some((r) => r.name === name)) throw invalidOption(`a listener named '${name}' is already registered`);
     if (this.records.some((r) => r.server === server)) throw invalidOption('this server is already registered');
     const inherited = this.claimable.find((l) => l.name === name);
-    const kind: ListenerKind = 'path' in target ? 'unix' : 'port' in target ? 'tcp' : inherited!.kind;
-    if (inherited && inherited.kind !== kind) throw invalidOption(`the predecessor's listener '${name}' is ${inherited.kind}, not ${kind}`);
+    const activated = inherited ? undefined : this.activatedFor(target, name);
+    const adopted = inherited ?? activated;
+    if (!adopted && !('path' in target) && !('port' in target)) {
+      throw invalidOption(
+        'systemd' in target
+          ? `no listener #${target.systemd} was inherited or passed by systemd (LISTEN_FDS has ${this.activated.length})`
+          : `no inherited listener is named '${name}' (from the predecessor or systemd's LISTEN_FDNAMES)`,
+      );
+    }
+    const kind: ListenerKind = 'path' in target ? 'unix' : 'port' in target ? 'tcp' : adopted!.kind;
+    if (adopted && adopted.kind !== kind) {
+      throw invalidOption(`the ${inherited ? "predecessor's" : "systemd's"} listener '${name}' is ${adopted.kind}, not ${kind}`);
+    }
     return {
       name,
       kind: kind as 'tcp' | 'unix',
       backlog: (backlog as number | undefined) ?? inherited?.backlog ?? DEFAULT_BACKLOG,
       inherited,
+      activated,
     };
   }
 
-  /** Binds a new listening socket for `target` (no inherited listener of its name). */
+  /** Systemd's listener for `target`: by index, else the one unadopted listener of that name. */
+  private activatedFor(target: ListenTarget, name: string): ActivatedListener | undefined {
+    const free = this.unadopted();
+    if ('systemd' in target) return free.find((a) => a.index === target.systemd);
+    const named = free.filter((a) => a.name === name);
+    if (named.length > 1) {
+      throw invalidOption(`systemd passed ${named.length} listeners named '${name}': choose one with { systemd: <index> }`);
+    }
+    return named[0];
+  }
+
+  /** Binds a new listening socket for `target`, or listens on the one systemd passed for it. */
   bind(record: ListenerRecord, target: ListenTarget): void {
     const { server } = record;
-    if ('path' in target) {
+    if (record.activated) {
+      listenOnFd(server, record.activated.fd, record.backlog);
+    } else if ('path' in target) {
       record.unixPath = target.path;
       listenOnFd(server, createUnixListener(target.path, record.backlog), record.backlog);
     } else if ('port' in target) {
@@ -156,9 +212,13 @@ export class ListenerRegistry {
     }
   }
 
-  /** The Unix socket files this process bound, or inherited and listens on now: its to remove on close(). */
+  /**
+   * The Unix socket files this process bound, or inherited and listens on now: its to remove on
+   * close(). Not those systemd passed: their files are the .socket unit's (or the fd store's).
+   */
   unixPaths(): string[] {
     return this.records.flatMap((r) => {
+      if (r.activated) return [];
       const path = r.unixPath ?? (r.kind === 'unix' ? r.server.address() : null);
       return typeof path === 'string' ? [path] : [];
     });

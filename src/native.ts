@@ -377,3 +377,30 @@ interface Addon {
 export function tcpListenReusePort(address: string, port: number, backlog: number, ipv6Only: boolean): number {
   return addon.tcpListenReusePort(address, port, backlog, ipv6Only);
 }
+
+// ---- systemd (src/systemd.ts) ----
+
+interface Addon {
+  sdNotify(socketPath: string, data: Buffer, fds: readonly number[], timeoutMs: number): void;
+  setCloseOnExec(fd: number): void;
+}
+
+/**
+ * Send one sd_notify(3) datagram to the service manager's socket: `socketPath` is
+ * `$NOTIFY_SOCKET`, a path or an abstract name written `@name`. `fds` travel as SCM_RIGHTS
+ * (for `FDSTORE=1`); they stay owned by the caller, the manager gets its own duplicates.
+ * When the manager's receive queue is full, the call blocks until it has room, for at most
+ * `timeoutMs` (as libsystemd's sd_notify waits, but bounded; 0 never waits).
+ *
+ * @throws system errors: ENOENT or ECONNREFUSED (nobody there), EAGAIN (the queue stayed full
+ *   for `timeoutMs`; nothing was sent), EINVAL (a path that is neither absolute nor
+ *   `@`-abstract), ENAMETOOLONG; RangeError for empty data or more than 253 fds.
+ */
+export function sdNotify(socketPath: string, data: Buffer, fds: readonly number[], timeoutMs: number): void {
+  addon.sdNotify(socketPath, data, fds, timeoutMs);
+}
+
+/** Mark an inherited fd close-on-exec (FD_CLOEXEC), as sd_listen_fds(3) does. Throws EBADF if it is not open. */
+export function setCloseOnExec(fd: number): void {
+  addon.setCloseOnExec(fd);
+}

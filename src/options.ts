@@ -60,6 +60,17 @@ export interface TakeoverOptions {
    * upgrades the next worker of a pool. Default false.
    */
   notifyParent?: boolean;
+  /**
+   * Speak to systemd (default true): sd_notify when `$NOTIFY_SOCKET` is set, and the listeners
+   * systemd passes (`$LISTEN_FDS`) for `listen()`. False leaves both to the application.
+   */
+  systemd?: boolean;
+  /**
+   * Put each listener this process binds in systemd's fd store (`FDSTORE=1`), so that a crash or a
+   * restart keeps it open. Default: when `$FDSTORE` (set by systemd >= 254 to
+   * FileDescriptorStoreMax=) is positive. Needs `FileDescriptorStoreMax=` in the unit.
+   */
+  fdStore?: boolean;
 }
 
 /** What `notifyParent` sends: this process serves, with `stats` of the takeover it made (null when fresh). */
@@ -88,6 +99,8 @@ const KNOWN: readonly (keyof TakeoverOptions)[] = [
   'restoreState',
   'onStep',
   'notifyParent',
+  'systemd',
+  'fdStore',
 ];
 
 export function invalidOption(message: string): TakeoverError {
@@ -118,6 +131,9 @@ export function resolveOptions(options: TakeoverOptions): ResolvedOptions {
   for (const hook of ['captureState', 'restoreState', 'onStep'] as const) {
     if (options[hook] !== undefined && typeof options[hook] !== 'function') throw invalidOption(`${hook} must be a function`);
   }
+  for (const flag of ['systemd', 'fdStore'] as const) {
+    if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw invalidOption(`${flag} must be a boolean`);
+  }
   return {
     path: options.path,
     mode,
@@ -129,5 +145,7 @@ export function resolveOptions(options: TakeoverOptions): ResolvedOptions {
     restoreState: options.restoreState,
     onStep: options.onStep,
     notifyParent: options.notifyParent ?? false,
+    systemd: options.systemd ?? true,
+    fdStore: options.fdStore ?? Number(process.env.FDSTORE) > 0,
   };
 }

@@ -19,7 +19,8 @@ import {
 } from './channel-listener.js';
 import { PredecessorSession } from './predecessor.js';
 import { encode } from './protocol.js';
-import { isTlsServer, trackWrites } from './sockets.js';
+import { isTlsServer, serverFd, trackWrites } from './sockets.js';
+import * as native from './native.js';
 import { ErrorCodes, TakeoverError, hookError, systemError } from './errors.js';
 import type { RollbackReport, TakeoverStats } from './stats.js';
 import { resolveOptions, invalidOption, type ReadyMessage, type ResolvedOptions, type TakeoverOptions } from './options.js';
@@ -33,6 +34,7 @@ import { startUpgrade, type Upgrade, type UpgradeOptions } from './upgrade.js';
 import { isAlive } from './processes.js';
 import { HandingOver } from './handing-over.js';
 import { TakingOver } from './taking-over.js';
+import { Systemd, takeActivatedListeners } from './systemd.js';
 
 export type { TakeoverOptions, ReadyMessage } from './options.js';
 export type { ListenTarget } from './listeners.js';
@@ -116,6 +118,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private readonly listenerHolders = new Set<number>();
   /** A peer that reconnects in a loop is refused each time: one 'refused' per kind and second, with a count. */
   private readonly refusals = new WarningLimiter((error) => this.emit('refused', error));
+  private readonly systemd: Systemd;
+  /** What was wrong with systemd's LISTEN_FDS, told at ready(), once the application listens for warnings. */
+  private activationProblems: TakeoverError[] = [];
 
   /** Validates the options; nothing happens until {@link start}. Throws ERR_TAKEOVER_INVALID_OPTION. */
   constructor(options: TakeoverOptions) {
@@ -123,6 +128,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.options = resolveOptions(options);
     this.donePromise = new Promise((resolve) => (this.resolveDone = resolve));
     this.connections.onMaybeQuiet = (id) => this.outgoing?.connectionMaybeQuiet(id);
+    this.systemd = new Systemd({ enabled: this.options.systemd, fdStore: this.options.fdStore }, (error) => this.emit('warning', error));
   }
 
   /** `new Takeover(options)` then `start()`. */
@@ -150,6 +156,15 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     return this.registry.claimable.map((l) => ({ name: l.name, kind: l.kind as 'tcp' | 'unix' }));
   }
 
+  /**
+   * The listening sockets systemd passed to this process (socket activation, or its fd store
+   * after a restart), after `start()`: `listen(server, { name })` or `{ systemd: index }` adopts
+   * one. Those no `listen()` adopts are closed at `ready()`, with a warning.
+   */
+  get activatedListeners(): readonly { index: number; name: string; kind: 'tcp' | 'unix' }[] {
+    return this.registry.activated.map(({ index, name, kind }) => ({ index, name, kind }));
+  }
+
   /** Connections tracked by this process (those of servers passed to {@link listen}). */
   get connectionCount(): number {
     return this.connections.size;
@@ -166,6 +181,11 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.expectState('new', 'start');
     this.currentState = 'starting';
     const { path, mode } = this.options;
+    if (this.options.systemd) {
+      const { listeners, problems } = takeActivatedListeners();
+      this.registry.activated = listeners;
+      this.activationProblems = problems;
+    }
     try {
       checkChannelPath(path);
       if (mode === 'fresh' && isSocketLive(path)) {
@@ -174,6 +194,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       const channel = mode === 'fresh' ? undefined : this.connectUnlessAuto(path);
       if (channel) {
         this.role = 'successor';
+        const predecessorPid = channel.peer.pid;
         this.incoming = new TakingOver(
           this.options,
           this.registry,
@@ -183,6 +204,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
             track: (socket, listener) => this.track(socket, listener),
             adopt: (socket) => this.emitSafely('adopt', socket),
             openChannel: (fd) => this.openChannel(fd),
+            listening: () => this.systemd.listening(predecessorPid),
           },
           channel,
         );
@@ -229,7 +251,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         'a TLS server cannot be handed over (its sessions live in this process); terminate TLS in front and listen() with plain HTTP or TCP',
       );
     }
-    const { name, kind, backlog, inherited } = this.registry.check(server, target);
+    const { name, kind, backlog, inherited, activated } = this.registry.check(server, target);
     const index = this.registry.records.length;
     const record: ListenerRecord = {
       name,
@@ -238,6 +260,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       server,
       adapter: this.adapterFor(server),
       inherited,
+      activated,
       listening: Promise.resolve(),
     };
     server.prependListener('connection', (socket: net.Socket) => this.track(socket, index));
@@ -325,10 +348,13 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   }
 
   private async becomeReady(): Promise<TakeoverStats | null> {
+    for (const problem of this.activationProblems.splice(0)) this.emit('warning', problem);
+    this.closeUnadopted();
     const records = this.registry.records;
     if (!this.isSuccessor) {
       await Promise.all(records.map((r) => r.listening));
       this.openChannel(createChannelFd(this.options.path));
+      this.systemd.serving(this.ownListeners());
       return null;
     }
     // This process's own new listeners must work before it commits: after COMMIT the
@@ -342,7 +368,33 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     }
     const stats = await this.incoming!.commit();
     await Promise.all(records.map((r) => r.listening));
+    this.systemd.tookOver(stats, this.ownListeners());
     return stats;
+  }
+
+  /** The listeners this process bound itself (not adopted): the ones it may put in systemd's fd store. */
+  private ownListeners(): { name: string; fd: number }[] {
+    return this.registry.records.filter((r) => !r.inherited && !r.activated).map((r) => ({ name: r.name, fd: serverFd(r.server) }));
+  }
+
+  /**
+   * A listener systemd passed that nothing adopts would hold its port with nobody accepting:
+   * close this process's copy. One from the fd store (a listener since dropped from the
+   * configuration) leaves the store too; removing a .socket unit's name from the store is a no-op.
+   */
+  private closeUnadopted(): void {
+    for (const listener of this.registry.unadopted()) {
+      native.close(listener.fd);
+      this.systemd.forget(listener.name);
+      this.emit(
+        'warning',
+        new TakeoverError(
+          ErrorCodes.LISTENER_UNCLAIMED,
+          `systemd passed listener #${listener.index} '${listener.name}' (fd ${listener.fd}) and no listen() adopted it: closed`,
+        ),
+      );
+    }
+    this.registry.activated = this.registry.activated.filter((a) => this.registry.records.some((r) => r.activated === a));
   }
 
   /**
@@ -354,11 +406,16 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * serving; ERR_TAKEOVER_INVALID_OPTION for bad options. It never throws.
    */
   upgrade(options: UpgradeOptions = {}): Promise<TakeoverStats> {
-    if (this.upgrading || this.outgoing) return Promise.reject(new TakeoverError(ErrorCodes.BUSY, 'a takeover is already in progress'));
+    const refuse = (error: TakeoverError) => {
+      this.systemd.refused(error);
+      return Promise.reject(error);
+    };
+    if (this.upgrading || this.outgoing) return refuse(new TakeoverError(ErrorCodes.BUSY, 'a takeover is already in progress'));
     if (this.currentState !== 'serving') {
-      return Promise.reject(new TakeoverError(ErrorCodes.INVALID_STATE, `upgrade() needs a serving process (state: ${this.currentState})`));
+      return refuse(new TakeoverError(ErrorCodes.INVALID_STATE, `upgrade() needs a serving process (state: ${this.currentState})`));
     }
-    return startUpgrade(options, {
+    this.systemd.handingOver('Upgrading: starting a successor');
+    const upgrade = startUpgrade(options, {
       timeoutMs: this.options.timeoutMs,
       hasSuccessor: () => this.outgoing !== undefined,
       isHandedOver: () => this.handoverStats !== undefined,
@@ -370,6 +427,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         if (this.upgrading === upgrade) this.upgrading = undefined;
       },
     });
+    upgrade.catch((error: TakeoverError) => this.systemd.resumed(error));
+    return upgrade;
   }
 
   /**
@@ -403,6 +462,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     }
     if (this.incoming?.isCommitted) await this.readyPromise?.catch(() => {});
     const handedOver = this.handoverStats !== undefined;
+    if (this.currentState === 'serving') this.systemd.stopping();
     this.currentState = 'closed';
     const shuttingDown = new TakeoverError(ErrorCodes.ABORTED, 'the server is shutting down');
     this.outgoing?.abort(shuttingDown);
@@ -418,7 +478,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     } catch (error) {
       this.emit('warning', error instanceof TakeoverError ? error : systemError('remove the channel path', error));
     }
-    for (const p of this.registry.unixPaths()) fs.rmSync(p, { force: true });
+    // Under systemd the fd store may hold a listener after this process is gone: its file stays
+    // (a stale one is replaced at the next bind).
+    if (!(this.systemd.supervised && this.options.fdStore)) for (const p of this.registry.unixPaths()) fs.rmSync(p, { force: true });
   }
 
   // ---- connections ----
@@ -483,11 +545,13 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
         step: (event, socket) => this.emitSafely(event, socket),
         successor: (peer) => {
           this.currentState = 'handing-over';
+          this.systemd.handingOver(`Handing over to pid ${peer.pid}`);
           this.emit('successor', peer);
         },
         rollback: (error, started, report) => {
           this.outgoing = undefined;
           if (this.currentState === 'handing-over') this.currentState = 'serving';
+          this.systemd.resumed(error);
           if (started) this.emit('rollback', error, report);
           if (report.listenerHolder !== 0) {
             this.listenerHolders.add(report.listenerHolder);
@@ -516,6 +580,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   /** Handed over: the successor owns the channel and listeners; done once the last connection here closes. */
   private retire(stats: TakeoverStats): void {
     this.outgoing = undefined;
+    this.systemd.handedOver();
     this.handoverStats = stats;
     if (this.currentState !== 'closed') this.currentState = 'draining';
     this.channelListener?.close();

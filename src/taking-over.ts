@@ -24,6 +24,8 @@ export interface TakingOverEvents {
   adopt(socket: net.Socket): void;
   /** LISTENING: this process can be taken over in turn, on the inherited channel. */
   openChannel(fd: number): void;
+  /** LISTENING: this process serves the listeners from now on (for systemd, it is the main process). */
+  listening(): void;
 }
 
 interface Claim {
@@ -100,6 +102,7 @@ export class TakingOver implements SuccessorHost {
       listenOnFd(record.server, record.inherited!.fd, record.backlog);
     }
     this.events.openChannel(this.registry.channel!.fd);
+    this.events.listening();
   }
 
   adopt(socket: net.Socket, wireListener: number, record: Extract<WaveRecord, { fate: 'moved' }>): void {

@@ -83,6 +83,19 @@ export function killPids(pids: Set<number>): void {
   pids.clear();
 }
 
+/** A process the test did not start as a {@link ServerProcess} (a successor, say): {@link cleanup} kills it. */
+export function killAtCleanup(pid: number): void {
+  live.add({
+    kill: () => {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    },
+  });
+}
+
 /** One echo-server process; its JSON event lines are queued for {@link next}. */
 export class ServerProcess {
   readonly proc: ChildProcess;

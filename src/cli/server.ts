@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import type * as http from 'node:http';
 import * as net from 'node:net';
 import { parseArgs } from 'node:util';
-import { ErrorCodes, fdOf, Takeover, type ListenTarget, type TakeoverError, type TakeoverStats } from '../index.js';
+import { ErrorCodes, fdOf, Takeover, TakeoverError, type ListenTarget, type TakeoverStats } from '../index.js';
 import {
   UsageError,
   parseCommandLineOrExit,
@@ -38,6 +38,8 @@ const USAGE = `Usage: ${COMMAND} [OPTION...]
 -t, --takeover-path PATH    Takeover channel unix domain path
 -T, --takeover PATH         Perform takeover operation from the server on PATH, then serve
                             and be takeover-able on PATH (-a/-p/-b are then not needed)
+    --fd-store              Put the listener in systemd's fd store (FDSTORE=1), so that a
+                            crash or a restart keeps it (default: when $FDSTORE is set)
 -q, --quiet                 No per-message or per-connection lines
     --log-format text|json  One JSON object per line with --log-format json (default text)
     --app echo|http|ws      What to serve (default echo: the seed's 4-byte frame echo, with its
@@ -63,6 +65,8 @@ const USAGE = `Usage: ${COMMAND} [OPTION...]
 -h, --help                  Display this help message
 
 kill -USR2 <pid> makes a server with a takeover path start its own successor and hand over.
+Under systemd (with -t), it speaks sd_notify when $NOTIFY_SOCKET is set, and serves the sockets of
+a .socket unit ($LISTEN_FDS; -p then optional) and takes -p's listener back from the fd store.
 `;
 
 const OPTIONS = {
@@ -72,6 +76,7 @@ const OPTIONS = {
   'takeover-path': { type: 'string', short: 't' },
   takeover: { type: 'string', short: 'T' },
   quiet: { type: 'boolean', short: 'q', default: false },
+  'fd-store': { type: 'boolean', default: false },
   'log-format': { type: 'string', default: 'text' },
   app: { type: 'string', default: 'echo' },
   'reuse-port': { type: 'boolean', default: false },
@@ -82,10 +87,11 @@ const OPTIONS = {
 } as const;
 
 interface ServerConfig {
-  /** Undefined with -T: the successor serves whatever it inherits. */
-  listen: { host: string; port: number; backlog: number } | undefined;
+  /** Undefined with -T: the successor serves whatever it inherits. No port: only what systemd passed. */
+  listen: { host: string; port: number | undefined; backlog: number } | undefined;
   channel: { path: string; mode: 'fresh' | 'successor' } | undefined;
   quiet: boolean;
+  fdStore: boolean;
   logFormat: LogFormat;
   app: AppName;
   reusePort: boolean;
@@ -105,7 +111,7 @@ function withoutOptions(args: string[], tokens: ReturnType<typeof parseArgs>['to
   return args.filter((_, i) => !dropped.has(i));
 }
 
-function parseCommandLine(args: string[]): ServerConfig | PoolCommand | 'help' {
+function parseCommandLine(args: string[], activated: boolean): ServerConfig | PoolCommand | 'help' {
   const { values, tokens } = parseArgs({ args, options: OPTIONS, strict: true, allowPositionals: false, tokens: true });
   if (values.help) return 'help';
   if (values.status !== undefined) return { kind: 'status', dir: values.status };
@@ -124,8 +130,8 @@ function parseCommandLine(args: string[]): ServerConfig | PoolCommand | 'help' {
   const host = parseAddressFlag(values['listen-address'], '-a/--listen-address');
   const backlog = parseIntegerFlag(values['listen-backlog'], '-b/--listen-backlog', 1, 65535);
   const portText = values['listen-port'];
-  if (portText === undefined && from === undefined)
-    throw new UsageError('missing required option -p/--listen-port (or -T/--takeover PATH)');
+  if (portText === undefined && from === undefined && !(activated && path !== undefined))
+    throw new UsageError('missing required option -p/--listen-port (or -T/--takeover PATH, or -t PATH under socket activation)');
   const port = portText === undefined ? undefined : parsePortFlag(portText, '-p/--listen-port', 0);
   if (values['reuse-port'] && path === undefined && from === undefined) throw new UsageError('--reuse-port needs -t or -T');
   if (values['status-file'] === '') throw new UsageError('the status file path must not be empty');
@@ -147,9 +153,10 @@ function parseCommandLine(args: string[]): ServerConfig | PoolCommand | 'help' {
     };
   }
   return {
-    listen: from === undefined ? { host, port: port!, backlog } : undefined,
+    listen: from === undefined ? { host, port, backlog } : undefined,
     channel: from !== undefined ? { path: from, mode: 'successor' } : path !== undefined ? { path, mode: 'fresh' } : undefined,
     quiet: values.quiet,
+    fdStore: values['fd-store'],
     logFormat,
     app,
     reusePort: values['reuse-port'],
@@ -213,7 +220,6 @@ class TakeoverServer {
   private readonly adopted = new WeakSet<net.Socket>();
   private takeover: Takeover | undefined;
   private serving = false;
-  private handedOver = false;
   private stopping = false;
   /** The successor SIGUSR2 started, until its upgrade settles. */
   private successorPid: number | undefined;
@@ -241,14 +247,12 @@ class TakeoverServer {
     process.on('SIGINT', () => void this.stop('SIGINT'));
     process.on('SIGUSR2', () => this.onSuccessorSignal());
 
-    const { channel, listen } = this.config;
+    const { channel } = this.config;
     const takeover = channel && this.createTakeover(channel.path, channel.mode);
     this.takeover = takeover;
     await takeover?.start();
     if (takeover && this.app?.webSocketServer) takeover.webSockets(this.app.webSocketServer);
-    const targets: ListenTarget[] = takeover?.isSuccessor
-      ? takeover.inheritedListeners.map(({ name }) => ({ name }))
-      : [{ port: listen!.port, host: listen!.host, backlog: listen!.backlog, reusePort: this.config.reusePort }];
+    const targets: ListenTarget[] = takeover?.isSuccessor ? takeover.inheritedListeners.map(({ name }) => ({ name })) : this.freshTargets();
     for (const target of targets) {
       const server: net.Server = this.app ? this.app.createServer() : net.createServer((socket) => this.onConnection(socket));
       server.on('listening', () => this.onListening(server));
@@ -280,6 +284,23 @@ class TakeoverServer {
     setInterval(write, 1000).unref();
   }
 
+  /**
+   * -p's listener (which adopts the socket systemd hands back from its fd store under the same
+   * name), and every socket of a .socket unit. A name with ':' is the fd store's (systemd refuses
+   * ':' in FileDescriptorName=): one -p no longer names is left unadopted, so it leaves the store.
+   */
+  private freshTargets(): ListenTarget[] {
+    const { host, port, backlog } = this.config.listen!;
+    const targets: ListenTarget[] = port === undefined ? [] : [{ port, host, backlog, reusePort: this.config.reusePort }];
+    for (const { index, name } of this.takeover?.activatedListeners ?? []) {
+      if (!name.includes(':')) targets.push({ systemd: index, backlog });
+    }
+    if (targets.length === 0) {
+      throw new TakeoverError(ErrorCodes.ACTIVATION_INVALID, 'no listener: systemd passed none that can be served (LISTEN_FDS), and no -p');
+    }
+    return targets;
+  }
+
   private createTakeover(path: string, mode: 'fresh' | 'successor'): Takeover {
     const { app } = this;
     const takeover = new Takeover({
@@ -287,6 +308,7 @@ class TakeoverServer {
       mode,
       // A pool's supervisor waits for this before it upgrades the next worker.
       notifyParent: true,
+      ...(this.config.fdStore ? { fdStore: true } : {}),
       captureState: (socket) => (app ? app.captureState(socket) : this.partial.get(socket)),
       restoreState: (socket, state) => (app ? app.restoreState(socket, state) : this.partial.set(socket, Buffer.from(state))),
     });
@@ -302,7 +324,6 @@ class TakeoverServer {
       if (this.verbose) this.logConnection('Releasing Peer', socket);
     });
     takeover.on('handover', (stats) => {
-      this.handedOver = true;
       if (!app) this.log('tcp_peer_release(): Tcp peers released...');
       this.log(formatSummary(stats), { stats });
     });
@@ -398,18 +419,29 @@ class TakeoverServer {
       this.logger.error('SIGUSR2 ignored: no takeover path (-t or -T) to hand over on', { pid: process.pid });
       return;
     }
-    if (this.successorPid !== undefined) {
-      this.log(`SIGUSR2 ignored: successor pid ${this.successorPid} is already taking over`);
-      return;
-    }
-    if (!this.serving || this.handedOver || this.stopping) {
+    if (this.stopping) {
       this.log('SIGUSR2 ignored: this server is not serving');
       return;
     }
+    // upgrade() refuses itself while busy or not serving: under systemd, the reload it was asked
+    // for is then answered at once.
+    const pending = this.successorPid;
     const args = [...process.execArgv, process.argv[1]!, ...this.config.successorArgs, '-T', path];
     this.takeover!.upgrade({ args }).then(
       () => (this.successorPid = undefined),
       (error: TakeoverError) => {
+        if (error.code === ErrorCodes.BUSY) {
+          this.log(
+            pending === undefined
+              ? `SIGUSR2 ignored: ${error.message}`
+              : `SIGUSR2 ignored: successor pid ${pending} is already taking over`,
+          );
+          return;
+        }
+        if (error.code === ErrorCodes.INVALID_STATE) {
+          this.log('SIGUSR2 ignored: this server is not serving');
+          return;
+        }
         const pid = this.successorPid;
         this.successorPid = undefined;
         // A rollback is logged as such; a successor that died before it began is not.
@@ -436,7 +468,7 @@ class TakeoverServer {
 }
 
 async function main(args: string[]): Promise<number | undefined> {
-  const config = parseCommandLineOrExit(COMMAND, USAGE, () => parseCommandLine(args), describeError);
+  const config = parseCommandLineOrExit(COMMAND, USAGE, () => parseCommandLine(args, process.env.LISTEN_FDS !== undefined), describeError);
   if (typeof config === 'number') return config;
   // Workers never load the supervisor: a successor's start-up time is part of each takeover.
   if ('kind' in config) return (await import('./pool.js')).runPoolCommand(config);

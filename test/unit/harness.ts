@@ -247,6 +247,8 @@ export class FakePredecessorHost implements PredecessorHost {
   /** Every call the session made, in order: 'hello', 'stopAccepting', 'freeze:3', 'retain:2'... */
   readonly calls: string[] = [];
   resumed: string[] | undefined;
+  /** Called as each connection is frozen: where a test makes the peer fail between a freeze and its send. */
+  afterFreeze: ((id: number) => void) | undefined;
   session: PredecessorSession | undefined;
   readonly outcome: Promise<Outcome>;
   private finish!: (outcome: Outcome) => void;
@@ -324,7 +326,9 @@ export class FakePredecessorHost implements PredecessorHost {
   }
 
   onFreeze(socket: net.Socket): void {
-    this.calls.push(`freeze:${this.idOf(socket)}`);
+    const id = this.idOf(socket);
+    this.calls.push(`freeze:${id}`);
+    this.afterFreeze?.(id);
   }
 
   onDefer(socket: net.Socket): void {
