@@ -6,7 +6,7 @@
  *   --quick                  a short run: 1 repetition, 400 + 40 fuzz cases, 20 takeovers of 300 connections
  *   --repeat N               runs of each fault case (3)
  *   --fuzz N                 broken frames against a live server (3000)
- *   --fuzz-successor N       successor processes fed a broken frame by a fake predecessor (240)
+ *   --fuzz-successor N       successor processes fed a broken frame by a fake predecessor (160)
  *   --soak N                 chained takeovers (1000)
  *   --soak-connections N     connections during the soak (1000)
  *   --seed N                 the fuzzer's seed (1)
@@ -47,7 +47,7 @@ const parts = new Set(values.only.split(','));
 const plan = {
   repeat: count(values.repeat, 3, 1),
   fuzz: count(values.fuzz, 3000, 400),
-  fuzzSuccessor: count(values['fuzz-successor'], 240, 40),
+  fuzzSuccessor: count(values['fuzz-successor'], 160, 40),
   soak: count(values.soak, 1000, 20),
   soakConnections: count(values['soak-connections'], 1000, 300),
   seed: Number(values.seed),

@@ -18,7 +18,7 @@ export interface SoakResult {
   leftover: number;
   tally: Tally;
   newConnects: NewConnects;
-  /** The serving process's open fds and RSS (KiB) once its predecessor exited, one sample per takeover. */
+  /** The serving process's open fds and RSS (KiB) just after its takeover, one sample per takeover. */
   fds: number[];
   rss: number[];
   fdSlope: number;
@@ -42,23 +42,30 @@ export async function soak(takeovers: number, connections: number, progress: (do
   const incomplete: number[] = [];
   const fds: number[] = [];
   const rss: number[] = [];
-  let oldNotExited = 0;
+  const exits: Promise<boolean>[] = [];
   for (let i = 1; i <= takeovers; i++) {
     const next = new ServerProcess(config);
     pids.push(next.pid);
     const ready = await next.next('ready', 60_000);
     // New connects in flight move too: at least every long-lived one, none left behind.
     if (ready.stats!.connections < connections || ready.stats!.retained > 0) incomplete.push(i);
-    const status = await within(current.exited, `old process ${current.pid} to exit`, 30_000).catch(() => undefined);
-    if (status !== 0) {
-      oldNotExited++;
-      current.kill('SIGKILL');
-    }
+    // The next takeover need not wait for this exit: it is checked at the end.
+    const old = current;
+    exits.push(
+      within(old.exited, `old process ${old.pid} to exit`, 30_000).then(
+        (status) => status === 0,
+        () => {
+          old.kill('SIGKILL');
+          return false;
+        },
+      ),
+    );
     current = next;
     fds.push(openFds(current.pid));
     rss.push(rssKiB(current.pid));
     progress(i);
   }
+  const oldNotExited = (await Promise.all(exits)).filter((exited) => !exited).length;
   const t = await tally(clients);
   const newConnects = await churn.stop();
   for (const c of clients) c.close();
