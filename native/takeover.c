@@ -644,18 +644,12 @@ static napi_value socket_info(napi_env env, napi_callback_info info) {
       getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
       getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
     return throw_errno(env, "getsockopt", errno);
-  /* A never-connected (or still connecting) socket has no peer: a bad predecessor could pass one
-     as a connection. */
-  struct sockaddr_storage peer;
-  socklen_t peer_len = sizeof(peer);
-  bool connected = getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0;
   napi_value obj = object(env);
   if (!set(env, obj, "domain", str(env, domain == AF_INET ? "inet" : domain == AF_INET6 ? "inet6"
                                         : domain == AF_UNIX ? "unix" : "other")) ||
       !set(env, obj, "type", str(env, type == SOCK_STREAM ? "stream" : type == SOCK_SEQPACKET ? "seqpacket"
                                     : type == SOCK_DGRAM ? "dgram" : "other")) ||
-      !set(env, obj, "listening", boolean(env, listening != 0)) ||
-      !set(env, obj, "connected", boolean(env, connected)))
+      !set(env, obj, "listening", boolean(env, listening != 0)))
     return napi_failed(env);
   return obj;
 }

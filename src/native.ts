@@ -59,8 +59,6 @@ export interface SocketInfo {
   type: 'stream' | 'seqpacket' | 'dgram' | 'other';
   /** True for a socket that `listen()` was called on. */
   listening: boolean;
-  /** True once connected to a peer (getpeername succeeds), even if the peer has closed since. */
-  connected: boolean;
 }
 
 /**

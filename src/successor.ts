@@ -310,7 +310,7 @@ export class SuccessorSession {
     const info = describe(held.fd);
     const kind = this.listeners[held.listener]!.kind;
     const domainOk = kind === 'unix' ? info?.domain === 'unix' : info?.domain === 'inet' || info?.domain === 'inet6';
-    if (info?.type !== 'stream' || info.listening || !info.connected || !domainOk) {
+    if (info?.type !== 'stream' || info.listening || !domainOk) {
       this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a connected ${kind} stream socket`));
       return undefined;
     }

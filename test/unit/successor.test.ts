@@ -17,7 +17,6 @@ import { digestIds, encode, encodeWave, type WaveRecord } from '#lib/protocol.js
 import { ErrorCodes, TakeoverError } from '#lib/errors.js';
 import { serverFd, socketFd } from '#lib/sockets.js';
 import { tempDir, waitFor, within } from '../helpers.js';
-import { FdZoo } from '../chaos/fuzz.js';
 import { channelListenerFd, channelPair, Client, FakeSuccessorHost, fdsSettle, RawPeer, turns } from './harness.js';
 
 let dir = '';
@@ -496,23 +495,6 @@ const beforeCommit: FailureCase[] = [
       const file = fs.openSync(path.join(dir, 'not-a-socket'), 'w');
       s.peer.send(encode.conns([{ id: 1, listener: 0, fd: file }]));
       fs.closeSync(file);
-      await s.peer.next('ack');
-      s.peer.send(prepareFor([1]));
-      s.session.ready();
-    },
-    code: ErrorCodes.PROTOCOL,
-    told: ErrorCodes.PROTOCOL,
-  },
-  {
-    name: 'a connection fd that is a TCP socket that never connected',
-    script: async (s) => {
-      await welcome(s);
-      s.peer.send(listenersFrame(s));
-      const zoo = await FdZoo.create(fs.mkdtempSync(path.join(dir, 'zoo-')));
-      const connecting = zoo.kinds['tcp never connected']!();
-      s.peer.send(encode.conns([{ id: 1, listener: 0, fd: connecting }]));
-      native.close(connecting);
-      await zoo.close();
       await s.peer.next('ack');
       s.peer.send(prepareFor([1]));
       s.session.ready();
