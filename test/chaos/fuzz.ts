@@ -511,7 +511,9 @@ export async function fuzzSuccessor(cases: number, seed: number): Promise<Predec
         case 'fd-kind': {
           const kind = pick(rnd, Object.keys(zoo.kinds));
           const bad = zoo.kinds[kind]!();
-          const asListener = rnd() < 0.3;
+          // A never-connected TCP socket is one only as a listener: as a connection it is what an
+          // accepted one its client reset looks like (no peer), which a successor must take.
+          const asListener = kind === 'tcp never connected' || rnd() < 0.3;
           what = `${kind} as a ${asListener ? 'listener' : 'connection'}`;
           if (asListener) {
             await prefix(1);

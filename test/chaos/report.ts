@@ -51,7 +51,7 @@ function faultTable(run: Run): string[] {
     const kept = e.minKept === e.maxKept ? int(e.minKept) : `${int(e.minKept)}–${int(e.maxKept)}`;
     lines.push(
       `| ${FAULT_TEXT[first.fault]} | ${first.step} | ${outcomes.length} | ${ok === outcomes.length ? 'yes' : `**no, ${outcomes.length - ok} of ${outcomes.length}**`} | ` +
-        `listener: ${e.listener}; kept ${kept}: ${e.why} | ${distinct(outcomes.map((o) => o.listener))} | ` +
+        `listener: ${e.listener.join(' or ')}; kept ${kept}: ${e.why} | ${distinct(outcomes.map((o) => o.listener))} | ` +
         `${range(outcomes.map((o) => o.tally.kept))} | ${range(outcomes.map((o) => o.tally.cut))} | ${range(outcomes.map((o) => o.tally.bytesLost))} | ` +
         `${outcomes.map((o) => `${o.newConnects.served}/${o.newConnects.tried} (${o.newConnects.refused})`).join(', ')} | ` +
         `${range(outcomes.map((o) => o.leftover))} | ${distinct(outcomes.map((o) => `${o.oldEvent}; ${o.successorEvent}`))} |`,

@@ -18,7 +18,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { cleanup, distDir } from '../helpers.js';
-import { DEFAULT_PLAN, FAULTS, runFault, STEPS, type FaultOutcome } from './faults.js';
+import { brokenCase, DEFAULT_PLAN, FAULTS, runFault, STEPS, type FaultOutcome } from './faults.js';
 import { fuzzServer, fuzzSuccessor } from './fuzz.js';
 import { render, type Run } from './report.js';
 import { soak } from './soak.js';
@@ -71,7 +71,14 @@ if (parts.has('faults')) {
   for (const fault of FAULTS) {
     for (const step of STEPS) {
       const outcomes: FaultOutcome[] = [];
-      for (let i = 0; i < plan.repeat; i++) outcomes.push(await runFault(fault, step));
+      for (let i = 0; i < plan.repeat; i++) {
+        outcomes.push(
+          await runFault(fault, step).catch((error: unknown) => {
+            cleanup();
+            return brokenCase(fault, step, DEFAULT_PLAN, error);
+          }),
+        );
+      }
       run.faults.push(outcomes);
       const bad = outcomes.filter((o) => !o.ok);
       log(
