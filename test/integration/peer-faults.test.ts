@@ -137,8 +137,11 @@ test('a peer that is sent the listeners and stalls: the rollback and the stop bo
   // As the warning says: the server is gone and the port still listens, through the copy in the queue.
   assert.equal(await connectOutcome(port), undefined);
   native.close(stalled);
-  let outcome: string | undefined;
+  let outcome = await connectOutcome(port);
   const deadline = performance.now() + 5_000;
-  while ((outcome = await connectOutcome(port)) === undefined && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  while (outcome === undefined && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20));
+    outcome = await connectOutcome(port);
+  }
   assert.equal(outcome, 'ECONNREFUSED', 'the port is free once the holder let go');
 });
