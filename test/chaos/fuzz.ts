@@ -139,7 +139,7 @@ export class FdZoo {
       'unix seqpacket': () => native.unixConnect(seqpacketPath),
       'unix listening': () => native.dup(unixListener),
       'tcp listening': () => native.dup(handleFd(tcpListener)),
-      udp: () => native.dup(handleFd(udp)),
+      udp: () => native.dup(udpFd(udp)),
     };
     if (neverConnected.length === 0)
       throw new Error('every connect to the full backlog completed or failed: no never-connected TCP socket');
@@ -155,6 +155,14 @@ export class FdZoo {
 
 function handleFd(thing: unknown): number {
   return (thing as { _handle: { fd: number } })._handle.fd;
+}
+
+/** A dgram socket keeps its handle in its state symbol: `_handle` is a deprecated alias, gone in Node 26. */
+function udpFd(socket: dgram.Socket): number {
+  const state = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
+  const fd = state && (socket as unknown as Record<symbol, { handle?: { fd?: number } }>)[state]?.handle?.fd;
+  if (typeof fd !== 'number') throw new Error("no fd in the dgram socket's state: Node's internals changed");
+  return fd;
 }
 
 /** A valid frame with its header changed in 1-4 bytes. */
