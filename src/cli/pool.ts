@@ -175,6 +175,7 @@ class Supervisor {
     // A record of a process that is gone (a supervisor killed, its pid maybe recycled since) is no pool's supervisor.
     const previousRuns = previous !== undefined && previous.pid !== process.pid && runs(previous);
     if (!adopt && previousRuns) throw new Error(`supervisor pid ${previous.pid} runs the pool in ${dir}: take it over with -T ${dir}`);
+    this.checkServing();
     // From here on the old supervisor, if any, stands down: it watches this file.
     this.claim();
     process.on('SIGTERM', () => void this.stop('SIGTERM'));
@@ -201,15 +202,35 @@ class Supervisor {
       return;
     }
     this.log(`Starting pool of ${workers} workers in [${dir}]`, { dir, workers });
-    try {
-      const started = await Promise.all(Array.from({ length: workers }, (_, i) => this.startWorker(i, false)));
-      for (const [i, worker] of started.entries()) this.install(i, worker);
-    } catch (error) {
+    // Every start settles before a failure is acted on: the workers already ready are stopped with the rest.
+    const started = await Promise.allSettled(Array.from({ length: workers }, (_, i) => this.startWorker(i, false)));
+    for (const [i, result] of started.entries()) if (result.status === 'fulfilled') this.install(i, result.value);
+    const failed = started.find((result) => result.status === 'rejected');
+    if (failed) {
+      this.stopping = true;
       await this.stopWorkers();
       fs.rmSync(path.join(dir, 'supervisor.json'), { force: true });
-      throw error;
+      throw failed.reason;
     }
     this.logStatus();
+  }
+
+  /**
+   * Refuses to start when the directory's status files name live workers this supervisor would
+   * not run: with -t, any (a pool whose supervisor is gone: adopt it with -T); with -T, one beyond
+   * --workers, which would serve on, never upgraded nor stopped.
+   */
+  private checkServing(): void {
+    const { dir, workers, adopt } = this.command;
+    for (const file of fs.readdirSync(dir)) {
+      const index = Number(/^worker-(\d+)\.json$/.exec(file)?.[1] ?? Number.NaN);
+      if (!Number.isSafeInteger(index) || (adopt && index < workers)) continue;
+      const pid = readWorkerStatus(this.statusFile(index))?.pid;
+      if (pid === undefined || !servesChannel(pid, this.channel(index))) continue;
+      const fix = adopt ? `adopt it with --workers ${index + 1} or more (a pool does not shrink)` : `take the pool over with -T ${dir}`;
+      const code = adopt ? ErrorCodes.INVALID_OPTION : ErrorCodes.CHANNEL_IN_USE;
+      throw new TakeoverError(code, `pid ${pid} serves worker ${index} of the pool in ${dir}: ${fix}`);
+    }
   }
 
   /** Spawns worker i, fresh or as the successor of its channel's server; resolves once it is ready. */
@@ -421,6 +442,11 @@ class Supervisor {
     writeJsonFile(path.join(this.command.dir, 'supervisor.json'), { pid: process.pid, startTime: startTimeOf(process.pid) });
   }
 
+  /** Why the pool could not start: on stderr, a JSON line too with --log-format json. */
+  logFailure(error: unknown): void {
+    this.logError(`takeover-server: ${describeCoded(error)}`, { code: (error as { code?: unknown }).code });
+  }
+
   logStatus(): void {
     for (let i = 0; i < this.command.workers; i++) {
       const status = readWorkerStatus(this.statusFile(i));
@@ -489,7 +515,7 @@ export async function runPoolCommand(command: PoolCommand): Promise<number | und
   try {
     await supervisor.start();
   } catch (error) {
-    process.stderr.write(`takeover-server: ${describeCoded(error)}\n`);
+    supervisor.logFailure(error);
     return 1;
   }
   return undefined;

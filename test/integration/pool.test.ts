@@ -444,6 +444,55 @@ test('a stop while an old worker still finishes a request it kept stops that pro
   assert.ok(exited(upgraded.workerPid as number), 'the worker stopped');
 });
 
+test('-T with fewer workers than the pool runs is refused, and -t on a pool whose supervisor is gone: no worker is left unsupervised', {
+  timeout,
+}, async () => {
+  const { pool, port } = await startPool(2);
+  const [first, second] = pool.workerPids();
+  const run = (args: string[]) =>
+    spawnSync(process.execPath, [SERVER, ...args, '-p', String(port), '-a', HOST, '--app', 'http'], { encoding: 'utf8', timeout: 30_000 });
+  const shrink = run(['--workers', '1', '-T', pool.dir]);
+  assert.equal(shrink.status, 1, shrink.stderr);
+  assert.match(
+    shrink.stderr,
+    new RegExp(
+      `^takeover-server: pid ${second} serves worker 1 of the pool in ${pool.dir}: adopt it with --workers 2 or more .*\\(ERR_TAKEOVER_INVALID_OPTION\\)\\n$`,
+    ),
+  );
+  assert.equal(pool.child.exitCode, null, 'the supervisor runs on');
+  pool.child.kill('SIGKILL');
+  await within(pool.exited, 'the supervisor to die');
+  const fresh = run(['--workers', '2', '-t', pool.dir]);
+  assert.equal(fresh.status, 1, fresh.stderr);
+  assert.match(
+    fresh.stderr,
+    new RegExp(`^takeover-server: pid ${first} serves worker 0 of the pool in ${pool.dir}: take the pool over with -T`),
+  );
+  assert.equal(fresh.stdout, '', 'no worker started');
+});
+
+test('a pool whose worker 1 cannot start stops worker 0 even once it is ready: nothing is left', { timeout }, async () => {
+  const dir = poolDir();
+  fs.mkdirSync(dir, { mode: 0o700 });
+  // Another server of this user on worker 1's channel path: worker 1 fails when it would serve its channel.
+  const squatter = net.createServer().listen(path.join(dir, 'worker-1.sock'));
+  await once(squatter, 'listening');
+  try {
+    const port = await freePort();
+    const pool = new Pool(dir, ['--workers', '2', '-p', String(port), '-a', HOST, '-t', dir]);
+    const [code] = (await within(pool.exited, 'the supervisor to give up', 30_000)) as [number];
+    assert.equal(code, 1);
+    const workers = [...new Set(pool.records.map((r) => r.pid))].filter((pid) => pid !== pool.child.pid);
+    assert.ok(workers.length > 0, 'workers logged');
+    await waitFor(
+      () => workers.every(exited),
+      () => `workers left: ${workers.filter((pid) => !exited(pid))}`,
+    );
+  } finally {
+    squatter.close();
+  }
+});
+
 /** Gone, or a zombie (its parent, a supervisor that exited, is not there to reap it). */
 function exited(pid: number): boolean {
   try {
