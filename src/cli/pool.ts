@@ -432,7 +432,14 @@ class Supervisor {
     if (current?.pid === process.pid) return;
     // Gone, unreadable, stale or not a supervisor's record (a pid without its start time): this
     // one is still in charge, and says so again for the next supervisor and --status.
-    if (current === undefined || !runs(current)) return this.claim();
+    if (current === undefined || !runs(current)) {
+      try {
+        this.claim();
+      } catch {
+        // The directory cannot be written now (removed, full): the next look tries again.
+      }
+      return;
+    }
     this.stopping = true;
     this.log(`Pool taken over by supervisor pid ${current.pid}: exiting, the workers serve on`, { successorPid: current.pid });
     process.exit(0);

@@ -425,6 +425,10 @@ test('a supervisor.json naming a process that is no supervisor (a recycled pid, 
   const from = pool.records.length;
   pool.child.kill('SIGUSR2');
   await pool.record(/^Pool upgraded: 2 workers$/, from);
+  // A directory it can no longer write is no reason to crash either: the workers serve on, supervised.
+  fs.rmSync(dir, { recursive: true });
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  assert.equal(pool.child.exitCode, null, 'the supervisor runs');
 });
 
 test('a stop while an old worker still finishes a request it kept stops that process too: nothing is left', { timeout }, async () => {
