@@ -101,11 +101,14 @@ export class FdZoo {
       'python3',
       [
         '-c',
-        'import socket,sys,time\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(3600)',
+        'import socket,sys\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(0)\nprint(s.getsockname()[1],flush=True)\nsys.stdin.read()',
       ],
-      { stdio: ['ignore', 'pipe', 'ignore'] },
+      { stdio: ['pipe', 'pipe', 'ignore'] },
     );
     const [line] = (await once(blackhole.stdout!, 'data')) as [Buffer];
+    // It lives until its stdin closes, and holds nothing open here: a test that throws before the
+    // closers below are set leaves neither a listener behind nor a test file waiting on the child.
+    for (const handle of [blackhole, blackhole.stdin as net.Socket, blackhole.stdout as net.Socket]) handle.unref();
     const blackholePort = Number(line.toString().trim());
     const pending: net.Socket[] = [];
     for (let i = 0; i < 8; i++) pending.push(net.connect(blackholePort, '127.0.0.1').on('error', () => {}));
@@ -122,6 +125,7 @@ export class FdZoo {
       () => new Promise((resolve) => tcpListener.close(resolve)),
       () => new Promise<void>((resolve) => udp.close(() => resolve())),
       () => {
+        blackhole.ref();
         blackhole.stdout!.destroy();
         blackhole.kill();
         return once(blackhole, 'exit');
