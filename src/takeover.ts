@@ -194,7 +194,6 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       const channel = mode === 'fresh' ? undefined : this.connectUnlessAuto(path);
       if (channel) {
         this.role = 'successor';
-        const predecessorPid = channel.peer.pid;
         this.incoming = new TakingOver(
           this.options,
           this.registry,
@@ -204,7 +203,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
             track: (socket, listener) => this.track(socket, listener),
             adopt: (socket) => this.emitSafely('adopt', socket),
             openChannel: (fd) => this.openChannel(fd),
-            listening: () => this.systemd.listening(predecessorPid),
+            // Not the channel's SO_PEERCRED pid: that is whoever first listened on the channel,
+            // the head of the chain, not the process this one takes over from.
+            listening: (predecessorPid) => this.systemd.listening(predecessorPid),
           },
           channel,
         );

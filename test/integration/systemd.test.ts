@@ -171,6 +171,8 @@ async function checkHandover(recorder: Recorder, old: number, successor: number,
   const main = await recorder.next((m) => m.pid !== old && m.fields.READY === '1', 'READY=1 from the successor', from);
   assert.equal(main.pid, successor);
   assert.equal(main.fields.MAINPID, String(successor));
+  // The predecessor's pid from its WELCOME: the channel's SO_PEERCRED names the chain's first process.
+  assert.equal(main.fields.STATUS, `Taking over from pid ${old}`);
   await exitOf(old);
   const exit = await recorder.mark(`${old} exited`);
   assert.ok(reloading.index < main.index && main.index < exit, 'RELOADING=1, then MAINPID/READY=1, then the old process exits');
