@@ -60,6 +60,8 @@ export function takeActivatedListeners(
   delete env.LISTEN_PID;
   delete env.LISTEN_FDS;
   delete env.LISTEN_FDNAMES;
+  // Newer systemd also names the process by its pidfd id; sd_listen_fds(3) removes that too.
+  delete env.LISTEN_PIDFDID;
   const listeners: ActivatedListener[] = [];
   const problems: TakeoverError[] = [];
   if (pidText === undefined && countText === undefined) return { listeners, problems };
@@ -80,7 +82,8 @@ export function takeActivatedListeners(
     return { listeners, problems };
   }
   const count = Number(countText);
-  let names = namesText === undefined ? [] : namesText.split(':');
+  // An empty LISTEN_FDNAMES is no names, as strv_split() in sd_listen_fds_with_names() reads it.
+  let names = namesText === undefined || namesText === '' ? [] : namesText.split(':');
   if (namesText !== undefined && names.length !== count) {
     problems.push(activationError(`LISTEN_FDNAMES has ${names.length} names for ${count} fds: the names are ignored`));
     names = [];
