@@ -386,6 +386,10 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private closeUnadopted(): void {
     for (const listener of this.registry.unadopted()) {
       native.close(listener.fd);
+      // A listener of that name is served, inherited from the predecessor: systemd's copy is the
+      // fd store's entry for it (a successor started with the store's $LISTEN_FDS), and
+      // FDSTOREREMOVE would leave the listener unstored, lost at the next crash.
+      if (this.registry.records.some((r) => r.name === listener.name)) continue;
       this.systemd.forget(listener.name);
       this.emit(
         'warning',

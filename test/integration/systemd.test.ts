@@ -347,6 +347,41 @@ test('fd store: the listener is stored once (not again by its successor), and af
   for (const c of [client!, ...waiting]) c.close();
 });
 
+test('a successor that systemd also gave the fd store (LISTEN_FDS) serves the inherited listener and leaves it stored: a crash after it loses no connect', {
+  timeout,
+}, async () => {
+  const recorder = await Recorder.start();
+  const env = { NOTIFY_SOCKET: recorder.path };
+  const channel = path.join(privateDir(), 'channel');
+  const first = await recorder.spawn([process.execPath, SERVER, '-p', '0', '-t', channel, '-q', '--fd-store'], env);
+  const stored = await recorder.next((m) => m.pid === first && m.fields.FDSTORE === '1', 'FDSTORE=1');
+  const port = stored.fds[0]!.port!;
+  await recorder.next((m) => m.pid === first && m.fields.READY === '1', 'READY=1');
+  const [client] = await openClients(1, [{ port, host: '127.0.0.1' }], () => ({ framesPerBurst: 2, intervalMs: 10 }));
+  client!.start();
+  // Started as systemd starts any process of the service: with the store's fds, the very
+  // listener it inherits from its predecessor among them.
+  const from = recorder.messages.length;
+  const successor = await recorder.spawn([process.execPath, SERVER, '-T', channel, '-q', '--fd-store'], env);
+  await checkHandover(recorder, first, successor, from);
+  assert.deepEqual(
+    recorder.messages.slice(from).filter((m) => m.fields.FDSTOREREMOVE !== undefined),
+    [],
+    'nothing leaves the store',
+  );
+  assert.deepEqual(recorder.messages.at(-1)!.store, [stored.fields.FDNAME]);
+  assert.deepEqual(await drainAll([client!]), []);
+
+  process.kill(successor, 'SIGKILL');
+  await exitOf(successor);
+  const waiting = await openClients(2, [{ port, host: '127.0.0.1' }], () => ({ framesPerBurst: 1, intervalMs: 10 }));
+  for (const c of waiting) c.burst(3);
+  const restarted = await recorder.spawn([process.execPath, SERVER, '-p', '0', '-t', channel, '-q', '--fd-store'], env);
+  await recorder.next((m) => m.pid === restarted && m.fields.READY === '1', 'READY=1 after the restart', from);
+  assert.deepEqual(await drainAll(waiting), []);
+  for (const c of [client!, ...waiting]) c.close();
+});
+
 test('socket activation by systemd-socket-activate: takeover-server -t without -p serves the passed socket; its successor gets it from its predecessor, not from LISTEN_FDS', {
   timeout,
 }, async () => {
