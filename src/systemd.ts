@@ -36,7 +36,8 @@ const MAX_FDNAME = 255;
 /**
  * The longest a notification may stall the event loop while the manager's queue is full. systemd
  * reads its socket at once; a queue full for this long means it is overwhelmed, and the message
- * is reported (ERR_TAKEOVER_NOTIFY_FAILED, EAGAIN) rather than waited for.
+ * is reported (ERR_TAKEOVER_NOTIFY_FAILED, EAGAIN) rather than waited for. Once, not per message:
+ * until a send gets through again, the next ones do not wait (see {@link Systemd.send}).
  */
 const NOTIFY_TIMEOUT_MS = 250;
 
@@ -281,8 +282,12 @@ export class Systemd {
     const text = Object.entries(fields)
       .map(([key, value]) => `${key}=${String(value).replace(/[\r\n]+/g, ' ')}\n`)
       .join('');
+    // A manager that let one message wait the whole timeout is not reading: waiting again for each
+    // message would stall this process's event loop that long every time, a takeover's pause
+    // included (the successor's MAINPID= is sent between LISTENING and its first WAVE_ACK).
+    const timeoutMs = this.failing === 'EAGAIN' ? 0 : NOTIFY_TIMEOUT_MS;
     try {
-      native.sdNotify(this.socketPath, Buffer.from(text), fds, NOTIFY_TIMEOUT_MS);
+      native.sdNotify(this.socketPath, Buffer.from(text), fds, timeoutMs);
       this.failing = undefined;
     } catch (error) {
       const code = (error as { code?: string }).code ?? 'unknown';

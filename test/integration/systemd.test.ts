@@ -16,7 +16,8 @@ import { createInterface } from 'node:readline';
 import { afterEach, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import * as native from '#lib/native.js';
-import { fdOf } from '#lib/index.js';
+import { ErrorCodes, fdOf, TakeoverError } from '#lib/index.js';
+import { Systemd } from '#lib/systemd.js';
 import { cleanup, distDir, drainAll, killAtCleanup, openClients, probeEcho, ServerProcess, tempDir, waitFor } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
@@ -380,6 +381,43 @@ test('a successor that systemd also gave the fd store (LISTEN_FDS) serves the in
   await recorder.next((m) => m.pid === restarted && m.fields.READY === '1', 'READY=1 after the restart', from);
   assert.deepEqual(await drainAll(waiting), []);
   for (const c of [client!, ...waiting]) c.close();
+});
+
+test('a manager that stops reading stalls a process once, not at every notification', { timeout }, async () => {
+  const recorder = await Recorder.start();
+  const warnings: TakeoverError[] = [];
+  const systemd = new Systemd({ enabled: true, fdStore: false }, (error) => warnings.push(error), { NOTIFY_SOCKET: recorder.path });
+  let queued = 0;
+  recorder.proc.kill('SIGSTOP');
+  try {
+    // Fill its queue, whatever net.unix.max_dgram_qlen is.
+    assert.throws(() => {
+      for (;; queued++) native.sdNotify(recorder.path, Buffer.from('STATUS=filler\n'), [], 0);
+    }, { code: 'EAGAIN' });
+    // What one process sends through a fresh start, a takeover of it, and its own chained takeover.
+    const started = performance.now();
+    systemd.serving([]);
+    for (let round = 0; round < 4; round++) {
+      systemd.handingOver('Upgrading');
+      systemd.refused(new TakeoverError(ErrorCodes.BUSY, 'busy'));
+      systemd.resumed(new TakeoverError(ErrorCodes.PEER_CLOSED, 'gone'));
+    }
+    systemd.stopping();
+    const elapsed = performance.now() - started;
+    // 14 messages: each waiting its 250 ms would take 3.5 s; one wait and 13 failing at once, far less.
+    assert.ok(elapsed < 1500, `14 notifications took ${Math.round(elapsed)} ms`);
+    assert.deepEqual(
+      warnings.map((w) => [w.code, (w.cause as { code?: string }).code]),
+      [['ERR_TAKEOVER_NOTIFY_FAILED', 'EAGAIN']],
+    );
+  } finally {
+    recorder.proc.kill('SIGCONT');
+  }
+  // Once it reads again, notifications get through again.
+  await waitFor(() => recorder.messages.length >= queued, 'the queue drained');
+  systemd.serving([]);
+  const ready = await recorder.next((m) => m.fields.STATUS !== 'filler' && m.fields.READY === '1', 'READY=1', queued);
+  assert.equal(ready.fields.MAINPID, String(process.pid));
 });
 
 test('socket activation by systemd-socket-activate: takeover-server -t without -p serves the passed socket; its successor gets it from its predecessor, not from LISTEN_FDS', {
