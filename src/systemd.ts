@@ -234,9 +234,17 @@ export class Systemd {
 
   /** The takeover failed and this process serves on: READY=1 ends the reload. */
   resumed(error: TakeoverError): void {
+    this.reloaded(`Takeover failed (${error.code}), still serving (pid ${process.pid})`);
+  }
+
+  /**
+   * A reload ended with this process still the main one (a takeover of it that failed, a pool's
+   * rolling upgrade): READY=1 ends it, with MAINPID= should the manager have heard of another.
+   */
+  reloaded(status: string): void {
     if (!this.reloading) return;
     this.reloading = false;
-    this.send({ MAINPID: process.pid, READY: '1', STATUS: `Takeover failed (${error.code}), still serving (pid ${process.pid})` });
+    this.send({ MAINPID: process.pid, READY: '1', STATUS: status });
   }
 
   /** Handed over: the successor speaks for the service now (a STATUS from here would overwrite its own). */

@@ -391,9 +391,12 @@ test('a manager that stops reading stalls a process once, not at every notificat
   recorder.proc.kill('SIGSTOP');
   try {
     // Fill its queue, whatever net.unix.max_dgram_qlen is.
-    assert.throws(() => {
-      for (;; queued++) native.sdNotify(recorder.path, Buffer.from('STATUS=filler\n'), [], 0);
-    }, { code: 'EAGAIN' });
+    assert.throws(
+      () => {
+        for (; ; queued++) native.sdNotify(recorder.path, Buffer.from('STATUS=filler\n'), [], 0);
+      },
+      { code: 'EAGAIN' },
+    );
     // What one process sends through a fresh start, a takeover of it, and its own chained takeover.
     const started = performance.now();
     systemd.serving([]);
@@ -418,6 +421,41 @@ test('a manager that stops reading stalls a process once, not at every notificat
   systemd.serving([]);
   const ready = await recorder.next((m) => m.fields.STATUS !== 'filler' && m.fields.READY === '1', 'READY=1', queued);
   assert.equal(ready.fields.MAINPID, String(process.pid));
+});
+
+test('takeover-server --workers under a notify socket: the supervisor is the main process, and no worker claims the service', {
+  timeout,
+}, async () => {
+  const recorder = await Recorder.start();
+  const dir = privateDir();
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const port = (probe.address() as net.AddressInfo).port;
+  probe.close();
+  const pool = takeoverServer(['--workers', '2', '-p', String(port), '-t', dir, '-q'], { NOTIFY_SOCKET: recorder.path });
+  try {
+    const ready = await recorder.next((m) => m.fields.READY === '1', 'READY=1');
+    assert.equal(ready.pid, pool.pid);
+    assert.equal(ready.fields.MAINPID, String(pool.pid));
+    await probeEcho(port, '127.0.0.1');
+    // systemd's ReloadSignal: a rolling upgrade of the workers, one reload.
+    const from = recorder.messages.length;
+    pool.child.kill('SIGUSR2');
+    const reloading = await recorder.next((m) => m.fields.RELOADING === '1', 'RELOADING=1', from);
+    const reloaded = await recorder.next((m) => m.fields.READY === '1', 'READY=1 once upgraded', reloading.index);
+    assert.equal(reloaded.fields.STATUS, `Pool upgraded: 2 workers (supervisor pid ${pool.pid})`);
+    await probeEcho(port, '127.0.0.1');
+  } finally {
+    // The supervisor stops its workers (detached: nothing else would).
+    pool.child.kill('SIGTERM');
+    await pool.exited;
+  }
+  await recorder.next((m) => m.fields.STOPPING === '1', 'STOPPING=1');
+  assert.deepEqual(
+    recorder.messages.filter((m) => m.pid !== pool.pid || (m.fields.MAINPID ?? String(pool.pid)) !== String(pool.pid)),
+    [],
+    'only the supervisor speaks, and only for itself',
+  );
 });
 
 test('socket activation by systemd-socket-activate: takeover-server -t without -p serves the passed socket; its successor gets it from its predecessor, not from LISTEN_FDS', {
