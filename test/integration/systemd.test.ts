@@ -146,6 +146,15 @@ function takeoverServer(args: string[], env: NodeJS.ProcessEnv, options: { shell
   return new Proc(process.execPath, [SERVER, ...args], env, options);
 }
 
+/** A port nobody listens on now, for a process that binds it itself. */
+async function freePort(): Promise<number> {
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const { port } = probe.address() as net.AddressInfo;
+  probe.close();
+  return port;
+}
+
 const micros = () => process.hrtime.bigint() / 1000n;
 
 /** Resolves once `pid` has exited (gone, or a zombie nobody reaped yet): for processes that are not the test's children. */
@@ -428,10 +437,7 @@ test('takeover-server --workers under a notify socket: the supervisor is the mai
 }, async () => {
   const recorder = await Recorder.start();
   const dir = privateDir();
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const port = (probe.address() as net.AddressInfo).port;
-  probe.close();
+  const port = await freePort();
   const pool = takeoverServer(['--workers', '2', '-p', String(port), '-t', dir, '-q'], { NOTIFY_SOCKET: recorder.path });
   try {
     const ready = await recorder.next((m) => m.fields.READY === '1', 'READY=1');
@@ -463,10 +469,7 @@ test('socket activation by systemd-socket-activate: takeover-server -t without -
 }, async () => {
   const recorder = await Recorder.start();
   const channel = path.join(privateDir(), 'channel');
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const port = (probe.address() as net.AddressInfo).port;
-  probe.close();
+  const port = await freePort();
   const activator = new Proc(
     'systemd-socket-activate',
     ['-l', `127.0.0.1:${port}`, '--fdname=web', '-E', `NOTIFY_SOCKET=${recorder.path}`, process.execPath, SERVER, '-t', channel, '-q'],
