@@ -31,6 +31,7 @@ import { describePoolRun, poolSection, runPool, type PoolPlan, type PoolRun } fr
 import {
   buildFloor,
   runFloor,
+  runThroughput,
   runSystem,
   type AppPlan,
   type BenchContext,
@@ -38,13 +39,16 @@ import {
   type Paths,
   type SystemName,
   type SystemRun,
+  type ThroughputRun,
   type Workload,
 } from './systems.js';
 
 const USAGE = `Usage: npm run bench -- [OPTION...]
-    --sizes N,N...         Long-lived connections per run (default 1000,10000; 100000 is refused
-                           here: see RLIMIT_NOFILE in the output)
-    --systems LIST         Any of takeover,pm2,restart,floor (default: all)
+    --sizes N,N...         Long-lived connections per run (default 1000,10000,max; max: the most
+                           one server process holds under RLIMIT_NOFILE, in thousands; a size
+                           over it, such as 100000 here, is reported as not run, with the reason)
+    --systems LIST         Any of control,takeover,pm2,restart,floor (default: all); control is
+                           takeover-server under the same load with no switch, run before takeover
     --interval MS          Each connection's pause after an echo before its next message (default 2000)
     --duration S           Load duration of each run (default 12)
     --switch-after S       When the switch starts, in seconds into the load (default 5)
@@ -53,8 +57,13 @@ const USAGE = `Usage: npm run bench -- [OPTION...]
     --per-source N         Most connections per source address (default 1000)
     --client-nice N        Nice value of the client processes (default -10, needs root or
                            CAP_SYS_NICE; 0 to leave them at the servers' priority)
-    --workloads LIST       Any of echo,http,ws,pool (default: all). pool: 2 workers under HTTP load
-                           upgraded one by one, takeover-server --workers 2 beside pm2 reload -i 2
+    --workloads LIST       Any of echo,http,ws,pool,throughput (default: all). pool: 2 workers under
+                           HTTP load upgraded one by one, takeover-server --workers 2 beside pm2
+                           reload -i 2; throughput: steady-state echoes per second of
+                           takeover-server and of a plain Node net echo server
+    --throughput-connections N  Connections of the throughput runs (default 100)
+    --throughput-duration S     Seconds of each throughput round (default 3)
+    --throughput-rounds N       Rounds of each server, alternating (default 3)
     --app-sizes N,N...     HTTP clients, and WebSocket clients, per run (default 1000)
     --app-duration S       Load duration of each HTTP and WebSocket run (default 10)
     --app-interval MS      Each HTTP client's pause after an answer before its next request, and
@@ -67,6 +76,7 @@ const USAGE = `Usage: npm run bench -- [OPTION...]
 `;
 
 const SYSTEM_FLAGS: Record<string, SystemName | 'floor'> = {
+  control: 'control',
   takeover: 'socket-takeover',
   pm2: 'pm2 reload',
   restart: 'plain restart',
@@ -82,8 +92,11 @@ const CHART_AFTER_MS = 3000;
 /** fds a server process needs beyond its connections: listeners, channel, stdio, Node's own. */
 const FD_HEADROOM = 100;
 
+/** `max` in --sizes: resolved once RLIMIT_NOFILE is known. */
+type Size = number | 'max';
+
 interface Config {
-  sizes: number[];
+  sizes: Size[];
   systems: (SystemName | 'floor')[];
   workload: Workload;
   /** Echo runs at `sizes` unless left out of --workloads. */
@@ -93,6 +106,8 @@ interface Config {
   appWorkload: Workload;
   pool: boolean;
   writeDocs: boolean;
+  /** Steady-state throughput comparison, unless left out of --workloads. */
+  throughput: { connections: number; durationS: number; rounds: number } | undefined;
 }
 
 function positive(text: string, flag: string): number {
@@ -113,8 +128,8 @@ function parseCommandLine(args: string[]): Config | 'help' {
     args,
     strict: true,
     options: {
-      sizes: { type: 'string', default: '1000,10000' },
-      systems: { type: 'string', default: 'takeover,pm2,restart,floor' },
+      sizes: { type: 'string', default: '1000,10000,max' },
+      systems: { type: 'string', default: 'control,takeover,pm2,restart,floor' },
       interval: { type: 'string', default: '2000' },
       duration: { type: 'string', default: '12' },
       'switch-after': { type: 'string', default: '5' },
@@ -122,7 +137,10 @@ function parseCommandLine(args: string[]): Config | 'help' {
       'per-client': { type: 'string', default: '10000' },
       'per-source': { type: 'string', default: '1000' },
       'client-nice': { type: 'string', default: '-10' },
-      workloads: { type: 'string', default: 'echo,http,ws,pool' },
+      workloads: { type: 'string', default: 'echo,http,ws,pool,throughput' },
+      'throughput-connections': { type: 'string', default: '100' },
+      'throughput-duration': { type: 'string', default: '3' },
+      'throughput-rounds': { type: 'string', default: '3' },
       'app-sizes': { type: 'string', default: '1000' },
       'app-duration': { type: 'string', default: '10' },
       'app-interval': { type: 'string', default: '250' },
@@ -134,7 +152,9 @@ function parseCommandLine(args: string[]): Config | 'help' {
     },
   });
   if (values.help) return 'help';
-  const sizes = values.sizes.split(',').map((s) => Math.round(positive(s.replace(/_/g, ''), '--sizes')));
+  const sizes = values.sizes
+    .split(',')
+    .map((s): Size => (s.trim() === 'max' ? 'max' : Math.round(positive(s.replace(/_/g, ''), '--sizes'))));
   const systems = values.systems.split(',').map((s) => {
     const system = SYSTEM_FLAGS[s.trim()];
     if (!system) throw new Error(`unknown system '${s}' in --systems (expected ${Object.keys(SYSTEM_FLAGS).join(', ')})`);
@@ -155,8 +175,8 @@ function parseCommandLine(args: string[]): Config | 'help' {
   if (workload.switchAfterS + 2 > workload.durationS) throw new Error('--duration must run at least 2 s past --switch-after');
   const workloads = values.workloads.split(',').map((w) => w.trim());
   for (const w of workloads)
-    if (!['echo', 'http', 'ws', 'pool'].includes(w))
-      throw new Error(`unknown workload '${w}' in --workloads (expected echo, http, ws, pool)`);
+    if (!['echo', 'http', 'ws', 'pool', 'throughput'].includes(w))
+      throw new Error(`unknown workload '${w}' in --workloads (expected echo, http, ws, pool, throughput)`);
   const appWorkload: Workload = {
     ...workload,
     intervalMs: Math.round(positive(values['app-interval'], '--app-interval')),
@@ -180,6 +200,13 @@ function parseCommandLine(args: string[]): Config | 'help' {
     appWorkload,
     pool: workloads.includes('pool'),
     writeDocs: values['write-docs'],
+    throughput: workloads.includes('throughput')
+      ? {
+          connections: Math.round(positive(values['throughput-connections'], '--throughput-connections')),
+          durationS: positive(values['throughput-duration'], '--throughput-duration'),
+          rounds: Math.round(positive(values['throughput-rounds'], '--throughput-rounds')),
+        }
+      : undefined,
   };
 }
 
@@ -257,6 +284,7 @@ function describeRun(run: SystemRun): string {
 }
 
 const COLORS: Record<SystemName, string> = {
+  control: '#7f7f7f',
   'socket-takeover': '#1f77b4',
   'pm2 reload': '#d62728',
   'plain restart': '#ff7f0e',
@@ -279,15 +307,21 @@ async function main(config: Config): Promise<void> {
   if (config.workload.perClient + FD_HEADROOM > machine.rlimitNofile.soft) {
     throw new Error(`--per-client ${config.workload.perClient} does not fit under RLIMIT_NOFILE ${machine.rlimitNofile.soft}`);
   }
+  const skipped: Skipped[] = [];
+  // The box's maximum: what one server process holds beside its own fds, in whole thousands.
+  const { soft } = machine.rlimitNofile;
+  const max = Number.isFinite(soft) ? Math.floor((soft - FD_HEADROOM) / 1000) * 1000 : undefined;
+  if (config.sizes.includes('max') && max === undefined)
+    skipped.push({ connections: 'max', reason: 'RLIMIT_NOFILE is unlimited here: there is no maximum to run; name a size instead' });
+  const sizes = [...new Set(config.sizes.flatMap((s) => (s === 'max' ? (max === undefined ? [] : [max]) : [s])))].sort((a, b) => a - b);
   ctx.log(
-    `socket-takeover benchmark: sizes ${config.sizes.join(', ')}; ${machine.cpus} CPUs; load average ${machine.loadavgAtStart.toFixed(2)}`,
+    `socket-takeover benchmark: sizes ${sizes.join(', ')}${max === undefined ? '' : ` (max ${max})`}; ${machine.cpus} CPUs; load average ${machine.loadavgAtStart.toFixed(2)}`,
   );
   const floorBinary = config.systems.includes('floor') ? buildFloor(ctx) : undefined;
   const runs: SystemRun[] = [];
   const floor: FloorRun[] = [];
-  const skipped: Skipped[] = [];
   let subnet = 1;
-  for (const size of config.echo ? config.sizes : []) {
+  for (const size of config.echo ? sizes : []) {
     const need = size + FD_HEADROOM;
     if (need > machine.rlimitNofile.soft) {
       const { soft, hard } = machine.rlimitNofile;
@@ -346,7 +380,19 @@ async function main(config: Config): Promise<void> {
     }
   }
 
-  const ranSizes = config.sizes.filter((s) => !skipped.some((k) => k.connections === s));
+  let throughput: ThroughputRun | undefined;
+  if (config.throughput) {
+    const { connections, durationS, rounds } = config.throughput;
+    ctx.log(`Steady-state throughput, ${connections} connections, ${rounds} rounds of ${durationS} s each:`);
+    throughput = await runThroughput(ctx, connections, durationS, rounds, subnet++);
+    ctx.log(
+      throughput.error
+        ? `  failed: ${throughput.error}`
+        : `  takeover-server ${throughput.library.join(', ')} echoes/s; plain net ${throughput.plain.join(', ')} echoes/s`,
+    );
+  }
+
+  const ranSizes = sizes.filter((s) => !skipped.some((k) => k.connections === s));
   const targetSize = ranSizes.includes(TARGET_SIZE) || ranSizes.length === 0 ? TARGET_SIZE : Math.max(...ranSizes);
   const results: BenchResults = {
     startedAt,
@@ -355,12 +401,13 @@ async function main(config: Config): Promise<void> {
     workload: config.workload,
     appWorkload:
       config.apps.length > 0 ? { ...config.appWorkload, ...config.apps[0]!, workloads: config.apps.map((a) => a.workload) } : undefined,
-    sizes: config.echo ? config.sizes : [],
+    sizes: config.echo ? sizes : [],
+    throughput,
     floor,
     runs,
     skipped,
     targetSize,
-    targets: evaluateTargets(runs, floor, targetSize),
+    targets: evaluateTargets(runs, floor, config.echo ? ranSizes : [], targetSize, throughput),
     warnings: collectWarnings(runs),
     ...(pool.length > 0 ? { pool } : {}),
   };
@@ -375,7 +422,8 @@ async function main(config: Config): Promise<void> {
   const resultsFile = join(resultsDir, `${startedAt.replace(/[:.]/g, '-')}.json`);
   writeFileSync(resultsFile, `${JSON.stringify(results, null, 2)}\n`);
 
-  const chartSize = [...ranSizes].reverse().find((s) => runs.some((r) => r.connections === s && r.timeline));
+  const charted = (size: number): boolean => runs.some((r) => r.connections === size && r.timeline);
+  const chartSize = charted(targetSize) ? targetSize : [...ranSizes].reverse().find(charted);
   const chartRuns = runs.filter((r) => r.connections === chartSize && r.timeline);
   const chart =
     chartSize === undefined
@@ -415,7 +463,7 @@ async function main(config: Config): Promise<void> {
   ctx.log('');
   ctx.log(section);
   ctx.log('');
-  ctx.log(`Targets at ${targetSize} connections:`);
+  ctx.log('Targets:');
   for (const line of targetLines(results)) ctx.log(line.replace(/\*\*/g, ''));
   ctx.log(`Results: ${written.join(', ')} (${Math.round(results.durationS)} s)`);
   if (!config.writeDocs)

@@ -43,7 +43,12 @@ export interface Workload {
   clientNice: number;
 }
 
-export type SystemName = 'socket-takeover' | 'pm2 reload' | 'plain restart';
+/**
+ * `control`: takeover-server under the same load with no switch at all, run just before
+ * socket-takeover at each size: the noise of this machine and this load, which the takeover's
+ * pauses are compared with.
+ */
+export type SystemName = 'control' | 'socket-takeover' | 'pm2 reload' | 'plain restart';
 
 /** The HTTP or WebSocket app and its clients' settings; absent for the echo workload. */
 export type AppPlan = NonNullable<LoadPlan['app']>;
@@ -363,7 +368,7 @@ export async function runSystem(
   ctx.groups.onSpawn = (child) => watch.add(child.pid, child.name);
   const machineLoad = loadavg()[0]!;
   const scenario =
-    system === 'socket-takeover'
+    system === 'socket-takeover' || system === 'control'
       ? takeoverScenario(ctx, app)
       : system === 'pm2 reload'
         ? pm2Scenario(ctx, watch, app)
@@ -378,7 +383,7 @@ export async function runSystem(
     load = app ? startAppLoad(plan, ctx.groups, ctx.paths.clientScript) : startLoad(plan, ctx.groups, ctx.paths.clientScript);
     await sleep(load.startedAt + work.switchAfterS * 1000 - now());
     const switchAt = now();
-    const switched = scenario.switchOver(switchAt);
+    const switched = system === 'control' ? undefined : scenario.switchOver(switchAt);
     // A failed switch still lets the clients finish, so the run says what they saw.
     const [sw, result] = await Promise.allSettled([switched, withTimeout(load.done, (work.durationS + 60) * 1000, 'the load')]);
     if (result.status === 'rejected') throw result.reason;
@@ -389,9 +394,11 @@ export async function runSystem(
       run.timeline = mergeTimelines(result.value.clients, switchAt);
     }
     if (sw.status === 'rejected') throw sw.reason;
-    run.switch = sw.value;
-    const rss = (pid: number): number => watch.all.find((w) => w.pid === pid)?.peakRssKb ?? 0;
-    run.peakRssKb = { old: rss(sw.value.oldPid), new: rss(sw.value.newPid) };
+    if (sw.value) {
+      run.switch = sw.value;
+      const rss = (pid: number): number => watch.all.find((w) => w.pid === pid)?.peakRssKb ?? 0;
+      run.peakRssKb = { old: rss(sw.value.oldPid), new: rss(sw.value.newPid) };
+    }
   } catch (error) {
     run.error = error instanceof Error ? error.message : String(error);
   } finally {
@@ -452,4 +459,60 @@ export async function runFloor(ctx: BenchContext, binary: string, connections: n
     fdsPerBatch: result.fdsPerBatch as number,
     window: result.window as number,
   };
+}
+
+export interface ThroughputRun {
+  connections: number;
+  durationS: number;
+  /** Echoes per second of each round, in the order run (the two servers alternate). */
+  library: number[];
+  plain: number[];
+  error?: string;
+}
+
+/**
+ * Steady state, no switch: `takeover-server` and the plain Node `net` echo server
+ * (bench/echo-server.ts), each under connections that send their next message as soon as the
+ * echo arrives. The two alternate, round after round, so a change in the machine's load falls
+ * on both.
+ */
+export async function runThroughput(
+  ctx: BenchContext,
+  connections: number,
+  durationS: number,
+  rounds: number,
+  subnet: number,
+): Promise<ThroughputRun> {
+  const run: ThroughputRun = { connections, durationS, library: [], plain: [] };
+  try {
+    for (let round = 0; round < rounds; round++) {
+      for (const which of ['library', 'plain'] as const) {
+        const scenario = which === 'library' ? takeoverScenario(ctx, undefined) : restartScenario(ctx, undefined);
+        try {
+          const port = await scenario.start();
+          const plan: LoadPlan = {
+            host: '127.0.0.1',
+            port,
+            connections,
+            subnet,
+            intervalMs: 0,
+            durationS,
+            newRate: 0,
+            perClient: connections,
+            perSourceAddress: connections,
+            clientNice: 0,
+          };
+          const load = startLoad(plan, ctx.groups, ctx.paths.clientScript);
+          const result = await withTimeout(load.done, (durationS + 30) * 1000, 'the throughput load');
+          if (result.cut > 0 || result.lost > 0) throw new Error(`${which}: ${result.cut} cut, ${result.lost} lost`);
+          run[which].push(result.clients.reduce((total, c) => total + c.summary.echoesPerSec, 0));
+        } finally {
+          await scenario.stop();
+        }
+      }
+    }
+  } catch (error) {
+    run.error = error instanceof Error ? error.message : String(error);
+  }
+  return run;
 }

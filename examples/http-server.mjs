@@ -6,7 +6,11 @@ import { Takeover } from 'socket-takeover';
 
 const [path = '/tmp/http.takeover', port = '8000'] = process.argv.slice(2);
 
-const takeover = await Takeover.start({ path }); // fresh, or the successor of whoever listens on `path`
+const takeover = new Takeover({ path });
+// Before anything slow: Node exits on a SIGUSR2 nobody listens to, and a successor may get one
+// while it starts. upgrade() asked for before this process serves waits until it does.
+process.on('SIGUSR2', () => takeover.upgrade().catch((error) => console.log(`upgrade failed: ${error.code}`)));
+await takeover.start(); // fresh, or the successor of whoever listens on `path`
 const server = http.createServer(async (_req, res) => {
   await new Promise((resolve) => setTimeout(resolve, 50)); // any async work: a request in flight never moves
   res.end(`hello from pid ${process.pid}\n`);
@@ -20,7 +24,6 @@ takeover.done().then(() => process.exit(0)); // handed over, and the last reques
 const stats = await takeover.ready(); // a successor commits here and receives every connection
 console.log(stats ? `took over ${stats.connections} connections from pid ${stats.predecessorPid}` : `serving on ${port}`);
 
-process.on('SIGUSR2', () => takeover.upgrade().catch((error) => console.log(`upgrade failed: ${error.code}`)));
 process.on('SIGTERM', async () => {
   await takeover.close(); // removes the channel path: no successor can come any more
   server.close();

@@ -103,6 +103,7 @@ interface Addon {
   growFdTable(highestFd: number): void;
   fdLimit(): { soft: number; hard: number };
   socketInfo(fd: number): SocketInfo;
+  threadCpuMs(): number;
 }
 
 /** Names a `.node` file to load instead of the package's own build. */
@@ -259,6 +260,11 @@ export function growFdTable(highestFd: number): void {
 /** RLIMIT_NOFILE: how many fds this process may hold (Infinity when unlimited). */
 export function fdLimit(): { soft: number; hard: number } {
   return addon.fdLimit();
+}
+
+/** CPU time of the event loop's thread, in ms (sub-µs resolution): work without the waits for a core. */
+export function threadCpuMs(): number {
+  return addon.threadCpuMs();
 }
 
 /**

@@ -28,7 +28,12 @@ export interface TakeoverOptions {
    * child to connect. 1 to 2^31-1 ms; default 10,000 ms.
    */
   timeoutMs?: number;
-  /** Connections frozen and started together; each pauses for one wave (which also stops growing at 64 MiB). 1 to 1,000,000; default 128. */
+  /**
+   * Connections frozen and started together; each pauses for one wave (which also stops growing
+   * at 64 MiB). 1 to 1,000,000. Default: up to 128, as many as about 1.5 ms of the old process's
+   * CPU freezes, sends and releases (measured on the waves so far), so that its event loop never
+   * stalls long; a number given here makes every wave that size (the last one aside).
+   */
   waveSize?: number;
   /**
    * How long the old process waits, from the start of the waves, for busy connections (a
@@ -83,7 +88,10 @@ export interface ReadyMessage {
 }
 
 export type ResolvedOptions = Required<Omit<TakeoverOptions, 'captureState' | 'restoreState' | 'onStep'>> &
-  Pick<TakeoverOptions, 'captureState' | 'restoreState' | 'onStep'>;
+  Pick<TakeoverOptions, 'captureState' | 'restoreState' | 'onStep'> & {
+    /** No waveSize given: waves are also cut by time (see TakeoverOptions.waveSize). */
+    timedWaves: boolean;
+  };
 
 /** setTimeout's limit: a longer delay fires at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -140,6 +148,7 @@ export function resolveOptions(options: TakeoverOptions): ResolvedOptions {
     allowUids: [...allowUids],
     timeoutMs: integerIn(options.timeoutMs, 'timeoutMs', 1, MAX_TIMER_MS, 10_000),
     waveSize: integerIn(options.waveSize, 'waveSize', 1, 1_000_000, 128),
+    timedWaves: options.waveSize === undefined,
     quiesceTimeoutMs: integerIn(options.quiesceTimeoutMs, 'quiesceTimeoutMs', 0, MAX_QUIESCE_MS, 10_000),
     captureState: options.captureState,
     restoreState: options.restoreState,

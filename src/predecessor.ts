@@ -38,7 +38,7 @@ export interface CapturedState {
 
 /** What the session needs from the process it runs in (implemented by HandingOver, handing-over.ts). */
 export interface PredecessorHost {
-  readonly options: { timeoutMs: number; waveSize: number; quiesceTimeoutMs: number };
+  readonly options: { timeoutMs: number; waveSize: number; quiesceTimeoutMs: number; timedWaves?: boolean };
   /** Listeners to send, each with a dup'ed fd the session owns and closes. */
   duplicateListeners(): (ListenerEntry & { fd: number })[];
   connections(): ReadonlyMap<number, { socket: net.Socket; listener: number }>;
@@ -90,6 +90,20 @@ const QUIESCE_RETRY_MS = 2;
  * not hold the only takeover slot for the whole timeout.
  */
 const HELLO_TIMEOUT_MS = 1000;
+/**
+ * The old process serves while it sends: past this much sending in one turn of its event loop
+ * it yields (setImmediate) so that its connections are read and answered in between.
+ */
+const SEND_SLICE_MS = 1;
+/**
+ * Unless the application fixed the wave size, waves are sized so that building, sending and
+ * releasing one costs about this much CPU: each wave is one stretch of the old process's loop.
+ */
+const WAVE_STEP_MS = 1.5;
+/** ...from the cost per connection of the waves so far; and never smaller than this. */
+const MIN_TIMED_WAVE = 16;
+/** ...and freezing stops past this wall time whatever the estimate said (a slow capture hook, a preemption). */
+const WAVE_SLICE_MS = 1;
 
 /**
  * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
@@ -106,17 +120,24 @@ export class PredecessorSession {
   private readonly sent = new Set<number>();
   private closedUnsent: number[] = [];
   private batchesInFlight = 0;
+  /** A pump() continues on the next loop turn (it yielded after SEND_SLICE_MS). */
+  private pumpScheduled = false;
   /** CONNS batches acknowledged so far: the next ACK must carry this number. */
   private batchesAcked = 0;
   private listeners: (ListenerEntry & { fd: number })[] = [];
   /** LISTENERS went out: from then on the successor may hold copies of the listening sockets. */
   private listenersSent = false;
-  private waveQueue: { id: number; socket: net.Socket | undefined }[] = [];
+  /** Connection ids in wave order; each socket is looked up when its turn comes (gone by then: closed). */
+  private waveQueue: number[] = [];
   /** Next entry of waveQueue to freeze (an index: shift() on 10,000 entries costs per call). */
   private waveCursor = 0;
   private waveSeq = 0;
   private waveStartedAt = 0;
   private waveInFlight = false;
+  /** Connections the next wave may take: options.waveSize, or less when waves are timed. */
+  private waveLimit: number;
+  /** Timed waves: CPU ms per connection of the waves so far (a moving average), 0 before the first. */
+  private waveCostMs = 0;
   /** Connections that were busy when their turn came: asked again until quiet or the quiescence bound. */
   private readonly deferred = new Map<number, net.Socket>();
   /** Deferred connections reported quiet while a wave was in flight: asked first in the next wave. */
@@ -135,11 +156,13 @@ export class PredecessorSession {
     private readonly host: PredecessorHost,
     private readonly channel: Channel,
   ) {
+    // The first timed wave is small: its code runs cold, and its cost sizes the next ones.
+    this.waveLimit = host.options.timedWaves ? MIN_TIMED_WAVE : host.options.waveSize;
     this.deadline = new Deadline(host.options.timeoutMs, (what, ms) =>
       this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the successor sent no ${what} within ${ms} ms`)),
     );
-    channel.on('frame', (frame) => this.onFrame(frame));
-    channel.on('writable', () => this.pump());
+    channel.on('frame', (frame) => this.recorder.step(() => this.onFrame(frame)));
+    channel.on('writable', () => this.recorder.step(() => this.pump()));
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the successor closed the takeover channel')));
     this.deadline.expect('HELLO', Math.min(host.options.timeoutMs, HELLO_TIMEOUT_MS));
@@ -158,7 +181,7 @@ export class PredecessorSession {
   connectionAdded(id: number): void {
     if (this.phase === 'precopy' || this.phase === 'prepared' || this.phase === 'committed') {
       this.unsent.add(id);
-      if (this.phase !== 'prepared') this.pump();
+      if (this.phase !== 'prepared') this.recorder.step(() => this.pump());
     }
   }
 
@@ -182,7 +205,7 @@ export class PredecessorSession {
       return;
     }
     this.clearRetry();
-    this.nextWave();
+    this.recorder.step(() => this.nextWave());
   }
 
   /** Tells the successor why, then rolls back. */
@@ -234,7 +257,8 @@ export class PredecessorSession {
     for (const id of connections.keys()) this.unsent.add(id);
     this.phase = 'precopy';
     this.deadline.expect('ACK');
-    this.pump();
+    // Listing 10,000 connections is a stretch of its own: the sending starts on the next turn.
+    this.schedulePump();
   }
 
   /**
@@ -244,7 +268,12 @@ export class PredecessorSession {
   private pump(): void {
     if (this.phase !== 'precopy' && this.phase !== 'committed') return;
     const connections = this.host.connections();
+    const sliceEnd = performance.now() + SEND_SLICE_MS;
     while (this.batchesInFlight < this.window && this.unsent.size > 0) {
+      if (performance.now() >= sliceEnd) {
+        this.schedulePump();
+        break;
+      }
       const batch: { id: number; listener: number; fd: number }[] = [];
       for (const id of this.unsent) {
         const conn = connections.get(id);
@@ -287,6 +316,15 @@ export class PredecessorSession {
     }
   }
 
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.recorder.step(() => this.pump());
+    });
+  }
+
   private flushClosed(): void {
     while (this.closedUnsent.length > 0) {
       this.channel.send(encode.closed(this.closedUnsent.slice(0, MAX_IDS_PER_FRAME)));
@@ -309,7 +347,7 @@ export class PredecessorSession {
    */
   private afterReceived(act: () => void): void {
     queueMicrotask(() => {
-      if (this.phase !== 'failed') act();
+      if (this.phase !== 'failed') this.recorder.step(act);
     });
   }
 
@@ -319,9 +357,15 @@ export class PredecessorSession {
     this.marks.listening = performance.now();
     this.quiesceDeadline = this.marks.listening + quiesceTimeoutMs;
     this.phase = 'waves';
-    const connections = this.host.connections();
-    this.waveQueue = [...this.sent].map((id) => ({ id, socket: connections.get(id)?.socket }));
-    this.nextWave();
+    // Stopping the listeners, the last deltas and LISTENING were this turn's stretch: the queue
+    // (every connection) and the first wave are the next one's.
+    setImmediate(() =>
+      this.recorder.step(() => {
+        if (this.phase !== 'waves') return;
+        this.waveQueue = [...this.sent];
+        this.nextWave();
+      }),
+    );
   }
 
   /**
@@ -334,10 +378,14 @@ export class PredecessorSession {
     // A send already failed (the successor died): freezing now would hand connections to nobody.
     if (this.channel.isBroken) return;
     this.waveStartedAt = performance.now();
+    const cpuStart = native.threadCpuMs();
     const records: WaveRecord[] = [];
     const released: Frozen[] = [];
     const budget = { bytes: 0 };
-    const room = () => records.length < this.host.options.waveSize && budget.bytes < WAVE_BYTE_BUDGET;
+    const sliceEnd = this.host.options.timedWaves ? this.waveStartedAt + WAVE_SLICE_MS : Infinity;
+    // The time bound never leaves a wave empty: an empty wave with nothing deferred means the end.
+    const room = () =>
+      records.length < this.waveLimit && budget.bytes < WAVE_BYTE_BUDGET && (records.length === 0 || performance.now() < sliceEnd);
     for (const id of this.maybeQuiet) {
       if (!room()) break;
       this.maybeQuiet.delete(id);
@@ -345,9 +393,10 @@ export class PredecessorSession {
       // A connection that closed meanwhile is recorded as closed by consider().
       if (socket && (socket.destroyed || this.host.readiness(id) === 'quiet')) this.consider(id, socket, records, released, budget);
     }
+    const connections = this.host.connections();
     while (room() && this.waveCursor < this.waveQueue.length) {
-      const { id, socket } = this.waveQueue[this.waveCursor++]!;
-      this.consider(id, socket, records, released, budget);
+      const id = this.waveQueue[this.waveCursor++]!;
+      this.consider(id, connections.get(id)?.socket, records, released, budget);
     }
     if (this.waveCursor === this.waveQueue.length) {
       const pastBound = performance.now() >= this.quiesceDeadline;
@@ -370,7 +419,7 @@ export class PredecessorSession {
       this.retryTimer = setTimeout(
         () => {
           this.retryTimer = undefined;
-          this.nextWave();
+          this.recorder.step(() => this.nextWave());
         },
         Math.max(0, Math.min(QUIESCE_RETRY_MS, this.quiesceDeadline - performance.now())),
       );
@@ -391,8 +440,18 @@ export class PredecessorSession {
       return;
     }
     for (const { id, socket } of released) this.host.release(id, socket);
+    if (this.host.options.timedWaves) this.sizeNextWave(native.threadCpuMs() - cpuStart, records.length);
     this.waveInFlight = true;
     this.deadline.expect('WAVE_ACK');
+  }
+
+  /** Timed waves: the next one as big as WAVE_STEP_MS of CPU allows, at the cost per connection seen so far. */
+  private sizeNextWave(cpuMs: number, connections: number): void {
+    if (connections === 0) return;
+    const cost = cpuMs / connections;
+    this.waveCostMs = this.waveCostMs === 0 ? cost : (this.waveCostMs + cost) / 2;
+    const fits = Math.floor(WAVE_STEP_MS / this.waveCostMs);
+    this.waveLimit = Math.max(MIN_TIMED_WAVE, Math.min(this.host.options.waveSize, fits));
   }
 
   /** Decides one connection's fate in the wave being built; a moved one is frozen here and released once the wave is sent. */
@@ -484,6 +543,7 @@ export class PredecessorSession {
     this.phase = 'failed';
     this.deadline.clear();
     this.clearRetry();
+    this.recorder.stop();
     this.channel.close();
     // Once LISTENING is out, a live successor may be accepting (or will, once it reads it, even
     // after a stall): taking the listeners back would make two processes accept. Only a dead one
@@ -492,7 +552,9 @@ export class PredecessorSession {
       // The successor accepts on the listeners and the channel now and serves what it started:
       // taking them back would make two processes accept. The connections not frozen yet never
       // left this process, so it finishes them, as retained ones, and then exits.
-      this.stats.retained += this.waveQueue.length - this.waveCursor + this.deferred.size;
+      // Before the first wave the queue is not built yet: every connection sent is still here.
+      const unfrozen = this.waveQueue.length > 0 ? this.waveQueue.length - this.waveCursor : this.sent.size;
+      this.stats.retained += unfrozen + this.deferred.size;
       for (const id of this.deferred.keys()) this.host.retain(id);
       this.deferred.clear();
       this.waveQueue = [];

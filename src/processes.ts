@@ -1,3 +1,4 @@
+import * as os from 'node:os';
 import * as fs from 'node:fs';
 
 /** The kernel's per-task flag for a process that has begun to exit (include/linux/sched.h). */
@@ -19,4 +20,48 @@ export function isAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** The soft RLIMIT_NICE: an unprivileged thread may lower its nice value down to 20 minus it. */
+function niceLimit(): number {
+  try {
+    const line = fs
+      .readFileSync('/proc/self/limits', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('Max nice priority'));
+    const soft = Number(line?.split(/\s{2,}/)[1]);
+    return Number.isFinite(soft) ? soft : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Lowers the scheduling priority of this process's main thread (the event loop's) by `steps`
+ * for a stretch of work that must not take cores from another process, and returns what raises
+ * it back. Only when raising it back is allowed (root, or RLIMIT_NICE): a process must not be
+ * left slower for good. Undefined when nothing was lowered.
+ */
+export function lowerPriority(steps: number): (() => void) | undefined {
+  let original: number;
+  try {
+    original = os.getPriority();
+  } catch {
+    return undefined;
+  }
+  const mayRaise = process.getuid?.() === 0 || 20 - niceLimit() <= original;
+  const lowered = Math.min(19, original + steps);
+  if (!mayRaise || lowered === original) return undefined;
+  try {
+    os.setPriority(lowered);
+  } catch {
+    return undefined;
+  }
+  return () => {
+    try {
+      os.setPriority(original);
+    } catch {
+      // Checked above; a failure here leaves the thread slower, never wrong.
+    }
+  };
 }

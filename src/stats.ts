@@ -1,3 +1,6 @@
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { threadCpuMs } from './native.js';
+
 /** What one takeover did, as seen from one side. Times are milliseconds. */
 export interface TakeoverStats {
   /** Which side reports: `ready()` gives the successor's, `'handover'`, `done()` and `upgrade()` the predecessor's. */
@@ -32,6 +35,19 @@ export interface TakeoverStats {
    * (0 when the takeover ended early after LISTENING).
    */
   maxPauseMs: number;
+  /**
+   * This process's event-loop delay while its side of the takeover ran (sampled every
+   * millisecond): how long its loop could not serve anything, the takeover's work and the
+   * application's together. `max` is the longest single stretch.
+   */
+  loopDelayMs: { p99: number; max: number };
+  /**
+   * The longest single stretch of this side's own takeover work, from an event (a frame, the
+   * channel writable, a timer) to the return to the event loop: what the takeover alone blocks.
+   */
+  longestStepMs: number;
+  /** ...and the most CPU time of the event loop's thread one such stretch used: the work without the waits for a core. */
+  longestStepCpuMs: number;
   /** When the successor's COMMIT was sent (successor) or received (predecessor): epoch ms, sub-ms precision. */
   committedAt: number;
   phases: {
@@ -50,9 +66,22 @@ export interface TakeoverStats {
   };
 }
 
+/** Sampling period of the event-loop delay: a timer every ms costs little for the seconds a takeover lasts. */
+const LOOP_DELAY_RESOLUTION_MS = 1;
+
 type Counts = Pick<
   TakeoverStats,
-  'connections' | 'retained' | 'deferred' | 'closed' | 'bytesIn' | 'bytesOut' | 'stateBytes' | 'waves' | 'maxPauseMs'
+  | 'connections'
+  | 'retained'
+  | 'deferred'
+  | 'closed'
+  | 'bytesIn'
+  | 'bytesOut'
+  | 'stateBytes'
+  | 'waves'
+  | 'maxPauseMs'
+  | 'longestStepMs'
+  | 'longestStepCpuMs'
 >;
 
 /**
@@ -73,14 +102,43 @@ export class StatsRecorder {
     stateBytes: 0,
     waves: 0,
     maxPauseMs: 0,
+    longestStepMs: 0,
+    longestStepCpuMs: 0,
   };
+
+  private readonly loopDelay: IntervalHistogram = monitorEventLoopDelay({ resolution: LOOP_DELAY_RESOLUTION_MS });
+
+  constructor() {
+    this.loopDelay.enable();
+  }
+
+  /** Runs one step of takeover work, timing it (a step inside another counts within the outer one). */
+  step<T>(work: () => T): T {
+    const start = performance.now();
+    const cpuStart = threadCpuMs();
+    try {
+      return work();
+    } finally {
+      this.counts.longestStepMs = Math.max(this.counts.longestStepMs, performance.now() - start);
+      this.counts.longestStepCpuMs = Math.max(this.counts.longestStepCpuMs, threadCpuMs() - cpuStart);
+    }
+  }
+
+  /** Stops sampling the event loop; snapshot() does it too. */
+  stop(): void {
+    this.loopDelay.disable();
+  }
 
   snapshot(who: Pick<TakeoverStats, 'role' | 'predecessorPid' | 'successorPid' | 'listeners'>): TakeoverStats {
     const end = performance.now();
     const { marks, started } = this;
+    this.stop();
+    // The histogram records whole timer periods: the delay is what exceeds the period.
+    const delay = (ns: number): number => (this.loopDelay.count === 0 ? 0 : Math.max(0, ns / 1e6 - LOOP_DELAY_RESOLUTION_MS));
     return {
       ...who,
       ...this.counts,
+      loopDelayMs: { p99: delay(this.loopDelay.percentile(99)), max: delay(this.loopDelay.max) },
       committedAt: performance.timeOrigin + marks.commit,
       phases: {
         precopyMs: marks.prepare - started,

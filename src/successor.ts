@@ -16,6 +16,7 @@ import { dropCopy, wrapInherited, type AcceptOptions } from './sockets.js';
 import { ErrorCodes, TakeoverError } from './errors.js';
 import { Deadline } from './deadline.js';
 import { StatsRecorder, type TakeoverStats } from './stats.js';
+import { lowerPriority } from './processes.js';
 
 export interface InheritedListener extends ListenerEntry {
   fd: number;
@@ -59,6 +60,12 @@ const FD_HEADROOM = 64;
 const PREGROWN_FDS = 65536;
 /** Fds checked and wrapped per turn of the event loop: 28-43 us each, so about 15 ms. */
 const WRAP_CHUNK = 400;
+/**
+ * Nice steps the wrapping runs at: it is a burst of CPU (0.3-0.4 s at 10,000 connections) while
+ * the predecessor still serves everything, and on a machine with few cores it must not take the
+ * predecessor's. Raised back before COMMIT, when this process starts serving.
+ */
+const WRAP_NICE_STEPS = 10;
 
 interface Held {
   fd: number;
@@ -90,6 +97,8 @@ export class SuccessorSession {
   /** Ids received but not yet checked and wrapped; worked off between frames (see wrapSome). */
   private readonly toWrap: number[] = [];
   private wrapScheduled = false;
+  /** Raises this process's priority back after the wrapping; set while it is lowered. */
+  private restorePriority: (() => void) | undefined;
   private waveChunks: Buffer[] = [];
   private waveBytes = 0;
   private expectedWave = 0;
@@ -124,7 +133,7 @@ export class SuccessorSession {
     this.deadline = new Deadline(host.options.timeoutMs, (what, ms) =>
       this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the predecessor sent no ${what} within ${ms} ms`)),
     );
-    channel.on('frame', (frame) => this.onFrame(frame));
+    channel.on('frame', (frame) => this.recorder.step(() => this.onFrame(frame)));
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the predecessor closed the takeover channel')));
     if (!host.options.allowUids.includes(channel.peer.uid)) {
@@ -290,7 +299,7 @@ export class SuccessorSession {
     this.wrapScheduled = true;
     setImmediate(() => {
       this.wrapScheduled = false;
-      this.wrapSome(WRAP_CHUNK);
+      this.recorder.step(() => this.wrapSome(WRAP_CHUNK));
     });
   }
 
@@ -342,8 +351,14 @@ export class SuccessorSession {
     this.phase = 'prepared';
     this.step('prepare');
     this.deadline.clear();
+    if (this.toWrap.length > 0) this.restorePriority = lowerPriority(WRAP_NICE_STEPS);
     this.scheduleWrap();
     this.maybeCommit();
+  }
+
+  private raisePriority(): void {
+    this.restorePriority?.();
+    this.restorePriority = undefined;
   }
 
   /** COMMIT once verified, once the app is ready, and once every fd is wrapped (so no wave waits for it). */
@@ -358,6 +373,7 @@ export class SuccessorSession {
         ),
       );
     }
+    this.raisePriority();
     this.marks.commit = performance.now();
     this.channel.send(encode.commit());
     this.phase = 'committed';
@@ -475,6 +491,8 @@ export class SuccessorSession {
     const listening = this.phase === 'waves';
     this.phase = 'failed';
     this.deadline.clear();
+    this.recorder.stop();
+    this.raisePriority();
     this.channel.close();
     // Copies never started here: the predecessor still serves them (before COMMIT all of
     // them; after, the ones it had not frozen), so only this process's fds go.

@@ -91,6 +91,9 @@ export interface TakeoverEvents {
   warning: [error: TakeoverError];
 }
 
+/** States before the first 'serving': an upgrade() asked for then waits for it. */
+const STARTING_STATES: readonly TakeoverState[] = ['new', 'starting', 'started', 'readying'];
+
 /**
  * One process's takeover lifecycle, on one channel path: see the module comment, and docs/API.md
  * for every member, event and error. Methods called out of order throw (or reject with)
@@ -112,6 +115,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private handoverStats: TakeoverStats | undefined;
   private readonly donePromise: Promise<TakeoverStats>;
   private resolveDone!: (stats: TakeoverStats) => void;
+  /** Settles when this process first serves (or never will): an upgrade() asked for earlier waits for it. */
+  private readonly servingPromise: Promise<void>;
+  private settleServing!: { resolve: () => void; reject: (error: Error) => void };
   /** This process created or inherited the channel and no successor has taken it: close() removes the files. */
   private ownsPaths = false;
   /** Failed successors that may still hold copies of the listeners: close() names those still alive. */
@@ -127,6 +133,8 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     super();
     this.options = resolveOptions(options);
     this.donePromise = new Promise((resolve) => (this.resolveDone = resolve));
+    this.servingPromise = new Promise((resolve, reject) => (this.settleServing = { resolve, reject }));
+    this.servingPromise.catch(() => {});
     this.connections.onMaybeQuiet = (id) => this.outgoing?.connectionMaybeQuiet(id);
     this.systemd = new Systemd({ enabled: this.options.systemd, fdStore: this.options.fdStore }, (error) => this.emit('warning', error));
   }
@@ -216,6 +224,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       this.currentState = 'started';
     } catch (error) {
       this.currentState = 'failed';
+      this.settleServing.reject(error as Error);
       throw error;
     }
   }
@@ -330,11 +339,13 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     this.readyPromise = this.becomeReady().then(
       (stats) => {
         if (this.currentState === 'readying') this.currentState = 'serving';
+        this.settleServing.resolve();
         if (this.options.notifyParent) this.notifyParent(stats);
         return stats;
       },
       (error: Error) => {
         if (this.currentState === 'readying') this.currentState = 'failed';
+        this.settleServing.reject(error);
         throw error;
       },
     );
@@ -407,10 +418,23 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
    * otherwise) and lets it take this process over. Resolves with this side's stats at the
    * handover; rejects with the rollback's error (this process then serves on), or with
    * ERR_TAKEOVER_SUCCESSOR_FAILED if the successor exits or never connects within `timeoutMs`.
-   * One at a time: ERR_TAKEOVER_BUSY while a takeover runs; ERR_TAKEOVER_INVALID_STATE unless
-   * serving; ERR_TAKEOVER_INVALID_OPTION for bad options. It never throws.
+   * One at a time: ERR_TAKEOVER_BUSY while a takeover runs; ERR_TAKEOVER_INVALID_OPTION for bad
+   * options. Called before this process serves (while it starts or takes over), it waits until
+   * it does; ERR_TAKEOVER_INVALID_STATE if it never does, or once it is handed over or closed.
+   * It never throws.
    */
   upgrade(options: UpgradeOptions = {}): Promise<TakeoverStats> {
+    if (STARTING_STATES.includes(this.currentState)) {
+      // Asked for while this process starts or takes over (a SIGUSR2 to a successor just
+      // started): the upgrade comes once it serves, not never.
+      const asked = this.currentState;
+      return this.servingPromise.then(
+        () => this.upgrade(options),
+        () => {
+          throw new TakeoverError(ErrorCodes.INVALID_STATE, `upgrade() was asked for in state ${asked}, and this process never served`);
+        },
+      );
+    }
     const refuse = (error: TakeoverError) => {
       this.systemd.refused(error);
       return Promise.reject(error);
@@ -469,6 +493,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     const handedOver = this.handoverStats !== undefined;
     if (this.currentState === 'serving') this.systemd.stopping();
     this.currentState = 'closed';
+    this.settleServing.reject(new TakeoverError(ErrorCodes.INVALID_STATE, 'closed'));
     const shuttingDown = new TakeoverError(ErrorCodes.ABORTED, 'the server is shutting down');
     this.outgoing?.abort(shuttingDown);
     this.incoming?.abort(shuttingDown);

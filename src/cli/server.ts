@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import type * as http from 'node:http';
 import * as net from 'node:net';
 import { parseArgs } from 'node:util';
-import { ErrorCodes, fdOf, Takeover, TakeoverError, type ListenTarget, type TakeoverStats } from '../index.js';
+import type { ListenTarget, Takeover, TakeoverError as TakeoverErrorType, TakeoverStats } from '../index.js';
 import {
   UsageError,
   parseCommandLineOrExit,
@@ -27,6 +27,19 @@ import {
 import { APP_NAMES, createApp, type App, type AppName } from './apps.js';
 import { workerStatus, writeJsonFile } from './worker-status.js';
 import type { PoolCommand } from './pool.js';
+
+/**
+ * Node's default for SIGUSR2 is to exit, and a successor that SIGUSR2 started may be sent one
+ * while it loads or takes over. Caught from here on, before the library loads (tens of ms), and
+ * kept until the server can act on it; only Node's own start-up, before any JavaScript runs,
+ * is left uncovered.
+ */
+const successorSignal: { pending: boolean; handle: (() => void) | undefined } = { pending: false, handle: undefined };
+process.on('SIGUSR2', () => {
+  if (successorSignal.handle) successorSignal.handle();
+  else successorSignal.pending = true;
+});
+const { ErrorCodes, fdOf, Takeover: TakeoverClass, TakeoverError } = await import('../index.js');
 
 const COMMAND = 'takeover-server';
 
@@ -245,11 +258,12 @@ class TakeoverServer {
   async start(): Promise<void> {
     process.on('SIGTERM', () => void this.stop('SIGTERM'));
     process.on('SIGINT', () => void this.stop('SIGINT'));
-    process.on('SIGUSR2', () => this.onSuccessorSignal());
 
     const { channel } = this.config;
     const takeover = channel && this.createTakeover(channel.path, channel.mode);
     this.takeover = takeover;
+    successorSignal.handle = () => this.onSuccessorSignal();
+    if (successorSignal.pending) this.onSuccessorSignal();
     await takeover?.start();
     if (takeover && this.app?.webSocketServer) takeover.webSockets(this.app.webSocketServer);
     const targets: ListenTarget[] = takeover?.isSuccessor ? takeover.inheritedListeners.map(({ name }) => ({ name })) : this.freshTargets();
@@ -303,7 +317,7 @@ class TakeoverServer {
 
   private createTakeover(path: string, mode: 'fresh' | 'successor'): Takeover {
     const { app } = this;
-    const takeover = new Takeover({
+    const takeover = new TakeoverClass({
       path,
       mode,
       // A pool's supervisor waits for this before it upgrades the next worker.
@@ -382,8 +396,10 @@ class TakeoverServer {
   }
 
   private onConnection(socket: net.Socket): void {
-    const peer = formatPeer(socket.remoteAddress, socket.remotePort);
-    this.peers.set(socket, peer);
+    // Only the verbose lines name the peer: getpeername() per connection costs, at accept and
+    // for every connection a successor adopts.
+    const peer = this.verbose ? formatPeer(socket.remoteAddress, socket.remotePort) : '';
+    if (this.verbose) this.peers.set(socket, peer);
     this.sockets.add(socket);
     socket.setNoDelay(true);
     socket.on('close', () => this.sockets.delete(socket));
@@ -423,13 +439,15 @@ class TakeoverServer {
       this.log('SIGUSR2 ignored: this server is not serving');
       return;
     }
-    // upgrade() refuses itself while busy or not serving: under systemd, the reload it was asked
-    // for is then answered at once.
+    // Before this server serves (it starts, or takes over), upgrade() waits until it does.
+    if (!this.serving) this.log('SIGUSR2 while starting: the successor starts once this server serves');
+    // upgrade() refuses itself while busy or no longer serving: under systemd, the reload it was
+    // asked for is then answered at once.
     const pending = this.successorPid;
     const args = [...process.execArgv, process.argv[1]!, ...this.config.successorArgs, '-T', path];
     this.takeover!.upgrade({ args }).then(
       () => (this.successorPid = undefined),
-      (error: TakeoverError) => {
+      (error: TakeoverErrorType) => {
         if (error.code === ErrorCodes.BUSY) {
           this.log(
             pending === undefined

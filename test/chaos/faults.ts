@@ -45,17 +45,33 @@ export function expectation(fault: Fault, step: Step, plan: FaultPlan): Expectat
   const n = plan.connections;
   const waves = step.startsWith('wave') ? Number(step.slice(4)) + 1 : 0;
   if (waves === 0) {
-    if (fault === 'kill-old') return { listener: 'none', minKept: 0, maxKept: 0, why: 'the server died before COMMIT; the successor drops its copies' };
+    if (fault === 'kill-old')
+      return { listener: 'none', minKept: 0, maxKept: 0, why: 'the server died before COMMIT; the successor drops its copies' };
     return { listener: 'old', minKept: n, maxKept: n, why: 'rollback before COMMIT: the old process serves everything' };
   }
   const started = waves * plan.waveSize;
   switch (fault) {
     case 'kill-successor':
-      return { listener: 'old', minKept: n - started, maxKept: n, why: `the waves the dead successor held (≤ ${started}) die with it; the old process resumes the rest` };
+      return {
+        listener: 'old',
+        minKept: n - started,
+        maxKept: n,
+        why: `the waves the dead successor held (≤ ${started}) die with it; the old process resumes the rest`,
+      };
     case 'kill-old':
-      return { listener: 'successor', minKept: 1, maxKept: started, why: `the connections not yet moved die with the old process; the successor keeps its waves (≤ ${started})` };
+      return {
+        listener: 'successor',
+        minKept: 1,
+        maxKept: started,
+        why: `the connections not yet moved die with the old process; the successor keeps its waves (≤ ${started})`,
+      };
     default:
-      return { listener: 'successor', minKept: n, maxKept: n, why: 'partial handover: the successor keeps its waves and the listeners, the old process finishes the rest' };
+      return {
+        listener: 'successor',
+        minKept: n,
+        maxKept: n,
+        why: 'partial handover: the successor keeps its waves and the listeners, the old process finishes the rest',
+      };
   }
 }
 
@@ -80,7 +96,8 @@ async function outcome(proc: ServerProcess, names: string[], timeoutMs = 30_000)
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     for (const name of names) if (proc.pending(name).length > 0) return proc.next(name);
-    if (proc.proc.exitCode !== null || proc.proc.signalCode !== null) return { event: `exit ${proc.proc.exitCode ?? proc.proc.signalCode}` };
+    if (proc.proc.exitCode !== null || proc.proc.signalCode !== null)
+      return { event: `exit ${proc.proc.exitCode ?? proc.proc.signalCode}` };
     if (Date.now() > deadline) return { event: 'nothing' };
     await new Promise((r) => setTimeout(r, 20));
   }

@@ -238,7 +238,10 @@ test('a fake predecessor sending more connections than WELCOME announced: the su
     { path: channelPath, mode: 'successor', listen: [{ port: 0, host: '127.0.0.1' }] },
     { shellPrefix: 'ulimit -n 300' },
   );
-  await waitFor(() => (fd = native.accept(listener)) >= 0, 'the successor to connect');
+  await waitFor(() => {
+    fd = native.accept(listener);
+    return fd >= 0;
+  }, 'the successor to connect');
   assert.equal((await nextFrame(fd)).type, 'hello');
   native.sendMessage(fd, encode.welcome(process.pid, 2, 1).data, []);
   const listeners = encode.listeners([

@@ -619,7 +619,11 @@ describe('runEchoLoad in-process', { timeout: TEST_TIMEOUT }, () => {
           );
           const merged = mergeClients(clients);
           // 40 connections, 30 of them fast: the median is a fast one, the 99th percentile a slow one.
-          assert.ok(merged.connectionPauseMs.p50 <= f!.connectionPauseMs.max, `p50 ${merged.connectionPauseMs.p50}`);
+          // A percentile is its bucket's highest equivalent value: up to 0.1% above the largest sample in it.
+          assert.ok(
+            merged.connectionPauseMs.p50 <= f!.connectionPauseMs.max * 1.001,
+            `p50 ${merged.connectionPauseMs.p50}, fast max ${f!.connectionPauseMs.max}`,
+          );
           assert.ok(merged.connectionPauseMs.p99 >= SLOW_MS, `p99 ${merged.connectionPauseMs.p99}`);
           assert.equal(merged.connectionPauseMs.max, s!.connectionPauseMs.max);
           // Echoes: 30 fast connections answer about 15 times as often as 10 slow ones, so the RTT median is fast too.

@@ -268,7 +268,8 @@ test('a deferred connection that turns quiet and closes while a wave is in fligh
   const closing = await rawClient(app.port);
   const idle = await rawClient(app.port);
   const response = readResponses(closing, 1);
-  closing.write('GET /delay?ms=600&id=last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  // Answered 200 ms after wave 0 deferred it, well inside the successor's 1.5 s spin, however long the start took.
+  closing.write('GET /delay?afterDefer&ms=200&id=last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
   const successor = new ServerProcess(app.config, { script: appFixture });
   await app.current.next('defer');
   const [body] = await response;

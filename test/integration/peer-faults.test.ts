@@ -120,19 +120,28 @@ test('a peer that is sent the listeners and stalls: the rollback and the stop bo
   assert.equal(rollback.report?.listenerHolder, process.pid);
   const warning = await server.next('warning');
   assert.equal(warning.code, 'ERR_TAKEOVER_LISTENER_HELD');
-  assert.match(warning.message!, new RegExp(`^pid ${process.pid}, a failed successor that was sent copies of the listeners \\(tcp:[^)]+\\), still lives:`));
+  assert.match(
+    warning.message!,
+    new RegExp(`^pid ${process.pid}, a failed successor that was sent copies of the listeners \\(tcp:[^)]+\\), still lives:`),
+  );
   await probeEcho(port, '127.0.0.1');
   server.kill('SIGTERM');
   const atStop = await server.next('warning');
   assert.equal(atStop.code, 'ERR_TAKEOVER_LISTENER_HELD');
-  assert.match(atStop.message!, new RegExp(`^pid ${process.pid}, .* still lives as this process stops: it may keep them listening until it exits$`));
+  assert.match(
+    atStop.message!,
+    new RegExp(`^pid ${process.pid}, .* still lives as this process stops: it may keep them listening until it exits$`),
+  );
   await server.next('closed');
   assert.equal(await server.exited, 0);
   // As the warning says: the server is gone and the port still listens, through the copy in the queue.
   assert.equal(await connectOutcome(port), undefined);
   native.close(stalled);
-  let outcome: string | undefined;
+  let outcome = await connectOutcome(port);
   const deadline = performance.now() + 5_000;
-  while ((outcome = await connectOutcome(port)) === undefined && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  while (outcome === undefined && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20));
+    outcome = await connectOutcome(port);
+  }
   assert.equal(outcome, 'ECONNREFUSED', 'the port is free once the holder let go');
 });

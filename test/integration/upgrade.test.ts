@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { cleanup, distDir, ServerProcess, tempDir } from '../helpers.js';
+import { cleanup, distDir, ServerProcess, tempDir, waitFor, waitStopped } from '../helpers.js';
 
 after(cleanup);
 
@@ -69,3 +69,31 @@ for (const [fail, code] of [
     server.kill();
   });
 }
+
+test('upgrade() asked for while the process takes over waits until it serves, then upgrades', { timeout: 30_000 }, async () => {
+  const server = start({ UPGRADE_TEST_PAUSE_AT: 'prepare' });
+  const ready = await server.next('ready');
+  const client = net.connect(ready.address!.port, '127.0.0.1');
+  await echo(client, 'before');
+  server.proc.kill('SIGUSR2');
+  assert.equal((await server.next('upgrading')).state, 'serving');
+  const child = ((await server.next('spawned')) as { child?: number }).child!;
+  await waitStopped(child);
+  // Pending while it is stopped, handled as it goes on: in the middle of its own takeover.
+  process.kill(child, 'SIGUSR2');
+  process.kill(child, 'SIGCONT');
+  // Its successors write to the same stdout; the first process exits before they are done.
+  const from = (event: string, pid: number) => server.pending(event).find((e) => e.pid === pid);
+  await waitFor(() => from('upgrading', child) !== undefined, "the child's 'upgrading'");
+  assert.ok(['started', 'readying'].includes(from('upgrading', child)!.state!), from('upgrading', child)!.state);
+  assert.equal(await server.exited, 0, 'the first process handed over');
+  await waitFor(() => from('spawned', child) !== undefined, 'the child to start its own successor');
+  const grandchild = (from('spawned', child) as { child?: number }).child!;
+  await waitStopped(grandchild);
+  process.kill(grandchild, 'SIGCONT');
+  await waitFor(() => from('ready', grandchild) !== undefined, 'the grandchild to take over');
+  assert.equal((from('ready', grandchild)!.stats as unknown as { predecessorPid: number }).predecessorPid, child);
+  await echo(client, 'after two takeovers');
+  client.destroy();
+  process.kill(grandchild, 'SIGKILL');
+});

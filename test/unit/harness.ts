@@ -239,7 +239,7 @@ type Outcome =
  * reported to the session at once, so a test decides in which phase a delta happens.
  */
 export class FakePredecessorHost implements PredecessorHost {
-  readonly options = { timeoutMs: 5000, waveSize: 128, quiesceTimeoutMs: 1000 };
+  readonly options = { timeoutMs: 5000, waveSize: 128, quiesceTimeoutMs: 1000, timedWaves: false };
   readonly conns = new Map<number, { socket: net.Socket; listener: number }>();
   readonly readinessOf = new Map<number, Readiness>();
   readonly failCapture = new Set<number>();

@@ -817,3 +817,20 @@ test('SOCKET_TAKEOVER_ADDON loads that file, and only that one; a failure is ERR
   assert.equal(broken.code, 'ERR_TAKEOVER_ADDON_LOAD');
   assert.equal(broken.causeCode, 'ERR_DLOPEN_FAILED');
 });
+
+test("threadCpuMs is this thread's CPU clock: it moves with work done here, not with another thread's", async () => {
+  const spin = (ms: number): void => {
+    const until = Date.now() + ms;
+    while (Date.now() < until);
+  };
+  const start = native.threadCpuMs();
+  spin(20);
+  const afterWork = native.threadCpuMs();
+  assert.ok(afterWork > start, `${afterWork} after ${start}`);
+  // A worker thread's busy loop is not this thread's CPU time: the clock here moves by far less.
+  const { Worker } = await import('node:worker_threads');
+  const worker = new Worker('const until = Date.now() + 300; while (Date.now() < until);', { eval: true });
+  const beforeWorker = native.threadCpuMs();
+  await once(worker, 'exit');
+  assert.ok(native.threadCpuMs() - beforeWorker < 250, 'the worker spun for 300 ms of its own CPU');
+});

@@ -646,3 +646,35 @@ test('an ACK naming a batch that was never sent is refused with ABORT ERR_TAKEOV
     await s.teardown();
   }
 });
+
+test('timed waves (no waveSize given): the first wave is small, none is over waveSize, every connection moves once', async (t) => {
+  const total = 300;
+  const s = await setup(t, total, { timedWaves: true, waveSize: 128 });
+  await toPrepare(s);
+  s.peer.send(encode.commit());
+  await s.peer.next('listening');
+  const sizes: number[] = [];
+  const moved = new Set<number>();
+  while (moved.size < total) {
+    const wave = await nextWave(s.peer);
+    sizes.push(wave.records.length);
+    for (const r of wave.records) {
+      assert.equal(r.fate, 'moved');
+      assert.ok(!moved.has(r.id), `connection ${r.id} moved twice`);
+      moved.add(r.id);
+    }
+    s.peer.send(encode.waveAck(wave.seq));
+  }
+  assert.equal((await s.peer.next('done')).retained, 0);
+  assert.ok(sizes[0]! <= 16, `first wave ${sizes[0]}`);
+  assert.ok(
+    sizes.every((n) => n >= 1 && n <= 128),
+    `wave sizes ${sizes.join(',')}`,
+  );
+  const outcome = await within(s.host.outcome, 'the handover');
+  assert.ok(outcome.kind === 'handover');
+  assert.equal(outcome.stats.connections, total);
+  assert.equal(outcome.stats.waves, sizes.length);
+  await s.peer.next('eof');
+  await s.teardown();
+});
