@@ -64,6 +64,10 @@ test('sdNotify reports a socket that is not there, a path systemd never gives, a
   assert.throws(() => native.sdNotify(`@takeover-nobody-${process.pid}`, data, [], 0), { code: 'ECONNREFUSED' });
   assert.throws(() => native.sdNotify('relative/notify.sock', data, [], 0), { code: 'EINVAL' });
   assert.throws(() => native.sdNotify(`/${'x'.repeat(200)}`, data, [], 0), { code: 'ENAMETOOLONG' });
+  // sun_path holds 108 bytes: a path needs one for its NUL, an abstract name (as systemd allows) does not.
+  assert.throws(() => native.sdNotify(`/${'x'.repeat(107)}`, data, [], 0), { code: 'ENAMETOOLONG' });
+  assert.throws(() => native.sdNotify(`@takeover-${process.pid}-${'x'.repeat(96)}`.slice(0, 108), data, [], 0), { code: 'ECONNREFUSED' });
+  assert.throws(() => native.sdNotify(`@${'x'.repeat(108)}`, data, [], 0), { code: 'ENAMETOOLONG' });
   assert.throws(() => native.sdNotify('', data, [], 0), { code: 'ENOENT' });
   assert.throws(() => native.sdNotify('/run/notify', Buffer.alloc(0), [], 0), { code: 'ERR_OUT_OF_RANGE' });
   assert.throws(() => native.sdNotify('/run/notify', data, [3.5], 0), { code: 'ERR_OUT_OF_RANGE' });
