@@ -224,9 +224,16 @@ export class Systemd {
   /**
    * An upgrade refused before it began (one already running, not serving): a reload requested by
    * the manager's ReloadSignal must still be answered, so it begins and ends in one message.
+   * `successorServes`: the running takeover is past LISTENING, so its successor's READY=1 may be
+   * in the manager's queue already (the signal came here before the manager read its MAINPID=).
    */
-  refused(error: TakeoverError): void {
+  refused(error: TakeoverError, successorServes = false): void {
     if (!this.main) return;
+    if (successorServes) {
+      // Nothing else would end this reload; a STATUS from here would replace the successor's.
+      this.send({ RELOADING: '1', MONOTONIC_USEC: monotonicUsec(), READY: '1' });
+      return;
+    }
     const status = `Upgrade refused (${error.code}); serving (pid ${process.pid})`;
     // A takeover already running ends with its own READY=1.
     this.send({ RELOADING: '1', MONOTONIC_USEC: monotonicUsec(), ...(this.reloading ? {} : { READY: '1' }), STATUS: status });

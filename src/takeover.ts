@@ -436,7 +436,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       );
     }
     const refuse = (error: TakeoverError) => {
-      this.systemd.refused(error);
+      this.systemd.refused(error, this.outgoing?.isListening === true);
       return Promise.reject(error);
     };
     if (this.upgrading || this.outgoing) return refuse(new TakeoverError(ErrorCodes.BUSY, 'a takeover is already in progress'));

@@ -18,7 +18,18 @@ import { fileURLToPath } from 'node:url';
 import * as native from '#lib/native.js';
 import { ErrorCodes, fdOf, TakeoverError } from '#lib/index.js';
 import { Systemd } from '#lib/systemd.js';
-import { cleanup, distDir, drainAll, killAtCleanup, openClients, probeEcho, ServerProcess, tempDir, waitFor } from '../helpers.js';
+import {
+  cleanup,
+  distDir,
+  drainAll,
+  killAtCleanup,
+  openClients,
+  probeEcho,
+  ServerProcess,
+  tempDir,
+  waitFor,
+  waitStopped,
+} from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 const RECORDER = path.resolve(distDir, '..', 'test', 'fixtures', 'notify-recorder.py');
@@ -355,6 +366,36 @@ test('fd store: the listener is stored once (not again by its successor), and af
   assert.ok(!recorder.messages.slice(from).some((m) => m.pid === restarted && m.fields.FDSTORE !== undefined), 'not stored again');
   assert.deepEqual(back.store, ['tcp%3A127.0.0.1%3A0']);
   for (const c of [client!, ...waiting]) c.close();
+});
+
+test("a reload signal that reaches the old process once its successor serves (past LISTENING) is answered at once: the successor's READY=1 may be gone already", {
+  timeout,
+}, async () => {
+  const recorder = await Recorder.start();
+  const env = { NOTIFY_SOCKET: recorder.path };
+  const channel = path.join(privateDir(), 'channel');
+  const old = takeoverServer(['-p', '0', '-t', channel, '-q'], env);
+  await recorder.next((m) => m.pid === old.pid && m.fields.READY === '1', 'READY=1');
+  const [client] = await openClients(1, [{ port: await old.port(), host: '127.0.0.1' }], () => ({ framesPerBurst: 2, intervalMs: 10 }));
+  client!.start();
+  // The successor stops as wave 0 reaches it: it has sent MAINPID= and READY=1, the old process waits for its WAVE_ACK.
+  const preload = path.join(distDir, 'test', 'fixtures', 'pause-at.js');
+  const successor = takeoverServer(['-T', channel, '-q'], {
+    ...env,
+    SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave0',
+    NODE_OPTIONS: `--import ${preload}`,
+  });
+  const main = await recorder.next((m) => m.pid === successor.pid && m.fields.READY === '1', "the successor's READY=1");
+  await waitStopped(successor.pid);
+  // systemd's ReloadSignal, sent to the old process before systemd read the successor's MAINPID=.
+  old.child.kill('SIGUSR2');
+  const answer = await recorder.next((m) => m.pid === old.pid && m.fields.RELOADING === '1', 'RELOADING=1', main.index);
+  assert.equal(answer.fields.READY, '1', 'the reload ends in the same message');
+  assert.equal(answer.fields.STATUS, undefined, "no STATUS over the successor's");
+  process.kill(successor.pid, 'SIGCONT');
+  await exitOf(old.pid);
+  assert.deepEqual(await drainAll([client!]), []);
+  client!.close();
 });
 
 test('a successor that systemd also gave the fd store (LISTEN_FDS) serves the inherited listener and leaves it stored: a crash after it loses no connect', {
