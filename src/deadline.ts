@@ -11,10 +11,16 @@ export class Deadline {
   expect(what: string, ms = this.ms): void {
     this.clear();
     ms = Math.min(ms, 2 ** 31 - 1);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.onExpired(what, ms);
+    const timer = setTimeout(() => {
+      // Decided after this turn's I/O: a process stopped or blocked past the deadline wakes
+      // with its timers first, while what it waited for (a HELLO, an ACK) may sit unread.
+      setImmediate(() => {
+        if (this.timer !== timer) return;
+        this.timer = undefined;
+        this.onExpired(what, ms);
+      });
     }, ms);
+    this.timer = timer;
   }
 
   get armed(): boolean {

@@ -15,8 +15,9 @@
  *   `'ERR_INVALID_ARG_TYPE'`; out-of-range numbers throw `RangeError` with code
  *   `'ERR_OUT_OF_RANGE'`.
  *
- * The addon is build/Release/takeover.node, else build/Debug/takeover.node, under the package
- * root; the environment variable `SOCKET_TAKEOVER_ADDON` names another `.node` file instead.
+ * node-gyp-build finds the addon under the package root: build/Release, then build/Debug (a build
+ * from source), then the prebuild in prebuilds/ that matches this platform, architecture and libc.
+ * The environment variable `SOCKET_TAKEOVER_ADDON` names another `.node` file instead.
  * Importing this module throws an Error with code `'ERR_TAKEOVER_ADDON_LOAD'` when the addon
  * cannot be loaded.
  *
@@ -110,31 +111,37 @@ interface Addon {
 const ADDON_ENV = 'SOCKET_TAKEOVER_ADDON';
 
 /** The package root, from dist/native.js. */
-const packageRoot = new URL('../', import.meta.url);
-
-function addonCandidates(): string[] {
-  const override = process.env[ADDON_ENV];
-  // An override is the only candidate: falling back to another build would hide a wrong path.
-  if (override) return [resolve(override)];
-  return ['build/Release/takeover.node', 'build/Debug/takeover.node'].map((file) => fileURLToPath(new URL(file, packageRoot)));
-}
+const packageRoot = fileURLToPath(new URL('../', import.meta.url));
 
 function load(): Addon {
   const require = createRequire(import.meta.url);
-  const candidates = addonCandidates();
-  let notFound: unknown;
-  for (const file of candidates) {
+  const override = process.env[ADDON_ENV];
+  let file: string;
+  if (override) {
+    // The override is the only candidate: falling back to another build would hide a wrong path.
+    file = resolve(override);
+  } else {
     try {
-      return require(file) as Addon;
+      file = (require('node-gyp-build') as NodeGypBuild).resolve(packageRoot);
     } catch (error) {
-      // A build that exists but fails to load (wrong ABI, missing symbol) is the one to report.
-      if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND')
-        throw addonLoadError(`cannot load the takeover addon at ${file}`, error);
-      notFound ??= error;
+      throw addonLoadError(
+        `no takeover addon built or prebuilt for this system under ${packageRoot} (build it with \`npm rebuild socket-takeover\`)`,
+        error,
+      );
     }
   }
-  const how = process.env[ADDON_ENV] ? `check ${ADDON_ENV}` : 'build it with `npm rebuild socket-takeover` or `node-gyp rebuild`';
-  throw addonLoadError(`no takeover addon at ${candidates.join(' or ')} (${how})`, notFound);
+  try {
+    return require(file) as Addon;
+  } catch (error) {
+    const how = override ? `check ${ADDON_ENV}` : 'rebuild it with `npm rebuild socket-takeover`';
+    throw addonLoadError(`cannot load the takeover addon at ${file} (${how})`, error);
+  }
+}
+
+/** The part of node-gyp-build (no type declarations of its own) used here. */
+interface NodeGypBuild {
+  /** The path of the build that suits this process; throws when there is none. */
+  resolve(dir: string): string;
 }
 
 /** `cause` keeps what `require` threw. */

@@ -512,7 +512,12 @@ export class PredecessorSession {
     this.stats.waves++;
     this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - this.waveStartedAt);
     this.waveSeq++;
-    this.afterReceived(() => this.nextWave());
+    // Unless a connection that turned quiet meanwhile (connectionMaybeQuiet) has started it already.
+    this.afterReceived(() => {
+      if (this.waveInFlight) return;
+      this.clearRetry();
+      this.nextWave();
+    });
   }
 
   private clearRetry(): void {

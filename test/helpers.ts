@@ -8,6 +8,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { once } from 'node:events';
+import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { RollbackReport } from '#lib/stats.js';
@@ -347,6 +348,12 @@ export async function ipv6Available(): Promise<boolean> {
   }
 }
 
+/** The addon file that the library loads by default: node-gyp-build's pick from the package root. */
+export function addonFile(): string {
+  const nodeGypBuild = createRequire(import.meta.url)('node-gyp-build') as { resolve(dir: string): string };
+  return nodeGypBuild.resolve(path.resolve(distDir, '..'));
+}
+
 /** The uid of `nobody`, for tests of peers that run as another user. */
 export const NOBODY = 65534;
 
@@ -360,7 +367,9 @@ export function copyForNobody(): { root: string; script: string } {
   fs.cpSync(path.join(top, 'package.json'), path.join(root, 'package.json'));
   fs.cpSync(path.join(top, 'dist'), path.join(root, 'dist'), { recursive: true });
   fs.cpSync(path.join(distDir, 'test', 'fixtures'), path.join(root, 'dist-dev', 'test', 'fixtures'), { recursive: true });
-  fs.cpSync(path.join(top, 'build', 'Release', 'takeover.node'), path.join(root, 'build', 'Release', 'takeover.node'));
+  fs.cpSync(addonFile(), path.join(root, 'build', 'Release', 'takeover.node'));
+  // native.js finds the addon through node-gyp-build, the package's one dependency.
+  fs.cpSync(path.join(top, 'node_modules', 'node-gyp-build'), path.join(root, 'node_modules', 'node-gyp-build'), { recursive: true });
   return { root, script: path.join(root, 'dist-dev', 'test', 'fixtures', 'echo-server.js') };
 }
 

@@ -21,8 +21,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ReadyMessage } from '../index.js';
-import { ErrorCodes, TakeoverError } from '../errors.js';
+import { ErrorCodes, TakeoverError, type ReadyMessage } from '../index.js';
 import { Systemd } from '../systemd.js';
 import { createLogger, type LogFormat, type Logger } from './format.js';
 import { formatWorkerStatus, readWorkerStatus, writeJsonFile } from './worker-status.js';
@@ -52,19 +51,36 @@ const RESTART_DELAY_MS = 1000;
 interface Worker {
   readonly index: number;
   readonly pid: number;
+  /** With the pid, names this process and no later one that gets its pid (undefined: it was gone at once). */
+  readonly startTime: string | undefined;
   /** Resolves with how the process ended: its exit code or signal, or 'exited' when not our child. */
   readonly exited: Promise<string>;
   readonly startedAt: number;
 }
 
-/** Alive and not a zombie: /proc says so for any process, a child of ours or not. */
-function isAlive(pid: number): boolean {
+/**
+ * The process's start time (field 22 of /proc/<pid>/stat, in clock ticks since boot), or
+ * undefined when it is gone or a zombie. A pid with its start time names one process for good: a
+ * recycled pid has another start time.
+ */
+function startTimeOf(pid: number): string | undefined {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+    // The fields after the command's closing parenthesis, from field 3 (the state) on.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[0] === 'Z' ? undefined : fields[19];
   } catch {
-    return false;
+    return undefined;
   }
+}
+
+function isAlive(pid: number): boolean {
+  return startTimeOf(pid) !== undefined;
+}
+
+/** A process named by its pid and start time: still that process, alive? */
+function runs(named: { pid: number; startTime: string | undefined }): boolean {
+  return named.startTime !== undefined && startTimeOf(named.pid) === named.startTime;
 }
 
 /** A recycled pid is not the worker: the process must have the channel on its command line. */
@@ -76,12 +92,40 @@ function servesChannel(pid: number, channel: string): boolean {
   }
 }
 
-function readSupervisorPid(dir: string): number | undefined {
+interface SupervisorRecord {
+  pid: number;
+  startTime: string | undefined;
+}
+
+/** supervisor.json: which process supervises the pool. A record without a start time names no process (a file not ours). */
+function readSupervisor(dir: string): SupervisorRecord | undefined {
   try {
-    const { pid } = JSON.parse(fs.readFileSync(path.join(dir, 'supervisor.json'), 'utf8')) as { pid?: unknown };
-    return Number.isInteger(pid) ? (pid as number) : undefined;
+    const { pid, startTime } = JSON.parse(fs.readFileSync(path.join(dir, 'supervisor.json'), 'utf8')) as Partial<SupervisorRecord>;
+    if (!Number.isInteger(pid) || (pid as number) <= 0) return undefined;
+    return { pid: pid as number, startTime: typeof startTime === 'string' ? startTime : undefined };
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Makes the pool's directory (mode 0700), or checks the one given: this user's, and writable by
+ * no other. The supervisor trusts the pids its files name, adopting those processes and
+ * signalling them, so no other user may put a file there (a sticky bit does not prevent that).
+ */
+function preparePoolDir(dir: string): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+  const stat = fs.statSync(dir);
+  const unsafe = (why: string) => new TakeoverError(ErrorCodes.PATH_UNSAFE, `pool directory ${dir} ${why}`);
+  if (!stat.isDirectory()) throw unsafe('is not a directory');
+  const uid = process.getuid!();
+  if (stat.uid !== uid) throw unsafe(`belongs to uid ${stat.uid}, not to this user (uid ${uid})`);
+  if ((stat.mode & 0o022) !== 0) {
+    throw unsafe(`can be written by other users (mode ${(stat.mode & 0o7777).toString(8)}): make it 0700 or 0755`);
   }
 }
 
@@ -99,6 +143,11 @@ function workerEnvironment(): NodeJS.ProcessEnv {
 
 const plural = (n: number, noun: string): string => `${n} ${noun}${n === 1 ? '' : 's'}`;
 const describe = (error: unknown) => (error instanceof Error ? error.message : String(error));
+/** `<message> (<code>)` for a coded error. */
+const describeCoded = (error: unknown) => {
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' ? `${describe(error)} (${code})` : describe(error);
+};
 
 class Supervisor {
   private readonly logger: Logger;
@@ -107,6 +156,8 @@ class Supervisor {
   private readonly busy = new Set<number>();
   /** Processes spawned and not ready yet: a stop must not leave them behind. */
   private readonly starting = new Set<ChildProcess>();
+  /** Old processes of upgraded workers, until they exit: they finish the connections they kept, and a stop stops them too. */
+  private readonly draining = new Set<Worker>();
   private upgrading = false;
   private stopping = false;
   private readonly systemd: Systemd;
@@ -134,14 +185,16 @@ class Supervisor {
 
   async start(): Promise<void> {
     const { dir, workers, adopt } = this.command;
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const previous = readSupervisorPid(dir);
-    const previousAlive = previous !== undefined && previous !== process.pid && isAlive(previous);
-    if (!adopt && previousAlive) throw new Error(`supervisor pid ${previous} runs the pool in ${dir}: take it over with -T ${dir}`);
+    preparePoolDir(dir);
+    const previous = readSupervisor(dir);
+    // A record of a process that is gone (a supervisor killed, its pid maybe recycled since) is no pool's supervisor.
+    const previousRuns = previous !== undefined && previous.pid !== process.pid && runs(previous);
+    if (!adopt && previousRuns) throw new Error(`supervisor pid ${previous.pid} runs the pool in ${dir}: take it over with -T ${dir}`);
+    this.checkServing();
     // The workers serve: systemd must know the new main process before the old supervisor exits.
     if (adopt) this.systemd.serving([]);
     // From here on the old supervisor, if any, stands down: it watches this file.
-    writeJsonFile(path.join(dir, 'supervisor.json'), { pid: process.pid });
+    this.claim();
     process.on('SIGTERM', () => void this.stop('SIGTERM'));
     process.on('SIGINT', () => void this.stop('SIGINT'));
     process.on('SIGUSR2', () => {
@@ -153,9 +206,9 @@ class Supervisor {
     setInterval(() => this.checkSupervisor(), WATCH_INTERVAL_MS);
 
     if (adopt) {
-      if (previousAlive) {
-        this.log(`Taking over the pool in [${dir}] from supervisor pid ${previous}`, { previousPid: previous });
-        await this.untilExit(previous!, 10_000);
+      if (previousRuns) {
+        this.log(`Taking over the pool in [${dir}] from supervisor pid ${previous.pid}`, { previousPid: previous.pid });
+        await this.untilGone(previous, 10_000);
       }
       let adopted = 0;
       for (let i = 0; i < workers; i++) {
@@ -168,16 +221,36 @@ class Supervisor {
       return;
     }
     this.log(`Starting pool of ${workers} workers in [${dir}]`, { dir, workers });
-    try {
-      const started = await Promise.all(Array.from({ length: workers }, (_, i) => this.startWorker(i, false)));
-      for (const [i, worker] of started.entries()) this.install(i, worker);
-    } catch (error) {
+    // Every start settles before a failure is acted on: the workers already ready are stopped with the rest.
+    const started = await Promise.allSettled(Array.from({ length: workers }, (_, i) => this.startWorker(i, false)));
+    for (const [i, result] of started.entries()) if (result.status === 'fulfilled') this.install(i, result.value);
+    const failed = started.find((result) => result.status === 'rejected');
+    if (failed) {
+      this.stopping = true;
       await this.stopWorkers();
       fs.rmSync(path.join(dir, 'supervisor.json'), { force: true });
-      throw error;
+      throw failed.reason;
     }
     this.logStatus();
     this.systemd.serving([]);
+  }
+
+  /**
+   * Refuses to start when the directory's status files name live workers this supervisor would
+   * not run: with -t, any (a pool whose supervisor is gone: adopt it with -T); with -T, one beyond
+   * --workers, which would serve on, never upgraded nor stopped.
+   */
+  private checkServing(): void {
+    const { dir, workers, adopt } = this.command;
+    for (const file of fs.readdirSync(dir)) {
+      const index = Number(/^worker-(\d+)\.json$/.exec(file)?.[1] ?? Number.NaN);
+      if (!Number.isSafeInteger(index) || (adopt && index < workers)) continue;
+      const pid = readWorkerStatus(this.statusFile(index))?.pid;
+      if (pid === undefined || !servesChannel(pid, this.channel(index))) continue;
+      const fix = adopt ? `adopt it with --workers ${index + 1} or more (a pool does not shrink)` : `take the pool over with -T ${dir}`;
+      const code = adopt ? ErrorCodes.INVALID_OPTION : ErrorCodes.CHANNEL_IN_USE;
+      throw new TakeoverError(code, `pid ${pid} serves worker ${index} of the pool in ${dir}: ${fix}`);
+    }
   }
 
   /** Spawns worker i, fresh or as the successor of its channel's server; resolves once it is ready. */
@@ -200,7 +273,8 @@ class Supervisor {
     const exited = new Promise<string>((resolve) =>
       child.once('exit', (code, signal) => resolve(signal ?? `code ${code}`)).once('error', (error) => resolve(describe(error))),
     );
-    const worker = { index, pid: child.pid ?? -1, exited, startedAt: Date.now() };
+    const pid = child.pid ?? -1;
+    const worker = { index, pid, startTime: startTimeOf(pid), exited, startedAt: Date.now() };
     this.starting.add(child);
     try {
       const ready = await this.whenReady(child, exited);
@@ -236,9 +310,9 @@ class Supervisor {
     for (let waited = 0; waited < 2000 && readWorkerStatus(this.statusFile(index))?.pid !== pid; waited += 20) await sleep(20);
   }
 
-  private async untilExit(pid: number, timeoutMs: number): Promise<boolean> {
+  private async untilGone(named: { pid: number; startTime: string | undefined }, timeoutMs: number): Promise<boolean> {
     for (let waited = 0; waited < timeoutMs; waited += 50) {
-      if (!isAlive(pid)) return true;
+      if (!runs(named)) return true;
       await sleep(50);
     }
     return false;
@@ -246,14 +320,15 @@ class Supervisor {
 
   /** A worker this supervisor did not start: watched through /proc. */
   private adopt(index: number, pid: number): void {
+    const startTime = startTimeOf(pid);
     const exited = new Promise<string>((resolve) => {
       const timer = setInterval(() => {
-        if (isAlive(pid)) return;
+        if (runs({ pid, startTime })) return;
         clearInterval(timer);
         resolve('status unknown: not a child of this supervisor');
       }, WATCH_INTERVAL_MS);
     });
-    this.install(index, { index, pid, exited, startedAt: Date.now() });
+    this.install(index, { index, pid, startTime, exited, startedAt: Date.now() });
   }
 
   private install(index: number, worker: Worker): void {
@@ -338,7 +413,7 @@ class Supervisor {
           this.busy.delete(i);
           // It died while the upgrade held it: now the usual restart applies.
           const worker = this.workers[i];
-          if (worker && !isAlive(worker.pid)) void this.onExit(worker, 'exited');
+          if (worker && !runs(worker)) void this.onExit(worker, 'exited');
         }
       }
       this.log(`Pool upgraded: ${workers} workers`, { upgraded: workers });
@@ -360,12 +435,14 @@ class Supervisor {
     try {
       successor = await this.startWorker(index, true);
     } catch (error) {
-      const still = isAlive(old.pid) ? `pid ${old.pid} serves on` : `its pid ${old.pid} is gone`;
+      const still = runs(old) ? `pid ${old.pid} serves on` : `its pid ${old.pid} is gone`;
       const last = this.command.workers - 1;
       const left = index === last ? `worker ${index}` : `workers ${index} to ${last}`;
       throw new Error(`${describe(error)}; ${still}; ${left} not upgraded`);
     }
     this.install(index, successor);
+    this.draining.add(old);
+    void old.exited.then(() => this.draining.delete(old));
     const stats = successor.ready.stats;
     this.log(
       `Worker ${index}: pid ${old.pid} -> pid ${successor.pid}, ${plural(stats?.connections ?? 0, 'connection')}, max pause ${(stats?.maxPauseMs ?? 0).toFixed(1)} ms`,
@@ -381,11 +458,31 @@ class Supervisor {
    * pid counts: a file gone or unreadable is no order to leave the pool unsupervised.
    */
   private checkSupervisor(): void {
-    const current = readSupervisorPid(this.command.dir);
-    if (current === undefined || current === process.pid || this.stopping) return;
+    if (this.stopping) return;
+    const current = readSupervisor(this.command.dir);
+    if (current?.pid === process.pid) return;
+    // Gone, unreadable, stale or not a supervisor's record (a pid without its start time): this
+    // one is still in charge, and says so again for the next supervisor and --status.
+    if (current === undefined || !runs(current)) {
+      try {
+        this.claim();
+      } catch {
+        // The directory cannot be written now (removed, full): the next look tries again.
+      }
+      return;
+    }
     this.stopping = true;
-    this.log(`Pool taken over by supervisor pid ${current}: exiting, the workers serve on`, { successorPid: current });
+    this.log(`Pool taken over by supervisor pid ${current.pid}: exiting, the workers serve on`, { successorPid: current.pid });
     process.exit(0);
+  }
+
+  private claim(): void {
+    writeJsonFile(path.join(this.command.dir, 'supervisor.json'), { pid: process.pid, startTime: startTimeOf(process.pid) });
+  }
+
+  /** Why the pool could not start: on stderr, a JSON line too with --log-format json. */
+  logFailure(error: unknown): void {
+    this.logError(`takeover-server: ${describeCoded(error)}`, { code: (error as { code?: unknown }).code });
   }
 
   logStatus(): void {
@@ -403,32 +500,43 @@ class Supervisor {
     await this.stopWorkers();
     // The pool is gone: no status file may name a worker that a later pool would mistake for its own.
     for (let i = 0; i < this.command.workers; i++) fs.rmSync(this.statusFile(i), { force: true });
-    if (readSupervisorPid(this.command.dir) === process.pid) fs.rmSync(path.join(this.command.dir, 'supervisor.json'), { force: true });
+    if (readSupervisor(this.command.dir)?.pid === process.pid) fs.rmSync(path.join(this.command.dir, 'supervisor.json'), { force: true });
     process.exit(0);
   }
 
-  /** SIGTERM to each worker (which closes its channel), SIGKILL to one still there after 10 s. */
+  /**
+   * SIGTERM to each worker (which closes its channel) and each old process still finishing
+   * connections, SIGKILL to one still there after 10 s: only to the very processes it started or
+   * adopted (pid and start time), never to a process that got a pid of theirs since.
+   */
   private async stopWorkers(): Promise<void> {
     for (const child of this.starting) child.kill('SIGKILL');
-    const live = this.workers.filter((w): w is Worker => w !== undefined && isAlive(w.pid));
-    for (const worker of live) process.kill(worker.pid, 'SIGTERM');
+    const live = [...this.workers, ...this.draining].filter((w): w is Worker => w !== undefined && runs(w));
+    const signal = (worker: Worker, name: NodeJS.Signals) => {
+      try {
+        if (runs(worker)) process.kill(worker.pid, name);
+      } catch {
+        // Exited between the look and the signal.
+      }
+    };
+    for (const worker of live) signal(worker, 'SIGTERM');
     await Promise.all(
       live.map(async (worker) => {
-        if (!(await this.untilExit(worker.pid, 10_000))) process.kill(worker.pid, 'SIGKILL');
+        if (!(await this.untilGone(worker, 10_000))) signal(worker, 'SIGKILL');
       }),
     );
   }
 }
 
 function printStatus(dir: string): number {
-  const supervisor = readSupervisorPid(dir);
+  const supervisor = readSupervisor(dir);
   const files = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => /^worker-\d+\.json$/.test(f)) : [];
   if (supervisor === undefined && files.length === 0) {
     process.stderr.write(`takeover-server: no pool in ${dir}\n`);
     return 1;
   }
   const lines = [
-    supervisor === undefined ? 'Supervisor: none' : `Supervisor: pid ${supervisor}${isAlive(supervisor) ? '' : ' (not running)'}`,
+    supervisor === undefined ? 'Supervisor: none' : `Supervisor: pid ${supervisor.pid}${runs(supervisor) ? '' : ' (not running)'}`,
   ];
   const indexes = files.map((f) => Number(/\d+/.exec(f)![0])).sort((a, b) => a - b);
   for (const i of indexes) {
@@ -446,7 +554,7 @@ export async function runPoolCommand(command: PoolCommand): Promise<number | und
   try {
     await supervisor.start();
   } catch (error) {
-    process.stderr.write(`takeover-server: ${describe(error)}\n`);
+    supervisor.logFailure(error);
     return 1;
   }
   return undefined;

@@ -39,11 +39,32 @@ export function writeJsonFile(file: string, value: object): void {
   fs.renameSync(temporary, file);
 }
 
-/** The status, or undefined when there is none (never written, or not a status file). */
+const isCount = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0;
+
+/** Every field of the shape {@link workerStatus} writes: the supervisor and --status print them. */
+function isWorkerStatus(value: unknown): value is WorkerStatus {
+  const status = value as Partial<WorkerStatus> | null;
+  if (typeof status !== 'object' || status === null) return false;
+  const { pid, node, connections, lastTakeover: last, updatedAt } = status;
+  const validLast =
+    last === null ||
+    (typeof last === 'object' &&
+      last !== undefined &&
+      typeof last.at === 'string' &&
+      isCount(last.predecessorPid) &&
+      isCount(last.connections) &&
+      Number.isFinite(last.maxPauseMs) &&
+      Number.isFinite(last.totalMs));
+  return (
+    isCount(pid) && (pid as number) > 0 && typeof node === 'string' && isCount(connections) && typeof updatedAt === 'string' && validLast
+  );
+}
+
+/** The status, or undefined when there is none (never written, or not a status file of this shape). */
 export function readWorkerStatus(file: string): WorkerStatus | undefined {
   try {
-    const status = JSON.parse(fs.readFileSync(file, 'utf8')) as WorkerStatus;
-    return Number.isInteger(status.pid) && status.pid > 0 ? status : undefined;
+    const status: unknown = JSON.parse(fs.readFileSync(file, 'utf8'));
+    return isWorkerStatus(status) ? status : undefined;
   } catch {
     return undefined;
   }

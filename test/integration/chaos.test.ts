@@ -1,11 +1,14 @@
 /**
- * The short part of `npm run chaos` (test/chaos/): a few process faults under load. The whole
- * suite, every step and fault repeated, and its table: npm run chaos, docs/RELIABILITY.md.
+ * The short part of `npm run chaos` (test/chaos/): a few process faults under load, a few hundred
+ * fuzzed frames both ways, 20 chained takeovers. The whole suite, every step and fault repeated,
+ * and its table: npm run chaos, docs/RELIABILITY.md.
  */
 import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { cleanup } from '../helpers.js';
 import { runFault, type FaultOutcome } from '../chaos/faults.js';
+import { fuzzServer, fuzzSuccessor } from '../chaos/fuzz.js';
+import { soak } from '../chaos/soak.js';
 
 after(cleanup);
 
@@ -14,12 +17,12 @@ function summary(o: FaultOutcome): string {
   return JSON.stringify({ ...o, tally: counts, problems: problems.slice(0, 5) });
 }
 
-test('a successor killed as wave 0 reaches it: the old process takes the listeners back, every time (10 runs)', {
+test('a successor killed as wave 0 reaches it: the old process takes the listeners back, every time (4 runs)', {
   timeout: 120_000,
 }, async () => {
   // A killed process closes its fds before it turns into a zombie: an old process that asked
   // in between found it "alive", left the listeners to it, and the port refused every connect.
-  for (let run = 0; run < 10; run++) {
+  for (let run = 0; run < 4; run++) {
     const o = await runFault('kill-successor', 'wave0');
     assert.equal(o.listener, 'old', summary(o));
     assert.equal(o.newConnects.refused, 0, summary(o));
@@ -37,4 +40,47 @@ test('an old process stopped past the timeout while a wave is acknowledged sends
   assert.equal(o.tally.cut, 0, summary(o));
   assert.equal(o.listener, 'successor', summary(o));
   assert.ok(o.ok, summary(o));
+});
+
+test('the old process killed mid-waves: the successor keeps the waves it started and the listener, and exits nothing', {
+  timeout: 60_000,
+}, async () => {
+  const o = await runFault('kill-old', 'wave1');
+  assert.equal(o.listener, 'successor', summary(o));
+  assert.ok(o.ok, summary(o));
+});
+
+test('the old process killed before COMMIT: the successor drops the copies it holds and exits with a code', {
+  timeout: 60_000,
+}, async () => {
+  const o = await runFault('kill-old', 'prepare');
+  assert.equal(o.successorEvent, 'error ERR_TAKEOVER_PEER_CLOSED', summary(o));
+  assert.equal(o.tally.kept, 0, summary(o));
+  assert.ok(o.ok, summary(o));
+});
+
+test('300 fuzzed frames against a live server: each refused with a code, the clients unharmed, the fds back', {
+  timeout: 60_000,
+}, async () => {
+  const r = await fuzzServer(300, 9);
+  const { problems, ...clients } = r.clients;
+  assert.ok(r.ok, JSON.stringify({ ...r, clients, problems: problems.slice(0, 5) }));
+});
+
+test('16 successors fed a broken frame by a fake predecessor: each refuses with a code and exits', { timeout: 60_000 }, async () => {
+  const r = await fuzzSuccessor(16, 9);
+  assert.deepEqual(
+    Object.values(r.categories).flatMap((c) => c.failures),
+    [],
+  );
+  assert.equal(r.crashes, 0);
+  assert.equal(r.hangs, 0);
+});
+
+test('20 chained takeovers of 200 connections under a stream of new ones: nothing lost, no process left, fds flat', {
+  timeout: 120_000,
+}, async () => {
+  const r = await soak(20, 200);
+  const { problems, ...tally } = r.tally;
+  assert.ok(r.ok, JSON.stringify({ ...r, tally, problems: problems.slice(0, 5) }));
 });

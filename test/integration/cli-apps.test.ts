@@ -207,7 +207,7 @@ test('--app with an unknown value is a usage error (exit 2)', { timeout }, async
 });
 
 test('--app ws without the ws package installed: a clear error with its code, exit 1; --app http still starts', { timeout }, async () => {
-  // A copy of the package with no node_modules above it, as an install without the optional peer.
+  // A copy of the package whose node_modules holds only node-gyp-build: an install without the optional peer.
   const { root } = copyForNobody();
   dirs.push(root);
   const script = path.join(root, 'dist', 'cli', 'server.js');

@@ -5,9 +5,10 @@
  * on a log line, a process state or an answer, and bounded.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterEach, test } from 'node:test';
@@ -287,10 +288,7 @@ test("the supervisor's own upgrade: a new supervisor (-T DIR) adopts the workers
   const after = pool.workerPids();
   next.child.kill('SIGTERM');
   await within(next.exited, 'the new supervisor to stop');
-  await waitFor(
-    () => after.every((pid) => !fs.existsSync(`/proc/${pid}`) || /\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))),
-    'the workers to exit',
-  );
+  await waitFor(() => after.every(exited), 'the workers to exit');
 });
 
 test("a worker taken over behind the supervisor's back (SIGUSR2 to the worker) is adopted, not restarted", { timeout }, async () => {
@@ -373,6 +371,145 @@ test("this Node line's workers (SO_REUSEPORT set by the addon, Node 20 included)
   await settle();
   assert.deepEqual(mixed, [fs.realpathSync(node), fs.realpathSync(process.execPath)], 'both lines served the port at once');
 });
+
+test('a pool directory that other users can write (sticky or not), or that is not a directory, is refused: no worker starts', {
+  timeout,
+}, async () => {
+  const shared = poolDir();
+  fs.mkdirSync(shared, { mode: 0o700 });
+  // chmod: mkdir's mode goes through the umask.
+  fs.chmodSync(shared, 0o1777);
+  const file = path.join(path.dirname(shared), 'file');
+  fs.writeFileSync(file, '');
+  const port = String(await freePort());
+  for (const [dir, why] of [
+    [shared, `can be written by other users \\(mode 1777\\)`],
+    [file, 'is not a directory'],
+  ] as const) {
+    const run = spawnSync(process.execPath, [SERVER, '--workers', '2', '-p', port, '-a', HOST, '-t', dir, '--app', 'http'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    assert.equal(run.status, 1, run.stderr);
+    assert.match(run.stderr, new RegExp(`^takeover-server: pool directory ${dir} ${why}.* \\(ERR_TAKEOVER_PATH_UNSAFE\\)\\n$`));
+    assert.equal(run.stdout, '', 'no worker started');
+  }
+  assert.deepEqual(fs.readdirSync(shared), [], 'nothing written in the shared directory');
+});
+
+test('a supervisor.json naming a process that is no supervisor (a recycled pid, pid 1) neither blocks a new pool nor makes the supervisor leave', {
+  timeout,
+}, async () => {
+  const dir = poolDir();
+  fs.mkdirSync(dir, { mode: 0o700 });
+  const record = path.join(dir, 'supervisor.json');
+  // A supervisor killed with -9 leaves its file; its pid then belongs to another process, like this one.
+  fs.writeFileSync(record, JSON.stringify({ pid: process.pid }));
+  const port = await freePort();
+  const pool = new Pool(dir, ['--workers', '2', '-p', String(port), '-a', HOST, '-t', dir]);
+  await poolReady(pool, 2);
+  const supervisor = pool.child.pid!;
+  fs.writeFileSync(record, JSON.stringify({ pid: 1 }));
+  // The supervisor writes its own record again, and stays.
+  await waitFor(
+    () => (JSON.parse(fs.readFileSync(record, 'utf8')) as { pid: number }).pid === supervisor,
+    'supervisor.json to name the supervisor',
+  );
+  assert.ok(!pool.records.some((r) => /^Pool taken over/.test(r.msg)));
+  assert.equal(pool.child.exitCode, null, 'the supervisor runs');
+  // A status file of another shape is no status: neither --status nor the supervisor trips on it.
+  fs.writeFileSync(path.join(dir, 'worker-7.json'), JSON.stringify({ pid: 1, lastTakeover: {} }));
+  const status = execFileSync(process.execPath, [SERVER, '--status', dir], { encoding: 'utf8' }).split('\n');
+  assert.equal(status[0], `Supervisor: pid ${supervisor}`);
+  assert.equal(status[3], 'Worker 7: no status yet');
+  const from = pool.records.length;
+  pool.child.kill('SIGUSR2');
+  await pool.record(/^Pool upgraded: 2 workers$/, from);
+  // A directory it can no longer write is no reason to crash either: the workers serve on, supervised.
+  fs.rmSync(dir, { recursive: true });
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  assert.equal(pool.child.exitCode, null, 'the supervisor runs');
+});
+
+test('a stop while an old worker still finishes a request it kept stops that process too: nothing is left', { timeout }, async () => {
+  const { pool, port } = await startPool(1);
+  const [old] = pool.workerPids();
+  // A request in flight past the takeover's quiet wait (10 s): the old process keeps it, and would answer it in 60 s.
+  const request = http.get({ host: HOST, port, path: '/delay?ms=60000' });
+  request.on('error', () => {});
+  await waitFor(() => pool.workerPids()[0] !== undefined && readConnections(pool.dir) === 1, 'the request to reach the worker');
+  const from = pool.records.length;
+  pool.child.kill('SIGUSR2');
+  const upgraded = await pool.record(new RegExp(`^Worker 0: pid ${old} -> pid \\d+`), from, 40_000);
+  assert.ok(!exited(old!), 'the old process finishes the request it kept');
+  pool.child.kill('SIGTERM');
+  await within(pool.exited, 'the supervisor to stop', 20_000);
+  assert.ok(exited(old!), `old worker pid ${old} was left running after the pool stopped`);
+  assert.ok(exited(upgraded.workerPid as number), 'the worker stopped');
+});
+
+test('-T with fewer workers than the pool runs is refused, and -t on a pool whose supervisor is gone: no worker is left unsupervised', {
+  timeout,
+}, async () => {
+  const { pool, port } = await startPool(2);
+  const [first, second] = pool.workerPids();
+  const run = (args: string[]) =>
+    spawnSync(process.execPath, [SERVER, ...args, '-p', String(port), '-a', HOST, '--app', 'http'], { encoding: 'utf8', timeout: 30_000 });
+  const shrink = run(['--workers', '1', '-T', pool.dir]);
+  assert.equal(shrink.status, 1, shrink.stderr);
+  assert.match(
+    shrink.stderr,
+    new RegExp(
+      `^takeover-server: pid ${second} serves worker 1 of the pool in ${pool.dir}: adopt it with --workers 2 or more .*\\(ERR_TAKEOVER_INVALID_OPTION\\)\\n$`,
+    ),
+  );
+  assert.equal(pool.child.exitCode, null, 'the supervisor runs on');
+  pool.child.kill('SIGKILL');
+  await within(pool.exited, 'the supervisor to die');
+  const fresh = run(['--workers', '2', '-t', pool.dir]);
+  assert.equal(fresh.status, 1, fresh.stderr);
+  assert.match(
+    fresh.stderr,
+    new RegExp(`^takeover-server: pid ${first} serves worker 0 of the pool in ${pool.dir}: take the pool over with -T`),
+  );
+  assert.equal(fresh.stdout, '', 'no worker started');
+});
+
+test('a pool whose worker 1 cannot start stops worker 0 even once it is ready: nothing is left', { timeout }, async () => {
+  const dir = poolDir();
+  fs.mkdirSync(dir, { mode: 0o700 });
+  // Another server of this user on worker 1's channel path: worker 1 fails when it would serve its channel.
+  const squatter = net.createServer().listen(path.join(dir, 'worker-1.sock'));
+  await once(squatter, 'listening');
+  try {
+    const port = await freePort();
+    const pool = new Pool(dir, ['--workers', '2', '-p', String(port), '-a', HOST, '-t', dir]);
+    const [code] = (await within(pool.exited, 'the supervisor to give up', 30_000)) as [number];
+    assert.equal(code, 1);
+    const workers = [...new Set(pool.records.map((r) => r.pid))].filter((pid) => pid !== pool.child.pid);
+    assert.ok(workers.length > 0, 'workers logged');
+    await waitFor(
+      () => workers.every(exited),
+      () => `workers left: ${workers.filter((pid) => !exited(pid))}`,
+    );
+  } finally {
+    squatter.close();
+  }
+});
+
+/** Gone, or a zombie (its parent, a supervisor that exited, is not there to reap it). */
+function exited(pid: number): boolean {
+  try {
+    return /\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+/** The connections worker 0's status file counts (it is rewritten each second). */
+function readConnections(dir: string): number {
+  return (JSON.parse(fs.readFileSync(path.join(dir, 'worker-0.json'), 'utf8')) as { connections: number }).connections;
+}
 
 /** Which worker process holds the server end of a client's connection: found by the client's port in /proc/net/tcp. */
 function servedBy(client: KeepAliveClient, pid: number): boolean {

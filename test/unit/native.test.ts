@@ -13,8 +13,9 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import * as native from '#lib/native.js';
+import { addonFile } from '../helpers.js';
 
 const O_NONBLOCK = 0o4000;
 const O_CLOEXEC = 0o2000000;
@@ -783,28 +784,32 @@ test('bad arguments throw TypeError ERR_INVALID_ARG_TYPE or RangeError ERR_OUT_O
   assert.equal(native.receiveMessage(server, 16), null, 'nothing was sent by the failed calls');
 });
 
-/** Imports native.js in a child process with SOCKET_TAKEOVER_ADDON set; what the import threw, or 'loaded'. */
-function loadWithOverride(addon: string): { code?: string; causeCode?: string; message?: string } | 'loaded' {
-  const script = `import(${JSON.stringify(nativeModuleUrl)}).then(
+/**
+ * Imports native.js (the checkout's, or another copy's) in a child process, with SOCKET_TAKEOVER_ADDON
+ * set when `addon` is given; what the import threw, or 'loaded'.
+ */
+function loadNative(
+  addon: string | undefined,
+  moduleUrl = nativeModuleUrl,
+): { code?: string; causeCode?: string; message?: string } | 'loaded' {
+  const script = `import(${JSON.stringify(moduleUrl)}).then(
   (n) => process.stdout.write(JSON.stringify(n.fdLimit().soft > 0 ? 'loaded' : 'no fd limit')),
   (e) => process.stdout.write(JSON.stringify({ code: e.code, causeCode: e.cause?.code, message: e.message })),
 );`;
-  const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
-    env: { ...process.env, SOCKET_TAKEOVER_ADDON: addon },
-    encoding: 'utf8',
-    timeout: 20_000,
-  });
+  const env = { ...process.env };
+  if (addon === undefined) delete env.SOCKET_TAKEOVER_ADDON;
+  else env.SOCKET_TAKEOVER_ADDON = addon;
+  const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env, encoding: 'utf8', timeout: 20_000 });
   assert.equal(child.status, 0, child.stderr);
-  return JSON.parse(child.stdout) as ReturnType<typeof loadWithOverride>;
+  return JSON.parse(child.stdout) as ReturnType<typeof loadNative>;
 }
 
 test('SOCKET_TAKEOVER_ADDON loads that file, and only that one; a failure is ERR_TAKEOVER_ADDON_LOAD with the cause', () => {
-  const release = fileURLToPath(new URL('../build/Release/takeover.node', nativeModuleUrl));
   const copy = path.join(dir, 'copy.node');
-  fs.copyFileSync(release, copy);
-  assert.equal(loadWithOverride(copy), 'loaded');
+  fs.copyFileSync(addonFile(), copy);
+  assert.equal(loadNative(copy), 'loaded');
 
-  const missing = loadWithOverride(path.join(dir, 'missing.node'));
+  const missing = loadNative(path.join(dir, 'missing.node'));
   assert.ok(missing !== 'loaded');
   assert.equal(missing.code, 'ERR_TAKEOVER_ADDON_LOAD');
   assert.equal(missing.causeCode, 'MODULE_NOT_FOUND');
@@ -812,7 +817,7 @@ test('SOCKET_TAKEOVER_ADDON loads that file, and only that one; a failure is ERR
 
   const notAnAddon = path.join(dir, 'text.node');
   fs.writeFileSync(notAnAddon, 'not a shared object');
-  const broken = loadWithOverride(notAnAddon);
+  const broken = loadNative(notAnAddon);
   assert.ok(broken !== 'loaded');
   assert.equal(broken.code, 'ERR_TAKEOVER_ADDON_LOAD');
   assert.equal(broken.causeCode, 'ERR_DLOPEN_FAILED');
@@ -833,4 +838,19 @@ test("threadCpuMs is this thread's CPU clock: it moves with work done here, not 
   const beforeWorker = native.threadCpuMs();
   await once(worker, 'exit');
   assert.ok(native.threadCpuMs() - beforeWorker < 250, 'the worker spun for 300 ms of its own CPU');
+});
+
+test('a package with neither a build nor a prebuild for this system: ERR_TAKEOVER_ADDON_LOAD saying how to build one', () => {
+  const top = path.join(dir, 'unbuilt');
+  const dist = new URL('./', nativeModuleUrl);
+  for (const file of ['native.js', 'errors.js']) fs.cpSync(new URL(file, dist), path.join(top, 'dist', file));
+  fs.cpSync(new URL('../package.json', dist), path.join(top, 'package.json'));
+  fs.cpSync(new URL('../node_modules/node-gyp-build', dist), path.join(top, 'node_modules', 'node-gyp-build'), { recursive: true });
+  fs.mkdirSync(path.join(top, 'prebuilds', 'linux-x64'), { recursive: true });
+  fs.copyFileSync(addonFile(), path.join(top, 'prebuilds', 'linux-x64', 'socket-takeover.musl.node'));
+
+  const result = loadNative(undefined, pathToFileURL(path.join(top, 'dist', 'native.js')).href);
+  assert.ok(result !== 'loaded', 'a musl prebuild is not loaded on glibc');
+  assert.equal(result.code, 'ERR_TAKEOVER_ADDON_LOAD');
+  assert.match(result.message!, /no takeover addon built or prebuilt for this system .*npm rebuild socket-takeover/);
 });

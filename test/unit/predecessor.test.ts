@@ -570,7 +570,7 @@ test('partial handover: the successor fails after a WAVE_ACK; it keeps the liste
   await s.teardown();
 });
 
-test('a wave whose send fails (the successor closed right after its WAVE_ACK) is thawed and served on: only the wave it had is gone', async (t) => {
+test('a wave whose send fails (the successor closed as the next wave was frozen) is thawed and served on: only the wave it had is gone', async (t) => {
   const s = await setup(t, 3, { waveSize: 1 });
   // Input the old app has not read yet: frozen into wave 1, it must come back ahead of new input.
   s.sockets[1]!.pause();
