@@ -928,18 +928,22 @@ static napi_value tcp_listen_reuseport(napi_env env, napi_callback_info info) {
  */
 
 /* NOTIFY_SOCKET "@name" is the abstract address "\0name": its length is significant, so
- * the address length counts exactly the name's bytes, never a trailing NUL. */
+ * the address length counts exactly the name's bytes, never a trailing NUL, and it may fill
+ * sun_path (108 bytes with the '@', as systemd allows); a path needs room for its NUL. */
 static bool get_notify_address(napi_env env, napi_value v, struct sockaddr_un *sa, socklen_t *salen) {
+  char text[sizeof sa->sun_path + 1];
   size_t len;
   memset(sa, 0, sizeof *sa);
   sa->sun_family = AF_UNIX;
   if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok)
     return type_error(env, "ERR_INVALID_ARG_TYPE", "The \"socketPath\" argument must be of type string"), false;
-  if (len == 0 || len >= sizeof sa->sun_path) return throw_errno(env, "sendmsg", len == 0 ? ENOENT : ENAMETOOLONG), false;
-  napi_get_value_string_utf8(env, v, sa->sun_path, sizeof sa->sun_path, &len);
-  if (sa->sun_path[0] == '@') sa->sun_path[0] = '\0';
-  else if (sa->sun_path[0] != '/') return throw_errno(env, "sendmsg", EINVAL), false; /* systemd sends nothing else */
-  *salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (sa->sun_path[0] ? 1 : 0));
+  if (len == 0 || len > sizeof sa->sun_path) return throw_errno(env, "sendmsg", len == 0 ? ENOENT : ENAMETOOLONG), false;
+  napi_get_value_string_utf8(env, v, text, sizeof text, &len);
+  if (text[0] != '@' && text[0] != '/') return throw_errno(env, "sendmsg", EINVAL), false; /* systemd sends nothing else */
+  if (text[0] == '/' && len == sizeof sa->sun_path) return throw_errno(env, "sendmsg", ENAMETOOLONG), false;
+  memcpy(sa->sun_path, text, len);
+  if (text[0] == '@') sa->sun_path[0] = '\0';
+  *salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (text[0] == '/' ? 1 : 0));
   return true;
 }
 

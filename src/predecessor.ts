@@ -177,6 +177,11 @@ export class PredecessorSession {
     return this.phase === 'committed' || this.phase === 'waves' || this.phase === 'done';
   }
 
+  /** LISTENING is out: the successor serves the listeners (for systemd, it is the main process). */
+  get isListening(): boolean {
+    return this.phase === 'waves' || this.phase === 'done';
+  }
+
   /** The host reports every connection it accepts while the session runs. */
   connectionAdded(id: number): void {
     if (this.phase === 'precopy' || this.phase === 'prepared' || this.phase === 'committed') {

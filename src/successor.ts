@@ -45,8 +45,8 @@ export interface SuccessorHost {
   unclaimedListeners(): string[];
   /** How the server that claimed this inherited listener accepts its sockets (known once the app is ready). */
   acceptOptions(listener: number): AcceptOptions;
-  /** LISTENING: start accepting on every claimed listener and on the channel. */
-  startListening(): void;
+  /** LISTENING: start accepting on every claimed listener and on the channel; `predecessorPid` is WELCOME's. */
+  startListening(predecessorPid: number): void;
   adopt(socket: net.Socket, listener: number, record: Extract<WaveRecord, { fate: 'moved' }>): void;
   onFailure(error: TakeoverError): void;
   /** Finished; with `warning` when it ended early after LISTENING (some connections stayed with the predecessor). */
@@ -384,7 +384,7 @@ export class SuccessorSession {
     this.quiesceMs = quiesceMs;
     this.marks.listening = performance.now();
     this.phase = 'waves';
-    this.host.startListening();
+    this.host.startListening(this.predecessorPid);
     this.deadline.expect('WAVE');
   }
 

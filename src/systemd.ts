@@ -36,7 +36,8 @@ const MAX_FDNAME = 255;
 /**
  * The longest a notification may stall the event loop while the manager's queue is full. systemd
  * reads its socket at once; a queue full for this long means it is overwhelmed, and the message
- * is reported (ERR_TAKEOVER_NOTIFY_FAILED, EAGAIN) rather than waited for.
+ * is reported (ERR_TAKEOVER_NOTIFY_FAILED, EAGAIN) rather than waited for. Once, not per message:
+ * until a send gets through again, the next ones do not wait (see {@link Systemd.send}).
  */
 const NOTIFY_TIMEOUT_MS = 250;
 
@@ -60,6 +61,8 @@ export function takeActivatedListeners(
   delete env.LISTEN_PID;
   delete env.LISTEN_FDS;
   delete env.LISTEN_FDNAMES;
+  // Newer systemd also names the process by its pidfd id; sd_listen_fds(3) removes that too.
+  delete env.LISTEN_PIDFDID;
   const listeners: ActivatedListener[] = [];
   const problems: TakeoverError[] = [];
   if (pidText === undefined && countText === undefined) return { listeners, problems };
@@ -80,7 +83,8 @@ export function takeActivatedListeners(
     return { listeners, problems };
   }
   const count = Number(countText);
-  let names = namesText === undefined ? [] : namesText.split(':');
+  // An empty LISTEN_FDNAMES is no names, as strv_split() in sd_listen_fds_with_names() reads it.
+  let names = namesText === undefined || namesText === '' ? [] : namesText.split(':');
   if (namesText !== undefined && names.length !== count) {
     problems.push(activationError(`LISTEN_FDNAMES has ${names.length} names for ${count} fds: the names are ignored`));
     names = [];
@@ -220,9 +224,16 @@ export class Systemd {
   /**
    * An upgrade refused before it began (one already running, not serving): a reload requested by
    * the manager's ReloadSignal must still be answered, so it begins and ends in one message.
+   * `successorServes`: the running takeover is past LISTENING, so its successor's READY=1 may be
+   * in the manager's queue already (the signal came here before the manager read its MAINPID=).
    */
-  refused(error: TakeoverError): void {
+  refused(error: TakeoverError, successorServes = false): void {
     if (!this.main) return;
+    if (successorServes) {
+      // Nothing else would end this reload; a STATUS from here would replace the successor's.
+      this.send({ RELOADING: '1', MONOTONIC_USEC: monotonicUsec(), READY: '1' });
+      return;
+    }
     const status = `Upgrade refused (${error.code}); serving (pid ${process.pid})`;
     // A takeover already running ends with its own READY=1.
     this.send({ RELOADING: '1', MONOTONIC_USEC: monotonicUsec(), ...(this.reloading ? {} : { READY: '1' }), STATUS: status });
@@ -230,9 +241,17 @@ export class Systemd {
 
   /** The takeover failed and this process serves on: READY=1 ends the reload. */
   resumed(error: TakeoverError): void {
+    this.reloaded(`Takeover failed (${error.code}), still serving (pid ${process.pid})`);
+  }
+
+  /**
+   * A reload ended with this process still the main one (a takeover of it that failed, a pool's
+   * rolling upgrade): READY=1 ends it, with MAINPID= should the manager have heard of another.
+   */
+  reloaded(status: string): void {
     if (!this.reloading) return;
     this.reloading = false;
-    this.send({ MAINPID: process.pid, READY: '1', STATUS: `Takeover failed (${error.code}), still serving (pid ${process.pid})` });
+    this.send({ MAINPID: process.pid, READY: '1', STATUS: status });
   }
 
   /** Handed over: the successor speaks for the service now (a STATUS from here would overwrite its own). */
@@ -278,8 +297,12 @@ export class Systemd {
     const text = Object.entries(fields)
       .map(([key, value]) => `${key}=${String(value).replace(/[\r\n]+/g, ' ')}\n`)
       .join('');
+    // A manager that let one message wait the whole timeout is not reading: waiting again for each
+    // message would stall this process's event loop that long every time, a takeover's pause
+    // included (the successor's MAINPID= is sent between LISTENING and its first WAVE_ACK).
+    const timeoutMs = this.failing === 'EAGAIN' ? 0 : NOTIFY_TIMEOUT_MS;
     try {
-      native.sdNotify(this.socketPath, Buffer.from(text), fds, NOTIFY_TIMEOUT_MS);
+      native.sdNotify(this.socketPath, Buffer.from(text), fds, timeoutMs);
       this.failing = undefined;
     } catch (error) {
       const code = (error as { code?: string }).code ?? 'unknown';

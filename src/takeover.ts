@@ -202,7 +202,6 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       const channel = mode === 'fresh' ? undefined : this.connectUnlessAuto(path);
       if (channel) {
         this.role = 'successor';
-        const predecessorPid = channel.peer.pid;
         this.incoming = new TakingOver(
           this.options,
           this.registry,
@@ -212,7 +211,9 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
             track: (socket, listener) => this.track(socket, listener),
             adopt: (socket) => this.emitSafely('adopt', socket),
             openChannel: (fd) => this.openChannel(fd),
-            listening: () => this.systemd.listening(predecessorPid),
+            // Not the channel's SO_PEERCRED pid: that is whoever first listened on the channel,
+            // the head of the chain, not the process this one takes over from.
+            listening: (predecessorPid) => this.systemd.listening(predecessorPid),
           },
           channel,
         );
@@ -396,6 +397,10 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
   private closeUnadopted(): void {
     for (const listener of this.registry.unadopted()) {
       native.close(listener.fd);
+      // A listener of that name is served, inherited from the predecessor: systemd's copy is the
+      // fd store's entry for it (a successor started with the store's $LISTEN_FDS), and
+      // FDSTOREREMOVE would leave the listener unstored, lost at the next crash.
+      if (this.registry.records.some((r) => r.name === listener.name)) continue;
       this.systemd.forget(listener.name);
       this.emit(
         'warning',
@@ -431,7 +436,7 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
       );
     }
     const refuse = (error: TakeoverError) => {
-      this.systemd.refused(error);
+      this.systemd.refused(error, this.outgoing?.isListening === true);
       return Promise.reject(error);
     };
     if (this.upgrading || this.outgoing) return refuse(new TakeoverError(ErrorCodes.BUSY, 'a takeover is already in progress'));

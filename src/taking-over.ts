@@ -25,7 +25,7 @@ export interface TakingOverEvents {
   /** LISTENING: this process can be taken over in turn, on the inherited channel. */
   openChannel(fd: number): void;
   /** LISTENING: this process serves the listeners from now on (for systemd, it is the main process). */
-  listening(): void;
+  listening(predecessorPid: number): void;
 }
 
 interface Claim {
@@ -96,13 +96,13 @@ export class TakingOver implements SuccessorHost {
     return acceptOptions(this.registry.forWireIndex(listener)!.server);
   }
 
-  startListening(): void {
+  startListening(predecessorPid: number): void {
     for (const { record, resolve, reject } of this.claims) {
       whenListening(record.server).then(resolve, reject);
       listenOnFd(record.server, record.inherited!.fd, record.backlog);
     }
     this.events.openChannel(this.registry.channel!.fd);
-    this.events.listening();
+    this.events.listening(predecessorPid);
   }
 
   adopt(socket: net.Socket, wireListener: number, record: Extract<WaveRecord, { fate: 'moved' }>): void {

@@ -22,6 +22,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCodes, TakeoverError, type ReadyMessage } from '../index.js';
+import { Systemd } from '../systemd.js';
 import { createLogger, type LogFormat, type Logger } from './format.js';
 import { formatWorkerStatus, readWorkerStatus, writeJsonFile } from './worker-status.js';
 
@@ -128,6 +129,18 @@ function preparePoolDir(dir: string): void {
   }
 }
 
+/**
+ * The supervisor is the service's main process under systemd, and speaks for the pool: a worker
+ * that heard $NOTIFY_SOCKET would claim the service (MAINPID=, READY=1), and systemd would then
+ * take that worker's exit or crash for the service's end, and signal it, not the supervisor, for
+ * a reload.
+ */
+function workerEnvironment(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.NOTIFY_SOCKET;
+  return env;
+}
+
 const plural = (n: number, noun: string): string => `${n} ${noun}${n === 1 ? '' : 's'}`;
 const describe = (error: unknown) => (error instanceof Error ? error.message : String(error));
 /** `<message> (<code>)` for a coded error. */
@@ -147,9 +160,11 @@ class Supervisor {
   private readonly draining = new Set<Worker>();
   private upgrading = false;
   private stopping = false;
+  private readonly systemd: Systemd;
 
   constructor(private readonly command: Extract<PoolCommand, { kind: 'pool' }>) {
     this.logger = createLogger({ format: command.logFormat });
+    this.systemd = new Systemd({ enabled: true, fdStore: false }, (error) => this.logError(`Warning: ${error.message} (${error.code})`));
   }
 
   private log(msg: string, fields?: Record<string, unknown>): void {
@@ -176,13 +191,17 @@ class Supervisor {
     const previousRuns = previous !== undefined && previous.pid !== process.pid && runs(previous);
     if (!adopt && previousRuns) throw new Error(`supervisor pid ${previous.pid} runs the pool in ${dir}: take it over with -T ${dir}`);
     this.checkServing();
+    // The workers serve: systemd must know the new main process before the old supervisor exits.
+    if (adopt) this.systemd.serving([]);
     // From here on the old supervisor, if any, stands down: it watches this file.
     this.claim();
     process.on('SIGTERM', () => void this.stop('SIGTERM'));
     process.on('SIGINT', () => void this.stop('SIGINT'));
     process.on('SIGUSR2', () => {
-      if (this.workers.filter(Boolean).length < this.command.workers) this.log('SIGUSR2 ignored: the pool is starting');
-      else void this.upgrade('SIGUSR2');
+      if (this.workers.filter(Boolean).length < this.command.workers) {
+        this.log('SIGUSR2 ignored: the pool is starting');
+        this.systemd.refused(new TakeoverError(ErrorCodes.INVALID_STATE, 'the pool is starting'));
+      } else void this.upgrade('SIGUSR2');
     });
     setInterval(() => this.checkSupervisor(), WATCH_INTERVAL_MS);
 
@@ -213,6 +232,7 @@ class Supervisor {
       throw failed.reason;
     }
     this.logStatus();
+    this.systemd.serving([]);
   }
 
   /**
@@ -245,7 +265,11 @@ class Supervisor {
       successor ? '-T' : '-t',
       this.channel(index),
     ];
-    const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = spawn(process.execPath, args, {
+      detached: true,
+      env: workerEnvironment(),
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
     const exited = new Promise<string>((resolve) =>
       child.once('exit', (code, signal) => resolve(signal ?? `code ${code}`)).once('error', (error) => resolve(describe(error))),
     );
@@ -369,11 +393,15 @@ class Supervisor {
     if (this.stopping) return;
     if (this.upgrading) {
       this.log(`${reason} ignored: the pool is being upgraded`);
+      // The upgrade running ends with READY=1: that answers this reload too.
+      this.systemd.refused(new TakeoverError(ErrorCodes.BUSY, 'the pool is being upgraded'));
       return;
     }
     this.upgrading = true;
     const { workers } = this.command;
     this.log(`Upgrading the pool (${reason}): ${workers} workers, one at a time`, { reason });
+    this.systemd.handingOver(`Upgrading the pool (${reason})`);
+    let outcome = 'Upgrade stopped';
     try {
       for (let i = 0; i < workers; i++) {
         while (this.busy.has(i)) await sleep(50);
@@ -389,11 +417,14 @@ class Supervisor {
         }
       }
       this.log(`Pool upgraded: ${workers} workers`, { upgraded: workers });
+      outcome = `Pool upgraded: ${workers} workers`;
     } catch (error) {
       this.logError(`Upgrade stopped: ${describe(error)}`, { upgradeFailed: true });
+      outcome = `Upgrade stopped: ${describe(error)}`;
     } finally {
       this.upgrading = false;
       this.logStatus();
+      this.systemd.reloaded(`${outcome} (supervisor pid ${process.pid})`);
     }
   }
 
@@ -465,6 +496,7 @@ class Supervisor {
     if (this.stopping) return;
     this.stopping = true;
     this.log(`Stopping pool on ${signal}`);
+    this.systemd.stopping();
     await this.stopWorkers();
     // The pool is gone: no status file may name a worker that a later pool would mistake for its own.
     for (let i = 0; i < this.command.workers; i++) fs.rmSync(this.statusFile(i), { force: true });

@@ -16,8 +16,20 @@ import { createInterface } from 'node:readline';
 import { afterEach, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import * as native from '#lib/native.js';
-import { fdOf } from '#lib/index.js';
-import { cleanup, distDir, drainAll, killAtCleanup, openClients, probeEcho, ServerProcess, tempDir, waitFor } from '../helpers.js';
+import { ErrorCodes, fdOf, TakeoverError } from '#lib/index.js';
+import { Systemd } from '#lib/systemd.js';
+import {
+  cleanup,
+  distDir,
+  drainAll,
+  killAtCleanup,
+  openClients,
+  probeEcho,
+  ServerProcess,
+  tempDir,
+  waitFor,
+  waitStopped,
+} from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 const RECORDER = path.resolve(distDir, '..', 'test', 'fixtures', 'notify-recorder.py');
@@ -145,6 +157,15 @@ function takeoverServer(args: string[], env: NodeJS.ProcessEnv, options: { shell
   return new Proc(process.execPath, [SERVER, ...args], env, options);
 }
 
+/** A port nobody listens on now, for a process that binds it itself. */
+async function freePort(): Promise<number> {
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const { port } = probe.address() as net.AddressInfo;
+  probe.close();
+  return port;
+}
+
 const micros = () => process.hrtime.bigint() / 1000n;
 
 /** Resolves once `pid` has exited (gone, or a zombie nobody reaped yet): for processes that are not the test's children. */
@@ -171,6 +192,8 @@ async function checkHandover(recorder: Recorder, old: number, successor: number,
   const main = await recorder.next((m) => m.pid !== old && m.fields.READY === '1', 'READY=1 from the successor', from);
   assert.equal(main.pid, successor);
   assert.equal(main.fields.MAINPID, String(successor));
+  // The predecessor's pid from its WELCOME: the channel's SO_PEERCRED names the chain's first process.
+  assert.equal(main.fields.STATUS, `Taking over from pid ${old}`);
   await exitOf(old);
   const exit = await recorder.mark(`${old} exited`);
   assert.ok(reloading.index < main.index && main.index < exit, 'RELOADING=1, then MAINPID/READY=1, then the old process exits');
@@ -345,15 +368,149 @@ test('fd store: the listener is stored once (not again by its successor), and af
   for (const c of [client!, ...waiting]) c.close();
 });
 
+test("a reload signal that reaches the old process once its successor serves (past LISTENING) is answered at once: the successor's READY=1 may be gone already", {
+  timeout,
+}, async () => {
+  const recorder = await Recorder.start();
+  const env = { NOTIFY_SOCKET: recorder.path };
+  const channel = path.join(privateDir(), 'channel');
+  const old = takeoverServer(['-p', '0', '-t', channel, '-q'], env);
+  await recorder.next((m) => m.pid === old.pid && m.fields.READY === '1', 'READY=1');
+  const [client] = await openClients(1, [{ port: await old.port(), host: '127.0.0.1' }], () => ({ framesPerBurst: 2, intervalMs: 10 }));
+  client!.start();
+  // The successor stops as wave 0 reaches it: it has sent MAINPID= and READY=1, the old process waits for its WAVE_ACK.
+  const preload = path.join(distDir, 'test', 'fixtures', 'pause-at.js');
+  const successor = takeoverServer(['-T', channel, '-q'], {
+    ...env,
+    SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave0',
+    NODE_OPTIONS: `--import ${preload}`,
+  });
+  const main = await recorder.next((m) => m.pid === successor.pid && m.fields.READY === '1', "the successor's READY=1");
+  await waitStopped(successor.pid);
+  // systemd's ReloadSignal, sent to the old process before systemd read the successor's MAINPID=.
+  old.child.kill('SIGUSR2');
+  const answer = await recorder.next((m) => m.pid === old.pid && m.fields.RELOADING === '1', 'RELOADING=1', main.index);
+  assert.equal(answer.fields.READY, '1', 'the reload ends in the same message');
+  assert.equal(answer.fields.STATUS, undefined, "no STATUS over the successor's");
+  process.kill(successor.pid, 'SIGCONT');
+  await exitOf(old.pid);
+  assert.deepEqual(await drainAll([client!]), []);
+  client!.close();
+});
+
+test('a successor that systemd also gave the fd store (LISTEN_FDS) serves the inherited listener and leaves it stored: a crash after it loses no connect', {
+  timeout,
+}, async () => {
+  const recorder = await Recorder.start();
+  const env = { NOTIFY_SOCKET: recorder.path };
+  const channel = path.join(privateDir(), 'channel');
+  const first = await recorder.spawn([process.execPath, SERVER, '-p', '0', '-t', channel, '-q', '--fd-store'], env);
+  const stored = await recorder.next((m) => m.pid === first && m.fields.FDSTORE === '1', 'FDSTORE=1');
+  const port = stored.fds[0]!.port!;
+  await recorder.next((m) => m.pid === first && m.fields.READY === '1', 'READY=1');
+  const [client] = await openClients(1, [{ port, host: '127.0.0.1' }], () => ({ framesPerBurst: 2, intervalMs: 10 }));
+  client!.start();
+  // Started as systemd starts any process of the service: with the store's fds, the very
+  // listener it inherits from its predecessor among them.
+  const from = recorder.messages.length;
+  const successor = await recorder.spawn([process.execPath, SERVER, '-T', channel, '-q', '--fd-store'], env);
+  await checkHandover(recorder, first, successor, from);
+  assert.deepEqual(
+    recorder.messages.slice(from).filter((m) => m.fields.FDSTOREREMOVE !== undefined),
+    [],
+    'nothing leaves the store',
+  );
+  assert.deepEqual(recorder.messages.at(-1)!.store, [stored.fields.FDNAME]);
+  assert.deepEqual(await drainAll([client!]), []);
+
+  process.kill(successor, 'SIGKILL');
+  await exitOf(successor);
+  const waiting = await openClients(2, [{ port, host: '127.0.0.1' }], () => ({ framesPerBurst: 1, intervalMs: 10 }));
+  for (const c of waiting) c.burst(3);
+  const restarted = await recorder.spawn([process.execPath, SERVER, '-p', '0', '-t', channel, '-q', '--fd-store'], env);
+  await recorder.next((m) => m.pid === restarted && m.fields.READY === '1', 'READY=1 after the restart', from);
+  assert.deepEqual(await drainAll(waiting), []);
+  for (const c of [client!, ...waiting]) c.close();
+});
+
+test('a manager that stops reading stalls a process once, not at every notification', { timeout }, async () => {
+  const recorder = await Recorder.start();
+  const warnings: TakeoverError[] = [];
+  const systemd = new Systemd({ enabled: true, fdStore: false }, (error) => warnings.push(error), { NOTIFY_SOCKET: recorder.path });
+  let queued = 0;
+  recorder.proc.kill('SIGSTOP');
+  try {
+    // Fill its queue, whatever net.unix.max_dgram_qlen is.
+    assert.throws(
+      () => {
+        for (; ; queued++) native.sdNotify(recorder.path, Buffer.from('STATUS=filler\n'), [], 0);
+      },
+      { code: 'EAGAIN' },
+    );
+    // What one process sends through a fresh start, a takeover of it, and its own chained takeover.
+    const started = performance.now();
+    systemd.serving([]);
+    for (let round = 0; round < 4; round++) {
+      systemd.handingOver('Upgrading');
+      systemd.refused(new TakeoverError(ErrorCodes.BUSY, 'busy'));
+      systemd.resumed(new TakeoverError(ErrorCodes.PEER_CLOSED, 'gone'));
+    }
+    systemd.stopping();
+    const elapsed = performance.now() - started;
+    // 14 messages: each waiting its 250 ms would take 3.5 s; one wait and 13 failing at once, far less.
+    assert.ok(elapsed < 1500, `14 notifications took ${Math.round(elapsed)} ms`);
+    assert.deepEqual(
+      warnings.map((w) => [w.code, (w.cause as { code?: string }).code]),
+      [['ERR_TAKEOVER_NOTIFY_FAILED', 'EAGAIN']],
+    );
+  } finally {
+    recorder.proc.kill('SIGCONT');
+  }
+  // Once it reads again, notifications get through again.
+  await waitFor(() => recorder.messages.length >= queued, 'the queue drained');
+  systemd.serving([]);
+  const ready = await recorder.next((m) => m.fields.STATUS !== 'filler' && m.fields.READY === '1', 'READY=1', queued);
+  assert.equal(ready.fields.MAINPID, String(process.pid));
+});
+
+test('takeover-server --workers under a notify socket: the supervisor is the main process, and no worker claims the service', {
+  timeout,
+}, async () => {
+  const recorder = await Recorder.start();
+  const dir = privateDir();
+  const port = await freePort();
+  const pool = takeoverServer(['--workers', '2', '-p', String(port), '-t', dir, '-q'], { NOTIFY_SOCKET: recorder.path });
+  try {
+    const ready = await recorder.next((m) => m.fields.READY === '1', 'READY=1');
+    assert.equal(ready.pid, pool.pid);
+    assert.equal(ready.fields.MAINPID, String(pool.pid));
+    await probeEcho(port, '127.0.0.1');
+    // systemd's ReloadSignal: a rolling upgrade of the workers, one reload.
+    const from = recorder.messages.length;
+    pool.child.kill('SIGUSR2');
+    const reloading = await recorder.next((m) => m.fields.RELOADING === '1', 'RELOADING=1', from);
+    const reloaded = await recorder.next((m) => m.fields.READY === '1', 'READY=1 once upgraded', reloading.index);
+    assert.equal(reloaded.fields.STATUS, `Pool upgraded: 2 workers (supervisor pid ${pool.pid})`);
+    await probeEcho(port, '127.0.0.1');
+  } finally {
+    // The supervisor stops its workers (detached: nothing else would).
+    pool.child.kill('SIGTERM');
+    await pool.exited;
+  }
+  await recorder.next((m) => m.fields.STOPPING === '1', 'STOPPING=1');
+  assert.deepEqual(
+    recorder.messages.filter((m) => m.pid !== pool.pid || (m.fields.MAINPID ?? String(pool.pid)) !== String(pool.pid)),
+    [],
+    'only the supervisor speaks, and only for itself',
+  );
+});
+
 test('socket activation by systemd-socket-activate: takeover-server -t without -p serves the passed socket; its successor gets it from its predecessor, not from LISTEN_FDS', {
   timeout,
 }, async () => {
   const recorder = await Recorder.start();
   const channel = path.join(privateDir(), 'channel');
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const port = (probe.address() as net.AddressInfo).port;
-  probe.close();
+  const port = await freePort();
   const activator = new Proc(
     'systemd-socket-activate',
     ['-l', `127.0.0.1:${port}`, '--fdname=web', '-E', `NOTIFY_SOCKET=${recorder.path}`, process.execPath, SERVER, '-t', channel, '-q'],

@@ -27,6 +27,8 @@ test('LISTEN_* that are absent, for another process or malformed give no listene
   const cases: [NodeJS.ProcessEnv, RegExp | undefined][] = [
     [{}, undefined],
     [{ LISTEN_PID: '123', LISTEN_FDS: '0' }, undefined],
+    // As systemd's fd store passes an empty store (and as the test's recorder does): no names, no problem.
+    [{ LISTEN_PID: '123', LISTEN_FDS: '0', LISTEN_FDNAMES: '', LISTEN_PIDFDID: '42' }, undefined],
     [{ LISTEN_PID: '999999', LISTEN_FDS: '1' }, /LISTEN_PID is 999999, not this process \(123\)/],
     [{ LISTEN_PID: 'self', LISTEN_FDS: '1' }, /LISTEN_PID 'self' is not a pid/],
     [{ LISTEN_FDS: '1' }, /LISTEN_PID '' is not a pid/],
@@ -62,6 +64,10 @@ test('sdNotify reports a socket that is not there, a path systemd never gives, a
   assert.throws(() => native.sdNotify(`@takeover-nobody-${process.pid}`, data, [], 0), { code: 'ECONNREFUSED' });
   assert.throws(() => native.sdNotify('relative/notify.sock', data, [], 0), { code: 'EINVAL' });
   assert.throws(() => native.sdNotify(`/${'x'.repeat(200)}`, data, [], 0), { code: 'ENAMETOOLONG' });
+  // sun_path holds 108 bytes: a path needs one for its NUL, an abstract name (as systemd allows) does not.
+  assert.throws(() => native.sdNotify(`/${'x'.repeat(107)}`, data, [], 0), { code: 'ENAMETOOLONG' });
+  assert.throws(() => native.sdNotify(`@takeover-${process.pid}-${'x'.repeat(96)}`.slice(0, 108), data, [], 0), { code: 'ECONNREFUSED' });
+  assert.throws(() => native.sdNotify(`@${'x'.repeat(108)}`, data, [], 0), { code: 'ENAMETOOLONG' });
   assert.throws(() => native.sdNotify('', data, [], 0), { code: 'ENOENT' });
   assert.throws(() => native.sdNotify('/run/notify', Buffer.alloc(0), [], 0), { code: 'ERR_OUT_OF_RANGE' });
   assert.throws(() => native.sdNotify('/run/notify', data, [3.5], 0), { code: 'ERR_OUT_OF_RANGE' });
