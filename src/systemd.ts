@@ -184,6 +184,14 @@ export class Systemd {
     this.socketPath = options.enabled && env.NOTIFY_SOCKET ? env.NOTIFY_SOCKET : undefined;
   }
 
+  /**
+   * Whether the next notification may wait for room in a full manager queue: not once one waited
+   * its whole timeout in vain, until one gets through again.
+   */
+  get waitsForRoom(): boolean {
+    return this.failing !== 'EAGAIN';
+  }
+
   /** Whether a service manager listens (`$NOTIFY_SOCKET`): it may own or hold this service's Unix socket files. */
   get supervised(): boolean {
     return this.socketPath !== undefined;
@@ -300,7 +308,7 @@ export class Systemd {
     // A manager that let one message wait the whole timeout is not reading: waiting again for each
     // message would stall this process's event loop that long every time, a takeover's pause
     // included (the successor's MAINPID= is sent between LISTENING and its first WAVE_ACK).
-    const timeoutMs = this.failing === 'EAGAIN' ? 0 : NOTIFY_TIMEOUT_MS;
+    const timeoutMs = this.waitsForRoom ? NOTIFY_TIMEOUT_MS : 0;
     try {
       native.sdNotify(this.socketPath, Buffer.from(text), fds, timeoutMs);
       this.failing = undefined;
