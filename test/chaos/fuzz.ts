@@ -79,24 +79,41 @@ export class FdZoo {
 
   static async create(dir: string): Promise<FdZoo> {
     const zoo = new FdZoo();
+    try {
+      await zoo.fill(dir);
+      return zoo;
+    } catch (error) {
+      await zoo.close();
+      throw error;
+    }
+  }
+
+  /** Opens each kind, its closer set as soon as it is open, so that a failure half-way leaks nothing. */
+  private async fill(dir: string): Promise<void> {
     const fifo = path.join(dir, 'fifo');
     spawnSync('mkfifo', [fifo]);
     const file = path.join(dir, 'file');
     fs.writeFileSync(file, 'not a socket');
     const unixListener = native.unixListen(path.join(dir, 'unix'), 'stream', 64);
+    this.closers.push(() => native.close(unixListener));
     const seqpacketPath = path.join(dir, 'seqpacket');
     const seqpacketListener = native.unixListen(seqpacketPath, 'seqpacket', 64);
+    this.closers.push(() => native.close(seqpacketListener));
     const unixServer = net.createServer().listen(path.join(dir, 'unix-node'));
+    this.closers.push(() => new Promise((resolve) => unixServer.close(resolve)));
     await once(unixServer, 'listening');
     const unixStream = net.connect(path.join(dir, 'unix-node'));
+    this.closers.push(() => unixStream.destroy());
     await once(unixStream, 'connect');
     const tcpListener = net.createServer().listen(0, '127.0.0.1');
+    this.closers.push(() => new Promise((resolve) => tcpListener.close(resolve)));
     await once(tcpListener, 'listening');
     const udp = dgram.createSocket('udp4');
+    this.closers.push(() => new Promise<void>((resolve) => udp.close(() => resolve())));
     udp.bind(0, '127.0.0.1');
     await once(udp, 'listening');
     // Never connected: a connect to a listener that never accepts and whose backlog is full
-    // stays in SYN_SENT. Node has no such listener, Python does.
+    // stays in SYN_SENT. Node has no such listener, Python does. It lives until its stdin closes.
     const blackhole = spawn(
       'python3',
       [
@@ -105,38 +122,24 @@ export class FdZoo {
       ],
       { stdio: ['pipe', 'pipe', 'ignore'] },
     );
+    this.closers.push(() => {
+      blackhole.stdout!.destroy();
+      blackhole.kill();
+      return blackhole.exitCode === null && blackhole.signalCode === null ? once(blackhole, 'exit') : undefined;
+    });
     const [line] = (await once(blackhole.stdout!, 'data')) as [Buffer];
-    // It lives until its stdin closes, and holds nothing open here: a test that throws before the
-    // closers below are set leaves neither a listener behind nor a test file waiting on the child.
-    for (const handle of [blackhole, blackhole.stdin as net.Socket, blackhole.stdout as net.Socket]) handle.unref();
     const blackholePort = Number(line.toString().trim());
     const pending: net.Socket[] = [];
+    this.closers.push(() => Promise.all(pending.map((s) => (s.destroyed ? undefined : once(s.destroy(), 'close')))));
     for (let i = 0; i < 8; i++) pending.push(net.connect(blackholePort, '127.0.0.1').on('error', () => {}));
     await sleep(300);
     // Dups: Node may give up on the connect later; the socket stays unconnected either way.
     const neverConnected = pending.filter((s) => s.connecting && handleFd(s) >= 0).map((s) => native.dup(handleFd(s)));
-    zoo.closers.push(
-      () => native.close(unixListener),
-      () => native.close(seqpacketListener),
-      () => {
-        unixStream.destroy();
-        return new Promise((resolve) => unixServer.close(resolve));
-      },
-      () => new Promise((resolve) => tcpListener.close(resolve)),
-      () => new Promise<void>((resolve) => udp.close(() => resolve())),
-      () => {
-        blackhole.ref();
-        blackhole.stdout!.destroy();
-        blackhole.kill();
-        return once(blackhole, 'exit');
-      },
-      () => {
-        for (const fd of neverConnected) native.close(fd);
-        return Promise.all(pending.map((s) => (s.destroyed ? undefined : once(s.destroy(), 'close'))));
-      },
-    );
+    this.closers.push(() => {
+      for (const fd of neverConnected) native.close(fd);
+    });
     let next = 0;
-    zoo.kinds = {
+    this.kinds = {
       fifo: () => fs.openSync(fifo, 'r+'),
       file: () => fs.openSync(file, 'r'),
       'unix stream': () => native.dup(handleFd(unixStream)),
@@ -147,8 +150,7 @@ export class FdZoo {
     };
     if (neverConnected.length === 0)
       throw new Error('every connect to the full backlog completed or failed: no never-connected TCP socket');
-    zoo.kinds['tcp never connected'] = () => native.dup(neverConnected[next++ % neverConnected.length]!);
-    return zoo;
+    this.kinds['tcp never connected'] = () => native.dup(neverConnected[next++ % neverConnected.length]!);
   }
 
   /** Resolves once every fd it opened is closed. */
