@@ -457,6 +457,8 @@ async function main(config: Config): Promise<void> {
       written.push('docs/bench-pause.svg');
     }
     writeBenchmarksMd(join(root, 'BENCHMARKS.md'), section);
+    // Laid out as the linter wants it, so that CI's `biome check` passes on the committed figures.
+    spawnSync(join(root, 'node_modules/.bin/biome'), ['format', '--write', 'BENCHMARKS.md'], { cwd: root, stdio: 'ignore' });
     written.push('BENCHMARKS.md');
   }
 
