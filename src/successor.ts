@@ -351,9 +351,7 @@ export class SuccessorSession {
     }
     const state = kind === 'unix' ? undefined : tcpStateOf(held.fd);
     if (state !== undefined && !CONNECTION_STATES.has(state)) {
-      this.abort(
-        new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a tcp connection: its state is ${state}`),
-      );
+      this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a tcp connection: its state is ${state}`));
       return undefined;
     }
     held.socket = wrapInherited(held.fd, this.host.acceptOptions(held.listener));

@@ -732,7 +732,10 @@ test('tcpState reads LISTEN, SYN_SENT (a connect nobody accepted), ESTABLISHED a
   assert.equal(native.tcpState(kept), 'ESTABLISHED');
   assert.equal(native.tcpState(handleFd(client)), 'ESTABLISHED');
   client.resetAndDestroy();
-  await waitFor(() => native.tcpState(kept) === 'CLOSE', () => `the reset connection is ${native.tcpState(kept)}`);
+  await waitFor(
+    () => native.tcpState(kept) === 'CLOSE',
+    () => `the reset connection is ${native.tcpState(kept)}`,
+  );
   conn.destroy();
 
   const zoo = await FdZoo.create(fs.mkdtempSync(path.join(dir, 'zoo-')));
