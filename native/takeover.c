@@ -25,6 +25,7 @@
 #include <sys/un.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -664,6 +665,25 @@ static napi_value socket_info(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+/* The TCP state of a socket (TCP_INFO's tcpi_state), by its kernel name: whether an fd passed
+ * as a connection ever was one. Throws for a socket that is not TCP. */
+static napi_value tcp_state(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  GET_INT(argv[0], "fd", &fd);
+  struct tcp_info ti;
+  socklen_t len = sizeof(ti);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0) return throw_errno(env, "getsockopt", errno);
+  static const char *const names[] = {
+      [TCP_ESTABLISHED] = "ESTABLISHED", [TCP_SYN_SENT] = "SYN_SENT",   [TCP_SYN_RECV] = "SYN_RECV",
+      [TCP_FIN_WAIT1] = "FIN_WAIT1",     [TCP_FIN_WAIT2] = "FIN_WAIT2", [TCP_TIME_WAIT] = "TIME_WAIT",
+      [TCP_CLOSE] = "CLOSE",             [TCP_CLOSE_WAIT] = "CLOSE_WAIT", [TCP_LAST_ACK] = "LAST_ACK",
+      [TCP_LISTEN] = "LISTEN",           [TCP_CLOSING] = "CLOSING",
+  };
+  const char *name = ti.tcpi_state < sizeof(names) / sizeof(names[0]) ? names[ti.tcpi_state] : NULL;
+  return str(env, name ? name : "OTHER");
+}
+
 /* ---- the channel's directory ------------------------------------------------
  *
  * Everything here works relative to a directory fd (O_PATH) that the caller opened
@@ -1008,7 +1028,7 @@ NAPI_MODULE_INIT() {
     FN("peerCredentials", peer_credentials), FN("sendMessage", send_message),
     FN("receiveMessage", receive_message), FN("poll", poll_fd), FN("dup", dup_fd),
     FN("close", close_fd), FN("growFdTable", grow_fd_table), FN("fdLimit", fd_limit),
-    FN("socketInfo", socket_info), FN("openDirAt", open_dir_at), FN("statAt", stat_at),
+    FN("socketInfo", socket_info), FN("tcpState", tcp_state), FN("openDirAt", open_dir_at), FN("statAt", stat_at),
     FN("readlinkAt", readlink_at), FN("unixListenAt", unix_listen_at), FN("unixConnectAt", unix_connect_at),
     FN("removeSocketAt", remove_socket_at), FN("threadCpuMs", thread_cpu_ms),
     /* TCP listeners in a SO_REUSEPORT group (pool workers) */

@@ -62,6 +62,21 @@ export interface SocketInfo {
   listening: boolean;
 }
 
+/** A TCP socket's state (`TCP_INFO`), by the kernel's name; OTHER for one this addon does not know. */
+export type TcpState =
+  | 'ESTABLISHED'
+  | 'SYN_SENT'
+  | 'SYN_RECV'
+  | 'FIN_WAIT1'
+  | 'FIN_WAIT2'
+  | 'TIME_WAIT'
+  | 'CLOSE'
+  | 'CLOSE_WAIT'
+  | 'LAST_ACK'
+  | 'LISTEN'
+  | 'CLOSING'
+  | 'OTHER';
+
 /**
  * Readiness watcher for one fd (a libuv `uv_poll_t` on this thread's loop).
  * The Poller does not own the fd: close the Poller first, then the fd.
@@ -104,6 +119,7 @@ interface Addon {
   growFdTable(highestFd: number): void;
   fdLimit(): { soft: number; hard: number };
   socketInfo(fd: number): SocketInfo;
+  tcpState(fd: number): TcpState;
   threadCpuMs(): number;
 }
 
@@ -281,6 +297,15 @@ export function threadCpuMs(): number {
  */
 export function socketInfo(fd: number): SocketInfo {
   return addon.socketInfo(fd);
+}
+
+/**
+ * The TCP state of the socket behind `fd`.
+ *
+ * @throws EOPNOTSUPP if `fd` is not a TCP socket, ENOTSOCK if not a socket, EBADF if not open.
+ */
+export function tcpState(fd: number): TcpState {
+  return addon.tcpState(fd);
 }
 
 /**

@@ -88,6 +88,32 @@ function describe(fd: number): native.SocketInfo | undefined {
   }
 }
 
+/**
+ * TCP states a connection an old server holds can be in. Not SYN_SENT (a connect in progress that
+ * nobody accepted), LISTEN or SYN_RECV. CLOSE is both an accepted connection its client reset and
+ * a socket that never connected (getpeername cannot tell them apart either): the latter reads EOF
+ * at once and is closed like any reset connection, so it harms nothing.
+ */
+const CONNECTION_STATES: ReadonlySet<native.TcpState> = new Set([
+  'ESTABLISHED',
+  'CLOSE_WAIT',
+  'FIN_WAIT1',
+  'FIN_WAIT2',
+  'CLOSING',
+  'LAST_ACK',
+  'TIME_WAIT',
+  'CLOSE',
+]);
+
+/** The TCP state of a received fd; OTHER if it cannot be read. */
+function tcpStateOf(fd: number): native.TcpState {
+  try {
+    return native.tcpState(fd);
+  } catch {
+    return 'OTHER';
+  }
+}
+
 export class SuccessorSession {
   private phase: Phase = 'welcome';
   private appReady = false;
@@ -321,6 +347,11 @@ export class SuccessorSession {
     const domainOk = kind === 'unix' ? info?.domain === 'unix' : info?.domain === 'inet' || info?.domain === 'inet6';
     if (info?.type !== 'stream' || info.listening || !domainOk) {
       this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a connected ${kind} stream socket`));
+      return undefined;
+    }
+    const state = kind === 'unix' ? undefined : tcpStateOf(held.fd);
+    if (state !== undefined && !CONNECTION_STATES.has(state)) {
+      this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a tcp connection: its state is ${state}`));
       return undefined;
     }
     held.socket = wrapInherited(held.fd, this.host.acceptOptions(held.listener));

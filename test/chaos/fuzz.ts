@@ -525,8 +525,10 @@ export async function fuzzSuccessor(cases: number, seed: number): Promise<Predec
         case 'fd-kind': {
           const kind = pick(rnd, Object.keys(zoo.kinds));
           const bad = zoo.kinds[kind]!();
-          // A never-connected TCP socket is one only as a listener: as a connection it is what an
-          // accepted one its client reset looks like (no peer), which a successor must take.
+          // A never-connected TCP socket is one only as a listener: as a connection, a successor
+          // refuses it while its connect is pending (SYN_SENT), but once the kernel gives up on the
+          // connect (about 2 minutes, well within a fuzz run) it is CLOSE, like an accepted one its
+          // client reset, which a successor must take.
           const asListener = kind === 'tcp never connected' || rnd() < 0.3;
           what = `${kind} as a ${asListener ? 'listener' : 'connection'}`;
           if (asListener) {

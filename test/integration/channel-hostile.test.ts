@@ -3,9 +3,9 @@
  * exhaust the server's fds nor its log, and a peer that sends what the server cannot take
  * (a bad frame before HELLO, an oversized frame, too many fds, a zero-length message) gets
  * an ABORT with a code, and the server says so. A fake predecessor cannot fill a successor's fd
- * table either (item 5).
+ * table either, nor pass a TCP socket still connecting as a connection (item 5).
  */
-import { after, test } from 'node:test';
+import { after, test, type TestContext } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -14,8 +14,9 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { MAX_OPEN_CHANNELS } from '#lib/channel-listener.js';
 import * as native from '#lib/native.js';
-import { decodeFrame, encode, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
+import { decodeFrame, digestIds, encode, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
 import { serverFd, socketFd } from '#lib/sockets.js';
+import { FdZoo } from '../chaos/fuzz.js';
 import { cleanup, openFds, probeEcho, ServerProcess, tempDir, waitFor, type ServerConfig } from '../helpers.js';
 
 after(cleanup);
@@ -214,9 +215,14 @@ test('a zero-length message is not taken as the peer closing: ABORT ERR_TAKEOVER
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test('a fake predecessor sending more connections than WELCOME announced: the successor takes half its fd room at most, then ABORT ERR_TAKEOVER_FD_LIMIT and exits', {
-  timeout: 60_000,
-}, async (t) => {
+/**
+ * Plays the old process: a successor started here connects, says HELLO, and gets WELCOME
+ * (announcing one connection) and LISTENERS. `client` is a real connected TCP client.
+ */
+async function fakePredecessor(
+  t: TestContext,
+  options: { shellPrefix?: string } = {},
+): Promise<{ fd: number; successor: ServerProcess; client: net.Socket }> {
   const dir = tempDir();
   const channelPath = path.join(dir, 'channel');
   const listener = native.unixListen(channelPath, 'seqpacket', 4);
@@ -233,11 +239,7 @@ test('a fake predecessor sending more connections than WELCOME announced: the su
     tcp.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
-  // With 300 fds, half the room left after WELCOME's 1 connection is about 110 connections.
-  const successor = new ServerProcess(
-    { path: channelPath, mode: 'successor', listen: [{ port: 0, host: '127.0.0.1' }] },
-    { shellPrefix: 'ulimit -n 300' },
-  );
+  const successor = new ServerProcess({ path: channelPath, mode: 'successor', listen: [{ port: 0, host: '127.0.0.1' }] }, options);
   await waitFor(() => {
     fd = native.accept(listener);
     return fd >= 0;
@@ -249,6 +251,14 @@ test('a fake predecessor sending more connections than WELCOME announced: the su
     { name: 'takeover-channel', kind: 'channel', backlog: 511, fd: channelListener },
   ]);
   native.sendMessage(fd, listeners.data, listeners.fds);
+  return { fd, successor, client };
+}
+
+test('a fake predecessor sending more connections than WELCOME announced: the successor takes half its fd room at most, then ABORT ERR_TAKEOVER_FD_LIMIT and exits', {
+  timeout: 60_000,
+}, async (t) => {
+  // With 300 fds, half the room left after WELCOME's 1 connection is about 110 connections.
+  const { fd, successor, client } = await fakePredecessor(t, { shellPrefix: 'ulimit -n 300' });
   // One fd sent 100 times per frame arrives as 100 fds.
   const batch = (first: number) =>
     encode.conns(Array.from({ length: 100 }, (_, i) => ({ id: first + i, listener: 0, fd: socketFd(client) })));
@@ -261,5 +271,32 @@ test('a fake predecessor sending more connections than WELCOME announced: the su
   assert.equal(abort.type === 'abort' && abort.code, 'ERR_TAKEOVER_FD_LIMIT', JSON.stringify(abort));
   const error = await successor.next('error');
   assert.equal(error.code, 'ERR_TAKEOVER_FD_LIMIT');
+  assert.equal(await successor.exited, 1);
+});
+
+test('a fake predecessor passing a TCP socket still connecting (SYN_SENT) as a connection: ABORT ERR_TAKEOVER_PROTOCOL naming the connection and its state', {
+  timeout: 60_000,
+}, async (t) => {
+  const zooDir = tempDir();
+  const zoo = await FdZoo.create(zooDir);
+  t.after(async () => {
+    await zoo.close();
+    fs.rmSync(zooDir, { recursive: true, force: true });
+  });
+  const { fd, successor } = await fakePredecessor(t);
+  const connecting = zoo.kinds['tcp never connected']!();
+  assert.equal(native.tcpState(connecting), 'SYN_SENT');
+  const conns = encode.conns([{ id: 1, listener: 0, fd: connecting }]);
+  native.sendMessage(fd, conns.data, conns.fds);
+  native.close(connecting);
+  assert.deepEqual(await nextFrame(fd), { type: 'ack', seq: 0 });
+  // Connections are checked after PREPARE.
+  const digest = digestIds([1]);
+  native.sendMessage(fd, encode.prepare(digest.connections, digest.idSum, digest.idXor).data, []);
+  const abort = await nextFrame(fd);
+  assert.equal(abort.type === 'abort' && abort.code, 'ERR_TAKEOVER_PROTOCOL', JSON.stringify(abort));
+  const error = await successor.next('error');
+  assert.equal(error.code, 'ERR_TAKEOVER_PROTOCOL');
+  assert.match(error.message ?? '', /inherited connection 1 is not a tcp connection: its state is SYN_SENT/);
   assert.equal(await successor.exited, 1);
 });

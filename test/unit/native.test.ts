@@ -15,7 +15,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import * as native from '#lib/native.js';
-import { addonFile } from '../helpers.js';
+import { FdZoo } from '../chaos/fuzz.js';
+import { addonFile, waitFor } from '../helpers.js';
 
 const O_NONBLOCK = 0o4000;
 const O_CLOEXEC = 0o2000000;
@@ -712,6 +713,37 @@ test('socketInfo tells inet, inet6, unix, dgram and listening apart; ENOTSOCK ot
     syscall: 'getsockopt',
     message: 'getsockopt ENOTSOCK',
   });
+});
+
+test('tcpState reads LISTEN, SYN_SENT (a connect nobody accepted), ESTABLISHED and CLOSE (an accepted connection its client reset); EOPNOTSUPP for a unix socket', async (t) => {
+  const fds = new FdSet(t);
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => new Promise((resolve) => server.close(resolve)));
+  assert.equal(native.tcpState(handleFd(server)), 'LISTEN');
+
+  const accepted = once(server, 'connection');
+  const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const [[conn]] = (await Promise.all([accepted, once(client, 'connect')])) as [[net.Socket], unknown];
+  conn.on('error', () => {});
+  // A copy of the accepted fd: Node closes its own when it reads the reset.
+  const kept = fds.add(native.dup(handleFd(conn)));
+  assert.equal(native.tcpState(kept), 'ESTABLISHED');
+  assert.equal(native.tcpState(handleFd(client)), 'ESTABLISHED');
+  client.resetAndDestroy();
+  await waitFor(
+    () => native.tcpState(kept) === 'CLOSE',
+    () => `the reset connection is ${native.tcpState(kept)}`,
+  );
+  conn.destroy();
+
+  const zoo = await FdZoo.create(fs.mkdtempSync(path.join(dir, 'zoo-')));
+  t.after(() => zoo.close());
+  assert.equal(native.tcpState(fds.add(zoo.kinds['tcp never connected']!())), 'SYN_SENT');
+
+  const { client: unix } = pair(fds);
+  assert.throws(() => native.tcpState(unix), { code: 'EOPNOTSUPP', syscall: 'getsockopt' });
 });
 
 test('unixConnect/unixListen errors: ENOENT, ECONNREFUSED, EAGAIN, EADDRINUSE, ENAMETOOLONG', (t) => {
