@@ -236,6 +236,8 @@ class TakeoverServer {
   private stopping = false;
   /** The successor SIGUSR2 started, until its upgrade settles. */
   private successorPid: number | undefined;
+  /** A SIGUSR2 came before this server served: start() starts the successor once it has said so. */
+  private upgradeWhenServing = false;
 
   constructor(
     private readonly config: ServerConfig,
@@ -282,6 +284,7 @@ class TakeoverServer {
     if (channel) this.log(`Starting Takeover channel on [${channel.path}] domain socket`, { path: channel.path });
     if (stats) this.log(formatSummary(stats), { stats });
     if (takeover && this.config.statusFile) this.writeStatus(takeover, this.config.statusFile, stats);
+    if (this.upgradeWhenServing) this.onSuccessorSignal();
   }
 
   /** Only while serving: once a successor takes over, the file is its to write. */
@@ -439,8 +442,14 @@ class TakeoverServer {
       this.log('SIGUSR2 ignored: this server is not serving');
       return;
     }
-    // Before this server serves (it starts, or takes over), upgrade() waits until it does.
-    if (!this.serving) this.log('SIGUSR2 while starting: the successor starts once this server serves');
+    // Not upgrade()'s own wait for serving: that would start the successor, and log it, before
+    // this server's own serving lines, and the log must read in the order things happen.
+    if (!this.serving) {
+      this.log('SIGUSR2 while starting: the successor starts once this server serves');
+      this.upgradeWhenServing = true;
+      return;
+    }
+    this.upgradeWhenServing = false;
     // upgrade() refuses itself while busy or no longer serving: under systemd, the reload it was
     // asked for is then answered at once.
     const pending = this.successorPid;
