@@ -7,15 +7,20 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { drainAll, openClients, type SeqClient as Client } from '../helpers.js';
 
-/** Half the clients busy (split frames, so the server often holds a partial one), half idle. */
+/**
+ * Half the clients busy (split frames, so the server often holds a partial one), half idle.
+ * Returns once the server has echoed a frame on every client: a connect completes in the kernel,
+ * before the server accepts it, and a client still in the accept queue when a takeover commits is
+ * the successor's to accept (and to lose with it), not a connection the old process served.
+ */
 export async function loadedClients(count: number, port: number, intervalMs = 40): Promise<Client[]> {
   const clients = await openClients(count, [{ port, host: '127.0.0.1' }], (i) =>
     i % 2 === 0 ? { framesPerBurst: 3, intervalMs, splitFrames: true } : { framesPerBurst: 0, intervalMs: 0 },
   );
-  for (const c of clients) {
-    c.burst(1);
-    c.start();
-  }
+  for (const c of clients) c.burst(1);
+  // A client that is not echoed keeps its problem, and the tally counts it.
+  await drainAll(clients);
+  for (const c of clients) c.start();
   return clients;
 }
 

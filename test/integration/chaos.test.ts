@@ -5,8 +5,11 @@
  */
 import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { cleanup } from '../helpers.js';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { cleanup, ServerProcess, tempDir, waitStopped } from '../helpers.js';
 import { runFault, type FaultOutcome } from '../chaos/faults.js';
+import { loadedClients } from '../chaos/load.js';
 import { fuzzServer, fuzzSuccessor } from '../chaos/fuzz.js';
 import { soak } from '../chaos/soak.js';
 
@@ -28,6 +31,29 @@ test('a successor killed as wave 0 reaches it: the old process takes the listene
     assert.equal(o.newConnects.refused, 0, summary(o));
     assert.ok(o.ok, summary(o));
   }
+});
+
+test('the load starts only once the server has echoed every client, not when the kernel completed the connects', {
+  timeout: 60_000,
+}, async () => {
+  // A connect completes in the listener's accept queue. A fault case whose clients were still
+  // queued at COMMIT saw the successor accept them after LISTENING and lose them when it was
+  // killed: counted as the old process's, they were "cut" beyond the waves the successor held.
+  const dir = tempDir();
+  const server = new ServerProcess({ path: path.join(dir, 'channel'), listen: [{ port: 0, host: '127.0.0.1' }] });
+  const port = (await server.next('ready')).addresses![0]!.port;
+  process.kill(server.pid, 'SIGSTOP');
+  await waitStopped(server.pid);
+  const loading = loadedClients(20, port);
+  // Bounded: while the server is stopped its accept queue completes the connects, not it.
+  await Promise.race([loading, new Promise((resolve) => setTimeout(resolve, 500))]);
+  process.kill(server.pid, 'SIGCONT');
+  const clients = await loading;
+  const unserved = clients.filter((c) => c.received === 0).length;
+  for (const c of clients) c.close();
+  server.kill('SIGTERM');
+  fs.rmSync(dir, { recursive: true, force: true });
+  assert.equal(unserved, 0);
 });
 
 test('an old process stopped past the timeout while a wave is acknowledged sends no wave after the ABORT it has not read yet', {
