@@ -13,6 +13,7 @@ import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { fdOf } from '#lib/fd-of.js';
 import * as native from '#lib/native.js';
 import { decodeFrame, digestIds, encode, FrameType, HEADER_SIZE, MAX_FRAME_SIZE, type Frame, type Message } from '#lib/protocol.js';
 import { openFds, probeEcho, ServerProcess, tempDir, within, type ServerConfig } from '../helpers.js';
@@ -134,7 +135,7 @@ export class FdZoo {
     for (let i = 0; i < 8; i++) pending.push(net.connect(blackholePort, '127.0.0.1').on('error', () => {}));
     await sleep(300);
     // Dups: Node may give up on the connect later; the socket stays unconnected either way.
-    const neverConnected = pending.filter((s) => s.connecting && handleFd(s) >= 0).map((s) => native.dup(handleFd(s)));
+    const neverConnected = pending.filter((s) => s.connecting && fdOf(s) >= 0).map((s) => native.dup(fdOf(s)));
     this.closers.push(() => {
       for (const fd of neverConnected) native.close(fd);
     });
@@ -142,10 +143,10 @@ export class FdZoo {
     this.kinds = {
       fifo: () => fs.openSync(fifo, 'r+'),
       file: () => fs.openSync(file, 'r'),
-      'unix stream': () => native.dup(handleFd(unixStream)),
+      'unix stream': () => native.dup(fdOf(unixStream)),
       'unix seqpacket': () => native.unixConnect(seqpacketPath),
       'unix listening': () => native.dup(unixListener),
-      'tcp listening': () => native.dup(handleFd(tcpListener)),
+      'tcp listening': () => native.dup(fdOf(tcpListener)),
       udp: () => native.dup(udpFd(udp)),
     };
     if (neverConnected.length === 0)
@@ -157,10 +158,6 @@ export class FdZoo {
   async close(): Promise<void> {
     await Promise.all(this.closers.splice(0).map((c) => c()));
   }
-}
-
-function handleFd(thing: unknown): number {
-  return (thing as { _handle: { fd: number } })._handle.fd;
 }
 
 /** A dgram socket keeps its handle in its state symbol: `_handle` is a deprecated alias, gone in Node 26. */
@@ -448,10 +445,10 @@ export async function fuzzSuccessor(cases: number, seed: number): Promise<Predec
     if (fd >= 0) {
       await readFrames(fd, (f) => f.type === 'hello', 5000);
       const listeners = [
-        { name: `tcp:127.0.0.1:${port}`, kind: 'tcp' as const, backlog: 511, fd: handleFd(tcp) },
+        { name: `tcp:127.0.0.1:${port}`, kind: 'tcp' as const, backlog: 511, fd: fdOf(tcp) },
         { name: 'takeover-channel', kind: 'channel' as const, backlog: 16, fd: channelListener },
       ];
-      const conns = accepted.map((s, id) => ({ id, listener: 0, fd: handleFd(s) }));
+      const conns = accepted.map((s, id) => ({ id, listener: 0, fd: fdOf(s) }));
       // How far the valid prefix goes: 0 nothing, 1 WELCOME, 2 + LISTENERS, 3 + CONNS (ACKed).
       const depth = Math.floor(rnd() * 4);
       const prefix = async (upTo: number) => {
@@ -515,10 +512,10 @@ export async function fuzzSuccessor(cases: number, seed: number): Promise<Predec
           await prefix(2);
           if (rnd() < 0.5) {
             what = 'CONNS listing one connection with two fds';
-            send(fd, rawFrame(FrameType.CONNS, Buffer.alloc(6), 2), [handleFd(accepted[0]!), handleFd(accepted[1]!)]);
+            send(fd, rawFrame(FrameType.CONNS, Buffer.alloc(6), 2), [fdOf(accepted[0]!), fdOf(accepted[1]!)]);
           } else {
             what = 'header fd count off by one';
-            send(fd, rawFrame(FrameType.CONNS, Buffer.alloc(12), 2), [handleFd(accepted[0]!)]);
+            send(fd, rawFrame(FrameType.CONNS, Buffer.alloc(12), 2), [fdOf(accepted[0]!)]);
           }
           break;
         }
