@@ -12,13 +12,21 @@ const PF_EXITING = 0x4;
  * in between would find it running.
  */
 export function isAlive(pid: number): boolean {
+  const fields = statFields(pid);
+  return fields !== undefined && fields[0] !== 'Z' && fields[0] !== 'X' && (Number(fields[6]) & PF_EXITING) === 0;
+}
+
+/**
+ * The fields of /proc/<pid>/stat after "(comm) ", from field 3 (state ppid pgrp session tty_nr
+ * tpgid flags ...) on, or undefined when there is no such process. The command name may hold
+ * spaces and parentheses, hence the last ')'.
+ */
+export function statFields(pid: number): string[] | undefined {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // After "(comm) ": state ppid pgrp session tty_nr tpgid flags ...
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return fields[0] !== 'Z' && fields[0] !== 'X' && (Number(fields[6]) & PF_EXITING) === 0;
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
-    return false;
+    return undefined;
   }
 }
 

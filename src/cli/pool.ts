@@ -23,6 +23,7 @@ import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCodes, TakeoverError, type ReadyMessage } from '../index.js';
 import { Systemd } from '../systemd.js';
+import { statFields } from '../processes.js';
 import { createLogger, type LogFormat, type Logger } from './format.js';
 import { formatWorkerStatus, readWorkerStatus, writeJsonFile } from './worker-status.js';
 
@@ -64,14 +65,8 @@ interface Worker {
  * recycled pid has another start time.
  */
 function startTimeOf(pid: number): string | undefined {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The fields after the command's closing parenthesis, from field 3 (the state) on.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return fields[0] === 'Z' ? undefined : fields[19];
-  } catch {
-    return undefined;
-  }
+  const fields = statFields(pid);
+  return fields === undefined || fields[0] === 'Z' ? undefined : fields[19];
 }
 
 function isAlive(pid: number): boolean {
