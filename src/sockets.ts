@@ -7,11 +7,14 @@
  * - `socket._handle.readStop()` and `.reading`: `pause()` alone keeps libuv reading.
  * - `socket._handle.writeQueueSize`: bytes libuv accepted but the kernel has not taken yet.
  * - `new net.Socket({ fd, manualStart: true })`: wraps an fd without reading from it.
+ * - `new net.Socket({ handle })` with a handle built by `socket._handle.constructor` (libuv's TCP
+ *   or Pipe wrap, type 0: `TCPConstants.SOCKET`, `PipeConstants.SOCKET`) and its `open(fd)`.
  * - `socket._readableState.ended`: EOF has been read, even if 'end' was not emitted yet.
  * - `socket._readableState.decoder.lastNeed`: bytes of a character a StringDecoder still waits for.
  * - `server._connections` and `socket.server`: what Node's own accept path maintains.
  */
 import * as net from 'node:net';
+import { getSystemErrorName } from 'node:util';
 
 interface Handle {
   fd: number;
@@ -239,21 +242,46 @@ export function acceptOptions(server: net.Server): AcceptOptions {
   };
 }
 
+/** A libuv stream handle class (TCP or Pipe wrap), as Node's own accept path constructs it. */
+type HandleClass = new (type: number) => Handle & { open(fd: number): number };
+/** `TCPConstants.SOCKET` and `PipeConstants.SOCKET`: a connection, not a listener. */
+const CONNECTION_HANDLE = 0;
+/**
+ * The handle class of each kind of connection, from the first socket Node wrapped from an fd.
+ * `new net.Socket({ fd })` asks libuv what the fd is (`guessHandleType`) for every socket: about
+ * a third of the cost of a wrap; the caller has checked the fd already.
+ */
+const handleClasses = new Map<'tcp' | 'unix', HandleClass>();
+
 /**
  * Wraps an inherited connection fd without reading from it: the predecessor still serves it.
- * The 28-43 us this costs per socket is paid during pre-copy, not during the pause. The stream
- * options are fixed at construction, so they come from the server that will own the socket.
+ * The stream options are fixed at construction, so they come from the server that will own the
+ * socket. `kind` must be what the fd is (the caller checked it: a TCP or a Unix stream socket).
+ * Throws a system error (`code`) when libuv cannot open the fd.
  */
-export function wrapInherited(fd: number, options: AcceptOptions): net.Socket {
-  const socket = new net.Socket({
-    fd,
+export function wrapInherited(fd: number, kind: 'tcp' | 'unix', options: AcceptOptions): net.Socket {
+  const stream = {
     readable: true,
     writable: true,
     manualStart: true,
     allowHalfOpen: options.allowHalfOpen,
     readableHighWaterMark: options.highWaterMark,
     writableHighWaterMark: options.highWaterMark,
-  } as net.SocketConstructorOpts);
+  };
+  const Handle = handleClasses.get(kind);
+  let socket: net.Socket;
+  if (Handle) {
+    const handle = new Handle(CONNECTION_HANDLE);
+    const status = handle.open(fd);
+    if (status < 0) {
+      const code = getSystemErrorName(status);
+      throw Object.assign(new Error(`open ${code}: fd ${fd}`), { code, errno: status, syscall: 'open' });
+    }
+    socket = new net.Socket({ handle, ...stream } as net.SocketConstructorOpts);
+  } else {
+    socket = new net.Socket({ fd, ...stream } as net.SocketConstructorOpts);
+    handleClasses.set(kind, internals(socket)._handle!.constructor as HandleClass);
+  }
   if (options.noDelay) socket.setNoDelay(true);
   if (options.keepAlive) socket.setKeepAlive(true, options.keepAliveInitialDelay * 1000);
   return socket;

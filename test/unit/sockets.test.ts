@@ -13,6 +13,8 @@ import { EventEmitter, once } from 'node:events';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
+import * as path from 'node:path';
+import { tempDir } from '../helpers.js';
 import * as native from '#lib/native.js';
 import {
   freezeSocket,
@@ -180,7 +182,7 @@ function watchPushes(socket: net.Socket) {
 /** What a takeover does to one connection: freeze and release it here, wrap a dup of its fd as the successor does. */
 function handOff(scope: Scope, socket: net.Socket) {
   const frozen = freezeSocket(socket);
-  const successor = scope.socket(wrapInherited(native.dup(socketFd(socket)), plain));
+  const successor = scope.socket(wrapInherited(native.dup(socketFd(socket)), 'tcp', plain));
   releaseMoved(socket, lateUse);
   return { frozen, successor };
 }
@@ -215,6 +217,37 @@ test('wrapInherited does not read: bytes stay in the kernel until startInherited
   startInherited(successor, server, () => {});
   assert.equal((await received).toString(), 'sent before the start');
 });
+
+for (const kind of ['tcp', 'unix'] as const) {
+  test(
+    `wrapInherited: ${kind} sockets after the first get Node's own handle class without libuv guessing it, and carry bytes both ways`,
+    limit,
+    async (t) => {
+      const scope = new Scope(t);
+      const dir = tempDir();
+      t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+      const server = scope.server(net.createServer());
+      if (kind === 'unix') server.listen(path.join(dir, 'wrap.sock'));
+      else server.listen(0, '127.0.0.1');
+      await once(server, 'listening');
+      for (let i = 0; i < 3; i++) {
+        const client = scope.socket(
+          kind === 'unix' ? net.connect(path.join(dir, 'wrap.sock')) : net.connect((server.address() as net.AddressInfo).port, '127.0.0.1'),
+        );
+        const [[accepted]] = await Promise.all([once(server, 'connection'), once(client, 'connect')]);
+        const nodeClass = (accepted as unknown as { _handle: object })._handle.constructor;
+        const wrapped = scope.socket(wrapInherited(native.dup(socketFd(accepted as net.Socket)), kind, plain));
+        assert.equal((wrapped as unknown as { _handle: object })._handle.constructor, nodeClass);
+        releaseMoved(accepted as net.Socket, lateUse);
+        wrapped.write(`to client ${i}`);
+        assert.equal((await readBytes(client, 11)).toString(), `to client ${i}`);
+        client.write(`to server ${i}`);
+        wrapped.read(0);
+        assert.equal((await readBytes(wrapped, 11)).toString(), `to server ${i}`);
+      }
+    },
+  );
+}
 
 test(
   'freezeSocket takes every chunk a paused app left buffered, not just the first (Node 26 read() returns one chunk)',
