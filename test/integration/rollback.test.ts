@@ -16,8 +16,15 @@ import {
   type ServerConfig,
   type SeqClient,
 } from '../helpers.js';
+import { WAVES_IN_FLIGHT } from '#lib/predecessor.js';
 
 after(cleanup);
+
+/**
+ * Waves of the mid-wave cases: a successor stopped with wave 1 in hand has acknowledged wave 0,
+ * so the old process has sent waves 0 to WAVES_IN_FLIGHT: 200 of the 300 connections.
+ */
+const MID_WAVE_SIZE = 200 / (WAVES_IN_FLIGHT + 1);
 
 interface Running {
   dir: string;
@@ -210,17 +217,17 @@ test('a captureState hook that throws leaves those connections with the old proc
 test('a successor that stalls mid-waves keeps what it started; the old process finishes the rest, nothing is lost', {
   timeout: 60_000,
 }, async () => {
-  const r = await running({ timeoutMs: 1000, waveSize: 100 });
+  const r = await running({ timeoutMs: 1000, waveSize: MID_WAVE_SIZE });
   const successor = new ServerProcess({ ...r.config, timeoutMs: 10_000 }, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
   await waitStopped(successor.pid);
   // The old process gives up on WAVE_ACK 1 but must not take the listeners back from a live successor.
   const warning = await r.old.next('warning');
   assert.equal(warning.code, 'ERR_TAKEOVER_TIMEOUT');
   const handover = await r.old.next('handover');
-  assert.equal(handover.stats!.retained, 100, 'the last wave never left the old process');
+  assert.equal(handover.stats!.retained, 100, 'the waves after those in flight never left the old process');
   process.kill(successor.pid, 'SIGCONT');
   const ready = await successor.next('ready');
-  assert.equal(ready.stats!.connections, 200, 'the successor started waves 0 and 1');
+  assert.equal(ready.stats!.connections, 200, 'the successor started every wave it was sent');
   assert.equal(successor.pending('warning').length, 1, 'and says the takeover ended early');
   for (const c of r.clients) c.burst(2);
   await probeEcho(r.address.port, r.address.host);
@@ -236,13 +243,13 @@ test('a successor that stalls mid-waves keeps what it started; the old process f
 test('a successor killed mid-waves: the old process reports the connections lost with it and those it resumed, and accepts again', {
   timeout: 60_000,
 }, async () => {
-  const r = await running({ waveSize: 100 });
+  const r = await running({ waveSize: MID_WAVE_SIZE });
   const doomed = new ServerProcess(r.config, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
   await waitStopped(doomed.pid);
   doomed.kill('SIGKILL');
   const rollback = await r.old.next('rollback');
   assert.equal(rollback.code, 'ERR_TAKEOVER_PEER_CLOSED');
-  // Waves 0 and 1 were sent (wave 1 sat unstarted in the stopped successor): both went with it.
+  // Waves 0 to WAVES_IN_FLIGHT were sent (wave 1 and later sat unstarted in the stopped successor): all went with it.
   assert.deepEqual(rollback.report, {
     successorPid: doomed.pid,
     committed: true,
@@ -265,7 +272,7 @@ test('a successor killed mid-waves: the old process reports the connections lost
 test("the old process's close() during a committed takeover lets it finish and leaves the channel to the successor", {
   timeout: 60_000,
 }, async () => {
-  const r = await running({ timeoutMs: 1000, waveSize: 100 });
+  const r = await running({ timeoutMs: 1000, waveSize: MID_WAVE_SIZE });
   const successor = new ServerProcess({ ...r.config, timeoutMs: 10_000 }, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
   await waitStopped(successor.pid);
   r.old.kill('SIGTERM');
