@@ -111,7 +111,7 @@ const WAVE_SLICE_MS = 1;
  * dies takes every wave it was sent with it, acknowledged or not, so the window changes what a
  * death costs by at most this many waves that had not reached it yet.
  */
-export const WAVES_IN_FLIGHT = 3;
+export const WAVES_IN_FLIGHT = 2;
 
 /**
  * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
