@@ -100,10 +100,17 @@ export function killAtCleanup(pid: number): void {
 /** One echo-server process; its JSON event lines are queued for {@link next}. */
 export class ServerProcess {
   readonly proc: ChildProcess;
+  /** At 'exit', which can come before the process's last lines are read: see {@link closed}. */
   readonly exited: Promise<number | null>;
+  /**
+   * Once stdout and stderr are read to their end: every line the process wrote is queued (a
+   * successor it started may share them and keep them open longer).
+   */
+  readonly closed: Promise<void>;
   readonly stderr: string[] = [];
   private readonly events: ServerEvent[] = [];
   private readonly waiters: (() => void)[] = [];
+  private openStreams = 2;
 
   constructor(
     config: ServerConfig | object,
@@ -122,11 +129,23 @@ export class ServerProcess {
         resolve(code);
       }),
     );
-    createInterface({ input: this.proc.stdout! }).on('line', (line) => {
+    const out = createInterface({ input: this.proc.stdout! }).on('line', (line) => {
       this.events.push(JSON.parse(line) as ServerEvent);
       for (const wake of this.waiters.splice(0)) wake();
     });
-    createInterface({ input: this.proc.stderr! }).on('line', (line) => this.stderr.push(line));
+    const err = createInterface({ input: this.proc.stderr! }).on('line', (line) => this.stderr.push(line));
+    for (const lines of [out, err]) {
+      lines.once('close', () => {
+        this.openStreams--;
+        for (const wake of this.waiters.splice(0)) wake();
+      });
+    }
+    this.closed = Promise.all([once(out, 'close'), once(err, 'close')]).then(() => {});
+  }
+
+  /** True once both output streams ended: no event can arrive any more. */
+  get outputEnded(): boolean {
+    return this.openStreams === 0;
   }
 
   get pid(): number {
@@ -139,7 +158,8 @@ export class ServerProcess {
     for (;;) {
       const index = this.events.findIndex((e) => e.event === name);
       if (index >= 0) return this.events.splice(index, 1)[0]!;
-      if (this.proc.exitCode !== null || this.proc.signalCode !== null) {
+      // Not at 'exit': the line written just before the exit may not have been read yet.
+      if (this.outputEnded) {
         throw new Error(
           `server ${this.pid} exited (${this.proc.exitCode ?? this.proc.signalCode}) before '${name}'; events: ${JSON.stringify(this.events)}; stderr: ${this.stderr.join('\n')}`,
         );

@@ -117,8 +117,11 @@ async function outcome(proc: ServerProcess, names: string[], timeoutMs = 30_000)
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     for (const name of names) if (proc.pending(name).length > 0) return proc.next(name);
-    if (proc.proc.exitCode !== null || proc.proc.signalCode !== null)
+    // Its output read to the end, not its exit: an 'error' line written just before the exit comes after it.
+    if (proc.outputEnded) {
+      await within(proc.exited, `server ${proc.pid} to exit once its output ended`);
       return { event: `exit ${proc.proc.exitCode ?? proc.proc.signalCode}` };
+    }
     if (Date.now() > deadline)
       return {
         event: `nothing (${
