@@ -17,7 +17,7 @@ import * as native from '#lib/native.js';
 import { decodeFrame, digestIds, encode, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
 import { serverFd, socketFd } from '#lib/sockets.js';
 import { FdZoo } from '../chaos/fuzz.js';
-import { cleanup, openFds, probeEcho, ServerProcess, tempDir, waitFor, type ServerConfig } from '../helpers.js';
+import { cleanup, openFds, probeEcho, ServerProcess, tempDir, waitFor, within, type ServerConfig } from '../helpers.js';
 
 after(cleanup);
 
@@ -88,7 +88,9 @@ test('a flood of channel connections: fds stay within the cap, warnings are summ
   assert.equal(await server.exited, 0);
   await probeEcho(port, '127.0.0.1');
 
-  // The old process let go of its channel at the handover, which sends out what was held back.
+  // The old process let go of its channel at the handover, which sends out what was held back:
+  // just before its exit, so every line is in only once its output is read to the end.
+  await within(server.closed, "the old process's output to end");
   const dropped = server.pending('warning').filter((w) => w.code === 'ERR_TAKEOVER_BUSY');
   assert.ok(dropped.length < 3000 / 10, `${dropped.length} warnings for 3000 connections`);
   const summaries = dropped.filter((w) =>

@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { once } from 'node:events';
 import { Takeover } from '#lib/index.js';
-import { appFixture, cleanup, ServerProcess, tempDir, waitFor } from '../helpers.js';
+import { appFixture, cleanup, ServerProcess, tempDir, waitFor, within } from '../helpers.js';
 
 after(cleanup);
 
@@ -38,6 +38,8 @@ async function takeOver(app: App): Promise<NonNullable<Awaited<ReturnType<Server
   const old = app.current;
   app.current = next;
   assert.equal(await old.exited, 0, `old process ${old.pid} exits once it has nothing left`);
+  // A warning written just before the exit is in only once the output is read to the end.
+  await within(old.closed, `the output of old process ${old.pid} to end`);
   assert.deepEqual(old.pending('warning'), [], 'the old process warned');
   return ready.stats!;
 }

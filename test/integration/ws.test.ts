@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { once } from 'node:events';
 import { WebSocket } from 'ws';
-import { appFixture, cleanup, ServerProcess, tempDir, waitFor } from '../helpers.js';
+import { appFixture, cleanup, ServerProcess, tempDir, waitFor, within } from '../helpers.js';
 
 after(cleanup);
 
@@ -71,6 +71,8 @@ for (const [wsModule, deflate] of [
       const stats = (await next.next('ready')).stats!;
       assert.equal(stats.connections, clients.length, `takeover ${t + 1} moved every WebSocket`);
       assert.equal(await current.exited, 0);
+      // A warning written just before the exit is in only once the output is read to the end.
+      await within(current.closed, `the output of old process ${current.pid} to end`);
       assert.deepEqual(current.pending('warning'), []);
       current = next;
     }
