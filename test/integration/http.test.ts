@@ -250,7 +250,9 @@ test('a busy connection past quiesceTimeoutMs stays in the old process, which an
   const app = await startApp('http', { quiesceTimeoutMs: 200 });
   const socket = await rawClient(app.port);
   const response = readResponses(socket, 1);
-  socket.write('GET /delay?ms=1500&id=slow&report HTTP/1.1\r\nHost: x\r\n\r\n');
+  // Answered 1.5 s after the takeover deferred it, well past the 200 ms quiet wait: timed from the
+  // deferral, not from the request, however long the successor took to start.
+  socket.write('GET /delay?afterDefer&ms=1500&id=slow&report HTTP/1.1\r\nHost: x\r\n\r\n');
   await app.current.next('request');
   const successor = new ServerProcess(app.config, { script: appFixture });
   const ready = await successor.next('ready');
