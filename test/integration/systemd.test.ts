@@ -255,6 +255,8 @@ test("a burst larger than the manager's queue (net.unix.max_dgram_qlen) waits fo
   // A manager that does not read at all: the wait is bounded, and the send fails with EAGAIN.
   recorder.proc.kill('SIGSTOP');
   try {
+    // kill() only sends the signal: until the recorder is stopped it may still empty its queue.
+    await waitStopped(recorder.proc.pid!);
     const qlen = Number(fs.readFileSync('/proc/sys/net/unix/max_dgram_qlen', 'utf8'));
     assert.throws(
       () => {
@@ -440,6 +442,8 @@ test('a manager that stops reading stalls a process once, not at every notificat
   let queued = 0;
   recorder.proc.kill('SIGSTOP');
   try {
+    // kill() only sends the signal: until the recorder is stopped it may still empty its queue.
+    await waitStopped(recorder.proc.pid!);
     // Fill its queue, whatever net.unix.max_dgram_qlen is.
     assert.throws(
       () => {
