@@ -117,9 +117,12 @@ class Server {
     return found.value;
   }
 
-  /** Resolves once every process writing to this stdout (this one and its successors) is gone. */
-  async stdoutClosed(): Promise<void> {
-    while (!this.ended.out) await once(this.events, 'change');
+  /**
+   * Resolves once every process writing to this stdout and stderr (this one and its successors)
+   * is gone and both are read to the end: 'exit' can come before the last lines are read.
+   */
+  async closed(): Promise<void> {
+    while (!this.ended.out || !this.ended.err) await once(this.events, 'change');
   }
 }
 
@@ -127,7 +130,7 @@ class Server {
 async function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const server = new Server(args);
   const { code } = await server.exited;
-  await server.stdoutClosed();
+  await server.closed();
   return { code, stdout: server.lines.out.join('\n'), stderr: server.lines.err.join('\n') };
 }
 
@@ -355,8 +358,10 @@ describe('takeover-server start-up errors leave nothing behind', () => {
     process.kill(successor, 'SIGCONT');
     // Two processes write here: the predecessor's summary may come before the kept line.
     await server.line(exact('SIGUSR2 while starting: the successor starts once this server serves'), first.index);
-    const served = await server.line(summaryLine(String(server.pid), String(successor)), first.index);
-    const second = await server.line(/^SIGUSR2: starting successor pid (\d+)$/, served.index);
+    await server.line(summaryLine(String(server.pid), String(successor)), first.index);
+    // Not after that summary line: it may be the predecessor's, which another process writes, and
+    // the successor's own line can come before it. The successor's comes after its own summary.
+    const second = await server.line(/^SIGUSR2: starting successor pid (\d+)$/, first.index + 1);
     const next = Number(second.value[1]);
     assert.notEqual(next, successor);
     await waitStopped(next);
@@ -366,7 +371,7 @@ describe('takeover-server start-up errors leave nothing behind', () => {
     assert.deepEqual(await client.bytes(8), [1, 2], 'the connection went along both takeovers');
     client.socket.destroy();
     process.kill(next, 'SIGTERM');
-    await server.stdoutClosed();
+    await server.closed();
   });
 
   test('a SIGUSR2 sent to a successor as soon as it can catch one, before the library has loaded, is kept too', { timeout }, async () => {
@@ -383,12 +388,13 @@ describe('takeover-server start-up errors leave nothing behind', () => {
     };
     await waitFor(catchesSigusr2, 'the successor to catch SIGUSR2', timeout, 1);
     process.kill(successor, 'SIGUSR2');
-    const served = await server.line(summaryLine(String(server.pid), String(successor)), first.index);
-    const second = await server.line(/^SIGUSR2: starting successor pid (\d+)$/, served.index);
+    await server.line(summaryLine(String(server.pid), String(successor)), first.index);
+    // After first: the predecessor's summary line may come after the successor's own lines.
+    const second = await server.line(/^SIGUSR2: starting successor pid (\d+)$/, first.index + 1);
     const next = Number(second.value[1]);
     await server.line(summaryLine(String(successor), String(next)), second.index);
     process.kill(next, 'SIGTERM');
-    await server.stdoutClosed();
+    await server.closed();
   });
 
   test('a successor killed mid-waves: the log says how many connections were lost with it, how many resumed, and that the listeners accept again', {
@@ -466,6 +472,8 @@ describe('takeover-server log lines', () => {
     assert.deepEqual(summary.value.slice(1, 3), ['1', '1']);
     assert.deepEqual(summary.value.slice(3, 5), [String(a.pid), String(b.pid)]);
     assert.deepEqual(await a.exited, { code: 0, signal: null });
+    // Its summary comes just before its exit: every line is in only once its pipes are read to the end.
+    await a.closed();
 
     assertInOrder(a.lines.out, [
       /^Accepting connection from Takeover channel$/,
@@ -489,10 +497,13 @@ describe('takeover-server log lines', () => {
 
     client.socket.write(Buffer.concat([frames(4).subarray(2), frames(5)]));
     assert.deepEqual(await client.bytes(24), [0, 1, 2, 3, 4, 5]);
-    assertInOrder(b.lines.out, [exact(`${peer} - seqnum:4`), exact(`${peer} - seqnum:5`)]);
+    // Waited for, not looked up: the echo on the socket can overtake the log line on the pipe.
+    from = (await b.line(exact(`${peer} - seqnum:4`))).index + 1;
+    await b.line(exact(`${peer} - seqnum:5`), from);
 
     b.child.kill('SIGINT');
     assert.deepEqual(await b.exited, { code: 0, signal: null });
+    await b.closed();
     assert.ok(b.lines.out.includes('Stopping server on SIGINT'));
     await client.closed();
     assert.equal(fs.existsSync(channel), false, 'a clean stop removes the channel path');
@@ -532,12 +543,13 @@ describe('takeover-server log lines', () => {
       assert.deepEqual([stats.predecessorPid, stats.successorPid], [a.pid, b.pid]);
     }
     assert.deepEqual(await a.exited, { code: 0, signal: null });
+    await a.closed();
 
     client.socket.write(Buffer.concat([frames(8).subarray(2), frames(9)]));
     assert.deepEqual(await client.bytes(12), [7, 8, 9]);
     b.child.kill('SIGTERM');
     assert.deepEqual(await b.exited, { code: 0, signal: null });
-    await b.stdoutClosed();
+    await b.closed();
 
     for (const server of [a, b]) {
       for (const line of server.lines.out) {
@@ -610,7 +622,7 @@ async function chainedTakeovers(host: string): Promise<void> {
 
     // The last server is SIGUSR2's child: it writes to the same stdout and closes it on exit.
     process.kill(chain.at(-1)!, 'SIGTERM');
-    await current.stdoutClosed();
+    await current.closed();
     assert.ok(current.lines.out.some((line) => (JSON.parse(line) as LogRecord).msg === 'Stopping server on SIGTERM'));
     assert.equal(fs.existsSync(channel), false);
   } finally {
