@@ -39,6 +39,11 @@ class Pool {
   readonly child: ChildProcess;
   readonly records: LogRecord[] = [];
   readonly exited: Promise<unknown>;
+  /**
+   * Once every process writing to the pipes (the supervisor and the workers, which inherit them)
+   * is gone and every line is read: 'exit' can come before the supervisor's last lines are read.
+   */
+  readonly closed: Promise<unknown>;
 
   constructor(
     readonly dir: string,
@@ -51,6 +56,7 @@ class Pool {
     });
     pids.add(this.child.pid!);
     this.exited = once(this.child, 'exit');
+    this.closed = once(this.child, 'close');
     for (const stream of [this.child.stdout!, this.child.stderr!]) {
       let rest = '';
       stream.setEncoding('utf8');
@@ -222,7 +228,15 @@ test('a rolling upgrade of a 2-worker pool under load: 0 cut, lost or refused, s
   const from = pool.records.length;
   pool.child.kill('SIGUSR2');
   await pool.record(/^Pool upgraded: 2 workers$/, from);
-  await new Promise((resolve) => setTimeout(resolve, 1000));
+  // Enough new connections for the shares below to mean something, however slowly they came (a
+  // count over a fixed time is small on a loaded machine): 200 put 0.3 five deviations off 0.5.
+  const served = () => [...fresh.servedBy.values()].reduce((a, b) => a + b, 0);
+  const atUpgrade = served();
+  await waitFor(
+    () => served() >= Math.max(200, atUpgrade + 50),
+    () => `200 new connections served, 50 of them after the upgrade (${served()}, ${atUpgrade} at the upgrade)`,
+    60_000,
+  );
   await settle();
   const after = pool.workerPids();
   assert.ok(
@@ -487,6 +501,8 @@ test('a pool whose worker 1 cannot start stops worker 0 even once it is ready: n
     const pool = new Pool(dir, ['--workers', '2', '-p', String(port), '-a', HOST, '-t', dir]);
     const [code] = (await within(pool.exited, 'the supervisor to give up', 30_000)) as [number];
     assert.equal(code, 1);
+    // The workers' lines, read to the end: the pipes close once the last worker holding them is gone.
+    await within(pool.closed, 'the supervisor and every worker to close their output', 30_000);
     const workers = [...new Set(pool.records.map((r) => r.pid))].filter((pid) => pid !== pool.child.pid);
     assert.ok(workers.length > 0, 'workers logged');
     await waitFor(
