@@ -12,7 +12,7 @@ import { afterEach, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { ProcessGroups, type Child } from '../../bench/procs.js';
-import { copyForNobody, tempDir, killPids } from '../helpers.js';
+import { copyForNobody, tempDir, killPids, waitFor } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 const timeout = 30_000;
@@ -39,28 +39,32 @@ type LogRecord = Record<string, unknown> & { msg: string; pid: number };
 class Server {
   readonly child: Child;
   readonly records: LogRecord[] = [];
-  private readonly waiters = new Set<() => void>();
 
   constructor(args: string[], script = SERVER) {
     this.child = groups.spawn('takeover-server', process.execPath, [script, '--log-format', 'json', ...args]);
     this.child.onLine((line) => {
       if (!line.startsWith('{')) return;
       this.records.push(JSON.parse(line) as LogRecord);
-      for (const wake of this.waiters) wake();
     });
   }
 
+  /**
+   * The first record that matches. Gives up once stdout is read to its end, not at this process's
+   * exit: a successor started by SIGUSR2 writes to the same stdout after this process is gone.
+   */
   async record(predicate: (record: LogRecord) => boolean): Promise<LogRecord> {
-    for (;;) {
-      const found = this.records.find(predicate);
-      if (found) return found;
-      const exited = this.child.exited.then(() => {
-        throw new Error(
-          `server ${this.child.pid} exited first; stdout: ${JSON.stringify(this.records)}; stderr: ${this.child.stderrTail()}`,
-        );
-      });
-      await Promise.race([new Promise<void>((resolve) => this.waiters.add(resolve)), exited]);
-    }
+    const stdout = this.child.process.stdout!;
+    const find = () => this.records.find(predicate);
+    const output = () => `stdout: ${JSON.stringify(this.records)}; stderr: ${this.child.stderrTail()}`;
+    await waitFor(
+      () => find() !== undefined || stdout.readableEnded,
+      () => `a matching record from ${this.child.pid}; ${output()}`,
+      20_000,
+      10,
+    );
+    const found = find();
+    if (!found) throw new Error(`stdout of ${this.child.pid} ended first; ${output()}`);
+    return found;
   }
 
   /** The port, once the server accepts connections and can be taken over. */
@@ -104,13 +108,23 @@ test('--app http: a keep-alive client keeps its one connection across a -T takeo
   const loop = (async () => {
     for (let i = 0; !stop; i++) pids.push((await get(`/delay?ms=${i % 7}`)).pid);
   })();
-  while (pids.length < 20) await new Promise((r) => setTimeout(r, 10));
+  await waitFor(
+    () => pids.length >= 20,
+    () => `20 answers before the takeover (${pids.length})`,
+    20_000,
+    10,
+  );
   const successor = new Server(['--app', 'http', '-T', channel]);
   const stats = (await successor.successorSummary()).stats as { connections: number };
   assert.equal(stats.connections, 1);
   assert.deepEqual(await old.child.exited.then((e) => e.code), 0);
   const answered = pids.length;
-  while (pids.length < answered + 20) await new Promise((r) => setTimeout(r, 10));
+  await waitFor(
+    () => pids.length >= answered + 20,
+    () => `20 answers after the takeover (${pids.length - answered})`,
+    20_000,
+    10,
+  );
   stop = true;
   await loop;
 
@@ -163,18 +177,16 @@ test('--app ws: a WebSocket stays open across a -T takeover and a SIGUSR2 one; p
   await once(ws, 'open');
   let sent = 0;
   const sender = setInterval(() => ws.send(`m${sent++}`), 5);
-  const until = async (condition: () => boolean): Promise<void> => {
-    while (!condition()) await new Promise((r) => setTimeout(r, 10));
-  };
+  const until = (condition: () => boolean, what: string): Promise<void> => waitFor(condition, what, 20_000, 10);
 
-  await until(() => pushes.length > 20);
+  await until(() => pushes.length > 20, '20 pushes before the first takeover');
   const second = new Server(['--app', 'ws', '-T', channel]);
   assert.equal(((await second.successorSummary()).stats as { connections: number }).connections, 1);
   assert.equal((await first.child.exited).code, 0);
 
   // SIGUSR2: the successor it starts carries --app ws along; it writes to the same stdout.
   const seen = pushes.length;
-  await until(() => pushes.length > seen + 20);
+  await until(() => pushes.length > seen + 20, '20 pushes after the -T takeover');
   process.kill(second.child.pid, 'SIGUSR2');
   const upgraded = await second.record((r) => typeof r.successorPid === 'number' && r.msg.startsWith('SIGUSR2: starting successor'));
   detached.add(upgraded.successorPid as number);
@@ -182,10 +194,10 @@ test('--app ws: a WebSocket stays open across a -T takeover and a SIGUSR2 one; p
   await second.record((r) => r.pid === upgraded.successorPid && (r.stats as { role?: string } | undefined)?.role === 'successor');
   assert.equal((await second.child.exited).code, 0);
   const after = pushes.length;
-  await until(() => pushes.length > after + 20);
+  await until(() => pushes.length > after + 20, '20 pushes after the SIGUSR2 takeover');
 
   clearInterval(sender);
-  await until(() => echoes.length === sent);
+  await until(() => echoes.length === sent, 'every echo');
   assert.equal(closed, false);
   assert.deepEqual(
     pushes,
