@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { fdOf } from '#lib/fd-of.js';
 import * as native from '#lib/native.js';
 import { decodeFrame, digestIds, encode, FrameType, HEADER_SIZE, MAX_FRAME_SIZE, type Frame, type Message } from '#lib/protocol.js';
-import { openFds, probeEcho, ServerProcess, tempDir, within, type ServerConfig } from '../helpers.js';
+import { openFds, probeEcho, ServerProcess, tempDir, waitFor, within, type ServerConfig } from '../helpers.js';
 import { alive, loadedClients, tally, type Tally } from './load.js';
 
 export const CATEGORIES = ['random', 'mutated', 'truncated', 'oversized', 'replayed', 'out-of-order', 'fd-count', 'fd-kind'] as const;
@@ -370,9 +370,12 @@ export async function fuzzServer(frames: number, seed: number, connections = 100
     const abort = answer.frames.find((f) => f.type === 'abort') as Extract<Frame, { type: 'abort' }> | undefined;
     let code = abort?.code;
     if (code === undefined) {
-      // Refused without a word on the channel (the peer had sent its own ABORT): the server's log says it.
-      const said = [...server.pending('rollback'), ...server.pending('warning')].find((e) => e.code);
-      code = said?.code;
+      // Refused without a word on the channel (the peer had sent its own ABORT): the server's log
+      // says it, through its stdout, which the channel's close can overtake.
+      const said = () => [...server.pending('rollback'), ...server.pending('warning')].find((e) => e.code);
+      // A timeout leaves the code undefined: recorded as a frame not refused, which fails the run.
+      await waitFor(() => said() !== undefined, 'the server to log why it closed the channel', 5000).catch(() => {});
+      code = said()?.code;
     }
     for (const name of ['rollback', 'warning', 'refused']) while (server.pending(name).length > 0) await server.next(name);
     record(results, category, code, `${what}: ${answer.closed ? 'closed' : 'kept open'}, frames ${answer.frames.map((f) => f.type)}`);
