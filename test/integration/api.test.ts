@@ -194,8 +194,10 @@ test('a successor facing a predecessor that sends nonsense fails with a code and
     fs.rmSync(channelPath);
   }
   // The successor's channel lingers until it sees our EOF, so give it a few loop turns.
-  for (let i = 0; i < 100 && native.openFdCount() !== before; i++) await new Promise((r) => setTimeout(r, 10));
-  assert.equal(native.openFdCount(), before, 'no fd left behind');
+  await waitFor(
+    () => native.openFdCount() === before,
+    () => `no fd left behind: ${native.openFdCount()} open, ${before} before`,
+  );
   fs.rmSync(dir, { recursive: true });
 });
 
@@ -235,8 +237,10 @@ test('fds attached to an unexpected frame are closed by the old process', async 
   while (reply !== 'eof' && reply.type !== 'abort');
   assert.ok(reply !== 'eof' && reply.code === 'ERR_TAKEOVER_PROTOCOL');
   client.close();
-  for (let i = 0; i < 100 && native.openFdCount() !== before; i++) await new Promise((r) => setTimeout(r, 10));
-  assert.equal(native.openFdCount(), before, 'no fd of the bad frame kept');
+  await waitFor(
+    () => native.openFdCount() === before,
+    () => `no fd of the bad frame kept: ${native.openFdCount()} open, ${before} before`,
+  );
   await shutdown(fresh);
   fs.rmSync(dir, { recursive: true });
 });

@@ -47,6 +47,8 @@ test('a peer that connects and says nothing is dropped well before timeoutMs; a 
   const squatter = native.unixConnect(config.path);
   const started = performance.now();
   const frames = await framesUntilClosed(squatter, 5_000);
+  // Timed here, at the drop, not after the successor below started: a slow process start is no slot held.
+  const droppedAfterMs = performance.now() - started;
   native.close(squatter);
   assert.deepEqual(
     frames.map((f) => f.type),
@@ -56,7 +58,7 @@ test('a peer that connects and says nothing is dropped well before timeoutMs; a 
   // The slot is free long before the 10 s timeout: the real successor is not refused.
   const successor = new ServerProcess({ ...config, mode: 'successor' });
   assert.equal((await successor.next('ready')).successor, true);
-  assert.ok(performance.now() - started < 10_000);
+  assert.ok(droppedAfterMs < 10_000, `dropped after ${droppedAfterMs} ms`);
   await probeEcho(port, '127.0.0.1');
   successor.kill();
   server.kill();
