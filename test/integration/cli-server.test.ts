@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { after, afterEach, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { runEchoLoad } from '../../tools/echo-load.js';
-import { distDir, probeEcho, tempDir, ipv6Available, waitFor, waitStopped, killPids } from '../helpers.js';
+import { distDir, probeEcho, tempDir, ipv6Available, waitFor, waitStopped, killPids, within } from '../helpers.js';
 
 const SERVER = fileURLToPath(import.meta.resolve('#lib/cli/server.js'));
 // Per test, not per suite: a suite's timeout cancels the tests after a hung one as well.
@@ -36,6 +36,19 @@ function channelPath(): string {
   const dir = tempDir();
   dirs.push(dir);
   return path.join(dir, 'takeover.sock');
+}
+
+/** Resolves at the emitter's next 'change', or after `ms`: one step of a bounded wait. */
+function changeWithin(events: EventEmitter, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      events.off('change', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    events.on('change', done);
+  });
 }
 
 type Stream = 'out' | 'err';
@@ -85,19 +98,25 @@ class Server {
     });
   }
 
-  /** The first line at or after `from` that `match` accepts; rejects if the stream ends first. */
-  async find<T>(stream: Stream, match: (line: string) => T | undefined, from = 0): Promise<{ value: T; index: number }> {
+  /** The first line at or after `from` that `match` accepts; rejects if the stream ends first, or after `timeoutMs`. */
+  async find<T>(
+    stream: Stream,
+    match: (line: string) => T | undefined,
+    from = 0,
+    timeoutMs = 30_000,
+  ): Promise<{ value: T; index: number }> {
+    const deadline = performance.now() + timeoutMs;
+    const fail = (why: string) =>
+      new Error(`std${stream} of ${this.pid} ${why};\nstdout:\n${this.lines.out.join('\n')}\nstderr:\n${this.lines.err.join('\n')}`);
     for (let index = from; ; ) {
       for (; index < this.lines[stream].length; index++) {
         const value = match(this.lines[stream][index]!);
         if (value !== undefined) return { value, index };
       }
-      if (this.ended[stream]) {
-        throw new Error(
-          `std${stream} of ${this.pid} ended without the line;\nstdout:\n${this.lines.out.join('\n')}\nstderr:\n${this.lines.err.join('\n')}`,
-        );
-      }
-      await once(this.events, 'change');
+      if (this.ended[stream]) throw fail('ended without the line');
+      const left = deadline - performance.now();
+      if (left <= 0) throw fail(`had no such line (from line ${from}) within ${timeoutMs} ms`);
+      await changeWithin(this.events, left);
     }
   }
 
@@ -122,7 +141,13 @@ class Server {
    * is gone and both are read to the end: 'exit' can come before the last lines are read.
    */
   async closed(): Promise<void> {
-    while (!this.ended.out || !this.ended.err) await once(this.events, 'change');
+    await within(
+      (async () => {
+        while (!this.ended.out || !this.ended.err) await once(this.events, 'change');
+      })(),
+      `every process writing to the pipes of ${this.pid} to exit`,
+      30_000,
+    );
   }
 }
 
@@ -163,15 +188,23 @@ class RawClient {
   }
 
   async bytes(count: number): Promise<number[]> {
+    const deadline = performance.now() + 20_000;
     while (this.received.length < count) {
       if (this.socket.destroyed) throw new Error(`connection closed after ${this.received.length} of ${count} bytes`);
-      await once(this.events, 'change');
+      const left = deadline - performance.now();
+      if (left <= 0) throw new Error(`only ${this.received.length} of ${count} bytes within 20 s`);
+      await changeWithin(this.events, left);
     }
     return Array.from({ length: this.received.length / 4 }, (_, i) => this.received.readUInt32BE(i * 4));
   }
 
   async closed(): Promise<void> {
-    while (!this.socket.destroyed) await once(this.events, 'change');
+    await within(
+      (async () => {
+        while (!this.socket.destroyed) await once(this.events, 'change');
+      })(),
+      `the server to close the connection of ${this.peer}`,
+    );
   }
 }
 
