@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { cleanup, distDir, ServerProcess, tempDir, waitFor, waitStopped } from '../helpers.js';
+import { cleanup, distDir, killAtCleanup, ServerProcess, tempDir, waitFor, waitStopped } from '../helpers.js';
 
 after(cleanup);
 
@@ -36,6 +36,7 @@ test('upgrade() starts this program again, which takes over; it resolves with th
   await echo(client, 'before');
   server.proc.kill('SIGUSR2');
   const spawned = (await server.next('spawned')) as { child?: number };
+  killAtCleanup(spawned.child!);
   const upgraded = await server.next('upgraded');
   assert.equal(upgraded.stats!.connections, 1);
   assert.equal((upgraded.stats as unknown as { successorPid: number }).successorPid, spawned.child);
@@ -78,17 +79,26 @@ test('upgrade() asked for while the process takes over waits until it serves, th
   server.proc.kill('SIGUSR2');
   assert.equal((await server.next('upgrading')).state, 'serving');
   const child = ((await server.next('spawned')) as { child?: number }).child!;
+  // Killed at cleanup even if the test fails first: a successor left running (or stopped) holds
+  // the test's stdout pipe, and the test file never ends.
+  killAtCleanup(child);
   await waitStopped(child);
-  // Pending while it is stopped, handled as it goes on: in the middle of its own takeover.
+  // Pending while it is stopped, handled as it goes on: in the middle of its own takeover. The
+  // old process is stopped meanwhile: the signal may be handled in another thread of the child,
+  // which a loaded machine can leave waiting while the main thread completes the takeover.
+  process.kill(server.pid, 'SIGSTOP');
+  await waitStopped(server.pid);
   process.kill(child, 'SIGUSR2');
   process.kill(child, 'SIGCONT');
   // Its successors write to the same stdout; the first process exits before they are done.
   const from = (event: string, pid: number) => server.pending(event).find((e) => e.pid === pid);
   await waitFor(() => from('upgrading', child) !== undefined, "the child's 'upgrading'");
+  process.kill(server.pid, 'SIGCONT');
   assert.ok(['started', 'readying'].includes(from('upgrading', child)!.state!), from('upgrading', child)!.state);
   assert.equal(await server.exited, 0, 'the first process handed over');
   await waitFor(() => from('spawned', child) !== undefined, 'the child to start its own successor');
   const grandchild = (from('spawned', child) as { child?: number }).child!;
+  killAtCleanup(grandchild);
   await waitStopped(grandchild);
   process.kill(grandchild, 'SIGCONT');
   await waitFor(() => from('ready', grandchild) !== undefined, 'the grandchild to take over');
