@@ -61,15 +61,20 @@ export interface ServerConfig {
 }
 
 const live = new Set<{ kill(): void }>();
+/** Every server process's pipes: a successor it started shares them, and may outlive it. */
+const pipes = new Set<NodeJS.ReadableStream & { destroy(): void }>();
 
 /**
  * Kills every server process and closes every client the tests started. Register it with
  * `after(cleanup)` in each file: a failed assertion must not leave children that keep the
- * test process (and CI) waiting.
+ * test process (and CI) waiting. A successor the test never learnt of keeps a server's pipes
+ * open: this end of them is closed too.
  */
 export function cleanup(): void {
   for (const thing of live) thing.kill();
   live.clear();
+  for (const pipe of pipes) pipe.destroy();
+  pipes.clear();
 }
 
 /** SIGKILLs each of these processes still alive, and forgets them: for a test file's afterEach. */
@@ -123,6 +128,8 @@ export class ServerProcess {
       ? spawn('sh', ['-c', `${options.shellPrefix}; exec "$0" "$@"`, process.execPath, ...args], spawnOptions)
       : spawn(process.execPath, args, spawnOptions);
     live.add(this);
+    pipes.add(this.proc.stdout!);
+    pipes.add(this.proc.stderr!);
     this.exited = new Promise((resolve) =>
       this.proc.once('exit', (code) => {
         live.delete(this);
