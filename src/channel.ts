@@ -27,6 +27,8 @@ export class Channel extends EventEmitter<ChannelEvents> {
   private closeAfterFlush = false;
   private lingering = false;
   private peerReset = false;
+  /** Inside readAll(): a frame's handler that calls readQueued() must not read the next frame under itself. */
+  private reading = false;
   /** A send failed: later frames are dropped until the failure is reported. */
   private sendError: TakeoverError | undefined;
   private closed = false;
@@ -159,7 +161,26 @@ export class Channel extends EventEmitter<ChannelEvents> {
     else if (!this.closed) this.emit('writable');
   }
 
+  /**
+   * Reads, now, every frame the peer has queued. For a side about to act on its own (on a timer,
+   * on a loop turn) rather than on a frame: what the peer said meanwhile comes first. An
+   * immediate or a timer runs before the loop polls the channel, so a process that was stopped
+   * would otherwise act before reading the ABORT that waited for it.
+   */
+  readQueued(): void {
+    if (!this.reading) this.readAll();
+  }
+
   private readAll(): void {
+    this.reading = true;
+    try {
+      this.readEach();
+    } finally {
+      this.reading = false;
+    }
+  }
+
+  private readEach(): void {
     while (!this.closed) {
       let message: native.ReceivedMessage | null;
       try {

@@ -104,14 +104,6 @@ const WAVE_STEP_MS = 1.5;
 const MIN_TIMED_WAVE = 16;
 /** ...and freezing stops past this wall time whatever the estimate said (a slow capture hook, a preemption). */
 const WAVE_SLICE_MS = 1;
-/**
- * Waves sent and not yet acknowledged. One at a time, each wave cost a round trip through both
- * event loops; with a few in flight the old process builds the next wave while the successor
- * starts the previous one, and the waves cost the successor's adoption time. A successor that
- * dies takes every wave it was sent with it, acknowledged or not, so the window changes what a
- * death costs by at most this many waves that had not reached it yet.
- */
-export const WAVES_IN_FLIGHT = 2;
 
 /**
  * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
@@ -139,19 +131,16 @@ export class PredecessorSession {
   private waveQueue: number[] = [];
   /** Next entry of waveQueue to freeze (an index: shift() on 10,000 entries costs per call). */
   private waveCursor = 0;
-  /** The next wave's number; the oldest unacknowledged one is waveSeq - wavesInFlight.length. */
   private waveSeq = 0;
-  /** When each wave sent and not yet acknowledged began freezing, oldest first. */
-  private readonly wavesInFlight: number[] = [];
-  /** A nextWave() is queued for the next loop turn (each wave is its own stretch of the loop). */
-  private waveScheduled = false;
+  private waveStartedAt = 0;
+  private waveInFlight = false;
   /** Connections the next wave may take: options.waveSize, or less when waves are timed. */
   private waveLimit: number;
   /** Timed waves: CPU ms per connection of the waves so far (a moving average), 0 before the first. */
   private waveCostMs = 0;
   /** Connections that were busy when their turn came: asked again until quiet or the quiescence bound. */
   private readonly deferred = new Map<number, net.Socket>();
-  /** Deferred connections reported quiet while waves were in flight: asked first in the next wave. */
+  /** Deferred connections reported quiet while a wave was in flight: asked first in the next wave. */
   private readonly maybeQuiet = new Set<number>();
   private quiesceDeadline = 0;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -216,7 +205,7 @@ export class PredecessorSession {
   /** An adapter or the application says a connection may have become quiet: move it while it is. */
   connectionMaybeQuiet(id: number): void {
     if (this.phase !== 'waves' || !this.deferred.has(id)) return;
-    if (this.wavesInFlight.length > 0 || this.waveScheduled) {
+    if (this.waveInFlight) {
       this.maybeQuiet.add(id);
       return;
     }
@@ -391,14 +380,18 @@ export class PredecessorSession {
    * with nothing but deferrals in it: its WAVE_ACK proves the successor listens.
    */
   private nextWave(): void {
+    // A wave goes out on a timer or a loop turn too, not only on a WAVE_ACK, and those run before
+    // the loop polls the channel: a successor that gave up while this process was stopped (its
+    // ABORT queued) would get a wave it drops.
+    this.channel.readQueued();
     // A send already failed (the successor died): freezing now would hand connections to nobody.
-    if (this.channel.isBroken) return;
-    const startedAt = performance.now();
+    if (this.phase !== 'waves' || this.channel.isBroken) return;
+    this.waveStartedAt = performance.now();
     const cpuStart = native.threadCpuMs();
     const records: WaveRecord[] = [];
     const released: Frozen[] = [];
     const budget = { bytes: 0 };
-    const sliceEnd = this.host.options.timedWaves ? startedAt + WAVE_SLICE_MS : Infinity;
+    const sliceEnd = this.host.options.timedWaves ? this.waveStartedAt + WAVE_SLICE_MS : Infinity;
     // The time bound never leaves a wave empty: an empty wave with nothing deferred means the end.
     const room = () =>
       records.length < this.waveLimit && budget.bytes < WAVE_BYTE_BUDGET && (records.length === 0 || performance.now() < sliceEnd);
@@ -431,8 +424,6 @@ export class PredecessorSession {
       }
     }
     if (records.length === 0 && this.waveSeq > 0) {
-      // The last WAVE_ACKs call this again: DONE only follows every wave acknowledged.
-      if (this.wavesInFlight.length > 0) return;
       if (this.deferred.size === 0) return this.finish();
       this.retryTimer = setTimeout(
         () => {
@@ -459,22 +450,8 @@ export class PredecessorSession {
     }
     for (const { id, socket } of released) this.host.release(id, socket);
     if (this.host.options.timedWaves) this.sizeNextWave(native.threadCpuMs() - cpuStart, records.length);
-    this.waveSeq++;
-    this.wavesInFlight.push(startedAt);
-    if (!this.deadline.armed) this.deadline.expect('WAVE_ACK');
-    if (this.wavesInFlight.length < WAVES_IN_FLIGHT) this.scheduleWave();
-  }
-
-  /** The next wave on the next loop turn, unless one is queued already or the window is full by then. */
-  private scheduleWave(): void {
-    if (this.waveScheduled) return;
-    this.waveScheduled = true;
-    setImmediate(() => {
-      this.waveScheduled = false;
-      if (this.phase !== 'waves' || this.wavesInFlight.length >= WAVES_IN_FLIGHT) return;
-      this.clearRetry();
-      this.recorder.step(() => this.nextWave());
-    });
+    this.waveInFlight = true;
+    this.deadline.expect('WAVE_ACK');
   }
 
   /** Timed waves: the next one as big as WAVE_STEP_MS of CPU allows, at the cost per connection seen so far. */
@@ -531,20 +508,17 @@ export class PredecessorSession {
   }
 
   private onWaveAck(seq: number): void {
-    const expected = this.waveSeq - this.wavesInFlight.length;
-    if (this.wavesInFlight.length === 0 || seq !== expected) {
-      return this.abort(
-        new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq}, expected ${this.wavesInFlight.length === 0 ? 'none' : expected}`),
-      );
+    if (seq !== this.waveSeq) {
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq}, expected ${this.waveSeq}`));
     }
-    const startedAt = this.wavesInFlight.shift()!;
+    this.waveInFlight = false;
     this.deadline.clear();
-    if (this.wavesInFlight.length > 0) this.deadline.expect('WAVE_ACK');
     this.stats.waves++;
-    this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - startedAt);
-    // Unless the window is still full, or the next wave is queued already.
+    this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - this.waveStartedAt);
+    this.waveSeq++;
+    // Unless a connection that turned quiet meanwhile (connectionMaybeQuiet) has started it already.
     this.afterReceived(() => {
-      if (this.waveScheduled || this.wavesInFlight.length >= WAVES_IN_FLIGHT) return;
+      if (this.waveInFlight) return;
       this.clearRetry();
       this.nextWave();
     });

@@ -8,7 +8,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ServerProcess, tempDir, waitStopped, within, type ServerConfig, type ServerEvent } from '../helpers.js';
-import { WAVES_IN_FLIGHT } from '#lib/predecessor.js';
 import { alive, Churn, listenerPids, loadedClients, tally, type NewConnects, type Tally } from './load.js';
 
 export const FAULTS = ['kill-successor', 'stop-successor', 'kill-old', 'stop-old'] as const;
@@ -49,9 +48,7 @@ export interface Expectation {
 
 export function expectation(fault: Fault, step: Step, plan: FaultPlan): Expectation {
   const n = plan.connections;
-  // A successor stopped at wave N has acknowledged waves 0 to N-1: the old process may have sent
-  // up to WAVES_IN_FLIGHT more, which die with the successor, or live on in it.
-  const waves = step.startsWith('wave') ? Number(step.slice(4)) + WAVES_IN_FLIGHT : 0;
+  const waves = step.startsWith('wave') ? Number(step.slice(4)) + 1 : 0;
   if (step === 'stop-accepting' && fault === 'stop-successor') {
     return {
       listener: ['old', 'successor'],
@@ -70,7 +67,7 @@ export function expectation(fault: Fault, step: Step, plan: FaultPlan): Expectat
       why: `${step === 'stop-accepting' ? 'resume after COMMIT' : 'rollback before COMMIT'}: the old process serves everything`,
     };
   }
-  const started = Math.min(n, waves * plan.waveSize);
+  const started = waves * plan.waveSize;
   switch (fault) {
     case 'kill-successor':
       return {
