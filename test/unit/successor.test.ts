@@ -503,6 +503,28 @@ const beforeCommit: FailureCase[] = [
     told: ErrorCodes.PROTOCOL,
   },
   {
+    name: 'a connected Unix stream socket announced on the TCP listener (the handle wrap would take it)',
+    script: async (s) => {
+      await welcome(s);
+      s.peer.send(listenersFrame(s));
+      const p = path.join(dir, 'unix-as-tcp.sock');
+      const listener = native.unixListen(p, 'stream', 1);
+      const client = net.connect(p);
+      await once(client, 'connect');
+      const accepted = native.accept(listener);
+      native.close(listener);
+      fs.rmSync(p);
+      s.peer.send(encode.conns([{ id: 1, listener: 0, fd: accepted }]));
+      native.close(accepted);
+      client.destroy();
+      await s.peer.next('ack');
+      s.peer.send(prepareFor([1]));
+      s.session.ready();
+    },
+    code: ErrorCodes.PROTOCOL,
+    told: ErrorCodes.PROTOCOL,
+  },
+  {
     name: 'the predecessor closes after COMMIT, before LISTENING',
     script: async (s) => {
       await toPrepared(s);
