@@ -593,6 +593,23 @@ const afterListening: AfterListeningCase[] = [
     adopted: 1,
   },
   {
+    name: 'a wave naming the same connection twice',
+    script: async (s) => {
+      for (const message of encode.wave(encodeWave({ seq: 0, records: [moved(1, 'once'), moved(1, 'twice')] }))) s.peer.send(message);
+    },
+    code: ErrorCodes.PROTOCOL,
+    adopted: 0,
+  },
+  {
+    name: 'a wave naming a connection the wave before it moved (sent before its WAVE_ACK)',
+    script: async (s) => {
+      sendWave(s, 0, [moved(1)]);
+      for (const message of encode.wave(encodeWave({ seq: 1, records: [moved(1)] }))) s.peer.send(message);
+    },
+    code: ErrorCodes.PROTOCOL,
+    adopted: 1,
+  },
+  {
     name: 'a connection deferred twice',
     script: async (s) => {
       sendWave(s, 0, [{ id: 1, fate: 'deferred' }]);
