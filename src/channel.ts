@@ -26,6 +26,9 @@ export class Channel extends EventEmitter<ChannelEvents> {
   private wantWritable = false;
   private closeAfterFlush = false;
   private lingering = false;
+  private lingerMs = 0;
+  /** {@link keepQueued} was called: the linger does not end while frames wait. */
+  private keepingQueued = false;
   private peerReset = false;
   /** Inside readAll(): a frame's handler that calls readQueued() must not read the next frame under itself. */
   private reading = false;
@@ -87,7 +90,22 @@ export class Channel extends EventEmitter<ChannelEvents> {
     if (this.closed || this.lingering) return;
     this.send(message);
     this.lingering = true;
-    setTimeout(() => this.destroy(), lingerMs).unref();
+    this.lingerMs = lingerMs;
+    setTimeout(() => {
+      if (!this.keepingQueued || this.queue.length === 0) this.destroy();
+    }, lingerMs).unref();
+  }
+
+  /**
+   * After {@link sendLast}: the frames still queued behind a full socket (the ABORT last) are sent
+   * all the same, for as long as the peer lives, when they carry what only the peer has now. The
+   * channel then closes `lingerMs` after the last one left, or when the peer goes. False (and
+   * nothing changes) when nothing waits.
+   */
+  keepQueued(): boolean {
+    if (this.closed || !this.lingering || this.queue.length === 0) return false;
+    this.keepingQueued = true;
+    return true;
   }
 
   /** Closes once every queued frame is on the wire (the last frames of a takeover). */
@@ -158,6 +176,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
     }
     this.watchWritable(false);
     if (this.closeAfterFlush) this.destroy();
+    else if (this.keepingQueued) setTimeout(() => this.destroy(), this.lingerMs).unref();
     else if (!this.closed) this.emit('writable');
   }
 

@@ -574,7 +574,12 @@ export class PredecessorSession {
       this.waveQueue = [];
       const stats = this.statsNow();
       this.closeListenerFds();
-      this.host.onPartialHandover(error, stats);
+      // The wave released here may still be queued behind a full socket (a wave bigger than the
+      // socket buffer, a successor stopped past the timeout): only the successor can serve its
+      // connections now, so it goes to it however late it reads it, and this process is done
+      // only once it is out. A successor that stays stopped keeps the listeners anyway.
+      if (this.channel.keepQueued()) this.channel.once('close', () => this.host.onPartialHandover(error, stats));
+      else this.host.onPartialHandover(error, stats);
       return;
     }
     let listenersResumed = 0;

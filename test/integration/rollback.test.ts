@@ -2,6 +2,7 @@ import { after, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import { once } from 'node:events';
 import * as path from 'node:path';
 import {
   cleanup,
@@ -12,6 +13,7 @@ import {
   probeEcho,
   ServerProcess,
   tempDir,
+  waitFor,
   waitStopped,
   type ServerConfig,
   type SeqClient,
@@ -234,6 +236,61 @@ test('a successor that stalls mid-waves keeps what it started; the old process f
   successor.kill('SIGTERM');
   await successor.exited;
   fs.rmSync(r.dir, { recursive: true, force: true });
+});
+
+test('a successor that stalls while a wave bigger than the channel can hold is on its way: the old process gives up, the wave still reaches it, nothing is lost', {
+  timeout: 60_000,
+}, async () => {
+  const dir = tempDir();
+  const config: ServerConfig = { path: path.join(dir, 'channel'), listen: [{ port: 0, host: '127.0.0.1' }], timeoutMs: 1000, waveSize: 1 };
+  // The old process stops itself at its commit, so that the successor can be stopped before any wave.
+  const old = new ServerProcess(config, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'stop-accepting' } });
+  const port = (await old.next('ready')).addresses![0]!.port;
+  // Clients that send 16 MiB and read none of the echo yet: past what the kernel buffers on both
+  // ends, the old process holds the echo as unsent output, which the connection's wave carries:
+  // far more than the channel's socket buffer.
+  const size = 16 * 1024 * 1024;
+  const clients = await Promise.all(
+    [0, 1].map(async (i) => {
+      const socket = net.connect(port, '127.0.0.1');
+      await once(socket, 'connect');
+      socket.pause();
+      const sent = Buffer.alloc(size, 97 + i);
+      await new Promise<void>((resolve, reject) => socket.write(sent, (error) => (error ? reject(error) : resolve())));
+      return { socket, sent };
+    }),
+  );
+  const successor = new ServerProcess({ ...config, timeoutMs: 10_000 });
+  await waitStopped(old.pid);
+  process.kill(successor.pid, 'SIGSTOP');
+  await waitStopped(successor.pid);
+  process.kill(old.pid, 'SIGCONT');
+  // Wave 0 cannot all go out: the stopped successor reads nothing. The old process gives up on
+  // its WAVE_ACK after 1 s; its connection was released already, so the rest of the wave must
+  // still reach the successor, however late.
+  await Promise.race([old.exited, new Promise((resolve) => setTimeout(resolve, 3000))]);
+  process.kill(successor.pid, 'SIGCONT');
+  assert.equal((await successor.next('ready')).stats!.connections, 1, 'the successor started wave 0');
+  const handover = await old.next('handover');
+  assert.equal(handover.stats!.connections, 1, 'wave 0 moved');
+  assert.equal(handover.stats!.retained, 1, 'the other connection stayed with the old process');
+  for (const { socket, sent } of clients) {
+    const received: Buffer[] = [];
+    let length = 0;
+    socket.on('data', (chunk: Buffer) => {
+      received.push(chunk);
+      length += chunk.length;
+    });
+    socket.resume();
+    socket.write('ping');
+    await waitFor(() => length === size + 4 || socket.destroyed, 'the whole echo and the ping back, or the close', 30_000);
+    assert.ok(Buffer.concat(received).equals(Buffer.concat([sent, Buffer.from('ping')])), `got ${length} of ${size + 4} bytes`);
+    socket.destroy();
+  }
+  assert.equal(await old.exited, 0, 'the old process exits once its connection closed');
+  successor.kill('SIGTERM');
+  await successor.exited;
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test('a successor killed mid-waves: the old process reports the connections lost with it and those it resumed, and accepts again', {

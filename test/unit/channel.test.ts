@@ -59,6 +59,16 @@ function drain(fd: number): (Frame | 'eof')[] {
   }
 }
 
+/** Reads `fd` until the peer's EOF: every frame, then 'eof'. */
+async function drainToEof(fd: number, what: string): Promise<(Frame | 'eof')[]> {
+  const got: (Frame | 'eof')[] = [];
+  await waitFor(() => {
+    got.push(...drain(fd));
+    return got.at(-1) === 'eof';
+  }, what);
+  return got;
+}
+
 test('frames and fds travel both ways; the peer is this process; one close each, no fd left', async () => {
   const baseline = native.openFdCount();
   const [a, b] = channelPair(dir);
@@ -139,11 +149,7 @@ test('closeWhenFlushed(): every queued frame arrives, then EOF', async () => {
   channel.send(encode.done(0, 5));
   channel.closeWhenFlushed();
   assert.equal(channel.isClosed, false, 'frames still queued: not closed yet');
-  const got: (Frame | 'eof')[] = [];
-  await waitFor(() => {
-    got.push(...drain(b));
-    return got.at(-1) === 'eof';
-  }, 'EOF after the queued frames');
+  const got = await drainToEof(b, 'EOF after the queued frames');
   assert.equal(got.length, sent + 3);
   assert.deepEqual(got.at(-2), { type: 'done', retained: 0, maxPauseUs: 5 });
   assert.deepEqual(events, ['close'], "closing after a flush emits 'close', not 'writable'");
@@ -180,6 +186,27 @@ test('sendLast() with a peer that never closes: the channel closes by itself aft
   await within(once(channel, 'close'), 'the linger to end');
   assert.deepEqual(events, ['close']);
   assert.deepEqual(drain(b), [{ type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'late' }, 'eof']);
+  native.close(b);
+  await fdsSettle(baseline, 'after closing');
+});
+
+test('keepQueued() after sendLast(): frames queued behind a full socket outlive the linger and arrive, the ABORT last, then EOF', async () => {
+  const baseline = native.openFdCount();
+  const [a, b] = channelPair(dir);
+  const { channel, events } = recorded(a);
+  assert.equal(channel.keepQueued(), false, 'not lingering: nothing to keep');
+  let sent = 0;
+  while (channel.trySend(bulky(sent))) sent++;
+  channel.send(bulky(sent));
+  channel.sendLast(encode.abort('ERR_TAKEOVER_TIMEOUT', 'late'), 20);
+  assert.equal(channel.keepQueued(), true, 'a frame and the ABORT wait');
+  // The peer reads nothing until the linger is long over: what waits must still be there.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal(channel.isClosed, false, 'still open while frames wait');
+  const got = await drainToEof(b, 'EOF after the queued frames and the ABORT');
+  assert.equal(got.length, sent + 3);
+  assert.deepEqual(got.at(-2), { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'late' });
+  assert.deepEqual(events, ['close']);
   native.close(b);
   await fdsSettle(baseline, 'after closing');
 });
