@@ -7,6 +7,7 @@ import type { PoolRun } from './pool.js';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AppLoadResult, LoadResult } from './load.js';
 import type { AppPlan, FloorRun, SystemRun, ThroughputRun, Workload } from './systems.js';
+import type { TakeoverStats } from 'socket-takeover';
 
 export interface MachineInfo {
   cpus: number;
@@ -95,8 +96,8 @@ export interface AgainstControl {
   wait: { takeover: number; control: number };
   p99: { takeover: number; control: number };
   /** The old process's event-loop delay while its side of the takeover ran. */
-  oldLoop: { p99: number; max: number } | undefined;
-  newLoop: { p99: number; max: number } | undefined;
+  oldLoop: TakeoverStats['loopDelayMs'] | undefined;
+  newLoop: TakeoverStats['loopDelayMs'] | undefined;
   /** The old process's longest single step of takeover work: wall time, and its thread's CPU time. */
   oldStep: { wall: number; cpu: number } | undefined;
 }
@@ -178,6 +179,7 @@ function sizeTargets(runs: SystemRun[], size: number): TargetResult[] {
       met: loop.max <= LOOP_BLOCK_TARGET_MS,
       detail:
         `event-loop delay max ${fmt(loop.max)} ms (p99 ${fmt(loop.p99)} ms), ${margin(loop.max, LOOP_BLOCK_TARGET_MS, ' ms')}; ` +
+        `of that stretch ${fmt(loop.maxCpuMs)} ms on the CPU, ${fmt(loop.maxWaitMs)} ms waiting for a core, ${fmt(loop.maxGcMs)} ms in GC pauses; ` +
         `the application's work and the waits for a core count too: the takeover's own longest step took ` +
         `${fmt(pred.longestStepMs)} ms, ${fmt(pred.longestStepCpuMs)} ms of it on the CPU`,
     });
@@ -338,8 +340,8 @@ function systemsTable(results: BenchResults): string[] {
 
 function controlTable(results: BenchResults): string[] {
   const lines = [
-    `| connections | longest echo wait: takeover / control (ms) | limit: control + ${WAIT_OVER_CONTROL_MS} ms | pause p99: takeover / control (ms) | p99 ratio (limit ${P99_OVER_CONTROL}x) | old process's loop delay max / p99 (ms) | old process's longest takeover step, wall / CPU (ms) | successor's loop delay max / p99 (ms) |`,
-    '|---:|---:|---:|---:|---:|---:|---:|---:|',
+    `| connections | longest echo wait: takeover / control (ms) | limit: control + ${WAIT_OVER_CONTROL_MS} ms | pause p99: takeover / control (ms) | p99 ratio (limit ${P99_OVER_CONTROL}x) | old process's loop delay max / p99 (ms) | its longest stall: on the CPU / waiting for a core / GC (ms) | old process's longest takeover step, wall / CPU (ms) | successor's loop delay max / p99 (ms) | its longest stall: on the CPU / waiting for a core / GC (ms) |`,
+    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   const mark = (ok: boolean, text: string): string => (ok ? text : `**${text}**`);
   for (const size of results.sizes) {
@@ -349,10 +351,12 @@ function controlTable(results: BenchResults): string[] {
     const ratio = vs.p99.takeover / vs.p99.control;
     const loop = (l: AgainstControl['oldLoop'], bold: boolean): string =>
       l ? (bold && l.max > LOOP_BLOCK_TARGET_MS ? `**${fmt(l.max)}** / ${fmt(l.p99)}` : `${fmt(l.max)} / ${fmt(l.p99)}`) : '–';
+    const stall = (l: AgainstControl['oldLoop']): string => (l ? `${fmt(l.maxCpuMs)} / ${fmt(l.maxWaitMs)} / ${fmt(l.maxGcMs)}` : '–');
     lines.push(
       `| ${int(size)} | ${mark(vs.wait.takeover <= limit, fmt(vs.wait.takeover))} / ${fmt(vs.wait.control)} | ${fmt(limit)} | ` +
         `${fmt(vs.p99.takeover)} / ${fmt(vs.p99.control)} | ${mark(ratio <= P99_OVER_CONTROL, `${ratio.toFixed(2)}x`)} | ` +
-        `${loop(vs.oldLoop, true)} | ${vs.oldStep ? `${fmt(vs.oldStep.wall)} / ${fmt(vs.oldStep.cpu)}` : '–'} | ${loop(vs.newLoop, false)} |`,
+        `${loop(vs.oldLoop, true)} | ${stall(vs.oldLoop)} | ${vs.oldStep ? `${fmt(vs.oldStep.wall)} / ${fmt(vs.oldStep.cpu)}` : '–'} | ` +
+        `${loop(vs.newLoop, false)} | ${stall(vs.newLoop)} |`,
     );
   }
   return lines;
@@ -528,6 +532,9 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
         "(each connection's longest wait, over the whole run). loop delay: the event-loop delay each server process " +
         "sampled every millisecond while its side of the takeover ran (`stats.loopDelayMs`), the takeover's work, the " +
         "application's and the waits for a core together; max is the longest single stretch its loop could not serve. " +
+        "longest stall: where that stretch's time went (`stats.loopDelayMs.maxCpuMs`, `maxWaitMs`, `maxGcMs`): its event-loop " +
+        "thread running, ready but waiting for a core (the kernel's schedstat), and the garbage-collection pauses inside it " +
+        '(which count as CPU, or as waiting when the thread was preempted during one). ' +
         "longest takeover step: the longest stretch of the old process's own takeover work between two returns to its " +
         'event loop (`stats.longestStepMs`), and how much of it its thread spent on the CPU (`stats.longestStepCpuMs`): ' +
         'a wall time well above the CPU time is a wait for a core. Bold: over its limit.',

@@ -44,11 +44,25 @@ function niceLimit(): number {
   }
 }
 
+/** This process's threads (Linux: each has its own nice value); the main thread's alone elsewhere. */
+function threadIds(): number[] {
+  try {
+    return fs
+      .readdirSync('/proc/self/task')
+      .map(Number)
+      .filter((tid) => Number.isInteger(tid));
+  } catch {
+    return [process.pid];
+  }
+}
+
 /**
- * Lowers the scheduling priority of this process's main thread (the event loop's) by `steps`
- * for a stretch of work that must not take cores from another process, and returns what raises
- * it back. Only when raising it back is allowed (root, or RLIMIT_NICE): a process must not be
- * left slower for good. Undefined when nothing was lowered.
+ * Lowers the scheduling priority of every thread of this process (the event loop's, V8's
+ * compiler and garbage-collector helpers, libuv's pool; threads started later inherit it from
+ * the thread that starts them) by `steps`, for a stretch of work that must not take cores from
+ * another process, and returns what raises them back. Only when raising them back is allowed
+ * (root, or RLIMIT_NICE): a process must not be left slower for good. Undefined when nothing
+ * was lowered.
  */
 export function lowerPriority(steps: number): (() => void) | undefined {
   let original: number;
@@ -60,16 +74,24 @@ export function lowerPriority(steps: number): (() => void) | undefined {
   const mayRaise = process.getuid?.() === 0 || 20 - niceLimit() <= original;
   const lowered = Math.min(19, original + steps);
   if (!mayRaise || lowered === original) return undefined;
-  try {
-    os.setPriority(lowered);
-  } catch {
-    return undefined;
-  }
-  return () => {
+  const changed: { tid: number; priority: number }[] = [];
+  for (const tid of threadIds()) {
     try {
-      os.setPriority(original);
+      const priority = os.getPriority(tid);
+      os.setPriority(tid, Math.min(19, priority + steps));
+      changed.push({ tid, priority });
     } catch {
-      // Checked above; a failure here leaves the thread slower, never wrong.
+      // A thread that ended meanwhile.
+    }
+  }
+  if (changed.length === 0) return undefined;
+  return () => {
+    for (const { tid, priority } of changed) {
+      try {
+        os.setPriority(tid, priority);
+      } catch {
+        // Gone meanwhile, or (checked above, so never) not allowed: slower, never wrong.
+      }
     }
   };
 }

@@ -61,11 +61,13 @@ const PREGROWN_FDS = 65536;
 /** Fds checked and wrapped per turn of the event loop: 20-25 us each on Node 20, so about 10 ms. */
 const WRAP_CHUNK = 400;
 /**
- * Nice steps the wrapping runs at: it is a burst of CPU (0.3-0.4 s at 10,000 connections) while
- * the predecessor still serves everything, and on a machine with few cores it must not take the
- * predecessor's. Raised back before COMMIT, when this process starts serving.
+ * Nice steps this process runs at, every thread of it, from its first frame to COMMIT: the transfer,
+ * the checks and the wrapping (0.2-0.4 s of CPU at 10,000 connections) and the application's
+ * start-up all happen while the predecessor still serves everything, and on a machine with few
+ * cores they must not take its cores (its garbage collector's helpers included). Raised back
+ * at COMMIT, when this process starts serving.
  */
-const WRAP_NICE_STEPS = 10;
+const PREPARATION_NICE_STEPS = 10;
 
 interface Held {
   fd: number;
@@ -123,7 +125,7 @@ export class SuccessorSession {
   /** Ids received but not yet checked and wrapped; worked off between frames (see wrapSome). */
   private readonly toWrap: number[] = [];
   private wrapScheduled = false;
-  /** Raises this process's priority back after the wrapping; set while it is lowered. */
+  /** Raises this process's priority back at COMMIT; set while it is lowered. */
   private restorePriority: (() => void) | undefined;
   private waveChunks: Buffer[] = [];
   private waveBytes = 0;
@@ -175,6 +177,7 @@ export class SuccessorSession {
     } catch {
       // Only an optimisation: WELCOME grows the table again anyway.
     }
+    this.restorePriority = lowerPriority(PREPARATION_NICE_STEPS);
     channel.send(encode.hello(process.pid));
     this.step('hello');
     this.deadline.expect('WELCOME');
@@ -387,7 +390,6 @@ export class SuccessorSession {
     this.phase = 'prepared';
     this.step('prepare');
     this.deadline.clear();
-    if (this.toWrap.length > 0) this.restorePriority = lowerPriority(WRAP_NICE_STEPS);
     this.scheduleWrap();
     this.maybeCommit();
   }

@@ -1,21 +1,31 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as os from 'node:os';
+import * as fs from 'node:fs';
 import { lowerPriority } from '#lib/processes.js';
 
-test('lowerPriority lowers the main thread only when it can raise it back, and raises it back', () => {
+/** Each thread's nice value: Linux keeps one per thread, and V8 and libuv start threads of their own. */
+const priorities = () => fs.readdirSync('/proc/self/task').map((tid) => os.getPriority(Number(tid)));
+
+test('lowerPriority lowers every thread only when it can raise them back, and raises them back', () => {
   const original = os.getPriority();
+  const before = priorities();
+  assert.ok(before.length > 1, `Node runs helper threads (${before.length} seen)`);
   const restore = lowerPriority(3);
   try {
     if (restore === undefined) {
       // Not allowed to raise it back (no root, RLIMIT_NICE too low): nothing was lowered.
-      assert.equal(os.getPriority(), original);
+      assert.deepEqual(priorities(), before);
     } else {
-      assert.equal(os.getPriority(), Math.min(19, original + 3));
+      assert.deepEqual(
+        priorities(),
+        before.map((p) => Math.min(19, p + 3)),
+      );
     }
   } finally {
     restore?.();
   }
+  assert.deepEqual(priorities(), before, 'as they were');
   assert.equal(os.getPriority(), original, 'as it was');
   assert.equal(lowerPriority(0), undefined, 'zero steps lower nothing');
   assert.equal(os.getPriority(), original);

@@ -1,0 +1,59 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
+import { StatsRecorder } from '#lib/stats.js';
+
+const who = { role: 'predecessor', predecessorPid: process.pid, successorPid: 0, listeners: 0 } as const;
+
+/** Keeps this thread busy (on the CPU) for `ms`. */
+function spin(ms: number): void {
+  const end = performance.now() + ms;
+  while (performance.now() < end);
+}
+
+/** Keeps this thread blocked (off the CPU) for `ms`. */
+function block(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+test('the longest loop stall is split into time on the CPU, waiting for a core, and GC pauses', async () => {
+  const busy = new StatsRecorder();
+  await sleep(5);
+  spin(120);
+  await sleep(5);
+  const spun = busy.snapshot(who).loopDelayMs;
+  assert.ok(spun.max >= 119, `the stall lasted the 120 ms spin (${spun.max} ms)`);
+  assert.ok(spun.maxCpuMs + spun.maxWaitMs >= spun.max * 0.9, `the thread ran or waited to run all along: ${JSON.stringify(spun)}`);
+  assert.ok(spun.maxCpuMs + spun.maxWaitMs <= spun.max + 2, `no more than the stall: ${JSON.stringify(spun)}`);
+  assert.ok(spun.p99 <= spun.max);
+
+  const idle = new StatsRecorder();
+  await sleep(5);
+  block(120);
+  await sleep(5);
+  const blocked = idle.snapshot(who).loopDelayMs;
+  assert.ok(blocked.max >= 119, `the stall lasted the 120 ms block (${blocked.max} ms)`);
+  assert.ok(
+    blocked.maxCpuMs + blocked.maxWaitMs < blocked.max / 2,
+    `a blocked thread neither runs nor waits for a core: ${JSON.stringify(blocked)}`,
+  );
+  assert.equal(blocked.maxGcMs, 0);
+});
+
+test('a garbage collection inside the longest stall is counted in it', async () => {
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  const recorder = new StatsRecorder();
+  await sleep(5);
+  // Enough live objects that a full collection takes a while, in a stall longer than any other.
+  const garbage = Array.from({ length: 300_000 }, (_, i) => ({ i, s: String(i) }));
+  spin(100);
+  gc();
+  await sleep(20);
+  const loop = recorder.snapshot(who).loopDelayMs;
+  assert.equal(garbage.length, 300_000);
+  assert.ok(loop.max >= 99, `the stall lasted the spin and the collection (${loop.max} ms)`);
+  assert.ok(loop.maxGcMs > 0 && loop.maxGcMs <= loop.max, `the collection's pause is inside it: ${JSON.stringify(loop)}`);
+});
