@@ -448,9 +448,11 @@ export class PredecessorSession {
       }
       return;
     }
+    // In flight from the send on: the release steps below run the application's listeners, and
+    // a connection they make quiet must wait for this wave's WAVE_ACK, not start a wave of its own.
+    this.waveInFlight = true;
     for (const { id, socket } of released) this.host.release(id, socket);
     if (this.host.options.timedWaves) this.sizeNextWave(native.threadCpuMs() - cpuStart, records.length);
-    this.waveInFlight = true;
     this.deadline.expect('WAVE_ACK');
   }
 
@@ -508,6 +510,11 @@ export class PredecessorSession {
   }
 
   private onWaveAck(seq: number): void {
+    // Between a WAVE_ACK and the next wave (a retry timer, the loop turn before wave 0) the next
+    // number is not yet owed: accepting it would count a wave the successor never had.
+    if (!this.waveInFlight) {
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq} while no wave was in flight`));
+    }
     if (seq !== this.waveSeq) {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq}, expected ${this.waveSeq}`));
     }
