@@ -758,6 +758,34 @@ test("a connection made quiet by a 'release' listener waits for the WAVE_ACK of 
   await s.teardown();
 });
 
+test("a connection made quiet by a 'defer' listener, as its wave is built, joins a later wave: no wave is built inside another", async (t) => {
+  const s = await setup(t, 2);
+  s.host.readinessOf.set(1, 'busy');
+  await toPrepare(s);
+  const onDefer = s.host.onDefer.bind(s.host);
+  s.host.onDefer = (socket) => {
+    onDefer(socket);
+    s.host.readinessOf.set(1, 'quiet');
+    s.session.connectionMaybeQuiet(1);
+  };
+  s.peer.send(encode.commit());
+  await s.peer.next('listening');
+  const first = await nextWave(s.peer);
+  await turns(5);
+  assert.deepEqual(s.peer.pending, [], 'one wave before the WAVE_ACK');
+  // Named once per wave: deferred in wave 0, moved in wave 1.
+  assert.deepEqual([first.seq, ...fates(first)], [0, '1:deferred', '2:moved']);
+  s.peer.send(encode.waveAck(0));
+  const second = await nextWave(s.peer);
+  assert.deepEqual([second.seq, ...fates(second)], [1, '1:moved']);
+  s.peer.send(encode.waveAck(1));
+  assert.equal((await s.peer.next('done')).retained, 0);
+  const outcome = await within(s.host.outcome, 'the handover');
+  assert.ok(outcome.kind === 'handover');
+  assert.deepEqual([outcome.stats.connections, outcome.stats.deferred, outcome.stats.waves], [2, 1, 2]);
+  await s.teardown();
+});
+
 test('an ACK naming a batch that was never sent is refused with ABORT ERR_TAKEOVER_PROTOCOL', async (t) => {
   const s = await setup(t, 1);
   try {
