@@ -732,57 +732,37 @@ test('a WAVE_ACK 0 before wave 0 left (right behind the ACK of the last delta, w
   await s.teardown();
 });
 
-test("a connection made quiet by a 'release' listener waits for the WAVE_ACK of the wave being released: one wave in flight, numbered in order", async (t) => {
+test("deferred connections made quiet by listeners of the wave's own steps ('defer' as it is built, 'release' as it is released) wait for the next wave: one wave at a time, each connection named once", async (t) => {
   const s = await setup(t, 3);
   s.host.readinessOf.set(1, 'busy');
+  s.host.readinessOf.set(2, 'busy');
   await toPrepare(s);
+  const quiet = (id: number) => {
+    s.host.readinessOf.set(id, 'quiet');
+    s.session.connectionMaybeQuiet(id);
+  };
+  const onDefer = s.host.onDefer.bind(s.host);
+  s.host.onDefer = (socket) => {
+    onDefer(socket);
+    if (s.host.idOf(socket) === 1) quiet(1);
+  };
   s.host.afterRelease = (id) => {
-    if (id !== 2) return;
-    s.host.readinessOf.set(1, 'quiet');
-    s.session.connectionMaybeQuiet(1);
+    if (id === 3) quiet(2);
   };
   s.peer.send(encode.commit());
   await s.peer.next('listening');
   const first = await nextWave(s.peer);
-  assert.deepEqual([first.seq, ...fates(first)], [0, '1:deferred', '2:moved', '3:moved']);
+  assert.deepEqual([first.seq, ...fates(first)], [0, '1:deferred', '2:deferred', '3:moved']);
   await turns(5);
   assert.deepEqual(s.peer.pending, [], 'nothing before the WAVE_ACK');
   s.peer.send(encode.waveAck(0));
   const second = await nextWave(s.peer);
-  assert.deepEqual([second.seq, ...fates(second)], [1, '1:moved']);
+  assert.deepEqual([second.seq, ...fates(second)], [1, '1:moved', '2:moved']);
   s.peer.send(encode.waveAck(1));
   assert.equal((await s.peer.next('done')).retained, 0);
   const outcome = await within(s.host.outcome, 'the handover');
   assert.ok(outcome.kind === 'handover');
-  assert.deepEqual([outcome.stats.connections, outcome.stats.waves], [3, 2]);
-  await s.teardown();
-});
-
-test("a connection made quiet by a 'defer' listener, as its wave is built, joins a later wave: no wave is built inside another", async (t) => {
-  const s = await setup(t, 2);
-  s.host.readinessOf.set(1, 'busy');
-  await toPrepare(s);
-  const onDefer = s.host.onDefer.bind(s.host);
-  s.host.onDefer = (socket) => {
-    onDefer(socket);
-    s.host.readinessOf.set(1, 'quiet');
-    s.session.connectionMaybeQuiet(1);
-  };
-  s.peer.send(encode.commit());
-  await s.peer.next('listening');
-  const first = await nextWave(s.peer);
-  await turns(5);
-  assert.deepEqual(s.peer.pending, [], 'one wave before the WAVE_ACK');
-  // Named once per wave: deferred in wave 0, moved in wave 1.
-  assert.deepEqual([first.seq, ...fates(first)], [0, '1:deferred', '2:moved']);
-  s.peer.send(encode.waveAck(0));
-  const second = await nextWave(s.peer);
-  assert.deepEqual([second.seq, ...fates(second)], [1, '1:moved']);
-  s.peer.send(encode.waveAck(1));
-  assert.equal((await s.peer.next('done')).retained, 0);
-  const outcome = await within(s.host.outcome, 'the handover');
-  assert.ok(outcome.kind === 'handover');
-  assert.deepEqual([outcome.stats.connections, outcome.stats.deferred, outcome.stats.waves], [2, 1, 2]);
+  assert.deepEqual([outcome.stats.connections, outcome.stats.deferred, outcome.stats.waves], [3, 2, 2]);
   await s.teardown();
 });
 
