@@ -385,19 +385,20 @@ function throughputLines(results: BenchResults): string[] {
 
 function takeoverTable(results: BenchResults): string[] {
   const lines = [
-    '| connections | pre-copy (ms) | transfer (ms) | C floor (ms) | transfer / floor | commit (ms) | waves (ms) | total (ms) | server max pause (ms) | old gone after commit (ms) |',
-    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| connections | pre-copy (ms) | transfer (ms) | C floor (ms) | transfer / floor | commit (ms) | waves (ms) | total (ms) | CPU used, old process: loop thread / all threads (ms) | CPU used, successor: loop thread / all threads (ms) | server max pause (ms) | old gone after commit (ms) |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const size of results.sizes) {
     const run = results.runs.find((r) => r.system === 'socket-takeover' && !r.workload && r.connections === size);
     const floor = results.floor.find((f) => f.connections === size);
     const stats = run?.switch?.predecessor;
     if (!stats && !floor?.transferMs) continue;
+    const cpu = (side: TakeoverStats | undefined): string => (side ? `${fmt(side.cpuMs.thread)} / ${fmt(side.cpuMs.process)}` : '–');
     const p = stats?.phases;
     const ratio = p?.transferMs !== undefined && floor?.transferMs ? `${(p.transferMs / floor.transferMs).toFixed(1)}x` : '–';
     lines.push(
       `| ${int(size)} | ${fmt(p?.precopyMs)} | ${fmt(p?.transferMs)} | ${fmt(floor?.transferMs, 2)} | ${ratio} | ${fmt(p?.commitMs)} | ${fmt(p?.wavesMs)} | ` +
-        `${fmt(p?.totalMs)} | ${fmt(stats?.maxPauseMs)} | ${fmt(run?.switch?.oldGoneAfterCommitMs)} |`,
+        `${fmt(p?.totalMs)} | ${cpu(stats)} | ${cpu(run?.switch?.successor)} | ${fmt(stats?.maxPauseMs)} | ${fmt(run?.switch?.oldGoneAfterCommitMs)} |`,
     );
   }
   return lines;
@@ -557,9 +558,12 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
         `(${batching}) and acknowledged by the successor on receipt, while the old process ` +
         'keeps serving; this is the figure compared with the C floor, which moves the same number of connected TCP ' +
         'sockets between two processes with SCM_RIGHTS, same batches and window, and nothing else (median of its ' +
-        'rounds). commit: PREPARE to COMMIT, the successor checking and wrapping every fd in a net.Socket (28-43 µs ' +
+        'rounds). commit: PREPARE to COMMIT, the successor checking and wrapping every fd in a net.Socket (8-25 µs ' +
         "each) and waiting for its app's ready(). waves: reading handed over, wave by wave, from LISTENING to the last " +
-        'wave. server max pause: the longest wave from freeze to started. old gone after commit: from the commit (the ' +
+        "wave. CPU used: what each side used while its side of the takeover ran (`stats.cpuMs`), its event loop's thread " +
+        "(the takeover's work and the application's) and all its threads (V8's compiler and GC helpers too); two cores " +
+        "give 2 ms of CPU per ms of the total, the clients' share included. " +
+        'server max pause: the longest wave from freeze to started. old gone after commit: from the commit (the ' +
         "old process's `stats.committedAt`) to its exit as seen by the benchmark.",
     );
   }

@@ -59,6 +59,12 @@ export interface TakeoverStats {
   longestStepMs: number;
   /** ...and the most CPU time of the event loop's thread one such stretch used: the work without the waits for a core. */
   longestStepCpuMs: number;
+  /**
+   * CPU time this side used while its side of the takeover ran: its event loop's thread
+   * (`thread`: the takeover's work and the application's) and all its threads (`process`: V8's
+   * compiler and garbage-collector helpers too).
+   */
+  cpuMs: { thread: number; process: number };
   /** When the successor's COMMIT was sent (successor) or received (predecessor): epoch ms, sub-ms precision. */
   committedAt: number;
   phases: {
@@ -189,6 +195,7 @@ type Counts = Pick<
  */
 export class StatsRecorder {
   readonly started = performance.now();
+  private readonly cpuAtStart = { thread: threadCpuMs(), process: process.cpuUsage() };
   /** performance.now() at each step; 0 until reached. */
   readonly marks = { firstConns: 0, prepare: 0, commit: 0, listening: 0 };
   readonly counts: Counts = {
@@ -228,10 +235,12 @@ export class StatsRecorder {
     const end = performance.now();
     const { marks, started } = this;
     const loopDelayMs = this.loop.read();
+    const processCpu = process.cpuUsage(this.cpuAtStart.process);
     return {
       ...who,
       ...this.counts,
       loopDelayMs,
+      cpuMs: { thread: threadCpuMs() - this.cpuAtStart.thread, process: (processCpu.user + processCpu.system) / 1000 },
       committedAt: performance.timeOrigin + marks.commit,
       phases: {
         precopyMs: marks.prepare - started,

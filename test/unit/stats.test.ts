@@ -18,12 +18,18 @@ function block(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-test('the longest loop stall is split into time on the CPU, waiting for a core, and GC pauses', async () => {
+test('the longest loop stall is split into time on the CPU, waiting for a core, and GC pauses; the CPU used is counted', async () => {
   const busy = new StatsRecorder();
   await sleep(5);
   spin(120);
   await sleep(5);
-  const spun = busy.snapshot(who).loopDelayMs;
+  const busyStats = busy.snapshot(who);
+  const spun = busyStats.loopDelayMs;
+  assert.ok(busyStats.cpuMs.thread >= spun.maxCpuMs, `the side's CPU holds its longest stall's: ${JSON.stringify(busyStats.cpuMs)}`);
+  assert.ok(
+    busyStats.cpuMs.process >= busyStats.cpuMs.thread - 1,
+    `the process's holds its loop thread's: ${JSON.stringify(busyStats.cpuMs)}`,
+  );
   assert.ok(spun.max >= 119, `the stall lasted the 120 ms spin (${spun.max} ms)`);
   assert.ok(spun.maxCpuMs + spun.maxWaitMs >= spun.max * 0.9, `the thread ran or waited to run all along: ${JSON.stringify(spun)}`);
   assert.ok(spun.maxCpuMs + spun.maxWaitMs <= spun.max + 2, `no more than the stall: ${JSON.stringify(spun)}`);
