@@ -59,7 +59,7 @@ function threadIds(): number[] {
 /**
  * Lowers the scheduling priority of every thread of this process (the event loop's, V8's
  * compiler and garbage-collector helpers, libuv's pool; threads started later inherit it from
- * the thread that starts them) by `steps`, for a stretch of work that must not take cores from
+ * the thread that starts them, and are raised too) by `steps`, for a stretch of work that must not take cores from
  * another process, and returns what raises them back. Only when raising them back is allowed
  * (root, or RLIMIT_NICE): a process must not be left slower for good. Undefined when nothing
  * was lowered.
@@ -86,9 +86,12 @@ export function lowerPriority(steps: number): (() => void) | undefined {
   }
   if (changed.length === 0) return undefined;
   return () => {
-    for (const { tid, priority } of changed) {
+    const before = new Map(changed.map(({ tid, priority }) => [tid, priority]));
+    // A thread started meanwhile (libuv's pool on the application's first fs call) inherited the
+    // lowered value from the thread that started it: it gets the main thread's original one.
+    for (const tid of threadIds()) {
       try {
-        os.setPriority(tid, priority);
+        os.setPriority(tid, before.get(tid) ?? original);
       } catch {
         // Gone meanwhile, or (checked above, so never) not allowed: slower, never wrong.
       }

@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as os from 'node:os';
 import * as fs from 'node:fs';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
 import { lowerPriority } from '#lib/processes.js';
 
 /** Each thread's nice value: Linux keeps one per thread, and V8 and libuv start threads of their own. */
@@ -29,4 +31,22 @@ test('lowerPriority lowers every thread only when it can raise them back, and ra
   assert.equal(os.getPriority(), original, 'as it was');
   assert.equal(lowerPriority(0), undefined, 'zero steps lower nothing');
   assert.equal(os.getPriority(), original);
+});
+
+test('lowerPriority raises back the threads started while it was lowered (they inherited the lowered value)', async () => {
+  const original = os.getPriority();
+  assert.deepEqual(new Set(priorities()), new Set([original]), 'every thread starts at the main thread value');
+  const restore = lowerPriority(3);
+  if (restore === undefined) return; // Not allowed to raise it back: nothing was lowered (the test above checks it).
+  const before = priorities().length;
+  const worker = new Worker('setInterval(() => {}, 1000)', { eval: true });
+  try {
+    await once(worker, 'online');
+    assert.ok(priorities().length > before, 'the worker added threads');
+    assert.ok(priorities().includes(Math.min(19, original + 3)));
+    restore();
+    assert.deepEqual(new Set(priorities()), new Set([original]));
+  } finally {
+    await worker.terminate();
+  }
 });
