@@ -254,6 +254,7 @@ export class PredecessorSession {
     // The kernel's word (SO_PEERCRED), not the peer's: in another pid namespace, or lying, the
     // pid a peer claims names some other process, and liveness checks would ask about that one.
     this.successorPid = this.channel.peer.pid;
+    this.recorder.sampleLoop();
     this.host.onHello(this.successorPid);
     try {
       this.listeners = this.host.duplicateListeners();

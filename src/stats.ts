@@ -212,7 +212,14 @@ export class StatsRecorder {
     longestStepCpuMs: 0,
   };
 
-  private readonly loop = new LoopSampler();
+  /** Started by {@link sampleLoop}: a peer that never says HELLO must not cost a timer and an fd. */
+  private loop: LoopSampler | undefined;
+  private stopped = false;
+
+  /** Starts sampling the event loop: the takeover has begun (HELLO sent or received). */
+  sampleLoop(): void {
+    if (!this.loop && !this.stopped) this.loop = new LoopSampler();
+  }
 
   /** Runs one step of takeover work, timing it (a step inside another counts within the outer one). */
   step<T>(work: () => T): T {
@@ -228,13 +235,15 @@ export class StatsRecorder {
 
   /** Stops sampling the event loop; snapshot() does it too. */
   stop(): void {
-    this.loop.stop();
+    this.stopped = true;
+    this.loop?.stop();
   }
 
   snapshot(who: Pick<TakeoverStats, 'role' | 'predecessorPid' | 'successorPid' | 'listeners'>): TakeoverStats {
     const end = performance.now();
     const { marks, started } = this;
-    const loopDelayMs = this.loop.read();
+    const loopDelayMs = this.loop?.read() ?? { p99: 0, max: 0, maxCpuMs: 0, maxWaitMs: 0, maxGcMs: 0 };
+    this.stop();
     const processCpu = process.cpuUsage(this.cpuAtStart.process);
     return {
       ...who,

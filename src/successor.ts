@@ -178,6 +178,7 @@ export class SuccessorSession {
       // Only an optimisation: WELCOME grows the table again anyway.
     }
     this.restorePriority = lowerPriority(PREPARATION_NICE_STEPS);
+    this.recorder.sampleLoop();
     channel.send(encode.hello(process.pid));
     this.step('hello');
     this.deadline.expect('WELCOME');

@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { StatsRecorder } from '#lib/stats.js';
+import * as native from '#lib/native.js';
 
 const who = { role: 'predecessor', predecessorPid: process.pid, successorPid: 0, listeners: 0 } as const;
 
@@ -20,6 +21,7 @@ function block(ms: number): void {
 
 test('the longest loop stall is split into time on the CPU, waiting for a core, and GC pauses; the CPU used is counted', async () => {
   const busy = new StatsRecorder();
+  busy.sampleLoop();
   await sleep(5);
   spin(120);
   await sleep(5);
@@ -36,6 +38,7 @@ test('the longest loop stall is split into time on the CPU, waiting for a core, 
   assert.ok(spun.p99 <= spun.max);
 
   const idle = new StatsRecorder();
+  idle.sampleLoop();
   await sleep(5);
   block(120);
   await sleep(5);
@@ -52,6 +55,7 @@ test('a garbage collection inside the longest stall is counted in it', async () 
   v8.setFlagsFromString('--expose-gc');
   const gc = vm.runInNewContext('gc') as () => void;
   const recorder = new StatsRecorder();
+  recorder.sampleLoop();
   await sleep(5);
   // Enough live objects that a full collection takes a while, in a stall longer than any other.
   const garbage = Array.from({ length: 300_000 }, (_, i) => ({ i, s: String(i) }));
@@ -62,4 +66,17 @@ test('a garbage collection inside the longest stall is counted in it', async () 
   assert.equal(garbage.length, 300_000);
   assert.ok(loop.max >= 99, `the stall lasted the spin and the collection (${loop.max} ms)`);
   assert.ok(loop.maxGcMs > 0 && loop.maxGcMs <= loop.max, `the collection's pause is inside it: ${JSON.stringify(loop)}`);
+});
+
+test('the event loop is sampled only from the start of the takeover on: a recorder alone holds no fd', () => {
+  const before = native.openFdCount();
+  const recorder = new StatsRecorder();
+  assert.equal(native.openFdCount(), before, 'a peer that never says HELLO costs no fd');
+  recorder.sampleLoop();
+  assert.equal(native.openFdCount(), before + 1, 'the schedstat file is kept open while sampling');
+  recorder.stop();
+  assert.equal(native.openFdCount(), before);
+  recorder.sampleLoop();
+  assert.equal(native.openFdCount(), before, 'never again once stopped');
+  assert.equal(recorder.snapshot(who).loopDelayMs.max, 0);
 });
