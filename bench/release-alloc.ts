@@ -107,7 +107,7 @@ async function measure(n: number, batch: number): Promise<void> {
     }
   });
   observer.observe({ entryTypes: ['gc'] });
-  const onLateUse = (what: 'write' | 'end') => new Error(`${what}() after the release`);
+  const onLateUse = (_socket: net.Socket, what: string) => new Error(`${what}() after the release`);
   const heap = () => {
     const spaces = v8.getHeapSpaceStatistics();
     const used = (name: string) => spaces.find((s) => s.space_name === name)!.space_used_size;

@@ -32,7 +32,7 @@ import {
 /** How a plain net.Server accepts, for sockets wrapped as a successor would wrap them. */
 const plain = acceptOptions(net.createServer());
 /** A late write in these tests is a bug in the test itself. */
-const lateUse = (what: string) => {
+const lateUse = (_socket: net.Socket, what: string) => {
   throw new Error(`${what}() after the release`);
 };
 
