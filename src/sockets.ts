@@ -2,13 +2,18 @@
  * Everything that touches Node's socket internals lives here, so a Node upgrade that changes
  * them breaks one module and its tests (test/unit/sockets.test.ts), not the whole library.
  *
- * Used internals, each checked against Node 20's lib/net.js and lib/internal/streams:
+ * Used internals, each checked against Node 20's lib/net.js, lib/events.js and lib/internal/streams:
  * - `socket._handle.fd`, `server._handle.fd`: the kernel fd behind a libuv handle.
  * - `socket._handle.readStop()` and `.reading`: `pause()` alone keeps libuv reading.
  * - `socket._handle.writeQueueSize`: bytes libuv accepted but the kernel has not taken yet.
  * - `new net.Socket({ fd, manualStart: true })`: wraps an fd without reading from it.
  * - `new net.Socket({ handle })` with a handle built by `socket._handle.constructor` (libuv's TCP
  *   or Pipe wrap, type 0: `TCPConstants.SOCKET`, `PipeConstants.SOCKET`) and its `open(fd)`.
+ * - `socket._handle.close()` with no callback, just before `socket.destroy()`: libuv's handle wrap
+ *   ignores a second close() and its callback (src/handle_wrap.cc), so destroy() emits no 'close'
+ *   and leaves no closure on the handle, yet still records bytesRead and updates the stream state,
+ *   the timers and `server._connections`.
+ * - `socket._events.data`: EventEmitter's slot for the 'data' listeners, emptied and refilled by a store.
  * - `socket._readableState.ended`: EOF has been read, even if 'end' was not emitted yet.
  * - `socket._readableState.decoder.lastNeed`: bytes of a character a StringDecoder still waits for.
  * - `server._connections` and `socket.server`: what Node's own accept path maintains.
