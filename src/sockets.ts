@@ -118,6 +118,9 @@ export function trackWrites(socket: net.Socket): void {
   }
 }
 
+/** What most connections carry (idle ones, both ways), shared: nothing writes into a Buffer of length 0. */
+const NO_BYTES = Buffer.alloc(0);
+
 /** The frozen socket's `_read`: the handle must not read; its bytes are the successor's. */
 function readNothing(): void {}
 
@@ -161,7 +164,7 @@ export function freezeSocket(socket: net.Socket): Frozen {
   const chunks: Buffer[] = [];
   for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) chunks.push(chunk);
   if (dataListeners !== undefined) events.data = dataListeners;
-  const input = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+  const input = chunks.length === 0 ? NO_BYTES : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
 
   const parts: Buffer[] = [];
   const queued = handle.writeQueueSize ?? 0;
@@ -171,7 +174,7 @@ export function freezeSocket(socket: net.Socket): Frozen {
     parts.push(all.subarray(Math.max(0, all.length - queued)));
   }
   for (const { chunk, encoding } of s.writableBuffer ?? []) parts.push(toBuffer(chunk, encoding));
-  return { fate: 'moved', input, output: Buffer.concat(parts) };
+  return { fate: 'moved', input, output: parts.length === 0 ? NO_BYTES : Buffer.concat(parts) };
 }
 
 /**
