@@ -134,6 +134,8 @@ export class PredecessorSession {
   private waveSeq = 0;
   private waveStartedAt = 0;
   private waveInFlight = false;
+  /** nextWave() is freezing: the steps it reports run the application's listeners. */
+  private buildingWave = false;
   /** Connections the next wave may take: options.waveSize, or less when waves are timed. */
   private waveLimit: number;
   /** Timed waves: CPU ms per connection of the waves so far (a moving average), 0 before the first. */
@@ -205,7 +207,10 @@ export class PredecessorSession {
   /** An adapter or the application says a connection may have become quiet: move it while it is. */
   connectionMaybeQuiet(id: number): void {
     if (this.phase !== 'waves' || !this.deferred.has(id)) return;
-    if (this.waveInFlight) {
+    // Told from inside a wave being built (a 'defer' or 'freeze' listener): that wave's last pass
+    // over the deferred connections, or the next wave, asks it again. A wave of its own built
+    // in the middle would go out with the same number.
+    if (this.waveInFlight || this.buildingWave) {
       this.maybeQuiet.add(id);
       return;
     }
@@ -386,6 +391,7 @@ export class PredecessorSession {
     this.channel.readQueued();
     // A send already failed (the successor died): freezing now would hand connections to nobody.
     if (this.phase !== 'waves' || this.channel.isBroken) return;
+    this.buildingWave = true;
     this.waveStartedAt = performance.now();
     const cpuStart = native.threadCpuMs();
     const records: WaveRecord[] = [];
@@ -409,8 +415,12 @@ export class PredecessorSession {
     }
     if (this.waveCursor === this.waveQueue.length) {
       const pastBound = performance.now() >= this.quiesceDeadline;
+      // A wave names a connection once: one deferred in this wave waits for the next, even if a
+      // listener of this wave's steps made it quiet or closed it since.
+      const deferredNow = new Set(records.filter((r) => r.fate === 'deferred').map((r) => r.id));
       for (const [id, socket] of this.deferred) {
         if (!room()) break;
+        if (deferredNow.has(id)) continue;
         if (pastBound) {
           this.deferred.delete(id);
           records.push({ id, fate: 'retained' });
@@ -423,6 +433,7 @@ export class PredecessorSession {
         }
       }
     }
+    this.buildingWave = false;
     if (records.length === 0 && this.waveSeq > 0) {
       if (this.deferred.size === 0) return this.finish();
       this.retryTimer = setTimeout(
@@ -448,9 +459,11 @@ export class PredecessorSession {
       }
       return;
     }
+    // In flight from the send on: the release steps below run the application's listeners, and
+    // a connection they make quiet must wait for this wave's WAVE_ACK, not start a wave of its own.
+    this.waveInFlight = true;
     for (const { id, socket } of released) this.host.release(id, socket);
     if (this.host.options.timedWaves) this.sizeNextWave(native.threadCpuMs() - cpuStart, records.length);
-    this.waveInFlight = true;
     this.deadline.expect('WAVE_ACK');
   }
 
@@ -508,6 +521,11 @@ export class PredecessorSession {
   }
 
   private onWaveAck(seq: number): void {
+    // Between a WAVE_ACK and the next wave (a retry timer, the loop turn before wave 0) the next
+    // number is not yet owed: accepting it would count a wave the successor never had.
+    if (!this.waveInFlight) {
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq} while no wave was in flight`));
+    }
     if (seq !== this.waveSeq) {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq}, expected ${this.waveSeq}`));
     }

@@ -249,6 +249,8 @@ export class FakePredecessorHost implements PredecessorHost {
   resumed: string[] | undefined;
   /** Called as each connection is frozen: where a test makes the peer fail between a freeze and its send. */
   afterFreeze: ((id: number) => void) | undefined;
+  /** Called as each connection is released, as the application's 'release' listener is. */
+  afterRelease: ((id: number) => void) | undefined;
   session: PredecessorSession | undefined;
   readonly outcome: Promise<Outcome>;
   private finish!: (outcome: Outcome) => void;
@@ -339,6 +341,7 @@ export class FakePredecessorHost implements PredecessorHost {
     this.calls.push(`release:${id}`);
     this.conns.delete(id);
     releaseMoved(socket, () => new Error('used after it moved'));
+    this.afterRelease?.(id);
   }
 
   onRollback(error: TakeoverError, started: boolean, report: RollbackReport): void {

@@ -12,6 +12,7 @@ import { Channel } from '#lib/channel.js';
 import { PredecessorSession } from '#lib/predecessor.js';
 import { decodeWave, digestIds, encode, type Frame, type Wave } from '#lib/protocol.js';
 import { ErrorCodes, TakeoverError } from '#lib/errors.js';
+import type { TakeoverStats } from '#lib/stats.js';
 import { serverFd } from '#lib/sockets.js';
 import { tempDir, waitFor, within } from '../helpers.js';
 import { channelListenerFd, channelPair, type Client, FakePredecessorHost, fdsSettle, OldApp, RawPeer, turns } from './harness.js';
@@ -128,6 +129,38 @@ function fates(wave: Wave): string[] {
   return wave.records.map((r) => `${r.id}:${r.fate}`);
 }
 
+/**
+ * The peer's copy (from CONNS) is now the connection: it writes, the client reads, and the old
+ * process reads nothing. The peer then closes it, and the client's end closes in turn.
+ */
+async function servedBySuccessor(s: Setup, fd: number, client: Client): Promise<void> {
+  const moved = new net.Socket({ fd: s.peer.take(fd) });
+  const before = client.received;
+  moved.write('from the successor');
+  await client.expect(`${before}from the successor`);
+  client.write('to the successor');
+  const [reply] = (await within(new Promise((r) => moved.once('data', (d) => r([d]))), 'data on the moved socket')) as Buffer[];
+  assert.equal(reply!.toString(), 'to the successor');
+  moved.destroy();
+  await waitFor(() => client.socket.destroyed, 'the client to close after the successor closed the connection');
+}
+
+/**
+ * The session refused a WAVE_ACK that no wave was owed: ABORT ERR_TAKEOVER_PROTOCOL (and nothing
+ * before it), then a partial handover: the live successor may accept, so the listeners stay with it.
+ */
+async function refusedWithNoWaveInFlight(s: Setup, seq: number): Promise<TakeoverStats> {
+  const abort = await s.peer.next('abort');
+  assert.equal(abort.code, ErrorCodes.PROTOCOL);
+  assert.equal(abort.message, `WAVE_ACK for wave ${seq} while no wave was in flight`);
+  const outcome = await within(s.host.outcome, 'the partial handover');
+  assert.ok(outcome.kind === 'partial', outcome.kind);
+  assert.equal(outcome.error.code, ErrorCodes.PROTOCOL, outcome.error.message);
+  assert.equal(s.host.resumed, undefined, 'never resumed: two processes would accept');
+  assert.equal(serverFd(s.app.server), -1);
+  return outcome.stats;
+}
+
 /** The old app still answers on this connection: nothing was stopped for it. */
 async function servedByOld(client: Client, text: string): Promise<void> {
   const before = client.received;
@@ -204,18 +237,12 @@ test('happy path: WELCOME, LISTENERS, CONNS, PREPARE with the digest, COMMIT, LI
   );
   assert.equal(Math.round(outcome.stats.maxPauseMs * 1000), done.maxPauseUs);
 
-  // The peer's copy is now the connection: it writes, the client reads, and the old process reads nothing.
-  const moved = new net.Socket({ fd: s.peer.take(conns[0]!.fd) });
-  moved.write('from the successor');
-  await s.clients[0]!.expect('from the successor');
-  s.clients[0]!.write('to the successor');
-  const [reply] = (await within(new Promise((r) => moved.once('data', (d) => r([d]))), 'data on the moved socket')) as Buffer[];
-  assert.equal(reply!.toString(), 'to the successor');
-  moved.destroy();
+  await servedBySuccessor(s, conns[0]!.fd, s.clients[0]!);
 
-  // The old server's fd and the two released sockets are gone, and the session's end of the
-  // channel: what is left beyond the test's own fds is what the successor holds.
-  await fdsSettle(s.before - 3 + s.peer.heldFds, 'the session closed its listener dups and the channel');
+  // The old server's fd, the two released sockets and the client the successor closed are gone,
+  // and the session's end of the channel: what is left beyond the test's own fds is what the
+  // successor holds.
+  await fdsSettle(s.before - 4 + s.peer.heldFds, 'the session closed its listener dups and the channel');
   await s.teardown();
 });
 
@@ -628,6 +655,115 @@ test('a WAVE_ACK out of sequence: ABORT ERR_TAKEOVER_PROTOCOL; the live successo
   const partial = await within(second.host.outcome, 'the partial handover');
   assert.ok(partial.kind === 'partial' && partial.error.code === ErrorCodes.PROTOCOL);
   await second.teardown();
+});
+
+test('a WAVE_ACK for the next wave right behind the good one, before that wave left: ABORT ERR_TAKEOVER_PROTOCOL; the successor keeps wave 0, the old process finishes the rest', async (t) => {
+  const s = await setup(t, 3, { waveSize: 1 });
+  s.sockets[0]!.pause();
+  s.clients[0]!.write('early');
+  await waitFor(() => s.sockets[0]!.readableLength === 5, "'early' buffered in the old app");
+  const { conns } = await toPrepare(s);
+  s.peer.send(encode.commit());
+  await s.peer.next('listening');
+  const wave = await nextWave(s.peer);
+  assert.deepEqual(fates(wave), ['1:moved']);
+  assert.equal(wave.records[0]?.fate === 'moved' && wave.records[0].input.toString(), 'early');
+  // Sent in one tick, so the old process reads both in one go: the second before wave 1 is built.
+  s.peer.send(encode.waveAck(0));
+  s.peer.send(encode.waveAck(1));
+  const stats = await refusedWithNoWaveInFlight(s, 1);
+  assert.deepEqual([stats.connections, stats.retained, stats.waves], [1, 2, 1]);
+  assert.deepEqual(
+    s.host.calls.filter((c) => /^(freeze|release)/.test(c)),
+    ['freeze:1', 'release:1'],
+    'wave 1 was never built',
+  );
+  await servedBySuccessor(s, conns[0]!.fd, s.clients[0]!);
+  await servedByOld(s.clients[1]!, 'never frozen, finished here');
+  await servedByOld(s.clients[2]!, 'never frozen either');
+  // The successor closes the channel (not what it holds): the session's end closes without lingering.
+  s.peer.closeChannel();
+  await fdsSettle(s.before - 3 + s.peer.heldFds, 'the listener dups and the channel closed, the server stopped, one connection gone');
+  await s.teardown();
+});
+
+test('a WAVE_ACK while only a deferred connection is left (the retry timer runs, no wave in flight): ABORT ERR_TAKEOVER_PROTOCOL; the deferred connection is retained here', async (t) => {
+  // Far from the quiescence bound: the retry timer would run on for the whole test.
+  const s = await setup(t, 2, { quiesceTimeoutMs: 60_000 });
+  s.host.readinessOf.set(1, 'busy');
+  const { conns } = await toPrepare(s);
+  s.peer.send(encode.commit());
+  await s.peer.next('listening');
+  assert.deepEqual(fates(await nextWave(s.peer)), ['1:deferred', '2:moved']);
+  s.peer.send(encode.waveAck(0));
+  // Asked in wave 0, once its WAVE_ACK came, then on the retry timer.
+  await waitFor(() => s.host.calls.filter((c) => c === 'settle:1').length >= 3, 'a retry of the deferred connection');
+  assert.deepEqual(s.peer.pending, [], 'no wave while it is busy');
+  s.peer.send(encode.waveAck(1));
+  const stats = await refusedWithNoWaveInFlight(s, 1);
+  assert.deepEqual([stats.connections, stats.deferred, stats.retained, stats.waves], [1, 1, 1, 1]);
+  assert.ok(s.host.calls.includes('retain:1'));
+  await servedBySuccessor(s, conns[1]!.fd, s.clients[1]!);
+  await servedByOld(s.clients[0]!, 'deferred, finished here');
+  // The successor closes the channel (not what it holds): the session's end closes without lingering.
+  s.peer.closeChannel();
+  await fdsSettle(s.before - 3 + s.peer.heldFds, 'the listener dups and the channel closed, the server stopped, one connection gone');
+  await s.teardown();
+});
+
+test('a WAVE_ACK 0 before wave 0 left (right behind the ACK of the last delta, which starts LISTENING): ABORT ERR_TAKEOVER_PROTOCOL; nothing was frozen, the old process finishes every connection', async (t) => {
+  const s = await setup(t, 1);
+  await toPrepare(s);
+  const late = await s.app.connect();
+  s.host.add(late.socket);
+  s.peer.send(encode.commit());
+  await s.peer.next('conns');
+  // Read in one go: the ACK sends LISTENING at once, wave 0 waits for the next loop turn.
+  s.peer.send(encode.ack(1));
+  s.peer.send(encode.waveAck(0));
+  await s.peer.next('listening');
+  const stats = await refusedWithNoWaveInFlight(s, 0);
+  assert.deepEqual([stats.connections, stats.retained, stats.waves], [0, 2, 0]);
+  assert.ok(!s.host.calls.some((c) => /^(freeze|release)/.test(c)), 'nothing was frozen');
+  await servedByOld(s.clients[0]!, 'never frozen, finished here');
+  await servedByOld(late.client, 'the late one too');
+  s.peer.closeChannel();
+  await fdsSettle(s.before + 1 + s.peer.heldFds, 'the listener dups and the channel closed, the server stopped, the late connection open');
+  await s.teardown();
+});
+
+test("deferred connections made quiet by listeners of the wave's own steps ('defer' as it is built, 'release' as it is released) wait for the next wave: one wave at a time, each connection named once", async (t) => {
+  const s = await setup(t, 3);
+  s.host.readinessOf.set(1, 'busy');
+  s.host.readinessOf.set(2, 'busy');
+  await toPrepare(s);
+  const quiet = (id: number) => {
+    s.host.readinessOf.set(id, 'quiet');
+    s.session.connectionMaybeQuiet(id);
+  };
+  const onDefer = s.host.onDefer.bind(s.host);
+  s.host.onDefer = (socket) => {
+    onDefer(socket);
+    if (s.host.idOf(socket) === 1) quiet(1);
+  };
+  s.host.afterRelease = (id) => {
+    if (id === 3) quiet(2);
+  };
+  s.peer.send(encode.commit());
+  await s.peer.next('listening');
+  const first = await nextWave(s.peer);
+  assert.deepEqual([first.seq, ...fates(first)], [0, '1:deferred', '2:deferred', '3:moved']);
+  await turns(5);
+  assert.deepEqual(s.peer.pending, [], 'nothing before the WAVE_ACK');
+  s.peer.send(encode.waveAck(0));
+  const second = await nextWave(s.peer);
+  assert.deepEqual([second.seq, ...fates(second)], [1, '1:moved', '2:moved']);
+  s.peer.send(encode.waveAck(1));
+  assert.equal((await s.peer.next('done')).retained, 0);
+  const outcome = await within(s.host.outcome, 'the handover');
+  assert.ok(outcome.kind === 'handover');
+  assert.deepEqual([outcome.stats.connections, outcome.stats.deferred, outcome.stats.waves], [3, 2, 2]);
+  await s.teardown();
 });
 
 test('an ACK naming a batch that was never sent is refused with ABORT ERR_TAKEOVER_PROTOCOL', async (t) => {

@@ -205,6 +205,43 @@ test('deferral across both: a busy connection is deferred, moves once it turns q
   await p.teardown();
 });
 
+test("deferred connections made quiet by listeners of the old side's steps ('defer', 'release'): one wave at a time, each named once per wave; the new app serves them all", async (t) => {
+  const p = await pair(t, 3);
+  p.old.readinessOf.set(1, 'busy');
+  p.old.readinessOf.set(2, 'busy');
+  const onDefer = p.old.onDefer.bind(p.old);
+  p.old.onDefer = (socket) => {
+    onDefer(socket);
+    // Connection 1 finishes its work as soon as it is told to wait, while wave 0 is built.
+    if (p.old.idOf(socket) !== 1) return;
+    p.old.readinessOf.set(1, 'quiet');
+    p.predecessor.connectionMaybeQuiet(1);
+  };
+  p.old.afterRelease = (id) => {
+    // Connection 2 finishes as wave 0 is released.
+    if (id !== 3) return;
+    p.old.readinessOf.set(2, 'quiet');
+    p.predecessor.connectionMaybeQuiet(2);
+  };
+  p.successor.ready();
+  const [oldOutcome, newOutcome] = await within(Promise.all([p.old.outcome, p.next.outcome]), 'both sides to finish');
+  assert.ok(oldOutcome.kind === 'handover', oldOutcome.kind);
+  assert.ok(newOutcome.kind === 'done' && newOutcome.warning === undefined, newOutcome.kind);
+  for (const stats of [oldOutcome.stats, newOutcome.stats]) {
+    assert.deepEqual(
+      { connections: stats.connections, deferred: stats.deferred, retained: stats.retained, waves: stats.waves },
+      { connections: 3, deferred: 2, retained: 0, waves: 2 },
+      stats.role,
+    );
+  }
+  assert.deepEqual(
+    p.next.steps.filter((step) => step.startsWith('wave')),
+    ['wave0', 'wave1'],
+  );
+  for (const client of p.clients) await reply(client, 'moved', 'new');
+  await p.teardown();
+});
+
 test('rollback before COMMIT: the new app gives up at PREPARE; both sides drop the takeover, no fd is left, the old app never stopped', async (t) => {
   const p = await pair(t, 2, {
     onStep: (step, p) => {
