@@ -9,7 +9,7 @@ import * as native from './native.js';
 import type { ChannelListener } from './channel-listener.js';
 import type { CapturedState, PredecessorHost } from './predecessor.js';
 import type { ListenerEntry } from './protocol.js';
-import { releaseMoved, serverFd, stopAccepting } from './sockets.js';
+import { releaseMoved, serverFd, stopAccepting, type LateUse } from './sockets.js';
 import { ErrorCodes, TakeoverError, hookError } from './errors.js';
 import type { RollbackReport, TakeoverStats } from './stats.js';
 import type { ResolvedOptions } from './options.js';
@@ -39,6 +39,17 @@ export interface HandoverEvents {
 
 export class HandingOver implements PredecessorHost {
   readonly options: ResolvedOptions;
+
+  /** One reporter for every released connection: a closure per connection would outlive it in the heap. */
+  private readonly reportLateUse: LateUse = (socket, what) => {
+    const error = new TakeoverError(
+      ErrorCodes.CONNECTION_MOVED,
+      `${what}() on a connection that moved to the successor: it does not reach the client from this process`,
+      { socket },
+    );
+    this.events.warning(error);
+    return error;
+  };
 
   constructor(
     private readonly served: Served,
@@ -135,15 +146,7 @@ export class HandingOver implements PredecessorHost {
     this.events.step('release', socket);
     this.served.connections.delete(id);
     adapter.forget(socket);
-    releaseMoved(socket, (what) => {
-      const error = new TakeoverError(
-        ErrorCodes.CONNECTION_MOVED,
-        `${what}() on a connection that moved to the successor: it does not reach the client from this process`,
-        { socket },
-      );
-      this.events.warning(error);
-      return error;
-    });
+    releaseMoved(socket, this.reportLateUse);
   }
 
   onHello(pid: number): void {

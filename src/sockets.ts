@@ -2,13 +2,18 @@
  * Everything that touches Node's socket internals lives here, so a Node upgrade that changes
  * them breaks one module and its tests (test/unit/sockets.test.ts), not the whole library.
  *
- * Used internals, each checked against Node 20's lib/net.js and lib/internal/streams:
+ * Used internals, each checked against Node 20's lib/net.js, lib/events.js and lib/internal/streams:
  * - `socket._handle.fd`, `server._handle.fd`: the kernel fd behind a libuv handle.
  * - `socket._handle.readStop()` and `.reading`: `pause()` alone keeps libuv reading.
  * - `socket._handle.writeQueueSize`: bytes libuv accepted but the kernel has not taken yet.
  * - `new net.Socket({ fd, manualStart: true })`: wraps an fd without reading from it.
  * - `new net.Socket({ handle })` with a handle built by `socket._handle.constructor` (libuv's TCP
  *   or Pipe wrap, type 0: `TCPConstants.SOCKET`, `PipeConstants.SOCKET`) and its `open(fd)`.
+ * - `socket._handle.close()` with no callback, just before `socket.destroy()`: libuv's handle wrap
+ *   ignores a second close() and its callback (src/handle_wrap.cc), so destroy() emits no 'close'
+ *   and leaves no closure on the handle, yet still records bytesRead and updates the stream state,
+ *   the timers and `server._connections`.
+ * - `socket._events.data`: EventEmitter's slot for the 'data' listeners, emptied and refilled by a store.
  * - `socket._readableState.ended`: EOF has been read, even if 'end' was not emitted yet.
  * - `socket._readableState.decoder.lastNeed`: bytes of a character a StringDecoder still waits for.
  * - `server._connections` and `socket.server`: what Node's own accept path maintains.
@@ -18,6 +23,7 @@ import { getSystemErrorName } from 'node:util';
 
 interface Handle {
   fd: number;
+  close(): void;
   reading?: boolean;
   readStop?: () => number;
   writeQueueSize?: number;
@@ -32,6 +38,7 @@ interface WritableChunk {
 interface SocketInternals {
   _handle: Handle | null;
   _readableState: { ended: boolean; reading: boolean; decoder: { lastNeed: number } | null };
+  _events: { data?: unknown };
   _read(size: number): void;
   _write(chunk: unknown, encoding: BufferEncoding, cb: WriteCallback): void;
   _writev?(chunks: WritableChunk[], cb: WriteCallback): void;
@@ -111,6 +118,12 @@ export function trackWrites(socket: net.Socket): void {
   }
 }
 
+/** What most connections carry (idle ones, both ways), shared: nothing writes into a Buffer of length 0. */
+const NO_BYTES = Buffer.alloc(0);
+
+/** The frozen socket's `_read`: the handle must not read; its bytes are the successor's. */
+function readNothing(): void {}
+
 /** Sockets that were flowing when frozen, so that {@link thawSocket} can restart them as they were. */
 const flowingAtFreeze = new WeakSet<net.Socket>();
 
@@ -139,15 +152,19 @@ export function freezeSocket(socket: net.Socket): Frozen {
   handle.reading = false;
   socket.pause();
   // read() would restart the handle through _read() and hand the bytes to 'data' listeners;
-  // neither may happen: the bytes belong to the successor now.
-  const dataListeners = socket.rawListeners('data') as ((...args: unknown[]) => void)[];
-  socket.removeAllListeners('data');
-  s._read = () => {};
+  // neither may happen: the bytes belong to the successor now. The listeners are hidden for the
+  // reads by a store to their existing slot, not removed and added back: a removal can turn the
+  // events object into a dictionary (a young allocation that every scavenge copies until a full
+  // GC) and tells the application's 'removeListener'/'newListener' listeners of a change that is none.
+  s._read = readNothing;
+  const events = s._events;
+  const dataListeners = events.data;
+  if (dataListeners !== undefined) events.data = undefined;
   // read() returns the whole buffer up to Node 24, one chunk at a time from Node 26 on.
   const chunks: Buffer[] = [];
   for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) chunks.push(chunk);
-  const input = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-  for (const listener of dataListeners) socket.on('data', listener);
+  if (dataListeners !== undefined) events.data = dataListeners;
+  const input = chunks.length === 0 ? NO_BYTES : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
 
   const parts: Buffer[] = [];
   const queued = handle.writeQueueSize ?? 0;
@@ -157,7 +174,7 @@ export function freezeSocket(socket: net.Socket): Frozen {
     parts.push(all.subarray(Math.max(0, all.length - queued)));
   }
   for (const { chunk, encoding } of s.writableBuffer ?? []) parts.push(toBuffer(chunk, encoding));
-  return { fate: 'moved', input, output: Buffer.concat(parts) };
+  return { fate: 'moved', input, output: parts.length === 0 ? NO_BYTES : Buffer.concat(parts) };
 }
 
 /**
@@ -175,43 +192,64 @@ export function thawSocket(socket: net.Socket, input: Buffer): void {
   if (flowingAtFreeze.delete(socket)) socket.resume();
 }
 
-/** Socket events that would tell the application the connection ended: it did not, it moved. */
-const ENDING_EVENTS = new Set<string | symbol>(['close', 'end', 'error']);
+/** Reports a write()/end() on a connection that moved, and returns the error to give its callback. */
+export type LateUse = (socket: net.Socket, what: 'write' | 'end') => Error;
+
+/**
+ * The reporter of each released socket. What a release installs on a socket is shared by all of
+ * them (module functions, `this` is the socket): a per-socket closure would be a young object
+ * hanging off an old socket, which every scavenge copies, then promotes, until a full GC.
+ */
+const lateUses = new WeakMap<net.Socket, LateUse>();
+
+function completeAtOnce(_chunk: unknown, _encoding: BufferEncoding, cb: WriteCallback): void {
+  cb();
+}
+
+function completeAllAtOnce(_chunks: WritableChunk[], cb: WriteCallback): void {
+  cb();
+}
+
+function lateWrite(this: net.Socket, _chunk: unknown, encoding?: unknown, cb?: unknown): boolean {
+  const callback = typeof encoding === 'function' ? encoding : cb;
+  const error = lateUses.get(this)!(this, 'write');
+  if (typeof callback === 'function') process.nextTick(callback as WriteCallback, error);
+  return false;
+}
+
+function lateEnd(this: net.Socket, chunk?: unknown): net.Socket {
+  lateUses.get(this)!(this, chunk === undefined || typeof chunk === 'function' ? 'end' : 'write');
+  return this;
+}
 
 /**
  * Drops this process's copy of a connection another process now serves: closes the fd only.
  * Never `end()`: that would send FIN on the connection the successor is serving.
  *
  * The application's view stays truthful. The writes it made before the freeze travelled with
- * the connection, so their callbacks succeed. The socket emits `'moved'` instead of
- * `'close'`/`'end'`. A later `write()` or `end()` cannot reach the client from here:
- * `onLateUse` reports it (its error goes to the write's callback), so it is never silently lost.
+ * the connection, so their callbacks succeed. The socket emits `'moved'`, and never `'close'`,
+ * `'end'` or `'error'` for the move. A later `write()` or `end()` cannot reach the client from
+ * here: `onLateUse` reports it (its error goes to the write's callback), so it is never silently lost.
  * Call it in the same tick as {@link freezeSocket}: libuv must not write the recovered bytes itself.
  */
-export function releaseMoved(socket: net.Socket, onLateUse: (what: 'write' | 'end') => Error): void {
+export function releaseMoved(socket: net.Socket, onLateUse: LateUse): void {
   const s = internals(socket);
-  s._write = (_chunk, _encoding, cb) => cb();
-  s._writev = (_chunks, cb) => cb();
+  s._write = completeAtOnce;
+  s._writev = completeAllAtOnce;
   while (socket.writableCorked > 0) socket.uncork();
   // Completing the write libuv holds lets the Writable pass its buffer through the no-ops above,
   // so every callback succeeds; libuv's own completion, when the handle closes, is ignored.
   inFlight.get(socket)?.complete(null);
-  const emit = socket.emit;
-  socket.emit = function (this: net.Socket, event: string | symbol, ...args: unknown[]) {
-    return ENDING_EVENTS.has(event) ? false : emit.apply(this, [event, ...args] as Parameters<typeof emit>);
-  } as typeof socket.emit;
+  lateUses.set(socket, onLateUse);
+  // Closed here without a callback, the handle is already closing when destroy() closes it with
+  // one: libuv's wrap ignores a second close() and its callback, so destroy() neither emits
+  // 'close' nor leaves a closure on the handle. destroy() still does the rest: the stream state,
+  // bytesRead, the timers, and the server's count of connections.
+  s._handle?.close();
   socket.destroy();
-  socket.write = function (this: net.Socket, _chunk: unknown, encoding?: unknown, cb?: unknown) {
-    const callback = typeof encoding === 'function' ? encoding : cb;
-    const error = onLateUse('write');
-    if (typeof callback === 'function') process.nextTick(callback as WriteCallback, error);
-    return false;
-  } as typeof socket.write;
-  socket.end = function (this: net.Socket, chunk?: unknown) {
-    onLateUse(chunk === undefined || typeof chunk === 'function' ? 'end' : 'write');
-    return this;
-  } as typeof socket.end;
-  (emit as (event: string) => boolean).call(socket, 'moved');
+  socket.write = lateWrite as typeof socket.write;
+  socket.end = lateEnd as typeof socket.end;
+  socket.emit('moved');
 }
 
 /** Drops a copy of a connection that never started in this process (its fd only, no FIN). */

@@ -32,7 +32,7 @@ import {
 /** How a plain net.Server accepts, for sockets wrapped as a successor would wrap them. */
 const plain = acceptOptions(net.createServer());
 /** A late write in these tests is a bug in the test itself. */
-const lateUse = (what: string) => {
+const lateUse = (_socket: net.Socket, what: string) => {
   throw new Error(`${what}() after the release`);
 };
 
@@ -450,6 +450,54 @@ test('releaseSocket closes only its own fd: the connection lives on through a du
   assert.equal((await readBytes(successor, 10)).toString(), 'ping again');
   assert.deepEqual(peerSaw, []);
 });
+
+test(
+  'releaseMoved: the app hears moved and nothing else, keeps its listeners and bytesRead; late writes and ends reach the reporter',
+  limit,
+  async (t) => {
+    const scope = new Scope(t);
+    const { server, client, accepted } = await connection(scope);
+    const onData = () => {};
+    accepted.on('data', onData);
+    client.write('abc');
+    await readBytes(accepted, 3);
+    const heard: string[] = [];
+    for (const event of ['close', 'end', 'error', 'finish', 'moved', 'removeListener', 'newListener'])
+      accepted.on(event, () => heard.push(event));
+    trackWrites(accepted);
+
+    const frozen = freezeSocket(accepted);
+    assert.equal(frozen.fate, 'moved');
+    assert.deepEqual(accepted.listeners('data'), [onData], 'the freeze hid the data listeners without removing them');
+    const dup = scope.fd(native.dup(socketFd(accepted)));
+    const reported: [net.Socket, string][] = [];
+    releaseMoved(accepted, (socket, what) => {
+      reported.push([socket, what]);
+      return new Error(`late ${what}`);
+    });
+    assert.equal(accepted.destroyed, true);
+    assert.equal(accepted.bytesRead, 3);
+    assert.equal(await new Promise((resolve) => server.getConnections((_error, count) => resolve(count))), 0);
+
+    const failed = await new Promise<Error | null | undefined>((resolve) => accepted.write('late', resolve));
+    assert.equal(failed?.message, 'late write');
+    accepted.end('last');
+    accepted.end();
+    accepted.destroy(new Error('the app gives up on it'));
+    // A full loop turn: the close callbacks and every tick queued by the release have run.
+    await new Promise((resolve) => setImmediate(() => setImmediate(resolve)));
+    assert.deepEqual(
+      reported.map(([socket, what]) => [socket === accepted, what]),
+      [
+        [true, 'write'],
+        [true, 'write'],
+        [true, 'end'],
+      ],
+    );
+    assert.deepEqual(heard, ['moved']);
+    native.close(scope.handOver(dup));
+  },
+);
 
 test('startInherited: output first, input before new bytes, hook before connection, counted by the server', limit, async (t) => {
   const scope = new Scope(t);
