@@ -164,7 +164,10 @@ export class PredecessorSession {
       this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the successor sent no ${what} within ${ms} ms`)),
     );
     channel.on('frame', (frame) => this.recorder.step(() => this.onFrame(frame)));
-    channel.on('writable', () => this.recorder.step(() => this.pump()));
+    // Every send of pre-copy goes through schedulePump(): at most one slice of sending per turn of
+    // the loop. An ACK, the channel draining or an accept each calling pump() at once would each
+    // get a slice of its own, and a read of 20 queued ACKs became 20 ms of sending in one turn.
+    channel.on('writable', () => this.schedulePump());
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the successor closed the takeover channel')));
     this.deadline.expect('HELLO', Math.min(host.options.timeoutMs, HELLO_TIMEOUT_MS));
@@ -188,7 +191,7 @@ export class PredecessorSession {
   connectionAdded(id: number): void {
     if (this.phase === 'precopy' || this.phase === 'prepared' || this.phase === 'committed') {
       this.unsent.add(id);
-      if (this.phase !== 'prepared') this.recorder.step(() => this.pump());
+      if (this.phase !== 'prepared') this.schedulePump();
     }
   }
 
@@ -201,7 +204,7 @@ export class PredecessorSession {
     // Between PREPARE and COMMIT too: the successor's copy keeps the connection open to the
     // client until it drops it.
     if (this.phase === 'prepared') this.flushClosed();
-    else this.pump();
+    else this.schedulePump();
   }
 
   /** An adapter or the application says a connection may have become quiet: move it while it is. */
@@ -247,7 +250,7 @@ export class PredecessorSession {
     this.batchesAcked++;
     this.batchesInFlight--;
     this.deadline.clear(); // progress: pump() arms a fresh wait if more is outstanding
-    this.pump();
+    this.schedulePump();
   }
 
   private onHello(): void {

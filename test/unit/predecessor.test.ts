@@ -711,24 +711,30 @@ test('a WAVE_ACK while only a deferred connection is left (the retry timer runs,
   await s.teardown();
 });
 
-test('a WAVE_ACK 0 before wave 0 left (right behind the ACK of the last delta, which starts LISTENING): ABORT ERR_TAKEOVER_PROTOCOL; nothing was frozen, the old process finishes every connection', async (t) => {
+test('a WAVE_ACK 0 before LISTENING (right behind the ACK of the last delta): ABORT ERR_TAKEOVER_PROTOCOL; nothing was frozen, the old process resumes everything', async (t) => {
   const s = await setup(t, 1);
   await toPrepare(s);
   const late = await s.app.connect();
   s.host.add(late.socket);
   s.peer.send(encode.commit());
   await s.peer.next('conns');
-  // Read in one go: the ACK sends LISTENING at once, wave 0 waits for the next loop turn.
+  // Read in one go: the ACK only schedules the next send (LISTENING goes out on the next turn of
+  // the loop), so the WAVE_ACK is read while the old process waits to send it.
   s.peer.send(encode.ack(1));
   s.peer.send(encode.waveAck(0));
-  await s.peer.next('listening');
-  const stats = await refusedWithNoWaveInFlight(s, 0);
-  assert.deepEqual([stats.connections, stats.retained, stats.waves], [0, 2, 0]);
+  const abort = await s.peer.next('abort');
+  assert.equal(abort.code, ErrorCodes.PROTOCOL);
+  assert.equal(abort.message, 'unexpected waveAck frame during committed');
+  const outcome = await within(s.host.outcome, 'the rollback');
+  assert.ok(outcome.kind === 'rollback', outcome.kind);
+  assert.equal(outcome.error.code, ErrorCodes.PROTOCOL, outcome.error.message);
+  assert.deepEqual([outcome.report.committed, outcome.report.lost, outcome.report.resumed], [true, 0, 2]);
+  assert.deepEqual(s.host.resumed, ['tcp:test', 'takeover-channel'], 'LISTENING never left: the listeners accept here again');
   assert.ok(!s.host.calls.some((c) => /^(freeze|release)/.test(c)), 'nothing was frozen');
-  await servedByOld(s.clients[0]!, 'never frozen, finished here');
+  await servedByOld(s.clients[0]!, 'never frozen, resumed');
   await servedByOld(late.client, 'the late one too');
-  s.peer.closeChannel();
-  await fdsSettle(s.before + 1 + s.peer.heldFds, 'the listener dups and the channel closed, the server stopped, the late connection open');
+  const fresh = await s.app.connect();
+  await servedByOld(fresh.client, 'accepted on the resumed listener');
   await s.teardown();
 });
 
