@@ -334,7 +334,8 @@ export class SuccessorSession {
   }
 
   private wrapSome(limit: number): void {
-    if (this.phase === 'failed' || this.phase === 'done') return;
+    // Wrapping takes the accept options of the server that claimed each connection's listener.
+    if (this.phase === 'failed' || this.phase === 'done' || !this.allClaimed()) return;
     for (const id of this.toWrap.splice(0, limit)) {
       const held = this.held.get(id);
       if (!held || held.socket) continue;
@@ -395,6 +396,19 @@ export class SuccessorSession {
     this.maybeCommit();
   }
 
+  /** Once the app is ready, every listener of the predecessor must have a server here; aborts if not. */
+  private allClaimed(): boolean {
+    const unclaimed = this.host.unclaimedListeners();
+    if (unclaimed.length === 0) return true;
+    this.abort(
+      new TakeoverError(
+        ErrorCodes.LISTENER_UNCLAIMED,
+        `the predecessor listens on ${unclaimed.join(', ')}, which this process did not listen() on`,
+      ),
+    );
+    return false;
+  }
+
   private raisePriority(): void {
     this.restorePriority?.();
     this.restorePriority = undefined;
@@ -402,16 +416,7 @@ export class SuccessorSession {
 
   /** COMMIT once verified, once the app is ready, and once every fd is wrapped (so no wave waits for it). */
   private maybeCommit(): void {
-    if (this.phase !== 'prepared' || !this.appReady || this.toWrap.length > 0) return;
-    const unclaimed = this.host.unclaimedListeners();
-    if (unclaimed.length > 0) {
-      return this.abort(
-        new TakeoverError(
-          ErrorCodes.LISTENER_UNCLAIMED,
-          `the predecessor listens on ${unclaimed.join(', ')}, which this process did not listen() on`,
-        ),
-      );
-    }
+    if (this.phase !== 'prepared' || !this.appReady || this.toWrap.length > 0 || !this.allClaimed()) return;
     this.raisePriority();
     this.marks.commit = performance.now();
     this.channel.send(encode.commit());
