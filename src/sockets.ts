@@ -217,7 +217,7 @@ export function thawSocket(socket: net.Socket, input: Buffer): void {
   heldUses.delete(socket);
   socket.write = held.write;
   socket.end = held.end;
-  for (const { what, args } of held.uses) (socket[what] as (...a: unknown[]) => unknown)(...args);
+  for (const { what, args } of held.uses) (socket[what] as (...a: unknown[]) => unknown).apply(socket, args);
 }
 
 /** Reports a write()/end() on a connection that moved, and returns the error to give its callback. */
@@ -279,7 +279,7 @@ export function releaseMoved(socket: net.Socket, onLateUse: LateUse): void {
   socket.end = lateEnd as typeof socket.end;
   const held = heldUses.get(socket);
   heldUses.delete(socket);
-  for (const { what, args } of held?.uses ?? []) (what === 'write' ? lateWrite : lateEnd).apply(socket, args as never);
+  for (const { what, args } of held?.uses ?? []) (socket[what] as (...a: unknown[]) => unknown).apply(socket, args);
   socket.emit('moved');
 }
 
