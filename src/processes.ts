@@ -62,9 +62,35 @@ function threadIds(): number[] {
  * the thread that starts them, and are raised too) by `steps`, for a stretch of work that must not take cores from
  * another process, and returns what raises them back. Only when raising them back is allowed
  * (root, or RLIMIT_NICE): a process must not be left slower for good. Undefined when nothing
- * was lowered.
+ * was lowered. A call while an earlier lowering is still in force joins it (its `steps` are the
+ * earlier call's): the threads are raised back when the last caller raises them.
  */
 export function lowerPriority(steps: number): (() => void) | undefined {
+  if (steps <= 0) return undefined;
+  // Sessions that overlap (two successor Takeovers in one process) share one lowering: each
+  // lowering on top of the other, the one raised back last would restore the value the first
+  // had set, and leave every thread slower for good.
+  if (!shared) {
+    const raise = lowerEveryThread(steps);
+    if (!raise) return undefined;
+    shared = { holders: 0, raise };
+  }
+  const lowering = shared;
+  lowering.holders++;
+  let raised = false;
+  return () => {
+    if (raised) return;
+    raised = true;
+    if (--lowering.holders > 0) return;
+    shared = undefined;
+    lowering.raise();
+  };
+}
+
+/** The lowering in force, and how many callers of {@link lowerPriority} still hold it. */
+let shared: { holders: number; raise: () => void } | undefined;
+
+function lowerEveryThread(steps: number): (() => void) | undefined {
   let original: number;
   try {
     original = os.getPriority();

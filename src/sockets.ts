@@ -174,7 +174,29 @@ export function freezeSocket(socket: net.Socket): Frozen {
     parts.push(all.subarray(Math.max(0, all.length - queued)));
   }
   for (const { chunk, encoding } of s.writableBuffer ?? []) parts.push(toBuffer(chunk, encoding));
+  // The output is taken: a write or end() from here on (a 'freeze' or 'release' listener) would
+  // go out from this process after it, or be dropped by the release. Held until the release
+  // reports it, or the thaw lets it through.
+  heldUses.set(socket, { write: socket.write, end: socket.end, uses: [] });
+  socket.write = holdWrite as typeof socket.write;
+  socket.end = holdEnd as typeof socket.end;
   return { fate: 'moved', input, output: parts.length === 0 ? NO_BYTES : Buffer.concat(parts) };
+}
+
+/** A frozen socket's own write()/end() and the calls made to them while it was frozen. */
+const heldUses = new WeakMap<
+  net.Socket,
+  { write: net.Socket['write']; end: net.Socket['end']; uses: { what: 'write' | 'end'; args: unknown[] }[] }
+>();
+
+function holdWrite(this: net.Socket, ...args: unknown[]): boolean {
+  heldUses.get(this)!.uses.push({ what: 'write', args });
+  return false;
+}
+
+function holdEnd(this: net.Socket, ...args: unknown[]): net.Socket {
+  heldUses.get(this)!.uses.push({ what: 'end', args });
+  return this;
 }
 
 /**
@@ -190,6 +212,12 @@ export function thawSocket(socket: net.Socket, input: Buffer): void {
   s._readableState.reading = false;
   if (input.length > 0) socket.unshift(input);
   if (flowingAtFreeze.delete(socket)) socket.resume();
+  const held = heldUses.get(socket);
+  if (!held) return;
+  heldUses.delete(socket);
+  socket.write = held.write;
+  socket.end = held.end;
+  for (const { what, args } of held.uses) (socket[what] as (...a: unknown[]) => unknown).apply(socket, args);
 }
 
 /** Reports a write()/end() on a connection that moved, and returns the error to give its callback. */
@@ -249,6 +277,9 @@ export function releaseMoved(socket: net.Socket, onLateUse: LateUse): void {
   socket.destroy();
   socket.write = lateWrite as typeof socket.write;
   socket.end = lateEnd as typeof socket.end;
+  const held = heldUses.get(socket);
+  heldUses.delete(socket);
+  for (const { what, args } of held?.uses ?? []) (socket[what] as (...a: unknown[]) => unknown).apply(socket, args);
   socket.emit('moved');
 }
 

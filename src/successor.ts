@@ -43,8 +43,8 @@ export interface SuccessorHost {
   onListeners(listeners: readonly InheritedListener[]): void;
   /** Names of inherited listeners the app has not claimed; COMMIT waits for none. */
   unclaimedListeners(): string[];
-  /** How the server that claimed this inherited listener accepts its sockets (known once the app is ready). */
-  acceptOptions(listener: number): AcceptOptions;
+  /** How the server that claimed this inherited listener accepts its sockets (known once the app is ready); undefined if none did. */
+  acceptOptions(listener: number): AcceptOptions | undefined;
   /** LISTENING: start accepting on every claimed listener and on the channel; `predecessorPid` is WELCOME's. */
   startListening(predecessorPid: number): void;
   adopt(socket: net.Socket, listener: number, record: Extract<WaveRecord, { fate: 'moved' }>): void;
@@ -358,8 +358,13 @@ export class SuccessorSession {
       this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `inherited connection ${id} is not a tcp connection: its state is ${state}`));
       return undefined;
     }
+    const options = this.host.acceptOptions(held.listener);
+    if (!options) {
+      this.abort(unclaimedError(this.host.unclaimedListeners()));
+      return undefined;
+    }
     try {
-      held.socket = wrapInherited(held.fd, kind === 'unix' ? 'unix' : 'tcp', this.host.acceptOptions(held.listener));
+      held.socket = wrapInherited(held.fd, kind === 'unix' ? 'unix' : 'tcp', options);
     } catch (error) {
       this.abort(systemError(`wrapping inherited connection ${id}`, error));
       return undefined;
@@ -404,14 +409,7 @@ export class SuccessorSession {
   private maybeCommit(): void {
     if (this.phase !== 'prepared' || !this.appReady || this.toWrap.length > 0) return;
     const unclaimed = this.host.unclaimedListeners();
-    if (unclaimed.length > 0) {
-      return this.abort(
-        new TakeoverError(
-          ErrorCodes.LISTENER_UNCLAIMED,
-          `the predecessor listens on ${unclaimed.join(', ')}, which this process did not listen() on`,
-        ),
-      );
-    }
+    if (unclaimed.length > 0) return this.abort(unclaimedError(unclaimed));
     this.raisePriority();
     this.marks.commit = performance.now();
     this.channel.send(encode.commit());
@@ -549,4 +547,11 @@ export class SuccessorSession {
     if (this.waveInHand) this.startWave();
     this.host.onDone(this.statsNow(), error);
   }
+}
+
+function unclaimedError(unclaimed: string[]): TakeoverError {
+  return new TakeoverError(
+    ErrorCodes.LISTENER_UNCLAIMED,
+    `the predecessor listens on ${unclaimed.join(', ')}, which this process did not listen() on`,
+  );
 }

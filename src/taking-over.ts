@@ -92,8 +92,9 @@ export class TakingOver implements SuccessorHost {
     return this.registry.unclaimed();
   }
 
-  acceptOptions(listener: number): AcceptOptions {
-    return acceptOptions(this.registry.forWireIndex(listener)!.server);
+  acceptOptions(listener: number): AcceptOptions | undefined {
+    const record = this.registry.forWireIndex(listener);
+    return record && acceptOptions(record.server);
   }
 
   startListening(predecessorPid: number): void {

@@ -268,6 +268,29 @@ test('ready() after the takeover already failed rejects with that TakeoverError'
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+test('a successor that did not listen() on a listener with open connections fails with ERR_TAKEOVER_LISTENER_UNCLAIMED; the predecessor keeps serving', {
+  timeout: 30_000,
+}, async () => {
+  const dir = tempDir();
+  const channelPath = path.join(dir, 'channel');
+  const old = new ServerProcess({ path: channelPath, listen: [{ port: 0, host: '127.0.0.1' }] });
+  const port = (await old.next('ready')).addresses![0]!.port;
+  const client = net.connect(port, '127.0.0.1');
+  await once(client, 'connect');
+  const successor = await Takeover.start({ path: channelPath, mode: 'successor' });
+  await assert.rejects(successor.ready(), assertCode('ERR_TAKEOVER_LISTENER_UNCLAIMED'));
+  const rollback = await old.next('rollback');
+  assert.equal(rollback.code, 'ERR_TAKEOVER_ABORTED');
+  client.write(Buffer.from([0, 0, 0, 7]));
+  const [echo] = (await once(client, 'data')) as [Buffer];
+  assert.deepEqual(echo, Buffer.from([0, 0, 0, 7]));
+  client.destroy();
+  await successor.close();
+  old.kill('SIGTERM');
+  await old.exited;
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test("a successor's close() before its commit aborts the takeover; the predecessor keeps serving", { timeout: 30_000 }, async () => {
   const dir = tempDir();
   const channelPath = path.join(dir, 'channel');

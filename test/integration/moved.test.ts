@@ -11,7 +11,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Takeover, type TakeoverError } from '#lib/index.js';
-import { tempDir } from '../helpers.js';
+import { tempDir, within } from '../helpers.js';
 
 async function pair(options: { server?: () => net.Server } = {}) {
   const channel = path.join(tempDir(), 'channel');
@@ -89,6 +89,42 @@ test('a write to a moved connection is reported (ERR_TAKEOVER_CONNECTION_MOVED, 
   client.destroy();
   await successor.close();
   newServer.close();
+});
+
+test("a write or end() from a 'freeze' or 'release' listener is reported like one after the move, never dropped with a successful callback", {
+  timeout: 30_000,
+}, async () => {
+  const { old, oldServer, port, takeOver } = await pair();
+  const accepted = once(oldServer, 'connection') as Promise<[net.Socket]>;
+  const client = net.connect(port, '127.0.0.1');
+  client.pause(); // output backs up: the Writable buffers what the listeners write
+  const [socket] = await accepted;
+  const chunk = Buffer.alloc(64 * 1024, 7);
+  for (let i = 0; i < 64; i++) socket.write(chunk);
+  const warnings: TakeoverError[] = [];
+  old.on('warning', (error) => warnings.push(error));
+  const written = new Promise<Error | null | undefined>((resolve) => old.on('freeze', (s) => s.write('Z', resolve)));
+  old.on('release', (s) => s.end());
+  const events: string[] = [];
+  for (const event of ['close', 'end', 'error', 'finish', 'moved']) socket.on(event, () => events.push(event));
+
+  const { successor, newServer } = await takeOver();
+  assert.equal(((await within(written, 'the write callback')) as TakeoverError | undefined)?.code, 'ERR_TAKEOVER_CONNECTION_MOVED');
+  assert.deepEqual(
+    warnings.map((w) => w.code),
+    ['ERR_TAKEOVER_CONNECTION_MOVED', 'ERR_TAKEOVER_CONNECTION_MOVED'],
+  );
+  assert.ok(warnings.every((w) => w.socket === socket));
+  let received = 0;
+  client.on('data', (d: Buffer) => (received += d.length));
+  client.resume();
+  while (received < 64 * chunk.length) await once(client, 'data');
+  assert.equal(received, 64 * chunk.length);
+  assert.deepEqual(events, ['moved']);
+  client.destroy();
+  await successor.close();
+  newServer.close();
+  await old.done();
 });
 
 test('adopted sockets get their server accept options: allowHalfOpen, highWaterMark, noDelay, pauseOnConnect', {

@@ -50,3 +50,21 @@ test('lowerPriority raises back the threads started while it was lowered (they i
     await worker.terminate();
   }
 });
+
+test('overlapping lowerings (two successor sessions in one process) leave every thread as it was, whichever is raised back first', () => {
+  const before = priorities();
+  for (const order of ['first-first', 'last-first']) {
+    const first = lowerPriority(10);
+    if (first === undefined) return; // Not allowed to raise it back: nothing was lowered (the first test checks it).
+    const second = lowerPriority(10);
+    assert.ok(second !== undefined, 'the second session runs lowered too');
+    if (order === 'first-first') {
+      first();
+      second();
+    } else {
+      second();
+      first();
+    }
+    assert.deepEqual(priorities(), before, `as they were (${order})`);
+  }
+});

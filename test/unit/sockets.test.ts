@@ -25,6 +25,7 @@ import {
   socketFd,
   startInherited,
   stopAccepting,
+  thawSocket,
   trackWrites,
   wrapInherited,
 } from '#lib/sockets.js';
@@ -496,6 +497,30 @@ test(
     );
     assert.deepEqual(heard, ['moved']);
     native.close(scope.handOver(dup));
+  },
+);
+
+test(
+  'a write and end() made while a socket is frozen are held: a thaw lets them through in order, after the input goes back',
+  limit,
+  async (t) => {
+    const scope = new Scope(t);
+    const { client, accepted } = await connection(scope);
+    trackWrites(accepted);
+    client.write('in');
+    await scope.kernelHasData(socketFd(accepted));
+    const frozen = freezeSocket(accepted);
+    assert.equal(frozen.fate, 'moved');
+    const results: (Error | null | undefined)[] = [];
+    assert.equal(
+      accepted.write('held', (error) => results.push(error)),
+      false,
+    );
+    accepted.end('!');
+    thawSocket(accepted, frozen.fate === 'moved' ? frozen.input : Buffer.alloc(0));
+    assert.equal((await readBytes(accepted, 2)).toString(), 'in');
+    assert.equal((await readAll(client)).toString(), 'held!');
+    assert.deepEqual(results, [null]);
   },
 );
 
