@@ -86,16 +86,16 @@ export interface TakeoverStats {
 /** Sampling period of the event-loop delay: a timer every ms costs little for the seconds a takeover lasts. */
 const LOOP_DELAY_RESOLUTION_MS = 1;
 
-/**
- * Samples the event loop's delay every LOOP_DELAY_RESOLUTION_MS, and for its longest stretch,
- * what the event loop's thread did meanwhile: ran, waited for a core, or paused for the GC.
- */
 interface Sample {
   at: number;
   cpu: number;
   wait: number;
 }
 
+/**
+ * Samples the event loop's delay every LOOP_DELAY_RESOLUTION_MS, and for its longest stretch,
+ * what the event loop's thread did meanwhile: ran, waited for a core, or paused for the GC.
+ */
 class LoopSampler {
   private readonly histogram: RecordableHistogram = createHistogram();
   private readonly timer: NodeJS.Timeout;
@@ -164,13 +164,21 @@ class LoopSampler {
     this.histogram.record(Math.max(1, Math.round(delay * 1000)));
     if (delay > this.longest.delay) {
       this.longest = { delay, from: this.last.at, to: now.at, cpu: now.cpu - this.last.cpu, wait: now.wait - this.last.wait };
-      this.gcPauses = this.gcPauses.filter((p) => p.end > this.longest.from);
     }
     this.last = now;
+    // Kept only while they may still count: a takeover that waits minutes for busy connections
+    // would otherwise keep one entry per collection.
+    if (this.gcPauses.length > 0) this.gcPauses = this.gcPauses.filter((p) => this.mayCount(p));
   }
 
   private noteGc(start: number, duration: number): void {
-    if (start + duration > this.longest.from) this.gcPauses.push({ start, end: start + duration });
+    const pause = { start, end: start + duration };
+    if (this.mayCount(pause)) this.gcPauses.push(pause);
+  }
+
+  /** Inside the longest stretch so far, or not over before the last sample (a later stretch may hold it). */
+  private mayCount(pause: { start: number; end: number }): boolean {
+    return (pause.end > this.longest.from && pause.start < this.longest.to) || pause.end > this.last.at;
   }
 }
 
