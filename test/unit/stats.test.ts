@@ -48,7 +48,9 @@ test('the longest loop stall is split into time on the CPU, waiting for a core, 
     blocked.maxCpuMs + blocked.maxWaitMs < blocked.max / 2,
     `a blocked thread neither runs nor waits for a core: ${JSON.stringify(blocked)}`,
   );
-  assert.equal(blocked.maxGcMs, 0);
+  // A collection can fall inside the stretch (between its first sample and the block), never
+  // inside the 120 ms the thread was blocked.
+  assert.ok(blocked.maxGcMs <= blocked.max - 118, `no GC pause while blocked: ${JSON.stringify(blocked)}`);
 });
 
 test('a garbage collection inside the longest stall is counted in it', async () => {
