@@ -10,6 +10,7 @@ import type { LoadResult } from '../../bench/load.js';
 import type { LoopDelay, LoopProbe } from '../../bench/loop-probe.js';
 import { evaluateTargets, renderSection, sameWindow, type BenchResults } from '../../bench/report.js';
 import type { FloorRun, SystemRun } from '../../bench/systems.js';
+import { StatsRecorder } from '#lib/stats.js';
 
 const SIZE = 10_000;
 
@@ -43,26 +44,15 @@ function load(p99: number, max: number): LoadResult {
   };
 }
 
+/** A real summary's shape, from the library's recorder, with the figures the report reads set. */
 function predecessor(loopMax: number, totalMs: number): TakeoverStats {
+  const stats = new StatsRecorder().snapshot({ role: 'predecessor', predecessorPid: 1, successorPid: 2, listeners: 2 });
   return {
-    role: 'predecessor',
-    predecessorPid: 1,
-    successorPid: 2,
-    listeners: 2,
+    ...stats,
     connections: SIZE,
-    retained: 0,
-    deferred: 0,
-    closed: 0,
-    bytesIn: 0,
-    bytesOut: 0,
-    stateBytes: 0,
-    waves: 80,
-    maxPauseMs: 3,
     loopDelayMs: loop(loopMax),
     longestStepMs: 1.5,
     longestStepCpuMs: 1.2,
-    cpuMs: { thread: 150, process: 200 },
-    committedAt: 0,
     phases: { precopyMs: 50, transferMs: 6, commitMs: 100, wavesMs: totalMs - 150, totalMs },
   };
 }
