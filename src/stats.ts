@@ -133,6 +133,8 @@ export class LoopSampler {
 
   /** The figures up to the last sample, sampling on. */
   peek(): TakeoverStats['loopDelayMs'] {
+    // GC entries reach the observer a turn late: those already over may be inside the longest stretch.
+    if (!this.stopped) for (const entry of this.gcObserver.takeRecords()) this.noteGc(entry.startTime, entry.duration);
     const { from, to, cpu, wait } = this.longest;
     const gc = this.gcPauses.reduce((sum, p) => sum + Math.max(0, Math.min(to, p.end) - Math.max(from, p.start)), 0);
     const sampled = this.histogram.count > 0;
