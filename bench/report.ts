@@ -399,7 +399,9 @@ export function evaluateTargets(
   throughput: ThroughputRun | undefined,
   repeat: number,
 ): Pick<BenchResults, 'targets' | 'rounds' | 'streak'> {
-  if (repeat === 1) return { targets: [...roundTargets(runs, floor, sizes, targetSize, 1), throughputTarget(throughput)] };
+  // No echo sizes: no rounds either.
+  if (repeat === 1 || sizes.length === 0)
+    return { targets: [...roundTargets(runs, floor, sizes, targetSize, 1), throughputTarget(throughput)] };
   const rounds = Array.from({ length: repeat }, (_, i) => ({ round: i + 1, targets: roundTargets(runs, floor, sizes, targetSize, i + 1) }));
   return {
     targets: [...summarizeRounds(rounds), throughputTarget(throughput)],
