@@ -51,7 +51,11 @@ describe('start-up', () => {
       server.kill('SIGTERM');
       await within(once(server, 'exit'), 'the exit');
       const cache = path.join(tmp, 'node-compile-cache');
-      assert.equal(fs.existsSync(cache), supported && !disabled, `${cache} after a run with the cache ${disabled ? 'disabled' : 'enabled'}`);
+      assert.equal(
+        fs.existsSync(cache),
+        supported && !disabled,
+        `${cache} after a run with the cache ${disabled ? 'disabled' : 'enabled'}`,
+      );
     }
   });
 });
