@@ -69,7 +69,7 @@ export interface PredecessorHost {
   onPartialHandover(error: TakeoverError, stats: TakeoverStats): void;
 }
 
-/** A connection frozen into the wave being built: released once the wave is sent (on the next loop turn), thawed if it could not be. */
+/** A connection frozen into the wave being built: released once the wave is sent, thawed if it could not be. */
 interface Frozen {
   id: number;
   socket: net.Socket;
@@ -96,8 +96,8 @@ const HELLO_TIMEOUT_MS = 1000;
  */
 const SEND_SLICE_MS = 1;
 /**
- * Unless the application fixed the wave size, waves are sized so that building and sending one
- * costs about this much CPU, and so does releasing it: two stretches of the old process's loop.
+ * Unless the application fixed the wave size, waves are sized so that building, sending and
+ * releasing one costs about this much CPU: each wave is one stretch of the old process's loop.
  */
 const WAVE_STEP_MS = 1.5;
 /** ...from the cost per connection of the waves so far; and never smaller than this. */
@@ -152,17 +152,6 @@ export class PredecessorSession {
   private waveLimit: number;
   /** Timed waves: CPU ms per connection of the waves so far (a moving average), 0 before the first. */
   private waveCostMs = 0;
-  /**
-   * The last wave's connections that carried no output: sent, still frozen here, released in the
-   * check phase after the send or before anything else the session does next, whichever comes
-   * first. Releasing costs about twice what freezing does, and in one stretch with it a wave of
-   * 128 took 2-3 ms of CPU. Meanwhile nothing reads or writes them: reading is stopped, the
-   * application's writes are held, and libuv has nothing queued (those that carried output are
-   * released in the send's tick, or libuv would write bytes the successor writes too).
-   */
-  private toRelease: Frozen[] = [];
-  /** Timed waves: CPU ms per connection of the last wave's freeze and send. */
-  private freezeCostMs = 0;
   /** Connections that were busy when their turn came: asked again until quiet or the quiescence bound. */
   private readonly deferred = new Map<number, net.Socket>();
   /** Deferred connections reported quiet while a wave was in flight: asked first in the next wave. */
@@ -446,8 +435,6 @@ export class PredecessorSession {
     // A send already failed (the successor died): freezing now would hand connections to nobody.
     if (this.phase !== 'waves' || this.channel.isBroken) return;
     this.buildingWave = true;
-    // Its listeners may make connections quiet: they wait for the wave being built.
-    this.releaseSent();
     this.waveStartedAt = performance.now();
     const cpuStart = native.threadCpuMs();
     const records: WaveRecord[] = [];
@@ -523,31 +510,15 @@ export class PredecessorSession {
     // In flight from the send on: the release steps below run the application's listeners, and
     // a connection they make quiet must wait for this wave's WAVE_ACK, not start a wave of its own.
     this.waveInFlight = true;
-    this.deadline.expect('WAVE_ACK');
-    if (released.length === 0) return;
-    this.freezeCostMs = (native.threadCpuMs() - cpuStart) / released.length;
-    this.toRelease = released.filter((frozen) => frozen.bytes.output === 0);
-    if (this.toRelease.length < released.length) {
-      for (const { id, socket, bytes } of released) if (bytes.output > 0) this.host.release(id, socket);
-    }
-    setImmediate(() => this.recorder.step(() => this.releaseSent()));
-  }
-
-  /**
-   * Releases the last wave's connections, if not done yet. The successor may start them from the
-   * send on: this process only drops its frozen copies, and a failure since changes nothing.
-   */
-  private releaseSent(): void {
-    const released = this.toRelease;
-    if (released.length === 0) return;
-    this.toRelease = [];
-    const cpuStart = native.threadCpuMs();
     for (const { id, socket } of released) this.host.release(id, socket);
-    if (this.host.options.timedWaves) this.sizeNextWave(Math.max(this.freezeCostMs, (native.threadCpuMs() - cpuStart) / released.length));
+    if (this.host.options.timedWaves) this.sizeNextWave(native.threadCpuMs() - cpuStart, records.length);
+    this.deadline.expect('WAVE_ACK');
   }
 
-  /** Timed waves: the next one as big as WAVE_STEP_MS of CPU allows for its freeze or its release, at the cost per connection seen so far. */
-  private sizeNextWave(cost: number): void {
+  /** Timed waves: the next one as big as WAVE_STEP_MS of CPU allows, at the cost per connection seen so far. */
+  private sizeNextWave(cpuMs: number, connections: number): void {
+    if (connections === 0) return;
+    const cost = cpuMs / connections;
     this.waveCostMs = this.waveCostMs === 0 ? cost : (this.waveCostMs + cost) / 2;
     const fits = Math.floor(WAVE_STEP_MS / this.waveCostMs);
     this.waveLimit = Math.max(MIN_TIMED_WAVE, Math.min(this.host.options.waveSize, fits));
@@ -625,7 +596,6 @@ export class PredecessorSession {
   }
 
   private finish(): void {
-    this.releaseSent();
     this.deadline.clear();
     this.phase = 'done';
     this.channel.send(encode.done(this.stats.retained, Math.round(this.stats.maxPauseMs * 1000)));
@@ -651,7 +621,6 @@ export class PredecessorSession {
     const listening = this.phase === 'waves';
     const started = this.successorPid !== 0;
     this.phase = 'failed';
-    this.releaseSent();
     this.deadline.clear();
     this.clearRetry();
     this.recorder.stop();

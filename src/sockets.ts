@@ -132,9 +132,8 @@ export type Frozen = { fate: 'moved'; input: Buffer; output: Buffer } | { fate: 
 /**
  * Stops a socket in place and takes out what a successor needs to carry on exactly where this
  * process stops: the bytes read but not consumed, and the bytes written but not yet taken by
- * the kernel. After a 'moved' result with output, the socket must be released with
- * {@link releaseMoved} in the same tick: libuv must not write the recovered bytes itself. One with
- * no output may wait, as long as nothing reads it (its writes are held).
+ * the kernel. After a 'moved' result the socket must be released with {@link releaseSocket}
+ * in the same tick: libuv must not write the recovered bytes itself.
  *
  * A socket that has half-closed in either direction is 'retained': this process finishes it.
  */
@@ -259,8 +258,7 @@ function lateEnd(this: net.Socket, chunk?: unknown): net.Socket {
  * the connection, so their callbacks succeed. The socket emits `'moved'`, and never `'close'`,
  * `'end'` or `'error'` for the move. A later `write()` or `end()` cannot reach the client from
  * here: `onLateUse` reports it (its error goes to the write's callback), so it is never silently lost.
- * Call it in the same tick as {@link freezeSocket} when the freeze took output: libuv must not
- * write the recovered bytes itself.
+ * Call it in the same tick as {@link freezeSocket}: libuv must not write the recovered bytes itself.
  */
 export function releaseMoved(socket: net.Socket, onLateUse: LateUse): void {
   const s = internals(socket);
