@@ -178,7 +178,6 @@ export class SuccessorSession {
       // Only an optimisation: WELCOME grows the table again anyway.
     }
     this.restorePriority = lowerPriority(PREPARATION_NICE_STEPS);
-    this.recorder.sampleLoop();
     channel.send(encode.hello(process.pid));
     this.step('hello');
     this.deadline.expect('WELCOME');
@@ -421,6 +420,9 @@ export class SuccessorSession {
     this.quiesceMs = quiesceMs;
     this.marks.listening = performance.now();
     this.phase = 'waves';
+    // From here on it serves (accepts, then each wave's connections): its loop's delay before
+    // is no client's wait, and at nice +10 it would be mostly the old process's turn.
+    this.recorder.sampleLoop();
     this.host.startListening(this.predecessorPid);
     this.deadline.expect('WAVE');
   }

@@ -38,7 +38,8 @@ describe('start-up', () => {
   }
 
   test('takeover-server keeps a compile cache where Node supports one, and honours NODE_DISABLE_COMPILE_CACHE', async () => {
-    const supported = typeof (await import('node:module')).default.enableCompileCache === 'function';
+    const nodeModule = (await import('node:module')).default as { enableCompileCache?: unknown };
+    const supported = typeof nodeModule.enableCompileCache === 'function';
     for (const disabled of [false, true]) {
       const tmp = tempDir();
       dirs.push(tmp);
