@@ -373,7 +373,7 @@ export class SuccessorSession {
       return undefined;
     }
     try {
-      held.socket = wrapInherited(held.fd, kind === 'unix' ? 'unix' : 'tcp', options);
+      held.socket = wrapInherited(held.fd, kind === 'unix' ? 'unix' : 'tcp', options, inspection.noDelay(at));
     } catch (error) {
       this.abort(systemError(`wrapping inherited connection ${id}`, error));
       return undefined;
