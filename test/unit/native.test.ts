@@ -172,6 +172,34 @@ async function tcpConnection(host: string): Promise<{ server: net.Server; client
   };
 }
 
+/**
+ * A TCP server on ::1, closed with its connections after the test; undefined, with a diagnostic,
+ * where there is no IPv6 loopback.
+ */
+async function listenOnIpv6Loopback(t: TestContext): Promise<net.Server | undefined> {
+  const server = net.createServer();
+  const listened = await new Promise<boolean>((resolve) => {
+    server.once('error', () => resolve(false));
+    server.listen(0, '::1', () => resolve(true));
+  });
+  if (!listened) {
+    t.diagnostic('no IPv6 loopback here: inet6 not checked');
+    return undefined;
+  }
+  server.on('connection', (socket: net.Socket) => t.after(() => socket.destroy()));
+  t.after(() => server.close());
+  return server;
+}
+
+/** A UDP socket bound on 127.0.0.1, closed after the test. */
+async function boundUdp(t: TestContext): Promise<dgram.Socket> {
+  const udp = dgram.createSocket('udp4');
+  udp.bind(0, '127.0.0.1');
+  await once(udp, 'listening');
+  t.after(() => new Promise<void>((resolve) => udp.close(() => resolve())));
+  return udp;
+}
+
 /** The fd under a libuv handle (private fields; dgram keeps its handle behind a symbol). */
 function handleFd(owner: net.Socket | net.Server | dgram.Socket): number {
   let handle: { fd: number };
@@ -683,22 +711,10 @@ test('socketInfo tells inet, inet6, unix, dgram and listening apart; ENOTSOCK ot
   await once(tcp4, 'listening');
   assert.deepEqual(native.socketInfo(handleFd(tcp4)), { domain: 'inet', type: 'stream', listening: true });
 
-  const tcp6 = net.createServer();
-  const listened = await new Promise<boolean>((resolve) => {
-    tcp6.once('error', () => resolve(false));
-    tcp6.listen(0, '::1', () => resolve(true));
-  });
-  if (listened) {
-    t.after(() => new Promise((resolve) => tcp6.close(resolve)));
-    assert.deepEqual(native.socketInfo(handleFd(tcp6)), { domain: 'inet6', type: 'stream', listening: true });
-  } else {
-    t.diagnostic('no IPv6 loopback here: inet6 not checked');
-  }
+  const tcp6 = await listenOnIpv6Loopback(t);
+  if (tcp6) assert.deepEqual(native.socketInfo(handleFd(tcp6)), { domain: 'inet6', type: 'stream', listening: true });
 
-  const udp = dgram.createSocket('udp4');
-  udp.bind(0, '127.0.0.1');
-  await once(udp, 'listening');
-  t.after(() => new Promise<void>((resolve) => udp.close(() => resolve())));
+  const udp = await boundUdp(t);
   assert.deepEqual(native.socketInfo(handleFd(udp)), { domain: 'inet', type: 'dgram', listening: false });
 
   const stream = listenAt(socketPath(), fds, 'stream');
@@ -747,26 +763,14 @@ test('SocketInspection reads every kind of fd in one call: TCP v4/v6 (LISTEN, ES
   // A copy of the accepted fd: Node closes its own when it reads the reset.
   const kept = fds.add(native.dup(handleFd(conn)));
 
-  const tcp6 = net.createServer();
-  const listened6 = await new Promise<boolean>((resolve) => {
-    tcp6.once('error', () => resolve(false));
-    tcp6.listen(0, '::1', () => resolve(true));
-  });
+  const tcp6 = await listenOnIpv6Loopback(t);
   let client6: net.Socket | undefined;
-  if (listened6) {
-    t.after(() => tcp6.close());
-    tcp6.on('connection', (socket: net.Socket) => t.after(() => socket.destroy()));
+  if (tcp6) {
     client6 = net.connect((tcp6.address() as net.AddressInfo).port, '::1');
     t.after(() => client6!.destroy());
     await once(client6, 'connect');
-  } else {
-    t.diagnostic('no IPv6 loopback here: inet6 not checked');
   }
-
-  const udp = dgram.createSocket('udp4');
-  udp.bind(0, '127.0.0.1');
-  await once(udp, 'listening');
-  t.after(() => new Promise<void>((resolve) => udp.close(() => resolve())));
+  const udp = await boundUdp(t);
   const zoo = await FdZoo.create(fs.mkdtempSync(path.join(dir, 'zoo-')));
   t.after(() => zoo.close());
   const { listener, client: seqpacket } = pair(fds);
