@@ -68,7 +68,10 @@ export function summarize(profile: Profile, fromStart: boolean): { windowMs: num
   };
   const times: number[] = [];
   let t = profile.startTime;
-  for (const delta of profile.timeDeltas) times.push((t += delta));
+  for (const delta of profile.timeDeltas) {
+    t += delta;
+    times.push(t);
+  }
   const inStep = profile.samples.map((id) => stackOf(id).some(isTakeoverStep));
   const first = fromStart ? 0 : inStep.indexOf(true);
   const last = inStep.lastIndexOf(true);
