@@ -33,10 +33,7 @@ interface Profile {
 const CATEGORIES: [string, (name: string, url: string) => boolean][] = [
   ['garbage collection', (name) => name === '(garbage collector)'],
   ['idle', (name) => name === '(idle)'],
-  [
-    'successor: fd checks',
-    (name, url) => url.endsWith('successor.js') && (name === 'describe' || name === 'tcpStateOf' || name === 'inspect'),
-  ],
+  ['successor: fd checks', (name, url) => url.endsWith('native.js') && name === 'inspect'],
   ['successor: wrap', (name, url) => url.endsWith('sockets.js') && name === 'wrapInherited'],
   ['successor: start a connection (adapter and application)', (name, url) => url.endsWith('taking-over.js') && name === 'adopt'],
   ['successor: fd transfer', (name, url) => url.endsWith('successor.js') && name === 'onConns'],

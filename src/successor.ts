@@ -58,7 +58,7 @@ type Phase = 'welcome' | 'listeners' | 'precopy' | 'prepared' | 'committed' | 'w
 const FD_HEADROOM = 64;
 /** Fd table slots prepared before HELLO (8 bytes each); WELCOME grows it further if needed. */
 const PREGROWN_FDS = 65536;
-/** Fds checked and wrapped per turn of the event loop: 20-25 us each on Node 20, so about 10 ms. */
+/** Fds checked and wrapped per turn of the event loop: 6-8 us each on Node 24, so about 3 ms. */
 const WRAP_CHUNK = 400;
 /**
  * Nice steps this process runs at, every thread of it, from its first frame to COMMIT: the transfer,
