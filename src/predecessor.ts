@@ -229,6 +229,13 @@ export class PredecessorSession {
 
   private onFrame(frame: Frame): void {
     const phase = this.phase;
+    // Failed after LISTENING, the channel stays open until the waves sent are out: what the
+    // successor still says (a WAVE_ACK sent before its ABORT) changes nothing, and must not close it.
+    if (phase === 'failed') {
+      if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
+      if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
+      return;
+    }
     if (frame.type === 'abort') {
       return this.fail(new TakeoverError(ErrorCodes.ABORTED, `the successor aborted: ${frame.message}`, { reason: frame.code }));
     }
@@ -580,7 +587,6 @@ export class PredecessorSession {
     this.deadline.clear();
     this.clearRetry();
     this.recorder.stop();
-    this.channel.close();
     // Once LISTENING is out, a live successor may be accepting (or will, once it reads it, even
     // after a stall): taking the listeners back would make two processes accept. Only a dead one
     // (the kernel's pid, a zombie counts as dead) lets this process resume them.
@@ -596,14 +602,17 @@ export class PredecessorSession {
       this.waveQueue = [];
       const stats = this.statsNow();
       this.closeListenerFds();
-      // The wave released here may still be queued behind a full socket (a wave bigger than the
-      // socket buffer, a successor stopped past the timeout): only the successor can serve its
-      // connections now, so it goes to it however late it reads it, and this process is done
-      // only once it is out. A successor that stays stopped keeps the listeners anyway.
-      if (this.channel.keepQueued()) this.channel.once('close', () => this.host.onPartialHandover(error, stats));
-      else this.host.onPartialHandover(error, stats);
+      // The waves released here may still be queued behind a full socket (a wave bigger than the
+      // socket buffer, a successor stopped past the timeout, or one that gave up and drains them):
+      // only the successor can serve their connections now, so they go to it however late it reads
+      // them, and this process is done only once they are out. A successor that stays stopped
+      // keeps the listeners anyway.
+      if (this.channel.keepQueued()) return void this.channel.once('close', () => this.host.onPartialHandover(error, stats));
+      this.channel.close();
+      this.host.onPartialHandover(error, stats);
       return;
     }
+    this.channel.close();
     let listenersResumed = 0;
     if (committed) {
       // The successor may be gone with the connections already frozen; the rest never

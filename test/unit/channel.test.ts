@@ -211,6 +211,57 @@ test('keepQueued() after sendLast(): frames queued behind a full socket outlive 
   await fdsSettle(baseline, 'after closing');
 });
 
+test('keepQueued() without sendLast() (the peer gave up first): frames queued behind a full socket arrive, then EOF', async () => {
+  const baseline = native.openFdCount();
+  const [a, b] = channelPair(dir);
+  const { channel, events } = recorded(a);
+  let sent = 0;
+  while (channel.trySend(bulky(sent))) sent++;
+  channel.send(bulky(sent));
+  assert.equal(channel.keepQueued(), true, 'a frame waits');
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(channel.isClosed, false, 'still open while a frame waits');
+  const got = await drainToEof(b, 'EOF right after the queued frame');
+  assert.equal(got.length, sent + 2);
+  assert.deepEqual(events, ['close']);
+  native.close(b);
+  await fdsSettle(baseline, 'after closing');
+});
+
+test("drain() after sendLast(): the peer's frames still arrive, one that fails validation is skipped, the linger no longer closes; the peer's EOF does", async () => {
+  const baseline = native.openFdCount();
+  const [a, b] = channelPair(dir);
+  const { channel, events, errors } = recorded(a);
+  channel.sendLast(encode.abort('ERR_TAKEOVER_TIMEOUT', 'gave up'), 20);
+  channel.drain();
+  channel.send(encode.hello(1));
+  assert.ok(native.sendMessage(b, encode.waveAck(0).data, []));
+  assert.ok(native.sendMessage(b, Buffer.from('not a frame'), []));
+  assert.ok(native.sendMessage(b, encode.waveAck(1).data, []));
+  await waitFor(() => events.length === 2, 'both good frames');
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.deepEqual(events, ['frame:waveAck', 'frame:waveAck'], 'past the linger: still open, nothing refused');
+  assert.deepEqual(errors, []);
+  assert.deepEqual(drain(b), [{ type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'gave up' }], 'nothing after the last word');
+  native.close(b);
+  await within(once(channel, 'close'), "the peer's EOF");
+  await fdsSettle(baseline, 'after closing');
+});
+
+test('drain() without sendLast(), then close(): frames arrive until close() ends it at once', async () => {
+  const baseline = native.openFdCount();
+  const [a, b] = channelPair(dir);
+  const { channel, events } = recorded(a);
+  channel.drain();
+  assert.ok(native.sendMessage(b, encode.waveAck(0).data, []));
+  await waitFor(() => events.length === 1, 'the frame');
+  channel.close();
+  assert.deepEqual(events, ['frame:waveAck', 'close']);
+  assert.deepEqual(drain(b), ['eof']);
+  native.close(b);
+  await fdsSettle(baseline, 'after closing');
+});
+
 test('sendLast() is the last frame: a send() after it does not reach the peer', async () => {
   const [a, b] = channelPair(dir);
   const { channel } = recorded(a);

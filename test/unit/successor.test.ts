@@ -671,3 +671,95 @@ for (const c of afterListening) {
     await s.teardown();
   });
 }
+
+/** The session gave up after LISTENING: its ABORT arrives with `code`, and onDone reports the warning. */
+async function gaveUp(s: Setup, code: string): Promise<Extract<Awaited<Setup['host']['outcome']>, { kind: 'done' }>> {
+  assert.equal((await s.peer.next('abort')).code, code);
+  const outcome = await within(s.host.outcome, 'onDone');
+  assert.ok(outcome.kind === 'done', outcome.kind);
+  assert.equal(outcome.warning?.code, code);
+  return outcome;
+}
+
+test('after LISTENING, a successor that timed out still starts a wave that arrives after its ABORT (the old process sent it before reading it), without a WAVE_ACK, until the channel closes', async (t) => {
+  const s = await setup(t, 3, { timeoutMs: 200 });
+  await toWaves(s);
+  sendWave(s, 0, [moved(1)]);
+  await s.peer.next('waveAck');
+  const outcome = await gaveUp(s, ErrorCodes.TIMEOUT);
+  assert.equal(outcome.stats.connections, 1);
+  // Longer than the linger of an ABORT: the channel stays open while the old process may still send.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  sendWave(s, 1, [moved(2, 'late in', 'late out')]);
+  await s.clients[1]!.expect('late outnew:late in');
+  assert.deepEqual(
+    s.host.adopted.map((a) => a.record.id),
+    [1, 2],
+  );
+  assert.deepEqual(s.host.steps.at(-1), 'wave0', 'a late wave is not a step: the session gave up');
+  s.peer.closeChannel();
+  // Connection 3 never left the old process: the successor's copy is dropped once the channel closes.
+  await waitFor(() => native.openFdCount() === s.before - 1 + 2, 'the copy of connection 3 and the channel closed');
+  assert.deepEqual(s.host.drainTimeouts, []);
+  assert.deepEqual(s.peer.pending, [], 'no WAVE_ACK after the ABORT');
+  for (const id of [1, 2]) {
+    s.clients[id - 1]!.write('kept');
+    await s.clients[id - 1]!.expect(id === 1 ? 'new:kept' : 'late outnew:late innew:kept');
+  }
+  const kept = new net.Socket({ fd: s.connFds[2]! });
+  s.connFds[2] = -1;
+  kept.write('finished by the predecessor');
+  await s.clients[2]!.expect('finished by the predecessor');
+  kept.destroy();
+  await s.teardown();
+});
+
+test('after LISTENING, a refused wave does not stop the drain: the wave after it is started, and one that fails its checks while draining is not', async (t) => {
+  const s = await setup(t, 4, { timeoutMs: 5000 });
+  await toWaves(s);
+  sendWave(s, 0, [moved(1)]);
+  await s.peer.next('waveAck');
+  // Pipelined: the old process sent waves 1 and 2 before it read the ABORT that wave 1 causes.
+  for (const message of encode.wave(encodeWave({ seq: 1, records: [moved(9)] }))) s.peer.send(message);
+  sendWave(s, 2, [moved(2, '', 'two')]);
+  await gaveUp(s, ErrorCodes.PROTOCOL);
+  await s.clients[1]!.expect('two');
+  // Still draining: a wave naming a connection already started is refused, and one that repeats
+  // an earlier number too; the next good one is started.
+  for (const message of encode.wave(encodeWave({ seq: 3, records: [moved(2)] }))) s.peer.send(message);
+  for (const message of encode.wave(encodeWave({ seq: 2, records: [moved(3)] }))) s.peer.send(message);
+  sendWave(s, 4, [moved(4, '', 'four')]);
+  await s.clients[3]!.expect('four');
+  assert.deepEqual(
+    s.host.adopted.map((a) => a.record.id),
+    [1, 2, 4],
+  );
+  s.peer.send(encode.done(0, 0));
+  await s.peer.next('eof');
+  await s.teardown();
+});
+
+test('after LISTENING, an old process that never closes the channel: the drain ends after 3 timeouts with ERR_TAKEOVER_TIMEOUT, and what comes later is not read', async (t) => {
+  const s = await setup(t, 2, { timeoutMs: 100 });
+  await toWaves(s);
+  sendWave(s, 0, [moved(1)]);
+  await s.peer.next('waveAck');
+  await gaveUp(s, ErrorCodes.TIMEOUT);
+  await s.peer.next('eof', 5000);
+  assert.equal(s.host.drainTimeouts.length, 1);
+  assert.equal(s.host.drainTimeouts[0]!.code, ErrorCodes.TIMEOUT);
+  assert.match(s.host.drainTimeouts[0]!.message, /kept the takeover channel open 300 ms/);
+  await s.teardown();
+});
+
+test("after LISTENING, the predecessor's own ABORT ends it at once: nothing follows an ABORT", async (t) => {
+  const s = await setup(t, 2);
+  await toWaves(s);
+  sendWave(s, 0, [moved(1)]);
+  await s.peer.next('waveAck');
+  s.peer.send(encode.abort(ErrorCodes.TIMEOUT, 'no WAVE_ACK'));
+  const outcome = await within(s.host.outcome, 'onDone');
+  assert.ok(outcome.kind === 'done' && outcome.warning?.code === ErrorCodes.ABORTED);
+  await s.peer.next('eof');
+  await s.teardown();
+});
