@@ -104,6 +104,14 @@ const WAVE_STEP_MS = 1.5;
 const MIN_TIMED_WAVE = 16;
 /** ...and freezing stops past this wall time whatever the estimate said (a slow capture hook, a preemption). */
 const WAVE_SLICE_MS = 1;
+/**
+ * Waves sent and not yet acknowledged. One at a time, each wave cost a round trip through both
+ * event loops; with two in flight this process builds the next wave, on its own loop turn, while
+ * the successor starts the previous one. A successor that dies takes every wave it was sent with
+ * it, so a death costs up to this many unacknowledged waves; a successor that gives up starts
+ * those that still reach it (successor.ts, draining).
+ */
+export const WAVES_IN_FLIGHT = 2;
 
 /**
  * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
@@ -131,9 +139,12 @@ export class PredecessorSession {
   private waveQueue: number[] = [];
   /** Next entry of waveQueue to freeze (an index: shift() on 10,000 entries costs per call). */
   private waveCursor = 0;
+  /** The next wave's number; the oldest unacknowledged one is waveSeq - wavesInFlight.length. */
   private waveSeq = 0;
-  private waveStartedAt = 0;
-  private waveInFlight = false;
+  /** When each wave sent and not yet acknowledged began freezing, oldest first. */
+  private readonly wavesInFlight: number[] = [];
+  /** A nextWave() is queued for the next loop turn (each wave is its own stretch of the loop). */
+  private waveScheduled = false;
   /** nextWave() is freezing: the steps it reports run the application's listeners. */
   private buildingWave = false;
   /** Connections the next wave may take: options.waveSize, or less when waves are timed. */
@@ -142,7 +153,7 @@ export class PredecessorSession {
   private waveCostMs = 0;
   /** Connections that were busy when their turn came: asked again until quiet or the quiescence bound. */
   private readonly deferred = new Map<number, net.Socket>();
-  /** Deferred connections reported quiet while a wave was in flight: asked first in the next wave. */
+  /** Deferred connections reported quiet while waves were in flight: asked first in the next wave. */
   private readonly maybeQuiet = new Set<number>();
   private quiesceDeadline = 0;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -213,7 +224,7 @@ export class PredecessorSession {
     // Told from inside a wave being built (a 'defer' or 'freeze' listener): that wave's last pass
     // over the deferred connections, or the next wave, asks it again. A wave of its own built
     // in the middle would go out with the same number.
-    if (this.waveInFlight || this.buildingWave) {
+    if (this.wavesInFlight.length > 0 || this.waveScheduled || this.buildingWave) {
       this.maybeQuiet.add(id);
       return;
     }
@@ -403,12 +414,12 @@ export class PredecessorSession {
     // A send already failed (the successor died): freezing now would hand connections to nobody.
     if (this.phase !== 'waves' || this.channel.isBroken) return;
     this.buildingWave = true;
-    this.waveStartedAt = performance.now();
+    const startedAt = performance.now();
     const cpuStart = native.threadCpuMs();
     const records: WaveRecord[] = [];
     const released: Frozen[] = [];
     const budget = { bytes: 0 };
-    const sliceEnd = this.host.options.timedWaves ? this.waveStartedAt + WAVE_SLICE_MS : Infinity;
+    const sliceEnd = this.host.options.timedWaves ? startedAt + WAVE_SLICE_MS : Infinity;
     // The time bound never leaves a wave empty: an empty wave with nothing deferred means the end.
     const room = () =>
       records.length < this.waveLimit && budget.bytes < WAVE_BYTE_BUDGET && (records.length === 0 || performance.now() < sliceEnd);
@@ -446,6 +457,8 @@ export class PredecessorSession {
     }
     this.buildingWave = false;
     if (records.length === 0 && this.waveSeq > 0) {
+      // The last WAVE_ACKs call this again: DONE only follows every wave acknowledged.
+      if (this.wavesInFlight.length > 0) return;
       if (this.deferred.size === 0) return this.finish();
       this.retryTimer = setTimeout(
         () => {
@@ -471,11 +484,25 @@ export class PredecessorSession {
       return;
     }
     // In flight from the send on: the release steps below run the application's listeners, and
-    // a connection they make quiet must wait for this wave's WAVE_ACK, not start a wave of its own.
-    this.waveInFlight = true;
+    // a connection they make quiet must wait for a WAVE_ACK, not start a wave of its own.
+    this.waveSeq++;
+    this.wavesInFlight.push(startedAt);
     for (const { id, socket } of released) this.host.release(id, socket);
     if (this.host.options.timedWaves) this.sizeNextWave(native.threadCpuMs() - cpuStart, records.length);
-    this.deadline.expect('WAVE_ACK');
+    if (!this.deadline.armed) this.deadline.expect('WAVE_ACK');
+    if (this.wavesInFlight.length < WAVES_IN_FLIGHT) this.scheduleWave();
+  }
+
+  /** The next wave on the next loop turn, unless one is queued already or the window is full by then. */
+  private scheduleWave(): void {
+    if (this.waveScheduled) return;
+    this.waveScheduled = true;
+    setImmediate(() => {
+      this.waveScheduled = false;
+      if (this.phase !== 'waves' || this.wavesInFlight.length >= WAVES_IN_FLIGHT) return;
+      this.clearRetry();
+      this.recorder.step(() => this.nextWave());
+    });
   }
 
   /** Timed waves: the next one as big as WAVE_STEP_MS of CPU allows, at the cost per connection seen so far. */
@@ -534,20 +561,22 @@ export class PredecessorSession {
   private onWaveAck(seq: number): void {
     // Between a WAVE_ACK and the next wave (a retry timer, the loop turn before wave 0) the next
     // number is not yet owed: accepting it would count a wave the successor never had.
-    if (!this.waveInFlight) {
+    if (this.wavesInFlight.length === 0) {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq} while no wave was in flight`));
     }
-    if (seq !== this.waveSeq) {
-      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq}, expected ${this.waveSeq}`));
+    const expected = this.waveSeq - this.wavesInFlight.length;
+    if (seq !== expected) {
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq}, expected ${expected}`));
     }
-    this.waveInFlight = false;
+    const startedAt = this.wavesInFlight.shift()!;
     this.deadline.clear();
+    if (this.wavesInFlight.length > 0) this.deadline.expect('WAVE_ACK');
     this.stats.waves++;
-    this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - this.waveStartedAt);
-    this.waveSeq++;
-    // Unless a connection that turned quiet meanwhile (connectionMaybeQuiet) has started it already.
+    this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - startedAt);
+    // Unless the window is still full, or the next wave is queued or started already (a
+    // connection that turned quiet meanwhile, connectionMaybeQuiet).
     this.afterReceived(() => {
-      if (this.waveInFlight) return;
+      if (this.waveScheduled || this.wavesInFlight.length >= WAVES_IN_FLIGHT) return;
       this.clearRetry();
       this.nextWave();
     });
