@@ -30,8 +30,8 @@ export class Channel extends EventEmitter<ChannelEvents> {
   private lingerTimer: NodeJS.Timeout | undefined;
   /** {@link keepQueued} was called: the linger does not end while frames wait. */
   private keepingQueued = false;
-  /** {@link drain} was called: frames still arrive after this side's last word, until the peer closes. */
-  private draining = false;
+  /** {@link readToEnd} was called: frames still arrive after this side's last word, until the peer closes. */
+  private readingToEnd = false;
   private peerReset = false;
   /** Inside readAll(): a frame's handler that calls readQueued() must not read the next frame under itself. */
   private reading = false;
@@ -119,10 +119,10 @@ export class Channel extends EventEmitter<ChannelEvents> {
    * frames keep arriving, after a {@link sendLast} too, whose linger no longer closes the channel:
    * the peer's EOF or {@link close} does.
    */
-  drain(): void {
+  readToEnd(): void {
     if (this.closed) return;
     this.lingering = true;
-    this.draining = true;
+    this.readingToEnd = true;
     clearTimeout(this.lingerTimer);
   }
 
@@ -132,9 +132,9 @@ export class Channel extends EventEmitter<ChannelEvents> {
     else this.closeAfterFlush = true;
   }
 
-  /** Closes now, unless a {@link sendLast} is still lingering (it closes by itself) without a {@link drain}. */
+  /** Closes now, unless a {@link sendLast} is still lingering (it closes by itself) without a {@link readToEnd}. */
   close(): void {
-    if (this.lingering && !this.draining) return;
+    if (this.lingering && !this.readingToEnd) return;
     this.destroy();
   }
 
@@ -263,7 +263,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
         this.destroy();
         return;
       }
-      if (this.lingering && !this.draining) {
+      if (this.lingering && !this.readingToEnd) {
         for (const fd of message.fds) native.close(fd);
         continue;
       }
@@ -280,8 +280,8 @@ export class Channel extends EventEmitter<ChannelEvents> {
 
   /** Tells the peer why before closing: a bad frame is the peer's bug to fix. */
   private refuse(reason: TakeoverError): void {
-    // Draining: the peer's later frames may still be good; this one is dropped unread.
-    if (this.draining) return;
+    // Reading to the end: the peer's later frames may still be good; this one is dropped.
+    if (this.readingToEnd) return;
     // Already closing with a last word (its own ABORT, or an earlier refusal): nothing to add.
     if (this.lingering) return this.destroy();
     this.sendLast(encode.abort(reason.code, reason.message));

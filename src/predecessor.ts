@@ -109,7 +109,7 @@ const WAVE_SLICE_MS = 1;
  * event loops; with two in flight this process builds the next wave, on its own loop turn, while
  * the successor starts the previous one. A successor that dies takes every wave it was sent with
  * it, so a death costs up to this many unacknowledged waves; a successor that gives up starts
- * those that still reach it (successor.ts, draining).
+ * those that still reach it (successor.ts, 'given-up').
  */
 export const WAVES_IN_FLIGHT = 2;
 
@@ -632,7 +632,7 @@ export class PredecessorSession {
       const stats = this.statsNow();
       this.closeListenerFds();
       // The waves released here may still be queued behind a full socket (a wave bigger than the
-      // socket buffer, a successor stopped past the timeout, or one that gave up and drains them):
+      // socket buffer, a successor stopped past the timeout, or one that gave up and reads on):
       // only the successor can serve their connections now, so they go to it however late it reads
       // them, and this process is done only once they are out. A successor that stays stopped
       // keeps the listeners anyway.

@@ -6,7 +6,7 @@
  *   welcome -> listeners -> precopy -> prepared --(app ready) COMMIT--> committed -> waves -> done
  *
  * Any failure before COMMIT drops every copy (fd close only, no FIN) and the predecessor
- * keeps serving; after COMMIT the successor owns the outcome. A failure after LISTENING drains:
+ * keeps serving; after COMMIT the successor owns the outcome. A failure after LISTENING reads on:
  * every wave that still arrives is started, until the predecessor closes the channel.
  */
 import type * as net from 'node:net';
@@ -52,12 +52,12 @@ export interface SuccessorHost {
   onFailure(error: TakeoverError): void;
   /** Finished; with `warning` when it ended early after LISTENING (some connections stayed with the predecessor). */
   onDone(stats: TakeoverStats, warning?: TakeoverError): void;
-  /** After an onDone with a warning: the predecessor kept the channel open past the drain's bound. */
-  onDrainTimeout(error: TakeoverError): void;
+  /** After an onDone with a warning: the predecessor kept the channel open past the bound (the waves it sends later are lost). */
+  onChannelKeptOpen(error: TakeoverError): void;
 }
 
-/** `draining`: failed after LISTENING, still starting the waves that arrive until the channel closes. */
-type Phase = 'welcome' | 'listeners' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'draining' | 'done' | 'failed';
+/** `given-up`: failed after LISTENING, still starting the waves that arrive until the channel closes. */
+type Phase = 'welcome' | 'listeners' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'given-up' | 'done' | 'failed';
 
 const FD_HEADROOM = 64;
 /** Fd table slots prepared before HELLO (8 bytes each); WELCOME grows it further if needed. */
@@ -77,7 +77,7 @@ const PREPARATION_NICE_STEPS = 10;
  * close the channel: one that reads the ABORT closes it as soon as what it sent is out, so only a
  * stopped or dead one takes this long, and what it sends later is lost.
  */
-const DRAIN_TIMEOUTS = 3;
+const CHANNEL_END_TIMEOUTS = 3;
 
 interface Held {
   fd: number;
@@ -163,7 +163,7 @@ export class SuccessorSession {
   private readonly marks = this.recorder.marks;
 
   private readonly deadline: Deadline;
-  private readonly drainDeadline: Deadline;
+  private readonly channelEndDeadline: Deadline;
 
   constructor(
     private readonly host: SuccessorHost,
@@ -172,8 +172,8 @@ export class SuccessorSession {
     this.deadline = new Deadline(host.options.timeoutMs, (what, ms) =>
       this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the predecessor sent no ${what} within ${ms} ms`)),
     );
-    this.drainDeadline = new Deadline(host.options.timeoutMs * DRAIN_TIMEOUTS, (_, ms) =>
-      this.endDrain(
+    this.channelEndDeadline = new Deadline(host.options.timeoutMs * CHANNEL_END_TIMEOUTS, (_, ms) =>
+      this.endLateWaves(
         new TakeoverError(
           ErrorCodes.TIMEOUT,
           `the predecessor kept the takeover channel open ${ms} ms after this process gave up: a wave it sends later is lost`,
@@ -183,8 +183,8 @@ export class SuccessorSession {
     channel.on('frame', (frame) => this.recorder.step(() => this.onFrame(frame)));
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () =>
-      this.phase === 'draining'
-        ? this.endDrain()
+      this.phase === 'given-up'
+        ? this.endLateWaves()
         : this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the predecessor closed the takeover channel')),
     );
     if (!host.options.allowUids.includes(channel.peer.uid)) {
@@ -233,11 +233,11 @@ export class SuccessorSession {
   }
 
   private onFrame(frame: Frame): void {
-    if (this.phase === 'draining') return this.onLateFrame(frame);
+    if (this.phase === 'given-up') return this.onLateFrame(frame);
     if (frame.type === 'abort') {
       this.fail(new TakeoverError(ErrorCodes.ABORTED, `the predecessor refused: ${frame.message}`, { reason: frame.code }));
       // Its last frame: nothing follows an ABORT.
-      return this.endDrain();
+      return this.endLateWaves();
     }
     switch (`${this.phase}:${frame.type}`) {
       case 'welcome:welcome':
@@ -458,7 +458,7 @@ export class SuccessorSession {
     // An observer of the step may have failed the session: fail() started the wave then.
     if (this.phase !== 'waves') return;
     this.startWave();
-    this.channel.send(encode.waveAck(this.expectedWave++));
+    this.channel.send(encode.waveAck(seq));
     this.stats.waves++;
     // While connections are deferred the predecessor may rightly stay silent up to its bound.
     this.deadline.expect('WAVE', this.host.options.timeoutMs + (this.deferred.size > 0 ? this.quiesceMs : 0));
@@ -467,7 +467,7 @@ export class SuccessorSession {
   /**
    * Adds a chunk to the wave being received; once it is whole, checks all of it and makes it the
    * wave in hand, and returns its number. Undefined while chunks are missing, and for a wave
-   * refused (the session is aborted then; while draining, the wave is just not started).
+   * refused (the session is aborted then; once it gave up, the wave is just not started).
    */
   private takeWave(frame: Extract<Frame, { type: 'wave' }>): number | undefined {
     // The chunks and the copy that joins them are both in memory at the end: the limit bounds
@@ -490,12 +490,12 @@ export class SuccessorSession {
     } catch (error) {
       return this.refuseWave(error as TakeoverError);
     }
-    // Draining, a wave refused before may have left a gap: what counts is that none comes twice.
-    const draining = this.phase === 'draining';
-    if (draining ? wave.seq < this.expectedWave : wave.seq !== this.expectedWave) {
+    // Once given up, a wave refused before may have left a gap: what counts is that none comes twice.
+    const late = this.phase === 'given-up';
+    if (late ? wave.seq < this.expectedWave : wave.seq !== this.expectedWave) {
       return this.refuseWave(new TakeoverError(ErrorCodes.PROTOCOL, `wave ${wave.seq} arrived, expected ${this.expectedWave}`));
     }
-    if (draining) this.expectedWave = wave.seq + 1;
+    this.expectedWave = wave.seq + 1;
     // Check the whole wave before starting any of it: failing halfway would drop the rest,
     // which the predecessor has already released.
     const held: Held[] = [];
@@ -505,7 +505,7 @@ export class SuccessorSession {
       if (record.fate === 'deferred' && this.deferred.has(record.id)) {
         return this.refuseWave(new TakeoverError(ErrorCodes.PROTOCOL, `wave defers connection ${record.id} twice`));
       }
-      // wrap() aborts the session itself (a no-op while draining).
+      // wrap() aborts the session itself (a no-op once it gave up).
       if (record.fate === 'moved' && !h.socket && !this.wrap(record.id, h)) return undefined;
       held.push(h);
     }
@@ -516,7 +516,7 @@ export class SuccessorSession {
 
   /** A wave that fails its checks is never started (contract 8): what it carries is lost if the predecessor released it. */
   private refuseWave(error: TakeoverError): undefined {
-    if (this.phase !== 'draining') this.abort(error);
+    if (this.phase !== 'given-up') this.abort(error);
     return undefined;
   }
 
@@ -527,7 +527,7 @@ export class SuccessorSession {
    * is ignored; nothing follows DONE or the predecessor's own ABORT.
    */
   private onLateFrame(frame: Frame): void {
-    if (frame.type === 'done' || frame.type === 'abort') return this.endDrain();
+    if (frame.type === 'done' || frame.type === 'abort') return this.endLateWaves();
     if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
     if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
     if (frame.type === 'wave' && this.takeWave(frame) !== undefined) {
@@ -588,9 +588,9 @@ export class SuccessorSession {
   }
 
   private fail(error: TakeoverError): void {
-    if (this.phase === 'done' || this.phase === 'failed' || this.phase === 'draining') return;
+    if (this.phase === 'done' || this.phase === 'failed' || this.phase === 'given-up') return;
     const listening = this.phase === 'waves';
-    this.phase = listening ? 'draining' : 'failed';
+    this.phase = listening ? 'given-up' : 'failed';
     this.deadline.clear();
     this.recorder.stop();
     this.raisePriority();
@@ -608,19 +608,19 @@ export class SuccessorSession {
     // are released there too: they are started as they arrive, until it closes the channel.
     if (this.waveInHand) this.startWave();
     this.host.onDone(this.statsNow(), error);
-    if (this.channel.isClosed) return this.endDrain();
-    this.channel.drain();
-    this.drainDeadline.expect('EOF');
+    if (this.channel.isClosed) return this.endLateWaves();
+    this.channel.readToEnd();
+    this.channelEndDeadline.expect('EOF');
   }
 
   /** The channel closed after a failure past LISTENING (or stayed open too long, `late`): no more waves. */
-  private endDrain(late?: TakeoverError): void {
-    if (this.phase !== 'draining') return;
+  private endLateWaves(late?: TakeoverError): void {
+    if (this.phase !== 'given-up') return;
     this.phase = 'failed';
-    this.drainDeadline.clear();
+    this.channelEndDeadline.clear();
     this.channel.close();
     this.dropHeld();
-    if (late) this.host.onDrainTimeout(late);
+    if (late) this.host.onChannelKeptOpen(late);
   }
 
   /**

@@ -165,7 +165,7 @@ export class TakingOver implements SuccessorHost {
     this.settleReady?.resolve(stats);
   }
 
-  onDrainTimeout(error: TakeoverError): void {
+  onChannelKeptOpen(error: TakeoverError): void {
     this.events.warning(error);
   }
 }

@@ -51,7 +51,7 @@ export function expectation(fault: Fault, step: Step, plan: FaultPlan): Expectat
   const n = plan.connections;
   // A successor stopped at wave N has acknowledged waves 0 to N-1: the old process may have sent
   // up to WAVES_IN_FLIGHT more. They die with a killed successor; a stopped one starts them when
-  // it wakes, even after it gave up (it drains the channel), so nothing may be lost then.
+  // it wakes, even after it gave up (it reads the channel to its end), so nothing may be lost then.
   const waves = step.startsWith('wave') ? Number(step.slice(4)) + WAVES_IN_FLIGHT : 0;
   if (step === 'stop-accepting' && fault === 'stop-successor') {
     return {

@@ -228,12 +228,12 @@ test('keepQueued() without sendLast() (the peer gave up first): frames queued be
   await fdsSettle(baseline, 'after closing');
 });
 
-test("drain() after sendLast(): the peer's frames still arrive, one that fails validation is skipped, the linger no longer closes; the peer's EOF does", async () => {
+test("readToEnd() after sendLast(): the peer's frames still arrive, one that fails validation is skipped, the linger no longer closes; the peer's EOF does", async () => {
   const baseline = native.openFdCount();
   const [a, b] = channelPair(dir);
   const { channel, events, errors } = recorded(a);
   channel.sendLast(encode.abort('ERR_TAKEOVER_TIMEOUT', 'gave up'), 20);
-  channel.drain();
+  channel.readToEnd();
   channel.send(encode.hello(1));
   assert.ok(native.sendMessage(b, encode.waveAck(0).data, []));
   assert.ok(native.sendMessage(b, Buffer.from('not a frame'), []));
@@ -248,11 +248,11 @@ test("drain() after sendLast(): the peer's frames still arrive, one that fails v
   await fdsSettle(baseline, 'after closing');
 });
 
-test('drain() without sendLast(), then close(): frames arrive until close() ends it at once', async () => {
+test('readToEnd() without sendLast(), then close(): frames arrive until close() ends it at once', async () => {
   const baseline = native.openFdCount();
   const [a, b] = channelPair(dir);
   const { channel, events } = recorded(a);
-  channel.drain();
+  channel.readToEnd();
   assert.ok(native.sendMessage(b, encode.waveAck(0).data, []));
   await waitFor(() => events.length === 1, 'the frame');
   channel.close();

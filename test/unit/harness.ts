@@ -393,7 +393,7 @@ export class FakeSuccessorHost implements SuccessorHost {
   listeners: InheritedListener[] = [];
   unclaimed: string[] = [];
   listening = false;
-  readonly drainTimeouts: TakeoverError[] = [];
+  readonly keptOpen: TakeoverError[] = [];
   /** The channel listener's fd once LISTENING made it this host's: closed by {@link close}. */
   private channelFd = -1;
   readonly outcome: Promise<SuccessorOutcome>;
@@ -436,8 +436,8 @@ export class FakeSuccessorHost implements SuccessorHost {
     this.settle({ kind: 'done', stats, warning });
   }
 
-  onDrainTimeout(error: TakeoverError): void {
-    this.drainTimeouts.push(error);
+  onChannelKeptOpen(error: TakeoverError): void {
+    this.keptOpen.push(error);
   }
 
   /** Closes what the session handed to this host: the server, its sockets, the channel listener. */

@@ -700,7 +700,7 @@ test('after LISTENING, a successor that timed out still starts a wave that arriv
   s.peer.closeChannel();
   // Connection 3 never left the old process: the successor's copy is dropped once the channel closes.
   await waitFor(() => native.openFdCount() === s.before - 1 + 2, 'the copy of connection 3 and the channel closed');
-  assert.deepEqual(s.host.drainTimeouts, []);
+  assert.deepEqual(s.host.keptOpen, []);
   assert.deepEqual(s.peer.pending, [], 'no WAVE_ACK after the ABORT');
   for (const id of [1, 2]) {
     s.clients[id - 1]!.write('kept');
@@ -714,7 +714,7 @@ test('after LISTENING, a successor that timed out still starts a wave that arriv
   await s.teardown();
 });
 
-test('after LISTENING, a refused wave does not stop the drain: the wave after it is started, and one that fails its checks while draining is not', async (t) => {
+test('after LISTENING, a refused wave does not stop the reading: the wave after it is started, and one that fails its checks after it gave up is not', async (t) => {
   const s = await setup(t, 4, { timeoutMs: 5000 });
   await toWaves(s);
   sendWave(s, 0, [moved(1)]);
@@ -724,7 +724,7 @@ test('after LISTENING, a refused wave does not stop the drain: the wave after it
   sendWave(s, 2, [moved(2, '', 'two')]);
   await gaveUp(s, ErrorCodes.PROTOCOL);
   await s.clients[1]!.expect('two');
-  // Still draining: a wave naming a connection already started is refused, and one that repeats
+  // Given up: a wave naming a connection already started is refused, and one that repeats
   // an earlier number too; the next good one is started.
   for (const message of encode.wave(encodeWave({ seq: 3, records: [moved(2)] }))) s.peer.send(message);
   for (const message of encode.wave(encodeWave({ seq: 2, records: [moved(3)] }))) s.peer.send(message);
@@ -739,16 +739,16 @@ test('after LISTENING, a refused wave does not stop the drain: the wave after it
   await s.teardown();
 });
 
-test('after LISTENING, an old process that never closes the channel: the drain ends after 3 timeouts with ERR_TAKEOVER_TIMEOUT, and what comes later is not read', async (t) => {
+test('after LISTENING, an old process that never closes the channel: the successor closes it after 3 timeouts with ERR_TAKEOVER_TIMEOUT, and what comes later is not read', async (t) => {
   const s = await setup(t, 2, { timeoutMs: 100 });
   await toWaves(s);
   sendWave(s, 0, [moved(1)]);
   await s.peer.next('waveAck');
   await gaveUp(s, ErrorCodes.TIMEOUT);
   await s.peer.next('eof', 5000);
-  assert.equal(s.host.drainTimeouts.length, 1);
-  assert.equal(s.host.drainTimeouts[0]!.code, ErrorCodes.TIMEOUT);
-  assert.match(s.host.drainTimeouts[0]!.message, /kept the takeover channel open 300 ms/);
+  assert.equal(s.host.keptOpen.length, 1);
+  assert.equal(s.host.keptOpen[0]!.code, ErrorCodes.TIMEOUT);
+  assert.match(s.host.keptOpen[0]!.message, /kept the takeover channel open 300 ms/);
   await s.teardown();
 });
 
