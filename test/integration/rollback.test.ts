@@ -40,10 +40,10 @@ interface Running {
 }
 
 /** A server with 300 connections, half of them busy (split frames), as every rollback's starting point. */
-async function running(extra: Partial<ServerConfig> = {}, dirMode = 0o700): Promise<Running> {
+async function running(extra: Partial<ServerConfig> = {}, dirMode = 0o700, env: Record<string, string> = {}): Promise<Running> {
   const dir = tempDir(dirMode);
   const config: ServerConfig = { path: path.join(dir, 'channel'), listen: [{ port: 0, host: '127.0.0.1' }], ...extra };
-  const old = new ServerProcess(config);
+  const old = new ServerProcess(config, { env });
   const ready = await old.next('ready');
   const address = { port: ready.addresses![0]!.port, host: '127.0.0.1' };
   const clients = await openClients(300, [address], (i) =>
@@ -243,6 +243,32 @@ test('a successor that stalls mid-waves keeps what it started; the old process f
   for (const c of r.clients) c.close();
   assert.equal(await r.old.exited, 0, 'the old process exits once its retained connections closed');
   await probeEcho(r.address.port, r.address.host);
+  successor.kill('SIGTERM');
+  await successor.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+});
+
+test('an old process stopped in the middle of building a wave, past the timeout of the successor: the successor, which gave up, still starts that wave when it arrives; nothing is lost', {
+  timeout: 60_000,
+}, async () => {
+  // Stopped as it freezes a connection of wave 1, before the wave is sent and released.
+  const r = await running({ waveSize: MID_WAVE_SIZE }, 0o700, { SOCKET_TAKEOVER_TEST_PAUSE_AT_FREEZE: String(MID_WAVE_SIZE + 10) });
+  const successor = new ServerProcess({ ...r.config, timeoutMs: 1000 });
+  await waitStopped(r.old.pid);
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.connections, MID_WAVE_SIZE, 'only wave 0 had arrived when the successor gave up');
+  assert.equal((await successor.next('warning')).code, 'ERR_TAKEOVER_TIMEOUT');
+  // The old process wakes in the middle of wave 1: it sends and releases it, then reads the ABORT.
+  process.kill(r.old.pid, 'SIGCONT');
+  const handover = await r.old.next('handover');
+  assert.equal(handover.stats!.connections, 2 * MID_WAVE_SIZE, 'waves 0 and 1 left the old process');
+  assert.equal(handover.stats!.retained, 300 - 2 * MID_WAVE_SIZE);
+  for (const c of r.clients) c.burst(2);
+  await probeEcho(r.address.port, r.address.host);
+  assert.deepEqual(await drainAll(r.clients), [], 'wave 1 is served by the successor, the rest by the old process');
+  for (const c of r.clients) c.close();
+  assert.equal(await r.old.exited, 0, 'the old process exits once its retained connections closed');
+  assert.equal(successor.pending('warning').length, 0, 'the old process closed the channel: no second warning');
   successor.kill('SIGTERM');
   await successor.exited;
   fs.rmSync(r.dir, { recursive: true, force: true });
