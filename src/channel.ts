@@ -57,6 +57,11 @@ export class Channel extends EventEmitter<ChannelEvents> {
     return this.closed;
   }
 
+  /** Frames wait behind a full socket ('writable' follows once they are out). */
+  get hasQueued(): boolean {
+    return this.queue.length > 0;
+  }
+
   /** Closed, or a send failed and the failure is about to be reported: nothing sent now arrives. */
   get isBroken(): boolean {
     return this.closed || this.sendError !== undefined;

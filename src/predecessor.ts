@@ -178,7 +178,7 @@ export class PredecessorSession {
     // Every send of pre-copy goes through schedulePump(): at most one slice of sending per turn of
     // the loop. An ACK, the channel draining or an accept each calling pump() at once would each
     // get a slice of its own, and a read of 20 queued ACKs became 20 ms of sending in one turn.
-    channel.on('writable', () => this.schedulePump());
+    channel.on('writable', () => (this.phase === 'waves' ? this.scheduleWave() : this.schedulePump()));
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the successor closed the takeover channel')));
     this.deadline.expect('HELLO', Math.min(host.options.timeoutMs, HELLO_TIMEOUT_MS));
@@ -493,9 +493,14 @@ export class PredecessorSession {
     if (this.wavesInFlight.length < WAVES_IN_FLIGHT) this.scheduleWave();
   }
 
-  /** The next wave on the next loop turn, unless one is queued already or the window is full by then. */
+  /**
+   * The next wave on the next loop turn, unless one is queued already or the window is full by
+   * then; and only once the previous one is on the wire (a wave bigger than the socket buffer
+   * waits in the channel's queue, and 'writable' calls this again): a wave queued behind it
+   * would reach the successor no sooner.
+   */
   private scheduleWave(): void {
-    if (this.waveScheduled) return;
+    if (this.waveScheduled || this.channel.hasQueued) return;
     this.waveScheduled = true;
     setImmediate(() => {
       this.waveScheduled = false;
@@ -577,6 +582,7 @@ export class PredecessorSession {
     // connection that turned quiet meanwhile, connectionMaybeQuiet).
     this.afterReceived(() => {
       if (this.waveScheduled || this.wavesInFlight.length >= WAVES_IN_FLIGHT) return;
+      if (this.wavesInFlight.length > 0 && this.channel.hasQueued) return;
       this.clearRetry();
       this.nextWave();
     });

@@ -159,6 +159,15 @@ function sendWave(s: Setup, seq: number, records: WaveRecord[]): void {
   }
 }
 
+/** The fake predecessor's own copy of connection `i` (0-based) still reaches its client: it writes `text` on it, then closes it. */
+async function servedByPredecessor(s: Setup, i: number, text: string): Promise<void> {
+  const kept = new net.Socket({ fd: s.connFds[i]! });
+  s.connFds[i] = -1;
+  kept.write(text);
+  await s.clients[i]!.expect(text);
+  kept.destroy();
+}
+
 test('happy path: HELLO, ACK on receipt, COMMIT only once the app is ready, a wave split over frames, DONE with the stats', async (t) => {
   const s = await setup(t, 2);
   const big = 'x'.repeat(100_000);
@@ -316,11 +325,7 @@ test('deferral: a deferred connection waits (up to timeoutMs + quiesceMs) and mo
   assert.ok(outcome.kind === 'done' && outcome.warning === undefined);
   assert.deepEqual([outcome.stats.connections, outcome.stats.deferred, outcome.stats.retained, outcome.stats.waves], [1, 2, 1, 3]);
   // The retained connection lost only the successor's copy: the predecessor's still reaches the client.
-  const kept = new net.Socket({ fd: s.connFds[1]! });
-  s.connFds[1] = -1;
-  kept.write('finished by the predecessor');
-  await s.clients[1]!.expect('finished by the predecessor');
-  kept.destroy();
+  await servedByPredecessor(s, 1, 'finished by the predecessor');
   await s.teardown();
 });
 
@@ -706,11 +711,7 @@ test('after LISTENING, a successor that timed out still starts a wave that arriv
     s.clients[id - 1]!.write('kept');
     await s.clients[id - 1]!.expect(id === 1 ? 'new:kept' : 'late outnew:late innew:kept');
   }
-  const kept = new net.Socket({ fd: s.connFds[2]! });
-  s.connFds[2] = -1;
-  kept.write('finished by the predecessor');
-  await s.clients[2]!.expect('finished by the predecessor');
-  kept.destroy();
+  await servedByPredecessor(s, 2, 'finished by the predecessor');
   await s.teardown();
 });
 
