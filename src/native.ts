@@ -27,6 +27,7 @@ import { readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { getSystemErrorName } from 'node:util';
 import { ErrorCodes, TakeoverError } from './errors.js';
 
 /** Credentials of the process at the other end of a Unix socket (`SO_PEERCRED`). */
@@ -62,7 +63,7 @@ export interface SocketInfo {
   listening: boolean;
 }
 
-/** A TCP socket's state (`TCP_INFO`), by the kernel's name; OTHER for one this addon does not know. */
+/** A TCP socket's state (`TCP_INFO`), by the kernel's name; OTHER for one this module does not know. */
 export type TcpState =
   | 'ESTABLISHED'
   | 'SYN_SENT'
@@ -119,7 +120,7 @@ interface Addon {
   growFdTable(highestFd: number): void;
   fdLimit(): { soft: number; hard: number };
   socketInfo(fd: number): SocketInfo;
-  tcpState(fd: number): TcpState;
+  inspectSockets(fds: Int32Array, out: Int32Array): void;
   threadCpuMs(): number;
 }
 
@@ -299,13 +300,92 @@ export function socketInfo(fd: number): SocketInfo {
   return addon.socketInfo(fd);
 }
 
+/** Numbers per fd in what the addon's inspectSockets writes, at these offsets (native/takeover.c, INSPECT_FIELDS). */
+const FIELDS = 6;
+const DOMAIN = 0;
+const TYPE = 1;
+const LISTENING = 2;
+const TCP_STATE = 3;
+const NO_DELAY = 4;
+const ERRNO = 5;
+/** The addon's codes, in its order. */
+const DOMAINS: readonly SocketInfo['domain'][] = ['other', 'unix', 'inet', 'inet6'];
+const TYPES: readonly SocketInfo['type'][] = ['other', 'stream', 'seqpacket', 'dgram'];
+/** By the kernel's number (include/net/tcp_states.h), the same on every architecture. */
+const TCP_STATES: readonly TcpState[] = [
+  'OTHER',
+  'ESTABLISHED',
+  'SYN_SENT',
+  'SYN_RECV',
+  'FIN_WAIT1',
+  'FIN_WAIT2',
+  'TIME_WAIT',
+  'CLOSE',
+  'CLOSE_WAIT',
+  'LAST_ACK',
+  'LISTEN',
+  'CLOSING',
+];
+
 /**
- * The TCP state of the socket behind `fd`.
- *
- * @throws EOPNOTSUPP if `fd` is not a TCP socket, ENOTSOCK if not a socket, EBADF if not open.
+ * What each fd of a batch is, found by one addon call that builds no JS value per fd: the
+ * successor checks every inherited connection with it, thousands per turn of the event loop.
+ * Put the fds in {@link SocketInspection.fds}, call {@link SocketInspection.inspect}, then read
+ * each fd's answers by its index; the strings are shared constants, none is allocated.
+ * An fd that cannot be inspected (closed, negative, not a socket) throws nothing: its
+ * {@link SocketInspection.error} names the errno and its other answers are 'other', false
+ * or undefined. The fds stay the caller's.
  */
-export function tcpState(fd: number): TcpState {
-  return addon.tcpState(fd);
+export class SocketInspection {
+  /** The fds to inspect, from index 0. */
+  readonly fds: Int32Array;
+  private readonly out: Int32Array;
+
+  /** Room for `capacity` fds at a time. */
+  constructor(readonly capacity: number) {
+    this.fds = new Int32Array(capacity);
+    this.out = new Int32Array(capacity * FIELDS);
+  }
+
+  /** Inspects `fds[0]` to `fds[count - 1]`. Throws RangeError `ERR_OUT_OF_RANGE` beyond the capacity. */
+  inspect(count: number): void {
+    if (!Number.isInteger(count) || count < 0 || count > this.capacity) {
+      throw Object.assign(new RangeError(`count must be an integer from 0 to ${this.capacity}, got ${count}`), {
+        code: 'ERR_OUT_OF_RANGE',
+      });
+    }
+    addon.inspectSockets(this.fds.subarray(0, count), this.out);
+  }
+
+  domain(i: number): SocketInfo['domain'] {
+    return DOMAINS[this.out[i * FIELDS + DOMAIN]!] ?? 'other';
+  }
+
+  type(i: number): SocketInfo['type'] {
+    return TYPES[this.out[i * FIELDS + TYPE]!] ?? 'other';
+  }
+
+  /** True for a socket that `listen()` was called on. */
+  listening(i: number): boolean {
+    return this.out[i * FIELDS + LISTENING] === 1;
+  }
+
+  /** The state of a TCP socket; undefined for any other fd. */
+  tcpState(i: number): TcpState | undefined {
+    const state = this.out[i * FIELDS + TCP_STATE]!;
+    return state < 0 ? undefined : (TCP_STATES[state] ?? 'OTHER');
+  }
+
+  /** True for a TCP socket with TCP_NODELAY set. */
+  noDelay(i: number): boolean {
+    return this.out[i * FIELDS + NO_DELAY] === 1;
+  }
+
+  /** The code of the errno that stopped the inspection (`'EBADF'`, `'ENOTSOCK'`...); undefined when none did. */
+  error(i: number): string | undefined {
+    const errno = this.out[i * FIELDS + ERRNO]!;
+    return errno === 0 ? undefined : getSystemErrorName(-errno);
+  }
 }
 
 /**

@@ -77,7 +77,7 @@ interface Frozen {
   bytes: { output: number; state: number };
 }
 
-type Phase = 'hello' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
+type Phase = 'hello' | 'welcoming' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
 
 /** A wave stops growing past this many bytes of input, output and state: bounds one wave's memory and pause. */
 const WAVE_BYTE_BUDGET = 64 * 1024 * 1024;
@@ -124,6 +124,13 @@ function batchWindow(): number {
 
 export class PredecessorSession {
   private phase: Phase = 'hello';
+  /**
+   * The connections HELLO found and not yet sent: a live iterator over the host's map, which also
+   * visits connections accepted later and skips closed ones, so that HELLO does not copy 10,000
+   * ids in one stretch. Undefined once it is done; `unsent` holds the rest.
+   */
+  private unlisted: Iterator<number> | undefined;
+  /** To send besides `unlisted`: accepted after its end, or put back from a batch the socket did not take. */
   private readonly unsent = new Set<number>();
   private readonly sent = new Set<number>();
   private closedUnsent: number[] = [];
@@ -136,9 +143,14 @@ export class PredecessorSession {
   /** LISTENERS went out: from then on the successor may hold copies of the listening sockets. */
   private listenersSent = false;
   /** Connection ids in wave order; each socket is looked up when its turn comes (gone by then: closed). */
-  private waveQueue: number[] = [];
-  /** Next entry of waveQueue to freeze (an index: shift() on 10,000 entries costs per call). */
-  private waveCursor = 0;
+  /**
+   * The sent connections not yet considered for a wave, in the order they were sent: a live
+   * iterator over `sent`, which no longer changes once the waves start (a copy of 10,000 ids
+   * would make the first wave's stretch 1-2 ms longer). Undefined before the waves and once done.
+   */
+  private waveQueue: Iterator<number> | undefined;
+  /** Connections taken from waveQueue so far. */
+  private waveTaken = 0;
   /** The next wave's number; the oldest unacknowledged one is waveSeq - wavesInFlight.length. */
   private waveSeq = 0;
   /** When each wave sent and not yet acknowledged began freezing, oldest first. */
@@ -277,6 +289,15 @@ export class PredecessorSession {
     this.successorPid = this.channel.peer.pid;
     this.recorder.sampleLoop();
     this.host.onHello(this.successorPid);
+    this.deadline.clear();
+    this.phase = 'welcoming';
+    // Starting the sampler and the 'successor' listeners are this turn's stretch (cold code, 1-2 ms
+    // of CPU): the listeners' dups and WELCOME are the next one's.
+    setImmediate(() => this.recorder.step(() => this.welcome()));
+  }
+
+  private welcome(): void {
+    if (this.phase !== 'welcoming') return;
     try {
       this.listeners = this.host.duplicateListeners();
     } catch (error) {
@@ -286,10 +307,9 @@ export class PredecessorSession {
     this.channel.send(encode.welcome(process.pid, this.listeners.length, connections.size));
     this.channel.send(encode.listeners(this.listeners));
     this.listenersSent = true;
-    for (const id of connections.keys()) this.unsent.add(id);
+    this.unlisted = connections.keys();
     this.phase = 'precopy';
     this.deadline.expect('ACK');
-    // Listing 10,000 connections is a stretch of its own: the sending starts on the next turn.
     this.schedulePump();
   }
 
@@ -301,24 +321,15 @@ export class PredecessorSession {
     if (this.phase !== 'precopy' && this.phase !== 'committed') return;
     const connections = this.host.connections();
     const sliceEnd = performance.now() + SEND_SLICE_MS;
-    while (this.batchesInFlight < this.window && this.unsent.size > 0) {
+    while (this.batchesInFlight < this.window && this.hasUnsent()) {
       if (performance.now() >= sliceEnd) {
         this.schedulePump();
         break;
       }
-      const batch: { id: number; listener: number; fd: number }[] = [];
-      for (const id of this.unsent) {
-        const conn = connections.get(id);
-        const fd = conn ? socketFd(conn.socket) : -1;
-        if (fd < 0) {
-          this.unsent.delete(id);
-          continue;
-        }
-        batch.push({ id, listener: conn!.listener, fd });
-        if (batch.length === MAX_FDS_PER_FRAME) break;
-      }
+      const batch = this.nextBatch(connections);
       if (batch.length === 0) break;
       if (!this.channel.trySend(encode.conns(batch))) {
+        for (const { id } of batch) this.unsent.add(id);
         // Waiting for the socket to drain: a successor that stopped reading must still time out.
         if (!this.deadline.armed) this.deadline.expect('ACK');
         return;
@@ -331,7 +342,7 @@ export class PredecessorSession {
       this.batchesInFlight++;
     }
     this.flushClosed();
-    if (this.unsent.size > 0 || this.batchesInFlight > 0) {
+    if (this.hasUnsent() || this.batchesInFlight > 0) {
       // Armed once per wait: the app's own accepts and closes call pump() too, and must not
       // keep postponing the timeout of a successor that stopped answering.
       if (!this.deadline.armed) this.deadline.expect('ACK');
@@ -346,6 +357,34 @@ export class PredecessorSession {
     } else {
       this.startWaves();
     }
+  }
+
+  private hasUnsent(): boolean {
+    return this.unlisted !== undefined || this.unsent.size > 0;
+  }
+
+  /** Up to a frame's worth of connections still open, with their fds: `unsent` first, then the listing. */
+  private nextBatch(
+    connections: ReadonlyMap<number, { socket: net.Socket; listener: number }>,
+  ): { id: number; listener: number; fd: number }[] {
+    const batch: { id: number; listener: number; fd: number }[] = [];
+    const take = (id: number): void => {
+      const conn = connections.get(id);
+      const fd = conn ? socketFd(conn.socket) : -1;
+      if (fd < 0) this.unsent.delete(id);
+      else batch.push({ id, listener: conn!.listener, fd });
+    };
+    for (const id of this.unsent) {
+      if (batch.length === MAX_FDS_PER_FRAME) return batch;
+      take(id);
+    }
+    while (this.unlisted && batch.length < MAX_FDS_PER_FRAME) {
+      const next = this.unlisted.next();
+      if (next.done) this.unlisted = undefined;
+      // Accepted since HELLO: the host's map and `unsent` both had it.
+      else if (!this.sent.has(next.value) && !this.unsent.has(next.value)) take(next.value);
+    }
+    return batch;
   }
 
   private schedulePump(): void {
@@ -394,7 +433,7 @@ export class PredecessorSession {
     setImmediate(() =>
       this.recorder.step(() => {
         if (this.phase !== 'waves') return;
-        this.waveQueue = [...this.sent];
+        this.waveQueue = this.sent.values();
         this.nextWave();
       }),
     );
@@ -431,11 +470,16 @@ export class PredecessorSession {
       if (socket && (socket.destroyed || this.host.readiness(id) === 'quiet')) this.consider(id, socket, records, released, budget);
     }
     const connections = this.host.connections();
-    while (room() && this.waveCursor < this.waveQueue.length) {
-      const id = this.waveQueue[this.waveCursor++]!;
-      this.consider(id, connections.get(id)?.socket, records, released, budget);
+    while (this.waveQueue && room()) {
+      const next = this.waveQueue.next();
+      if (next.done) {
+        this.waveQueue = undefined;
+        break;
+      }
+      this.waveTaken++;
+      this.consider(next.value, connections.get(next.value)?.socket, records, released, budget);
     }
-    if (this.waveCursor === this.waveQueue.length) {
+    if (!this.waveQueue) {
       const pastBound = performance.now() >= this.quiesceDeadline;
       // A wave names a connection once: one deferred in this wave waits for the next, even if a
       // listener of this wave's steps made it quiet or closed it since.
@@ -630,11 +674,11 @@ export class PredecessorSession {
       // taking them back would make two processes accept. The connections not frozen yet never
       // left this process, so it finishes them, as retained ones, and then exits.
       // Before the first wave the queue is not built yet: every connection sent is still here.
-      const unfrozen = this.waveQueue.length > 0 ? this.waveQueue.length - this.waveCursor : this.sent.size;
+      const unfrozen = this.sent.size - this.waveTaken;
       this.stats.retained += unfrozen + this.deferred.size;
       for (const id of this.deferred.keys()) this.host.retain(id);
       this.deferred.clear();
-      this.waveQueue = [];
+      this.waveQueue = undefined;
       const stats = this.statsNow();
       this.closeListenerFds();
       // The waves released here may still be queued behind a full socket (a wave bigger than the

@@ -7,6 +7,8 @@
  * - `socket._handle.readStop()` and `.reading`: `pause()` alone keeps libuv reading.
  * - `socket._handle.writeQueueSize`: bytes libuv accepted but the kernel has not taken yet.
  * - `new net.Socket({ fd, manualStart: true })`: wraps an fd without reading from it.
+ * - `new net.Socket({ noDelay })` sets the socket's record of TCP_NODELAY (`kSetNoDelay`), which
+ *   `setNoDelay()` compares with before it calls the handle; only a connect() applies it to the fd.
  * - `new net.Socket({ handle })` with a handle built by `socket._handle.constructor` (libuv's TCP
  *   or Pipe wrap, type 0: `TCPConstants.SOCKET`, `PipeConstants.SOCKET`) and its `open(fd)`.
  * - `socket._handle.close()` with no callback, just before `socket.destroy()`: libuv's handle wrap
@@ -326,13 +328,19 @@ const handleClasses = new Map<'tcp' | 'unix', HandleClass>();
  * Wraps an inherited connection fd without reading from it: the predecessor still serves it.
  * The stream options are fixed at construction, so they come from the server that will own the
  * socket. `kind` must be what the fd is (the caller checked it: a TCP or a Unix stream socket).
+ * `hasNoDelay`: the fd has TCP_NODELAY already (the option lives on the open file description,
+ * which came with the fd), so the socket records it as set and needs no setsockopt for it, not
+ * even when the application calls `setNoDelay(true)`, while its `setNoDelay(false)` still clears it.
  * Throws a system error (`code`) when libuv cannot open the fd.
  */
-export function wrapInherited(fd: number, kind: 'tcp' | 'unix', options: AcceptOptions): net.Socket {
+export function wrapInherited(fd: number, kind: 'tcp' | 'unix', options: AcceptOptions, hasNoDelay: boolean): net.Socket {
   const stream = {
     readable: true,
     writable: true,
     manualStart: true,
+    // Sets the socket's record of TCP_NODELAY (Node's kSetNoDelay), with no system call: Node
+    // 20 to 26 apply it only when they connect a socket themselves, which this one never is.
+    noDelay: hasNoDelay,
     allowHalfOpen: options.allowHalfOpen,
     readableHighWaterMark: options.highWaterMark,
     writableHighWaterMark: options.highWaterMark,
@@ -351,7 +359,7 @@ export function wrapInherited(fd: number, kind: 'tcp' | 'unix', options: AcceptO
     socket = new net.Socket({ fd, ...stream } as net.SocketConstructorOpts);
     handleClasses.set(kind, internals(socket)._handle!.constructor as HandleClass);
   }
-  if (options.noDelay) socket.setNoDelay(true);
+  if (options.noDelay && !hasNoDelay) socket.setNoDelay(true);
   if (options.keepAlive) socket.setKeepAlive(true, options.keepAliveInitialDelay * 1000);
   return socket;
 }

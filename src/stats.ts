@@ -38,7 +38,8 @@ export interface TakeoverStats {
   maxPauseMs: number;
   /**
    * This process's event-loop delay while its side of the takeover ran (sampled every
-   * millisecond): how long its loop could not serve anything, the takeover's work and the
+   * millisecond; the successor's from LISTENING, when it starts serving): how long its loop could
+   * not serve anything, the takeover's work and the
    * application's together. `max` is the longest single stretch. Whatever of `max` is neither on
    * the CPU nor waiting for one, the thread was blocked (a lock, a page fault, a synchronous call).
    */

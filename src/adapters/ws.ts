@@ -15,11 +15,12 @@
  * test/integration/ws.test.ts exercises them across real takeovers.
  */
 import { createRequire } from 'node:module';
-import * as http from 'node:http';
+import type * as http from 'node:http';
 import type * as net from 'node:net';
 import * as path from 'node:path';
 import type { Carried, ConnectionAdapter, Readiness } from './adapter.js';
 import { replayCarried } from '../sockets.js';
+import { nodeHttp } from '../node-http.js';
 
 /** A `ws` WebSocketServer, as far as the public API needs to know. */
 export interface WebSocketServerLike {
@@ -198,7 +199,7 @@ export class WebSocketAdapter implements ConnectionAdapter {
     ws._protocol = state.protocol;
     if (state.deflate) ws._extensions = { [DEFLATE]: this.deflate(state.deflate) };
     replayCarried(socket, Buffer.alloc(0), output);
-    const request = new http.IncomingMessage(socket);
+    const request = new nodeHttp.IncomingMessage(socket);
     Object.assign(request, {
       method: state.method,
       url: state.url,

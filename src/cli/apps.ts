@@ -11,7 +11,8 @@
  *   message as `echo:<text>` (binary as is) and, with `?push=MS` in the URL, pushes
  *   `{"push":n}` every MS ms, n counting from 0 across takeovers.
  */
-import * as http from 'node:http';
+import type * as http from 'node:http';
+import { nodeHttp } from '../node-http.js';
 import type * as net from 'node:net';
 
 export const APP_NAMES = ['echo', 'http', 'ws'] as const;
@@ -109,7 +110,7 @@ export async function createApp(name: Exclude<AppName, 'echo'>): Promise<App> {
   if (name === 'http') {
     return {
       label: 'HTTP',
-      createServer: () => http.createServer(handle),
+      createServer: () => nodeHttp.createServer(handle),
       webSocketServer: undefined,
       captureState: () => undefined,
       restoreState: () => {},
@@ -142,7 +143,7 @@ export async function createApp(name: Exclude<AppName, 'echo'>): Promise<App> {
   return {
     label: 'WebSocket',
     createServer: () => {
-      const server = http.createServer(handle);
+      const server = nodeHttp.createServer(handle);
       server.on('upgrade', (req, socket, head) =>
         wss.handleUpgrade(req, socket as net.Socket, head, (ws) => wss.emit('connection', ws, req)),
       );

@@ -9,6 +9,7 @@
  * takeover's duration, so it imports only what serving needs.
  */
 import { once } from 'node:events';
+import module from 'node:module';
 import type * as http from 'node:http';
 import * as net from 'node:net';
 import { parseArgs } from 'node:util';
@@ -39,6 +40,10 @@ process.on('SIGUSR2', () => {
   if (successorSignal.handle) successorSignal.handle();
   else successorSignal.pending = true;
 });
+// V8's code cache on disk (Node 22.1 and later; NODE_DISABLE_COMPILE_CACHE turns it off): a
+// successor then loads the library without compiling it again, on the cores the old process
+// serves with. Enabled here, before the library's import, so that it covers it.
+(module as { enableCompileCache?: () => unknown }).enableCompileCache?.();
 const { ErrorCodes, fdOf, Takeover: TakeoverClass, TakeoverError } = await import('../index.js');
 
 const COMMAND = 'takeover-server';

@@ -287,7 +287,10 @@ test('a fake predecessor passing a TCP socket still connecting (SYN_SENT) as a c
   });
   const { fd, successor } = await fakePredecessor(t);
   const connecting = zoo.kinds['tcp never connected']!();
-  assert.equal(native.tcpState(connecting), 'SYN_SENT');
+  const inspection = new native.SocketInspection(1);
+  inspection.fds[0] = connecting;
+  inspection.inspect(1);
+  assert.equal(inspection.tcpState(0), 'SYN_SENT');
   const conns = encode.conns([{ id: 1, listener: 0, fd: connecting }]);
   native.sendMessage(fd, conns.data, conns.fds);
   native.close(connecting);

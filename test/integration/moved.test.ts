@@ -11,6 +11,8 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Takeover, type TakeoverError } from '#lib/index.js';
+import { SocketInspection } from '#lib/native.js';
+import { socketFd } from '#lib/sockets.js';
 import { tempDir, within } from '../helpers.js';
 
 async function pair(options: { server?: () => net.Server } = {}) {
@@ -140,6 +142,16 @@ test('adopted sockets get their server accept options: allowHalfOpen, highWaterM
   assert.equal(socket.readableHighWaterMark, 1234);
   assert.equal(socket.writableHighWaterMark, 1234);
   assert.equal(socket.isPaused(), true, 'pauseOnConnect: not reading until the app resumes');
+  // The fd came with TCP_NODELAY (no setsockopt for it here), and the socket knows it has it.
+  const inspection = new SocketInspection(1);
+  const noDelay = () => {
+    inspection.fds[0] = socketFd(socket);
+    inspection.inspect(1);
+    return inspection.noDelay(0);
+  };
+  assert.equal(noDelay(), true);
+  socket.setNoDelay(false);
+  assert.equal(noDelay(), false, "the app's setNoDelay(false) reaches the fd");
   client.write('x');
   socket.resume();
   const [data] = (await once(socket, 'data')) as [Buffer];

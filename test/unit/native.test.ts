@@ -7,6 +7,7 @@
 import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import * as dgram from 'node:dgram';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
@@ -169,6 +170,34 @@ async function tcpConnection(host: string): Promise<{ server: net.Server; client
       await new Promise((resolve) => server.close(resolve));
     },
   };
+}
+
+/**
+ * A TCP server on ::1, closed with its connections after the test; undefined, with a diagnostic,
+ * where there is no IPv6 loopback.
+ */
+async function listenOnIpv6Loopback(t: TestContext): Promise<net.Server | undefined> {
+  const server = net.createServer();
+  const listened = await new Promise<boolean>((resolve) => {
+    server.once('error', () => resolve(false));
+    server.listen(0, '::1', () => resolve(true));
+  });
+  if (!listened) {
+    t.diagnostic('no IPv6 loopback here: inet6 not checked');
+    return undefined;
+  }
+  server.on('connection', (socket: net.Socket) => t.after(() => socket.destroy()));
+  t.after(() => server.close());
+  return server;
+}
+
+/** A UDP socket bound on 127.0.0.1, closed after the test. */
+async function boundUdp(t: TestContext): Promise<dgram.Socket> {
+  const udp = dgram.createSocket('udp4');
+  udp.bind(0, '127.0.0.1');
+  await once(udp, 'listening');
+  t.after(() => new Promise<void>((resolve) => udp.close(() => resolve())));
+  return udp;
 }
 
 /** The fd under a libuv handle (private fields; dgram keeps its handle behind a symbol). */
@@ -682,22 +711,10 @@ test('socketInfo tells inet, inet6, unix, dgram and listening apart; ENOTSOCK ot
   await once(tcp4, 'listening');
   assert.deepEqual(native.socketInfo(handleFd(tcp4)), { domain: 'inet', type: 'stream', listening: true });
 
-  const tcp6 = net.createServer();
-  const listened = await new Promise<boolean>((resolve) => {
-    tcp6.once('error', () => resolve(false));
-    tcp6.listen(0, '::1', () => resolve(true));
-  });
-  if (listened) {
-    t.after(() => new Promise((resolve) => tcp6.close(resolve)));
-    assert.deepEqual(native.socketInfo(handleFd(tcp6)), { domain: 'inet6', type: 'stream', listening: true });
-  } else {
-    t.diagnostic('no IPv6 loopback here: inet6 not checked');
-  }
+  const tcp6 = await listenOnIpv6Loopback(t);
+  if (tcp6) assert.deepEqual(native.socketInfo(handleFd(tcp6)), { domain: 'inet6', type: 'stream', listening: true });
 
-  const udp = dgram.createSocket('udp4');
-  udp.bind(0, '127.0.0.1');
-  await once(udp, 'listening');
-  t.after(() => new Promise<void>((resolve) => udp.close(() => resolve())));
+  const udp = await boundUdp(t);
   assert.deepEqual(native.socketInfo(handleFd(udp)), { domain: 'inet', type: 'dgram', listening: false });
 
   const stream = listenAt(socketPath(), fds, 'stream');
@@ -715,35 +732,110 @@ test('socketInfo tells inet, inet6, unix, dgram and listening apart; ENOTSOCK ot
   });
 });
 
-test('tcpState reads LISTEN, SYN_SENT (a connect nobody accepted), ESTABLISHED and CLOSE (an accepted connection its client reset); EOPNOTSUPP for a unix socket', async (t) => {
+/** Everything a SocketInspection found about the fd at index i. */
+function report(inspection: native.SocketInspection, i: number) {
+  return {
+    domain: inspection.domain(i),
+    type: inspection.type(i),
+    listening: inspection.listening(i),
+    tcpState: inspection.tcpState(i),
+    noDelay: inspection.noDelay(i),
+    error: inspection.error(i),
+  };
+}
+
+test('SocketInspection reads every kind of fd in one call: TCP v4/v6 (LISTEN, ESTABLISHED, SYN_SENT, CLOSE, TCP_NODELAY), unix stream/seqpacket, udp; a file, a closed and a negative fd give their errno', async (t) => {
   const fds = new FdSet(t);
   const server = net.createServer();
+  // Closed without waiting: a failed assertion may leave its connections open.
+  t.after(() => server.close());
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
-  t.after(() => new Promise((resolve) => server.close(resolve)));
-  assert.equal(native.tcpState(handleFd(server)), 'LISTEN');
-
   const accepted = once(server, 'connection');
   const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
   const [[conn]] = (await Promise.all([accepted, once(client, 'connect')])) as [[net.Socket], unknown];
+  t.after(() => {
+    client.destroy();
+    conn.destroy();
+  });
   conn.on('error', () => {});
+  client.setNoDelay(true);
   // A copy of the accepted fd: Node closes its own when it reads the reset.
   const kept = fds.add(native.dup(handleFd(conn)));
-  assert.equal(native.tcpState(kept), 'ESTABLISHED');
-  assert.equal(native.tcpState(handleFd(client)), 'ESTABLISHED');
-  client.resetAndDestroy();
-  await waitFor(
-    () => native.tcpState(kept) === 'CLOSE',
-    () => `the reset connection is ${native.tcpState(kept)}`,
-  );
-  conn.destroy();
 
+  const tcp6 = await listenOnIpv6Loopback(t);
+  let client6: net.Socket | undefined;
+  if (tcp6) {
+    client6 = net.connect((tcp6.address() as net.AddressInfo).port, '::1');
+    t.after(() => client6!.destroy());
+    await once(client6, 'connect');
+  }
+  const udp = await boundUdp(t);
   const zoo = await FdZoo.create(fs.mkdtempSync(path.join(dir, 'zoo-')));
   t.after(() => zoo.close());
-  assert.equal(native.tcpState(fds.add(zoo.kinds['tcp never connected']!())), 'SYN_SENT');
+  const { listener, client: seqpacket } = pair(fds);
+  const neverConnected = fds.add(zoo.kinds['tcp never connected']!());
+  const unixStream = listenAt(socketPath(), fds, 'stream');
+  const file = fds.add(fs.openSync('/dev/null', 'r'));
+  // Last, so that no fd opened after it takes its number.
+  const closed = native.dup(seqpacket);
+  native.close(closed);
 
-  const { client: unix } = pair(fds);
-  assert.throws(() => native.tcpState(unix), { code: 'EOPNOTSUPP', syscall: 'getsockopt' });
+  const tcp = { domain: 'inet', type: 'stream', listening: false, noDelay: false, error: undefined } as const;
+  const none = { listening: false, tcpState: undefined, noDelay: false, error: undefined } as const;
+  const notSocket = { domain: 'other', type: 'other', listening: false, tcpState: undefined, noDelay: false } as const;
+  const cases: [string, number, ReturnType<typeof report>][] = [
+    ['tcp listener', handleFd(server), { ...tcp, listening: true, tcpState: 'LISTEN' }],
+    ['tcp accepted', kept, { ...tcp, tcpState: 'ESTABLISHED' }],
+    ['tcp client with setNoDelay(true)', handleFd(client), { ...tcp, tcpState: 'ESTABLISHED', noDelay: true }],
+    ['tcp never connected', neverConnected, { ...tcp, tcpState: 'SYN_SENT' }],
+    ['unix stream listener', unixStream, { ...none, domain: 'unix', type: 'stream', listening: true }],
+    ['unix seqpacket listener', listener, { ...none, domain: 'unix', type: 'seqpacket', listening: true }],
+    ['unix seqpacket', seqpacket, { ...none, domain: 'unix', type: 'seqpacket' }],
+    ['udp', handleFd(udp), { ...none, domain: 'inet', type: 'dgram' }],
+    ['file', file, { ...notSocket, error: 'ENOTSOCK' }],
+    ['closed fd', closed, { ...notSocket, error: 'EBADF' }],
+    ['negative fd', -1, { ...notSocket, error: 'EBADF' }],
+  ];
+  if (client6) cases.push(['tcp6 client', handleFd(client6), { ...tcp, domain: 'inet6', tcpState: 'ESTABLISHED' }]);
+  const inspection = new native.SocketInspection(cases.length + 1);
+  cases.forEach(([, fd], i) => {
+    inspection.fds[i] = fd;
+  });
+  inspection.inspect(cases.length);
+  for (const [i, [what, , expected]] of cases.entries()) assert.deepEqual(report(inspection, i), expected, what);
+
+  client.setNoDelay(false);
+  client.resetAndDestroy();
+  inspection.fds[0] = kept;
+  await waitFor(
+    () => {
+      inspection.inspect(1);
+      return inspection.tcpState(0) === 'CLOSE';
+    },
+    () => `the reset connection is ${inspection.tcpState(0)}`,
+  );
+  assert.deepEqual(report(inspection, 0), { ...tcp, tcpState: 'CLOSE' });
+});
+
+test('inspectSockets refuses bad arrays: TypeError ERR_INVALID_ARG_TYPE for anything but an Int32Array, RangeError ERR_OUT_OF_RANGE when out is short', () => {
+  const addon = createRequire(import.meta.url)(addonFile()) as { inspectSockets(fds: unknown, out: unknown): void };
+  const typeError = { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' };
+  const rangeError = { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' };
+  assert.throws(() => addon.inspectSockets([0], new Int32Array(6)), { ...typeError, message: 'The "fds" argument must be an Int32Array' });
+  assert.throws(() => addon.inspectSockets(new Uint32Array(1), new Int32Array(6)), typeError);
+  assert.throws(() => addon.inspectSockets(new Int32Array(1), new Float64Array(6)), {
+    ...typeError,
+    message: 'The "out" argument must be an Int32Array',
+  });
+  assert.throws(() => addon.inspectSockets(new Int32Array(1), undefined), typeError);
+  assert.throws(() => addon.inspectSockets(new Int32Array(2), new Int32Array(11)), rangeError);
+  const out = new Int32Array(12).fill(7);
+  addon.inspectSockets(new Int32Array(0), out);
+  assert.deepEqual([...out], new Array(12).fill(7), 'no fd, nothing written');
+  const inspection = new native.SocketInspection(2);
+  assert.throws(() => inspection.inspect(3), rangeError);
+  assert.throws(() => inspection.inspect(-1), rangeError);
 });
 
 test('unixConnect/unixListen errors: ENOENT, ECONNREFUSED, EAGAIN, EADDRINUSE, ENAMETOOLONG', (t) => {

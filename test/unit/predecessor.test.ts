@@ -292,6 +292,37 @@ test('deltas: connections added and closed during pre-copy, after PREPARE and af
   await s.teardown();
 });
 
+test('the listing HELLO starts is live: a connection accepted before its batch goes out once, one closed before it never', async (t) => {
+  const s = await setup(t, 3);
+  const late = await s.app.connect();
+  s.peer.send(encode.hello(1));
+  const welcome = await s.peer.next('welcome');
+  assert.equal(welcome.type === 'welcome' && welcome.connections, 3);
+  await s.peer.next('listeners');
+  // The first batch goes out on a later loop turn than WELCOME: both changes land before it.
+  const lateId = s.host.add(late.socket);
+  s.host.close(s.ids[1]!);
+  const sent: number[] = [];
+  let acks = 0;
+  for (;;) {
+    const frame = await s.peer.nextAny('CONNS or PREPARE');
+    if (frame.type === 'prepare') {
+      assert.deepEqual(frame, { type: 'prepare', ...digestIds([s.ids[0]!, s.ids[2]!, lateId]) });
+      break;
+    }
+    assert.equal(frame.type, 'conns', `unexpected ${frame.type}`);
+    if (frame.type !== 'conns') return;
+    sent.push(...frame.conns.map((c) => c.id));
+    s.peer.send(encode.ack(acks++));
+  }
+  assert.deepEqual(
+    sent.sort((a, b) => a - b),
+    [s.ids[0]!, s.ids[2]!, lateId].sort((a, b) => a - b),
+  );
+  assert.deepEqual(s.peer.pending, [], 'no CLOSED for a connection that was never sent');
+  await s.teardown();
+});
+
 test("deferral: a busy connection is 'deferred' once, then moves in the wave its 'maybe quiet' starts", async (t) => {
   const s = await setup(t, 2);
   s.host.readinessOf.set(1, 'busy');

@@ -183,7 +183,7 @@ function watchPushes(socket: net.Socket) {
 /** What a takeover does to one connection: freeze and release it here, wrap a dup of its fd as the successor does. */
 function handOff(scope: Scope, socket: net.Socket) {
   const frozen = freezeSocket(socket);
-  const successor = scope.socket(wrapInherited(native.dup(socketFd(socket)), 'tcp', plain));
+  const successor = scope.socket(wrapInherited(native.dup(socketFd(socket)), 'tcp', plain, false));
   releaseMoved(socket, lateUse);
   return { frozen, successor };
 }
@@ -237,7 +237,7 @@ for (const kind of ['tcp', 'unix'] as const) {
         );
         const [[accepted]] = await Promise.all([once(server, 'connection'), once(client, 'connect')]);
         const nodeClass = (accepted as unknown as { _handle: object })._handle.constructor;
-        const wrapped = scope.socket(wrapInherited(native.dup(socketFd(accepted as net.Socket)), kind, plain));
+        const wrapped = scope.socket(wrapInherited(native.dup(socketFd(accepted as net.Socket)), kind, plain, false));
         assert.equal((wrapped as unknown as { _handle: object })._handle.constructor, nodeClass);
         releaseMoved(accepted as net.Socket, lateUse);
         wrapped.write(`to client ${i}`);
@@ -249,6 +249,55 @@ for (const kind of ['tcp', 'unix'] as const) {
     },
   );
 }
+
+/** Whether the fd has TCP_NODELAY, as the successor reads it. */
+function hasNoDelay(fd: number): boolean {
+  const inspection = new native.SocketInspection(1);
+  inspection.fds[0] = fd;
+  inspection.inspect(1);
+  return inspection.noDelay(0);
+}
+
+test(
+  "wrapInherited: an fd that has TCP_NODELAY costs no setsockopt, not even at the app's setNoDelay(true), and the app's setNoDelay(false) still clears it; one without it gets it when the server wants it",
+  limit,
+  async (t) => {
+    const scope = new Scope(t);
+    const withNoDelay = acceptOptions(net.createServer({ noDelay: true }));
+    const fast = await connection(scope, scope.server(net.createServer({ noDelay: true })));
+    const slow = await connection(scope);
+    assert.equal(hasNoDelay(socketFd(fast.accepted)), true);
+    assert.equal(hasNoDelay(socketFd(slow.accepted)), false);
+    // Every setNoDelay that reaches libuv (a setsockopt), whichever socket makes it.
+    const proto = (fast.accepted as unknown as { _handle: object })._handle.constructor.prototype as { setNoDelay(on: boolean): number };
+    const original = proto.setNoDelay;
+    const calls: boolean[] = [];
+    proto.setNoDelay = function (this: unknown, on: boolean) {
+      calls.push(on);
+      return original.call(this, on);
+    };
+    t.after(() => {
+      proto.setNoDelay = original;
+    });
+
+    for (const options of [withNoDelay, plain]) {
+      const had = scope.socket(wrapInherited(native.dup(socketFd(fast.accepted)), 'tcp', options, true));
+      had.setNoDelay(true);
+      assert.deepEqual(calls, [], `noDelay ${options.noDelay}: no setsockopt`);
+      had.setNoDelay(false);
+      assert.deepEqual(calls.splice(0), [false]);
+      assert.equal(hasNoDelay(socketFd(had)), false, 'the app cleared TCP_NODELAY on the fd');
+      had.setNoDelay(true);
+      assert.deepEqual(calls.splice(0), [true]);
+    }
+
+    const lacked = scope.socket(wrapInherited(native.dup(socketFd(slow.accepted)), 'tcp', withNoDelay, false));
+    assert.deepEqual(calls.splice(0), [true]);
+    assert.equal(hasNoDelay(socketFd(lacked)), true);
+    lacked.setNoDelay(true);
+    assert.deepEqual(calls, [], 'set once');
+  },
+);
 
 test(
   'freezeSocket takes every chunk a paused app left buffered, not just the first (Node 26 read() returns one chunk)',
