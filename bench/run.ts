@@ -78,6 +78,10 @@ const USAGE = `Usage: npm run bench -- [OPTION...]
     --http-delay MS        The HTTP handler answers after a random delay up to MS (default 20)
     --ws-push MS           The WebSocket server pushes a numbered message every MS (default 250)
     --hang-timeout MS      An HTTP request or a WebSocket echo unanswered this long is hung (default 5000)
+    --cpu-prof DIR         Also write a V8 CPU profile of every takeover-server process into DIR (one
+                           subdirectory per process; summarize one with node
+                           dist-dev/bench/profile-summary.js FILE). The profiler costs CPU: such a
+                           run's figures are not comparable with others
     --write-docs           Also replace the figures in BENCHMARKS.md and docs/bench-pause.svg
 -h, --help                 This help
 `;
@@ -115,6 +119,8 @@ interface Config {
   appWorkload: Workload;
   pool: boolean;
   writeDocs: boolean;
+  /** --cpu-prof: where the servers' CPU profiles go. */
+  cpuProfileDir: string | undefined;
   /** Steady-state throughput comparison, unless left out of --workloads. */
   throughput: { connections: number; durationS: number; rounds: number } | undefined;
 }
@@ -158,6 +164,7 @@ function parseCommandLine(args: string[]): Config | 'help' {
       'ws-push': { type: 'string', default: '250' },
       'hang-timeout': { type: 'string', default: '5000' },
       'write-docs': { type: 'boolean', default: false },
+      'cpu-prof': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -214,6 +221,7 @@ function parseCommandLine(args: string[]): Config | 'help' {
     appWorkload,
     pool: workloads.includes('pool'),
     writeDocs: values['write-docs'],
+    cpuProfileDir: values['cpu-prof'] === undefined ? undefined : resolve(values['cpu-prof']),
     throughput: workloads.includes('throughput')
       ? {
           connections: Math.round(positive(values['throughput-connections'], '--throughput-connections')),
@@ -310,7 +318,13 @@ async function main(config: Config): Promise<void> {
   const startedAt = new Date().toISOString();
   const tmp = mkdtempSync(join(tmpdir(), 'socket-takeover-bench-'));
   const groups = new ProcessGroups();
-  const ctx: BenchContext = { paths: findPaths(tmp), groups, cleanups: new Set(), log: (line) => process.stdout.write(`${line}\n`) };
+  const ctx: BenchContext = {
+    paths: findPaths(tmp),
+    groups,
+    cleanups: new Set(),
+    log: (line) => process.stdout.write(`${line}\n`),
+    cpuProfileDir: config.cpuProfileDir,
+  };
   // However the run ends, nothing it started outlives it.
   process.on('exit', () => {
     groups.killAll();

@@ -33,6 +33,16 @@ export interface BenchContext {
   /** Synchronous clean-ups still owed if the run dies now (pm2's daemon is not our child). */
   cleanups: Set<() => void>;
   log: (line: string) => void;
+  /** --cpu-prof: every takeover-server process writes a V8 CPU profile into a directory of its own here. */
+  cpuProfileDir: string | undefined;
+}
+
+/** Node's arguments that make a takeover-server process profile itself into `<cpuProfileDir>/<name>`. */
+function profilerArgs(ctx: BenchContext, name: string): string[] {
+  if (ctx.cpuProfileDir === undefined) return [];
+  const dir = join(ctx.cpuProfileDir, name);
+  ctx.log(`CPU profile of ${name}: ${dir}`);
+  return ['--cpu-prof', `--cpu-prof-dir=${dir}`, '--cpu-prof-interval', '250'];
 }
 
 export interface Workload {
@@ -181,7 +191,18 @@ function takeoverScenario(ctx: BenchContext, app: AppPlan | undefined, probed = 
       old = ctx.groups.spawn(
         'takeover-server',
         process.execPath,
-        [...(probed ? ['--import', ctx.paths.probeScript] : []), serverScript, '-a', '127.0.0.1', '-p', '0', '-t', channel, ...serverArgs],
+        [
+          ...profilerArgs(ctx, `${id}-server`),
+          ...(probed ? ['--import', ctx.paths.probeScript] : []),
+          serverScript,
+          '-a',
+          '127.0.0.1',
+          '-p',
+          '0',
+          '-t',
+          channel,
+          ...serverArgs,
+        ],
         probed ? { env: { ...process.env, [PROBE_FILE_ENV]: probeFile } } : {},
       );
       let port = 0;
@@ -206,7 +227,13 @@ function takeoverScenario(ctx: BenchContext, app: AppPlan | undefined, probed = 
         },
         'the predecessor summary line',
       );
-      successor = ctx.groups.spawn('takeover-server -T', process.execPath, [serverScript, '-T', channel, ...serverArgs]);
+      successor = ctx.groups.spawn('takeover-server -T', process.execPath, [
+        ...profilerArgs(ctx, `${id}-successor`),
+        serverScript,
+        '-T',
+        channel,
+        ...serverArgs,
+      ]);
       const successorLine = waitForLine(
         successor,
         (line, at) => {
