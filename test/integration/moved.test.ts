@@ -195,3 +195,35 @@ test('options: unknown or misspelled keys and out-of-range numbers are refused w
   assert.equal(takeover.state, 'new');
   assert.throws(() => takeover.busy({} as net.Socket), code);
 });
+
+test("an adopted socket's setNoDelay(true) sets TCP_NODELAY even when the old process's application cleared it after the successor wrapped the fd", {
+  timeout: 30_000,
+}, async () => {
+  const { old, oldServer, port, takeOver } = await pair();
+  const connection = once(oldServer, 'connection') as Promise<[net.Socket]>;
+  const client = net.connect(port, '127.0.0.1');
+  const [accepted] = await connection;
+  accepted.setNoDelay(true);
+  // Busy through the pre-copy, in which the successor wraps every connection it was sent; the
+  // application then turns Nagle back on, while the connection is still its own, and lets it go.
+  const release = old.busy(accepted);
+  old.on('defer', (socket: net.Socket) => {
+    socket.setNoDelay(false);
+    release();
+  });
+  const { successor, newServer, adopted } = await takeOver();
+  const socket = await adopted;
+  const inspection = new SocketInspection(1);
+  const noDelay = () => {
+    inspection.fds[0] = socketFd(socket);
+    inspection.inspect(1);
+    return inspection.noDelay(0);
+  };
+  assert.equal(noDelay(), false, 'the fd came as the old application left it');
+  socket.setNoDelay(true);
+  assert.equal(noDelay(), true, "the app's setNoDelay(true) reaches the fd");
+  client.destroy();
+  await successor.close();
+  newServer.close();
+  await old.done();
+});
