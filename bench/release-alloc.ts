@@ -17,6 +17,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { holdConnections } from './held-connections.js';
 import * as net from 'node:net';
 import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
 import * as v8 from 'node:v8';
@@ -26,21 +27,11 @@ const FRAME = Buffer.from('ping');
 
 if (process.argv[2] === 'clients') {
   // The child: N connections that each send one frame, read its echo, then hold on.
-  const [port, n] = [Number(process.argv[3]), Number(process.argv[4])];
-  // In steps, so that the listen backlog never overflows into SYN retries.
-  for (let start = 0; start < n; start += 256) {
-    const step: Promise<unknown>[] = [];
-    for (let i = start; i < Math.min(n, start + 256); i++) {
-      const socket = net.connect(port, '127.0.0.1', () => socket.write(FRAME));
-      socket.on('error', () => {});
-      socket.on('end', () => socket.destroy());
-      step.push(once(socket, 'data'));
-    }
-    await Promise.all(step);
-  }
-  process.stdout.write('ready\n');
-  process.stdin.on('close', () => process.exit(0));
-  process.stdin.resume();
+  await holdConnections(Number(process.argv[3]), Number(process.argv[4]), (socket) => {
+    socket.once('connect', () => socket.write(FRAME));
+    socket.on('end', () => socket.destroy());
+    return once(socket, 'data');
+  });
 } else if (process.argv[2] === 'measure') {
   await measure(Number(process.argv[3]), Number(process.argv[4]));
 } else {

@@ -6,6 +6,7 @@
 import type { PoolRun } from './pool.js';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AppLoadResult, LoadResult } from './load.js';
+import type { LoopDelay, LoopProbe } from './loop-probe.js';
 import type { AppPlan, FloorRun, SystemRun, ThroughputRun, Workload } from './systems.js';
 import type { TakeoverStats } from 'socket-takeover';
 
@@ -24,12 +25,34 @@ export interface Skipped {
   reason: string;
 }
 
+/** One measured figure behind a target, for the median and range over --repeat's rounds. */
+export interface Figure {
+  name: string;
+  value: number;
+  unit: 'ms' | 'x' | '';
+}
+
 export interface TargetResult {
   name: string;
   /** undefined: not measured in this run (size not run, or the run failed). */
   met: boolean | undefined;
   /** The measured value and the margin, in words. */
   detail: string;
+  figures?: Figure[];
+}
+
+/** One round of --repeat: its takeover runs judged against the control just before each. */
+export interface RoundTargets {
+  round: number;
+  targets: TargetResult[];
+}
+
+/** The longest run of consecutive rounds in which every target at the target size was met. */
+export interface Streak {
+  connections: number;
+  longest: number;
+  /** Its first round; absent when no round met them all. */
+  from?: number;
 }
 
 export interface BenchResults {
@@ -46,7 +69,13 @@ export interface BenchResults {
   skipped: Skipped[];
   /** The size the targets were checked at. */
   targetSize: number;
+  /** Rounds of control then takeover at each echo size (--repeat). */
+  repeat: number;
+  /** With one round, that round's; with more, each target over the rounds (see `rounds`). */
   targets: TargetResult[];
+  /** With --repeat over 1: every round's own targets. */
+  rounds?: RoundTargets[];
+  streak?: Streak;
   /** Caveats found in the figures themselves (load generator lag, busy machine). */
   warnings: string[];
   /** The pool workload (bench/pool.ts), when run. */
@@ -87,8 +116,28 @@ const median = (values: number[]): number => {
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 };
 
-const echoRun = (runs: SystemRun[], system: SystemRun['system'], size: number): SystemRun | undefined =>
-  runs.find((r) => r.system === system && !r.workload && r.connections === size);
+const echoRun = (runs: SystemRun[], system: SystemRun['system'], size: number, round = 1): SystemRun | undefined =>
+  runs.find((r) => r.system === system && !r.workload && r.connections === size && (r.round ?? 1) === round);
+
+/** Several rounds in these runs: every label says which. */
+const repeated = (runs: SystemRun[]): boolean => runs.some((r) => (r.round ?? 1) > 1);
+
+/** The old process's and the control's event loops over the same window (bench/loop-probe.ts). */
+export interface SameWindow {
+  /** From the switch's start until the old process exited. */
+  windowMs: number;
+  /** The control's window: the first of its figures at least as long (they come every 50 ms), or its last. */
+  controlMs: number;
+  old: LoopDelay;
+  control: LoopDelay;
+}
+
+export function sameWindow(old: LoopProbe | undefined, control: LoopProbe | undefined): SameWindow | undefined {
+  if (!old || !control) return undefined;
+  // Not the control's whole probe when its series is too short: that one ends with the server's stop.
+  const match = control.series.find((s) => s.ms >= old.windowMs) ?? control.series.at(-1);
+  return match && { windowMs: old.windowMs, controlMs: match.ms, old: old.loop, control: match.loop };
+}
 
 /** A takeover against the control run of the same size: the figures the latency targets compare. */
 export interface AgainstControl {
@@ -100,13 +149,16 @@ export interface AgainstControl {
   newLoop: TakeoverStats['loopDelayMs'] | undefined;
   /** The old process's longest single step of takeover work: wall time, and its thread's CPU time. */
   oldStep: { wall: number; cpu: number } | undefined;
+  sameWindow: SameWindow | undefined;
 }
 
-export function againstControl(runs: SystemRun[], size: number): AgainstControl | undefined {
-  const ours = echoRun(runs, 'socket-takeover', size)?.load;
-  const control = echoRun(runs, 'control', size)?.load;
+export function againstControl(runs: SystemRun[], size: number, round = 1): AgainstControl | undefined {
+  const takeoverRun = echoRun(runs, 'socket-takeover', size, round);
+  const controlRun = echoRun(runs, 'control', size, round);
+  const ours = takeoverRun?.load;
+  const control = controlRun?.load;
   if (!ours || !control) return undefined;
-  const sw = echoRun(runs, 'socket-takeover', size)?.switch;
+  const sw = takeoverRun.switch;
   return {
     connections: size,
     wait: { takeover: ours.connectionPauseMs.max, control: control.connectionPauseMs.max },
@@ -114,6 +166,7 @@ export function againstControl(runs: SystemRun[], size: number): AgainstControl 
     oldLoop: sw?.predecessor?.loopDelayMs,
     newLoop: sw?.successor?.loopDelayMs,
     oldStep: sw?.predecessor ? { wall: sw.predecessor.longestStepMs, cpu: sw.predecessor.longestStepCpuMs } : undefined,
+    sameWindow: sameWindow(takeoverRun.loopProbe, controlRun.loopProbe),
   };
 }
 
@@ -125,8 +178,11 @@ export function throughputRatio(run: ThroughputRun | undefined): { library: numb
   return { library, plain, ratio: library / plain };
 }
 
-function sizeTargets(runs: SystemRun[], size: number): TargetResult[] {
-  const ours = echoRun(runs, 'socket-takeover', size);
+/** Where a stall's time went: on the CPU / waiting for a core / in GC pauses. */
+const split = (l: LoopDelay): string => `${fmt(l.maxCpuMs)} / ${fmt(l.maxWaitMs)} / ${fmt(l.maxGcMs)}`;
+
+function sizeTargets(runs: SystemRun[], size: number, round: number): TargetResult[] {
+  const ours = echoRun(runs, 'socket-takeover', size, round);
   const at = `${int(size)} connections`;
   const why = ours === undefined ? `no socket-takeover run at ${int(size)}` : (ours.error ?? 'no client results');
   const unmeasured = (name: string, reason: string): TargetResult => ({ name, met: undefined, detail: `not measured: ${reason}` });
@@ -143,6 +199,10 @@ function sizeTargets(runs: SystemRun[], size: number): TargetResult[] {
     results.push({
       name: names.cut,
       met: cut === 0 && load.lost === 0,
+      figures: [
+        { name: 'cut or never opened', value: cut, unit: '' },
+        { name: 'lost', value: load.lost, unit: '' },
+      ],
       detail:
         `${int(load.kept)} of ${int(load.connections)} kept, ${int(load.cut)} cut, ${int(load.connections - load.opened)} never opened; ` +
         `${int(load.lost)} lost, ${int(load.duplicated)} duplicated, ${int(load.reordered)} reordered`,
@@ -150,13 +210,17 @@ function sizeTargets(runs: SystemRun[], size: number): TargetResult[] {
   } else {
     results.push(unmeasured(names.cut, why));
   }
-  const vs = againstControl(runs, size);
+  const vs = againstControl(runs, size, round);
   if (vs) {
     const waitLimit = vs.wait.control + WAIT_OVER_CONTROL_MS;
     const waits = waitsAroundSwitch(ours!);
     results.push({
       name: names.wait,
       met: vs.wait.takeover <= waitLimit,
+      figures: [
+        { name: "takeover's", value: vs.wait.takeover, unit: 'ms' },
+        { name: "control's", value: vs.wait.control, unit: 'ms' },
+      ],
       detail:
         `${fmt(vs.wait.takeover)} ms against ${fmt(vs.wait.control)} ms, ${margin(vs.wait.takeover, waitLimit, ' ms')}; ` +
         `the takeover run's longest wait ending before the switch ${fmt(waits.before)} ms, during it ${fmt(waits.during)} ms, after it ${fmt(waits.after)} ms`,
@@ -165,6 +229,11 @@ function sizeTargets(runs: SystemRun[], size: number): TargetResult[] {
     results.push({
       name: names.p99,
       met: ratio <= P99_OVER_CONTROL,
+      figures: [
+        { name: 'ratio', value: ratio, unit: 'x' },
+        { name: "takeover's", value: vs.p99.takeover, unit: 'ms' },
+        { name: "control's", value: vs.p99.control, unit: 'ms' },
+      ],
       detail: `${fmt(vs.p99.takeover)} ms against ${fmt(vs.p99.control)} ms = ${ratio.toFixed(2)}x, ${margin(ratio, P99_OVER_CONTROL, 'x', 2)}`,
     });
   } else {
@@ -174,14 +243,25 @@ function sizeTargets(runs: SystemRun[], size: number): TargetResult[] {
   const pred = ours?.switch?.predecessor;
   if (pred) {
     const loop = pred.loopDelayMs;
+    const same = vs?.sameWindow;
     results.push({
       name: names.loop,
       met: loop.max <= LOOP_BLOCK_TARGET_MS,
+      figures: [
+        { name: 'loop delay max', value: loop.max, unit: 'ms' },
+        { name: 'its time on the CPU', value: loop.maxCpuMs, unit: 'ms' },
+        { name: 'waiting for a core', value: loop.maxWaitMs, unit: 'ms' },
+        ...(same ? [{ name: "the control's own, same window", value: same.control.max, unit: 'ms' as const }] : []),
+      ],
       detail:
         `event-loop delay max ${fmt(loop.max)} ms (p99 ${fmt(loop.p99)} ms), ${margin(loop.max, LOOP_BLOCK_TARGET_MS, ' ms')}; ` +
         `of that stretch ${fmt(loop.maxCpuMs)} ms on the CPU, ${fmt(loop.maxWaitMs)} ms waiting for a core, ${fmt(loop.maxGcMs)} ms in GC pauses; ` +
         `the application's work and the waits for a core count too: the takeover's own longest step took ` +
-        `${fmt(pred.longestStepMs)} ms, ${fmt(pred.longestStepCpuMs)} ms of it on the CPU`,
+        `${fmt(pred.longestStepMs)} ms, ${fmt(pred.longestStepCpuMs)} ms of it on the CPU` +
+        (same
+          ? `; the control's own loop stalled ${fmt(same.control.max)} ms (${split(same.control)} on the CPU / waiting / GC) in the same window ` +
+            `(the ${fmt(same.windowMs, 0)} ms from the switch's start until the old process exited), the old process's ${fmt(same.old.max)} ms (${split(same.old)})`
+          : '; no loop probe of the control in the same window'),
     });
   } else {
     results.push(unmeasured(names.loop, ours?.error ?? 'no predecessor summary'));
@@ -189,15 +269,10 @@ function sizeTargets(runs: SystemRun[], size: number): TargetResult[] {
   return results;
 }
 
-export function evaluateTargets(
-  runs: SystemRun[],
-  floor: FloorRun[],
-  sizes: number[],
-  targetSize: number,
-  throughput: ThroughputRun | undefined,
-): TargetResult[] {
-  const results = sizes.flatMap((size) => sizeTargets(runs, size));
-  const ours = echoRun(runs, 'socket-takeover', targetSize);
+/** Every target but the throughput's, for one round: its takeover runs against its own controls. */
+function roundTargets(runs: SystemRun[], floor: FloorRun[], sizes: number[], targetSize: number, round: number): TargetResult[] {
+  const results = sizes.flatMap((size) => sizeTargets(runs, size, round));
+  const ours = echoRun(runs, 'socket-takeover', targetSize, round);
   const floorRun = floor.find((f) => f.connections === targetSize);
   const why = ours === undefined ? `no socket-takeover run at ${int(targetSize)}` : (ours.error ?? 'no switch');
   const unmeasured = (name: string, reason: string): TargetResult => ({ name, met: undefined, detail: `not measured: ${reason}` });
@@ -211,6 +286,10 @@ export function evaluateTargets(
     results.push({
       name: ratioName,
       met: ratio <= FLOOR_RATIO_TARGET,
+      figures: [
+        { name: 'ratio', value: ratio, unit: 'x' },
+        { name: 'transfer', value: transfer, unit: 'ms' },
+      ],
       detail:
         `transfer ${fmt(transfer)} ms / floor ${fmt(floorRun.transferMs, 2)} ms = ${ratio.toFixed(1)}x, ` +
         `${margin(ratio, FLOOR_RATIO_TARGET, 'x')}; at most ${fmt(floorRun.transferMs * FLOOR_RATIO_TARGET)} ms would meet it` +
@@ -227,6 +306,7 @@ export function evaluateTargets(
     results.push({
       name: totalName,
       met: total < TOTAL_TARGET_MS,
+      figures: [{ name: 'whole takeover', value: total, unit: 'ms' }],
       detail: `${fmt(total)} ms (pre-copy ${fmt(p.precopyMs)}, commit ${fmt(p.commitMs)}, waves ${fmt(p.wavesMs)}), ${margin(total, TOTAL_TARGET_MS, ' ms')}`,
     });
   } else {
@@ -240,6 +320,7 @@ export function evaluateTargets(
     results.push({
       name: goneName,
       met: gone <= OLD_GONE_TARGET_MS,
+      figures: [{ name: 'old gone after commit', value: gone, unit: 'ms' }],
       detail:
         `${fmt(gone)} ms, ${margin(gone, OLD_GONE_TARGET_MS, ' ms')}` +
         (gone <= OLD_GONE_TARGET_MS || waves === undefined
@@ -249,29 +330,98 @@ export function evaluateTargets(
   } else {
     results.push(unmeasured(goneName, why));
   }
+  return results;
+}
 
+function throughputTarget(throughput: ThroughputRun | undefined): TargetResult {
   const throughputName = `steady-state echo throughput >= ${THROUGHPUT_TARGET}x a plain Node net echo server`;
   const tp = throughputRatio(throughput);
-  if (tp) {
-    results.push({
+  if (!tp)
+    return {
       name: throughputName,
-      met: tp.ratio >= THROUGHPUT_TARGET,
-      detail: `${int(Math.round(tp.library))} against ${int(Math.round(tp.plain))} echoes/s (medians of ${throughput!.library.length} alternating rounds) = ${tp.ratio.toFixed(2)}x`,
+      met: undefined,
+      detail: `not measured: ${throughput?.error ?? 'not run (--workloads without throughput)'}`,
+    };
+  return {
+    name: throughputName,
+    met: tp.ratio >= THROUGHPUT_TARGET,
+    detail: `${int(Math.round(tp.library))} against ${int(Math.round(tp.plain))} echoes/s (medians of ${throughput!.library.length} alternating rounds) = ${tp.ratio.toFixed(2)}x`,
+  };
+}
+
+const figure = (value: number, unit: Figure['unit']): string => (unit === 'x' ? value.toFixed(2) : unit === 'ms' ? fmt(value) : int(value));
+const withUnit = (text: string, unit: Figure['unit']): string => (unit === 'x' ? `${text}x` : unit === 'ms' ? `${text} ms` : text);
+
+/** Each target over the rounds: met in how many, and each figure's median and range. */
+export function summarizeRounds(rounds: RoundTargets[]): TargetResult[] {
+  return (rounds[0]?.targets ?? []).map(({ name }) => {
+    const each = rounds.map((r) => ({ round: r.round, target: r.targets.find((t) => t.name === name) }));
+    const measured = each.filter((e) => e.target?.met !== undefined).map((e) => e.target!);
+    const met = measured.filter((t) => t.met).length;
+    const missed = each.filter((e) => e.target?.met === false).map((e) => e.round);
+    const figures = (measured[0]?.figures ?? []).map(({ name: figureName, unit }) => {
+      const values = measured.flatMap((t) => t.figures?.filter((f) => f.name === figureName).map((f) => f.value) ?? []);
+      const range = `${figure(Math.min(...values), unit)}-${figure(Math.max(...values), unit)}`;
+      return `${figureName} median ${withUnit(figure(median(values), unit), unit)}, range ${withUnit(range, unit)}`;
     });
-  } else {
-    results.push(unmeasured(throughputName, throughput?.error ?? 'not run (--workloads without throughput)'));
+    const unmeasured = rounds.length - measured.length;
+    return {
+      name,
+      met: measured.length === 0 ? undefined : met === rounds.length,
+      detail:
+        `met in ${met} of ${rounds.length} rounds` +
+        (missed.length > 0 ? `, missed in round${missed.length > 1 ? 's' : ''} ${missed.join(', ')}` : '') +
+        (unmeasured > 0 ? `, not measured in ${unmeasured}` : '') +
+        (figures.length > 0 ? `; ${figures.join(', ')}` : ''),
+    };
+  });
+}
+
+/** The longest run of consecutive rounds in which every target at `connections` was met. */
+export function longestStreak(rounds: RoundTargets[], connections: number): Streak {
+  const prefix = `${int(connections)} connections:`;
+  let streak: Streak = { connections, longest: 0 };
+  let length = 0;
+  for (const { round, targets } of rounds) {
+    const mine = targets.filter((t) => t.name.startsWith(prefix));
+    length = mine.length > 0 && mine.every((t) => t.met === true) ? length + 1 : 0;
+    if (length > streak.longest) streak = { connections, longest: length, from: round - length + 1 };
   }
-  return results;
+  return streak;
+}
+
+/** The targets of one round, or with several each target over the rounds, every round kept. */
+export function evaluateTargets(
+  runs: SystemRun[],
+  floor: FloorRun[],
+  sizes: number[],
+  targetSize: number,
+  throughput: ThroughputRun | undefined,
+  repeat: number,
+): Pick<BenchResults, 'targets' | 'rounds' | 'streak'> {
+  // No echo sizes: no rounds either.
+  if (repeat === 1 || sizes.length === 0)
+    return { targets: [...roundTargets(runs, floor, sizes, targetSize, 1), throughputTarget(throughput)] };
+  const rounds = Array.from({ length: repeat }, (_, i) => ({ round: i + 1, targets: roundTargets(runs, floor, sizes, targetSize, i + 1) }));
+  return {
+    targets: [...summarizeRounds(rounds), throughputTarget(throughput)],
+    rounds,
+    streak: longestStreak(rounds, targetSize),
+  };
 }
 
 function lagged(load: LoadResult | AppLoadResult): boolean {
   return load.lagMs > LAG_WARNING_MS || load.lagMaxMs > LAG_MAX_WARNING_MS;
 }
 
+/** The system, and its round when there are several. */
+const systemLabel = (run: SystemRun, runs: SystemRun[]): string =>
+  repeated(runs) && run.round !== undefined ? `${run.system} (round ${run.round})` : run.system;
+
 export function collectWarnings(runs: SystemRun[]): string[] {
   const warnings: string[] = [];
   for (const run of runs) {
-    const label = `${run.system} at ${int(run.connections)}${run.workload ? ` (${WORKLOAD_NAMES[run.workload]})` : ''}`;
+    const label = `${systemLabel(run, runs)} at ${int(run.connections)}${run.workload ? ` (${WORKLOAD_NAMES[run.workload]})` : ''}`;
     const load = run.load ?? run.app;
     if (load && lagged(load)) {
       warnings.push(
@@ -315,7 +465,7 @@ function systemsTable(results: BenchResults): string[] {
     '|---:|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---:|---|',
   ];
   for (const run of results.runs.filter((r) => !r.workload)) {
-    const head = `| ${int(run.connections)} | ${run.system}`;
+    const head = `| ${int(run.connections)} | ${systemLabel(run, results.runs)}`;
     const machine = `${pct(run.machine.busy)} (${pct(run.machine.others)})`;
     if (!run.load) {
       lines.push(`${head} | failed: ${run.error?.replace(/\|/g, '/').replace(/\n/g, ' ').slice(0, 200)} ||||||||||| ${machine} |`);
@@ -338,25 +488,72 @@ function systemsTable(results: BenchResults): string[] {
   return lines;
 }
 
+const mark = (ok: boolean, text: string): string => (ok ? text : `**${text}**`);
+
+/** The cells both comparison tables share: longest wait, its limit, p99s and their ratio, each bold when over its limit. */
+function latencyCells(vs: AgainstControl): string {
+  const limit = vs.wait.control + WAIT_OVER_CONTROL_MS;
+  const ratio = vs.p99.takeover / vs.p99.control;
+  return (
+    `${mark(vs.wait.takeover <= limit, fmt(vs.wait.takeover))} / ${fmt(vs.wait.control)} | ${fmt(limit)} | ` +
+    `${fmt(vs.p99.takeover)} / ${fmt(vs.p99.control)} | ${mark(ratio <= P99_OVER_CONTROL, `${ratio.toFixed(2)}x`)}`
+  );
+}
+
+/** A loop's longest stall and where its time went; bold over the 2 ms target when it is the old process's own. */
+const stallCell = (l: LoopDelay | undefined, judged = false): string =>
+  l ? `${judged ? mark(l.max <= LOOP_BLOCK_TARGET_MS, fmt(l.max)) : fmt(l.max)} (${split(l)})` : '–';
+
+const stepCell = (vs: AgainstControl): string => (vs.oldStep ? `${fmt(vs.oldStep.wall)} / ${fmt(vs.oldStep.cpu)}` : '–');
+
+/** The old process's and the control's loops in the same window, from the probe. */
+const sameWindowCells = (vs: AgainstControl): string => `${stallCell(vs.sameWindow?.old)} | ${stallCell(vs.sameWindow?.control)}`;
+
+const LATENCY_HEADS = `longest echo wait: takeover / control (ms) | limit: control + ${WAIT_OVER_CONTROL_MS} ms | pause p99: takeover / control (ms) | p99 ratio (limit ${P99_OVER_CONTROL}x)`;
+const SAME_WINDOW_HEADS = "same window, loop delay max (on the CPU / waiting / GC), old process (ms) | same window, the control's (ms)";
+
 function controlTable(results: BenchResults): string[] {
   const lines = [
-    `| connections | longest echo wait: takeover / control (ms) | limit: control + ${WAIT_OVER_CONTROL_MS} ms | pause p99: takeover / control (ms) | p99 ratio (limit ${P99_OVER_CONTROL}x) | old process's loop delay max / p99 (ms) | its longest stall: on the CPU / waiting for a core / GC (ms) | old process's longest takeover step, wall / CPU (ms) | successor's loop delay max / p99 (ms) | its longest stall: on the CPU / waiting for a core / GC (ms) |`,
-    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    `| connections | ${LATENCY_HEADS} | old process's loop delay max (on the CPU / waiting for a core / GC) (ms) | its p99 (ms) | old process's longest takeover step, wall / CPU (ms) | successor's loop delay max (on the CPU / waiting / GC) (ms) | its p99 (ms) | ${SAME_WINDOW_HEADS} |`,
+    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
-  const mark = (ok: boolean, text: string): string => (ok ? text : `**${text}**`);
   for (const size of results.sizes) {
     const vs = againstControl(results.runs, size);
     if (!vs) continue;
-    const limit = vs.wait.control + WAIT_OVER_CONTROL_MS;
-    const ratio = vs.p99.takeover / vs.p99.control;
-    const loop = (l: AgainstControl['oldLoop'], bold: boolean): string =>
-      l ? (bold && l.max > LOOP_BLOCK_TARGET_MS ? `**${fmt(l.max)}** / ${fmt(l.p99)}` : `${fmt(l.max)} / ${fmt(l.p99)}`) : '–';
-    const stall = (l: AgainstControl['oldLoop']): string => (l ? `${fmt(l.maxCpuMs)} / ${fmt(l.maxWaitMs)} / ${fmt(l.maxGcMs)}` : '–');
     lines.push(
-      `| ${int(size)} | ${mark(vs.wait.takeover <= limit, fmt(vs.wait.takeover))} / ${fmt(vs.wait.control)} | ${fmt(limit)} | ` +
-        `${fmt(vs.p99.takeover)} / ${fmt(vs.p99.control)} | ${mark(ratio <= P99_OVER_CONTROL, `${ratio.toFixed(2)}x`)} | ` +
-        `${loop(vs.oldLoop, true)} | ${stall(vs.oldLoop)} | ${vs.oldStep ? `${fmt(vs.oldStep.wall)} / ${fmt(vs.oldStep.cpu)}` : '–'} | ` +
-        `${loop(vs.newLoop, false)} | ${stall(vs.newLoop)} |`,
+      `| ${int(size)} | ${latencyCells(vs)} | ${stallCell(vs.oldLoop, true)} | ${fmt(vs.oldLoop?.p99)} | ${stepCell(vs)} | ` +
+        `${stallCell(vs.newLoop)} | ${fmt(vs.newLoop?.p99)} | ${sameWindowCells(vs)} |`,
+    );
+  }
+  return lines;
+}
+
+/** --repeat: one row per round at one size, each takeover against the control just before it. */
+function roundTable(results: BenchResults, size: number): string[] {
+  const lines = [
+    `| round | ${LATENCY_HEADS} | old process's loop delay max (on the CPU / waiting for a core / GC) (ms) | its longest takeover step, wall / CPU (ms) | ${SAME_WINDOW_HEADS} | transfer / floor (limit ${FLOOR_RATIO_TARGET}x) | whole takeover (ms) | old gone after commit (ms) |`,
+    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  const judged = size === results.targetSize;
+  const floor = results.floor.find((f) => f.connections === size)?.transferMs;
+  for (let round = 1; round <= results.repeat; round++) {
+    const vs = againstControl(results.runs, size, round);
+    const run = echoRun(results.runs, 'socket-takeover', size, round);
+    if (!vs || !run) {
+      const why = run?.error ?? echoRun(results.runs, 'control', size, round)?.error ?? 'no takeover or no control run';
+      lines.push(`| ${round} | not measured: ${why.replace(/\|/g, '/').replace(/\n/g, ' ').slice(0, 200)} |||||||||||`);
+      continue;
+    }
+    const p = run.switch?.predecessor?.phases;
+    const ratio = p?.transferMs !== undefined && floor ? p.transferMs / floor : undefined;
+    const gone = run.switch?.oldGoneAfterCommitMs;
+    const cell = (value: number | undefined, ok: boolean, text: string): string =>
+      value === undefined ? '–' : judged ? mark(ok, text) : text;
+    lines.push(
+      `| ${round} | ${latencyCells(vs)} | ${stallCell(vs.oldLoop, true)} | ${stepCell(vs)} | ${sameWindowCells(vs)} | ` +
+        `${cell(ratio, (ratio ?? 0) <= FLOOR_RATIO_TARGET, `${ratio?.toFixed(1)}x`)} | ` +
+        `${cell(p?.totalMs, (p?.totalMs ?? 0) < TOTAL_TARGET_MS, fmt(p?.totalMs))} | ` +
+        `${cell(gone, (gone ?? 0) <= OLD_GONE_TARGET_MS, fmt(gone))} |`,
     );
   }
   return lines;
@@ -388,8 +585,9 @@ function takeoverTable(results: BenchResults): string[] {
     '| connections | pre-copy (ms) | transfer (ms) | C floor (ms) | transfer / floor | commit (ms) | waves (ms) | total (ms) | CPU used, old process: loop thread / all threads (ms) | CPU used, successor: loop thread / all threads (ms) | server max pause (ms) | old gone after commit (ms) |',
     '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
-  for (const size of results.sizes) {
-    const run = results.runs.find((r) => r.system === 'socket-takeover' && !r.workload && r.connections === size);
+  const label = (size: number, round: number): string => `${int(size)}${results.repeat > 1 ? ` (round ${round})` : ''}`;
+  for (const [size, round] of results.sizes.flatMap((size) => Array.from({ length: results.repeat }, (_, i) => [size, i + 1] as const))) {
+    const run = echoRun(results.runs, 'socket-takeover', size, round);
     const floor = results.floor.find((f) => f.connections === size);
     const stats = run?.switch?.predecessor;
     if (!stats && !floor?.transferMs) continue;
@@ -397,7 +595,7 @@ function takeoverTable(results: BenchResults): string[] {
     const p = stats?.phases;
     const ratio = p?.transferMs !== undefined && floor?.transferMs ? `${(p.transferMs / floor.transferMs).toFixed(1)}x` : '–';
     lines.push(
-      `| ${int(size)} | ${fmt(p?.precopyMs)} | ${fmt(p?.transferMs)} | ${fmt(floor?.transferMs, 2)} | ${ratio} | ${fmt(p?.commitMs)} | ${fmt(p?.wavesMs)} | ` +
+      `| ${label(size, round)} | ${fmt(p?.precopyMs)} | ${fmt(p?.transferMs)} | ${fmt(floor?.transferMs, 2)} | ${ratio} | ${fmt(p?.commitMs)} | ${fmt(p?.wavesMs)} | ` +
         `${fmt(p?.totalMs)} | ${cpu(stats)} | ${cpu(run?.switch?.successor)} | ${fmt(stats?.maxPauseMs)} | ${fmt(run?.switch?.oldGoneAfterCommitMs)} |`,
     );
   }
@@ -473,6 +671,37 @@ function appSections(results: BenchResults): string[] {
   return out;
 }
 
+const SAME_WINDOW_LEGEND =
+  'same window: the same loop sampler, preloaded by the benchmark (bench/loop-probe.ts), in the old server from the ' +
+  "switch's start until it exited, and in the control's server from the same instant into its load for as long (to the " +
+  "next 50 ms): the loop delay max of both, and where it went, for the machine's own stalls without a takeover.";
+
+/** --repeat: the longest run of rounds meeting every target at the target size. */
+function streakLine(results: BenchResults): string[] {
+  const { rounds, streak } = results;
+  if (!rounds || !streak) return [];
+  const which = streak.longest > 1 ? `rounds ${streak.from}-${streak.from! + streak.longest - 1}` : `round ${streak.from}`;
+  return [
+    `- every ${int(streak.connections)}-connection target met in consecutive rounds: ` +
+      (streak.from === undefined ? `in none of the ${rounds.length}` : `${streak.longest} of ${rounds.length} at most (${which})`),
+  ];
+}
+
+/** --repeat: at each size, one table of its rounds; one round: one row per size. */
+function comparisonTables(results: BenchResults): string[] {
+  if (!results.rounds) {
+    const table = controlTable(results);
+    return table.length > 2 ? table : [];
+  }
+  const out = [
+    `${results.rounds.length} rounds at each size of a control run then a takeover run, alternating: each takeover is judged ` +
+      'against the control just before it; the C floor is measured once per size. Bold: over its limit (the transfer, the ' +
+      `whole takeover and the old process's exit are targets at ${int(results.targetSize)} connections only).`,
+  ];
+  for (const size of results.sizes) out.push('', `#### ${int(size)} connections`, '', ...roundTable(results, size));
+  return out;
+}
+
 export function targetLines(results: BenchResults): string[] {
   return results.targets.map((t) => `- ${t.met === undefined ? 'not measured' : t.met ? 'met' : '**missed**'}: ${t.name} (${t.detail})`);
 }
@@ -498,6 +727,7 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
       'connections; the steady-state throughput.',
     '',
     ...targetLines(results),
+    ...streakLine(results),
   ];
   if (results.runs.length > 0) {
     out.push(
@@ -520,8 +750,8 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
         'both cores over the run, and in brackets the share used by processes that are not part of the benchmark.',
     );
   }
-  const control = controlTable(results);
-  if (control.length > 2) {
+  const control = comparisonTables(results);
+  if (control.length > 0) {
     out.push(
       '',
       '### socket-takeover against the control run',
@@ -532,13 +762,13 @@ export function renderSection(results: BenchResults, chartPath: string | undefin
         "with no switch: this machine's and this load's own noise. longest echo wait and pause p99: as in the table above " +
         "(each connection's longest wait, over the whole run). loop delay: the event-loop delay each server process " +
         "sampled every millisecond while its side of the takeover ran (`stats.loopDelayMs`), the takeover's work, the " +
-        "application's and the waits for a core together; max is the longest single stretch its loop could not serve. " +
-        "longest stall: where that stretch's time went (`stats.loopDelayMs.maxCpuMs`, `maxWaitMs`, `maxGcMs`): its event-loop " +
+        "application's and the waits for a core together; max is the longest single stretch its loop could not serve, and " +
+        "in brackets where that stretch's time went (`stats.loopDelayMs.maxCpuMs`, `maxWaitMs`, `maxGcMs`): its event-loop " +
         "thread running, ready but waiting for a core (the kernel's schedstat), and the garbage-collection pauses inside it " +
         '(which count as CPU, or as waiting when the thread was preempted during one). ' +
         "longest takeover step: the longest stretch of the old process's own takeover work between two returns to its " +
         'event loop (`stats.longestStepMs`), and how much of it its thread spent on the CPU (`stats.longestStepCpuMs`): ' +
-        'a wall time well above the CPU time is a wait for a core. Bold: over its limit.',
+        `a wall time well above the CPU time is a wait for a core. ${SAME_WINDOW_LEGEND} Bold: over its limit.`,
     );
   }
   const phases = takeoverTable(results);

@@ -43,6 +43,9 @@ import {
   type Workload,
 } from './systems.js';
 
+/** Each run takes a subnet of source addresses (127.0.N.0/24), and the default bench uses about 20. */
+const MAX_REPEAT = 20;
+
 const USAGE = `Usage: npm run bench -- [OPTION...]
     --sizes N,N...         Long-lived connections per run (default 1000,10000,max; max: the most
                            one server process holds under RLIMIT_NOFILE, in thousands; a size
@@ -52,6 +55,10 @@ const USAGE = `Usage: npm run bench -- [OPTION...]
     --interval MS          Each connection's pause after an echo before its next message (default 2000)
     --duration S           Load duration of each run (default 12)
     --switch-after S       When the switch starts, in seconds into the load (default 5)
+    --repeat N             Echo runs: N rounds at each size of control then takeover, alternating
+                           (pm2 and the restart run in the first round only), each takeover judged
+                           against the control just before it; the report gives every round and,
+                           per target, the rounds that met it (default 1, at most ${MAX_REPEAT})
     --new-rate N           New short connections per second (default 100)
     --per-client N         Most connections per client process (default 10000)
     --per-source N         Most connections per source address (default 1000)
@@ -98,6 +105,8 @@ type Size = number | 'max';
 interface Config {
   sizes: Size[];
   systems: (SystemName | 'floor')[];
+  /** Rounds of control then takeover at each echo size. */
+  repeat: number;
   workload: Workload;
   /** Echo runs at `sizes` unless left out of --workloads. */
   echo: boolean;
@@ -133,6 +142,7 @@ function parseCommandLine(args: string[]): Config | 'help' {
       interval: { type: 'string', default: '2000' },
       duration: { type: 'string', default: '12' },
       'switch-after': { type: 'string', default: '5' },
+      repeat: { type: 'string', default: '1' },
       'new-rate': { type: 'string', default: '100' },
       'per-client': { type: 'string', default: '10000' },
       'per-source': { type: 'string', default: '1000' },
@@ -173,6 +183,9 @@ function parseCommandLine(args: string[]): Config | 'help' {
     throw new Error('--switch-after must leave one --interval for every connection to open');
   }
   if (workload.switchAfterS + 2 > workload.durationS) throw new Error('--duration must run at least 2 s past --switch-after');
+  const repeat = Number(values.repeat);
+  if (!Number.isInteger(repeat) || repeat < 1 || repeat > MAX_REPEAT)
+    throw new Error(`--repeat must be a whole number from 1 to ${MAX_REPEAT}, not '${values.repeat}'`);
   const workloads = values.workloads.split(',').map((w) => w.trim());
   for (const w of workloads)
     if (!['echo', 'http', 'ws', 'pool', 'throughput'].includes(w))
@@ -193,6 +206,7 @@ function parseCommandLine(args: string[]): Config | 'help' {
   return {
     sizes,
     systems,
+    repeat,
     workload,
     echo: workloads.includes('echo'),
     apps: (['http', 'ws'] as const).filter((w) => workloads.includes(w)).map((w) => ({ workload: w, ...plan })),
@@ -245,18 +259,19 @@ function findPaths(tmp: string): Paths {
     serverScript: join(root, 'dist/cli/server.js'),
     clientScript: join(root, 'dist-dev/tools/load-client.js'),
     echoScript: join(root, 'dist-dev/bench/echo-server.js'),
+    probeScript: join(root, 'dist-dev/bench/loop-probe.js'),
     pm2: join(root, 'node_modules/.bin/pm2'),
     floorSource: join(root, 'bench/floor.c'),
   };
-  for (const file of [paths.serverScript, paths.clientScript, paths.echoScript, paths.floorSource]) {
+  for (const file of [paths.serverScript, paths.clientScript, paths.echoScript, paths.probeScript, paths.floorSource]) {
     if (!existsSync(file)) throw new Error(`${relative(root, file)} is missing: run \`npm run build:dev\` (npm run bench does) first`);
   }
   if (!existsSync(paths.pm2)) throw new Error('node_modules/.bin/pm2 is missing: run `npm ci` first');
   return paths;
 }
 
-function describeRun(run: SystemRun): string {
-  const head = `  ${run.system.padEnd(16)}`;
+function describeRun(run: SystemRun, repeat: number): string {
+  const head = `  ${repeat > 1 && run.round !== undefined ? `${run.round}: ` : ''}${run.system.padEnd(16)}`;
   const a = run.app;
   if (a) {
     const p = a.pauseMs;
@@ -343,11 +358,14 @@ async function main(config: Config): Promise<void> {
       floor.push(result);
       ctx.log(`  C floor          ${result.error ?? `${result.transferMs!.toFixed(2)} ms (median of ${result.samplesMs!.length})`}`);
     }
-    for (const system of config.systems) {
-      if (system === 'floor') continue;
-      const run = await runSystem(ctx, system, size, config.workload, subnet++);
-      runs.push(run);
-      ctx.log(describeRun(run));
+    for (let round = 1; round <= config.repeat; round++) {
+      for (const system of config.systems) {
+        if (system === 'floor' || (round > 1 && system !== 'control' && system !== 'socket-takeover')) continue;
+        const run = await runSystem(ctx, system, size, config.workload, subnet++);
+        run.round = round;
+        runs.push(run);
+        ctx.log(describeRun(run, config.repeat));
+      }
     }
   }
   for (const app of config.apps) {
@@ -364,7 +382,7 @@ async function main(config: Config): Promise<void> {
         if (system === 'floor') continue;
         const run = await runSystem(ctx, system, size, config.appWorkload, subnet++, app);
         runs.push(run);
-        ctx.log(describeRun(run));
+        ctx.log(describeRun(run, 1));
       }
     }
   }
@@ -407,7 +425,8 @@ async function main(config: Config): Promise<void> {
     runs,
     skipped,
     targetSize,
-    targets: evaluateTargets(runs, floor, config.echo ? ranSizes : [], targetSize, throughput),
+    repeat: config.repeat,
+    ...evaluateTargets(runs, floor, config.echo ? ranSizes : [], targetSize, throughput, config.repeat),
     warnings: collectWarnings(runs),
     ...(pool.length > 0 ? { pool } : {}),
   };
@@ -422,9 +441,11 @@ async function main(config: Config): Promise<void> {
   const resultsFile = join(resultsDir, `${startedAt.replace(/[:.]/g, '-')}.json`);
   writeFileSync(resultsFile, `${JSON.stringify(results, null, 2)}\n`);
 
-  const charted = (size: number): boolean => runs.some((r) => r.connections === size && r.timeline);
+  // The first round's runs: one line per system.
+  const chartable = runs.filter((r) => r.timeline && (r.round ?? 1) === 1);
+  const charted = (size: number): boolean => chartable.some((r) => r.connections === size);
   const chartSize = charted(targetSize) ? targetSize : [...ranSizes].reverse().find(charted);
-  const chartRuns = runs.filter((r) => r.connections === chartSize && r.timeline);
+  const chartRuns = chartable.filter((r) => r.connections === chartSize);
   const chart =
     chartSize === undefined
       ? undefined

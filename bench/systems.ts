@@ -4,12 +4,13 @@
  * load finish, stop. Plus the floor: the C program that only moves the fds.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import * as net from 'node:net';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { TimelineBucket } from '../tools/echo-load.js';
 import type { TakeoverStats } from 'socket-takeover';
+import { PROBE_FILE_ENV, PROBE_START_SIGNAL, type LoopProbe } from './loop-probe.js';
 import { mergeTimelines, startAppLoad, startLoad, type AppLoadResult, type LoadPlan, type LoadResult } from './load.js';
 import { now, type Child, type ProcessGroups } from './procs.js';
 import { ProcWatch, USER_HZ, childrenOf } from './watch.js';
@@ -20,6 +21,8 @@ export interface Paths {
   serverScript: string;
   clientScript: string;
   echoScript: string;
+  /** bench/loop-probe.ts, preloaded into the echo runs' takeover-server (control, and the old one). */
+  probeScript: string;
   pm2: string;
   floorSource: string;
 }
@@ -69,6 +72,8 @@ export interface SwitchResult {
 
 export interface SystemRun {
   system: SystemName;
+  /** Echo runs: which round of --repeat (from 1). */
+  round?: number;
   /** Absent: the echo workload. */
   workload?: AppPlan['workload'];
   connections: number;
@@ -82,6 +87,12 @@ export interface SystemRun {
   peakRssKb?: { old: number; new: number };
   /** Shares of all cores over the run: everything busy, and busy with processes not ours. */
   machine: { loadavg1: number; busy: number; others: number };
+  /**
+   * Control and socket-takeover echo runs: the (old) server's event loop sampled from the
+   * switch's start (or the same instant into the control's load) until it exited; the control's
+   * series stops at the load's end.
+   */
+  loopProbe?: LoopProbe;
   /** Every process of the run (servers, clients, pm2, this one): peak RSS and CPU seconds used. */
   processes?: { label: string; pid: number; peakRssKb: number; cpuS: number }[];
 }
@@ -91,9 +102,13 @@ interface Scenario {
   start(): Promise<number>;
   switchOver(startedAt: number): Promise<SwitchResult>;
   stop(): Promise<void>;
+  /** With the loop probe: starts it at the switch's start; read() once the server is gone. */
+  probe?: { start(): void; read(): LoopProbe | undefined };
 }
 
 const START_TIMEOUT_MS = 30_000;
+/** The control's probe figures kept past the load's end, so the window of a takeover that ends with the load still finds its match. */
+const PROBE_SERIES_SLACK_MS = 1000;
 const SWITCH_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 5_000;
 
@@ -152,24 +167,23 @@ async function stopChild(ctx: BenchContext, child: Child): Promise<void> {
   ctx.groups.kill(child);
 }
 
-function takeoverScenario(ctx: BenchContext, app: AppPlan | undefined): Scenario {
-  const channel = join(ctx.paths.tmp, `takeover-${process.hrtime.bigint()}.sock`);
+/** `probed`: the first server samples its loop with bench/loop-probe.ts (the successor never does). */
+function takeoverScenario(ctx: BenchContext, app: AppPlan | undefined, probed = false): Scenario {
+  const id = process.hrtime.bigint();
+  const channel = join(ctx.paths.tmp, `takeover-${id}.sock`);
+  const probeFile = join(ctx.paths.tmp, `loop-probe-${id}.json`);
   const { serverScript } = ctx.paths;
   let old: Child | undefined;
   let successor: Child | undefined;
   const serverArgs = ['-q', '--log-format', 'json', ...(app ? ['--app', app.workload] : [])];
   return {
     async start() {
-      old = ctx.groups.spawn('takeover-server', process.execPath, [
-        serverScript,
-        '-a',
-        '127.0.0.1',
-        '-p',
-        '0',
-        '-t',
-        channel,
-        ...serverArgs,
-      ]);
+      old = ctx.groups.spawn(
+        'takeover-server',
+        process.execPath,
+        [...(probed ? ['--import', ctx.paths.probeScript] : []), serverScript, '-a', '127.0.0.1', '-p', '0', '-t', channel, ...serverArgs],
+        probed ? { env: { ...process.env, [PROBE_FILE_ENV]: probeFile } } : {},
+      );
       let port = 0;
       await waitForLine(
         old,
@@ -223,6 +237,19 @@ function takeoverScenario(ctx: BenchContext, app: AppPlan | undefined): Scenario
     async stop() {
       for (const child of [successor, old]) if (child) await stopChild(ctx, child);
     },
+    ...(probed
+      ? {
+          probe: {
+            start: () => ctx.groups.signal(old!, PROBE_START_SIGNAL),
+            read: () => {
+              if (!existsSync(probeFile)) return undefined;
+              const probe = JSON.parse(readFileSync(probeFile, 'utf8')) as LoopProbe;
+              rmSync(probeFile);
+              return probe;
+            },
+          },
+        }
+      : {}),
   };
 }
 
@@ -369,7 +396,7 @@ export async function runSystem(
   const machineLoad = loadavg()[0]!;
   const scenario =
     system === 'socket-takeover' || system === 'control'
-      ? takeoverScenario(ctx, app)
+      ? takeoverScenario(ctx, app, !app)
       : system === 'pm2 reload'
         ? pm2Scenario(ctx, watch, app)
         : restartScenario(ctx, app);
@@ -383,6 +410,7 @@ export async function runSystem(
     load = app ? startAppLoad(plan, ctx.groups, ctx.paths.clientScript) : startLoad(plan, ctx.groups, ctx.paths.clientScript);
     await sleep(load.startedAt + work.switchAfterS * 1000 - now());
     const switchAt = now();
+    scenario.probe?.start();
     const switched = system === 'control' ? undefined : scenario.switchOver(switchAt);
     // A failed switch still lets the clients finish, so the run says what they saw.
     const [sw, result] = await Promise.allSettled([switched, withTimeout(load.done, (work.durationS + 60) * 1000, 'the load')]);
@@ -415,6 +443,12 @@ export async function runSystem(
     await scenario.stop().catch((error: unknown) => {
       run.error ??= `stopping: ${error instanceof Error ? error.message : String(error)}`;
     });
+    const probe = scenario.probe?.read();
+    if (probe) {
+      // Past the load's end the control only idles: no window compared reaches there.
+      const loadMs = (work.durationS - work.switchAfterS) * 1000;
+      run.loopProbe = { ...probe, series: system === 'control' ? probe.series.filter((s) => s.ms <= loadMs + PROBE_SERIES_SLACK_MS) : [] };
+    }
   }
   return { ...run, machine: { loadavg1: machineLoad, ...machine } };
 }

@@ -16,6 +16,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { holdConnections } from './held-connections.js';
 import * as net from 'node:net';
 import * as native from '#lib/native.js';
 import { acceptOptions, socketFd, wrapInherited } from '#lib/sockets.js';
@@ -25,20 +26,7 @@ const CHUNK = 400;
 type Server = 'app' | 'server';
 
 if (process.argv[2] === 'clients') {
-  const [port, n] = [Number(process.argv[3]), Number(process.argv[4])];
-  // In steps, so that the listen backlog never overflows into SYN retries.
-  for (let start = 0; start < n; start += 256) {
-    const step: Promise<unknown>[] = [];
-    for (let i = start; i < Math.min(n, start + 256); i++) {
-      const socket = net.connect(port, '127.0.0.1');
-      socket.on('error', () => {});
-      step.push(once(socket, 'connect'));
-    }
-    await Promise.all(step);
-  }
-  process.stdout.write('ready\n');
-  process.stdin.on('close', () => process.exit(0));
-  process.stdin.resume();
+  await holdConnections(Number(process.argv[3]), Number(process.argv[4]), (socket) => once(socket, 'connect'));
 } else if (process.argv[2] === 'measure') {
   await measure(Number(process.argv[3]), process.argv[4] as Server);
 } else {

@@ -27,8 +27,11 @@ export class Channel extends EventEmitter<ChannelEvents> {
   private closeAfterFlush = false;
   private lingering = false;
   private lingerMs = 0;
+  private lingerTimer: NodeJS.Timeout | undefined;
   /** {@link keepQueued} was called: the linger does not end while frames wait. */
   private keepingQueued = false;
+  /** {@link readToEnd} was called: frames still arrive after this side's last word, until the peer closes. */
+  private readingToEnd = false;
   private peerReset = false;
   /** Inside readAll(): a frame's handler that calls readQueued() must not read the next frame under itself. */
   private reading = false;
@@ -52,6 +55,11 @@ export class Channel extends EventEmitter<ChannelEvents> {
 
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  /** Frames wait behind a full socket ('writable' follows once they are out). */
+  get hasQueued(): boolean {
+    return this.queue.length > 0;
   }
 
   /** Closed, or a send failed and the failure is about to be reported: nothing sent now arrives. */
@@ -91,21 +99,36 @@ export class Channel extends EventEmitter<ChannelEvents> {
     this.send(message);
     this.lingering = true;
     this.lingerMs = lingerMs;
-    setTimeout(() => {
+    this.lingerTimer = setTimeout(() => {
       if (!this.keepingQueued || this.queue.length === 0) this.destroy();
     }, lingerMs).unref();
   }
 
   /**
-   * After {@link sendLast}: the frames still queued behind a full socket (the ABORT last) are sent
-   * all the same, for as long as the peer lives, when they carry what only the peer has now. The
-   * channel then closes `lingerMs` after the last one left, or when the peer goes. False (and
-   * nothing changes) when nothing waits.
+   * The frames still queued behind a full socket (after a {@link sendLast}, the ABORT last) are
+   * sent all the same, for as long as the peer lives, when they carry what only the peer has now;
+   * then the channel closes: `lingerMs` after the last one left after a sendLast, at once
+   * otherwise, or when the peer goes. False (and nothing changes) when nothing waits.
    */
   keepQueued(): boolean {
-    if (this.closed || !this.lingering || this.queue.length === 0) return false;
-    this.keepingQueued = true;
+    if (this.closed || this.queue.length === 0) return false;
+    if (this.lingering) this.keepingQueued = true;
+    else this.closeAfterFlush = true;
     return true;
+  }
+
+  /**
+   * For a side that gave up but must still take what the peer sends until the peer closes its end
+   * (a successor after LISTENING: a wave the old process sent before it read the ABORT is released
+   * there, and only this side can start it). Nothing more is queued (what is queued still goes);
+   * frames keep arriving, after a {@link sendLast} too, whose linger no longer closes the channel:
+   * the peer's EOF or {@link close} does.
+   */
+  readToEnd(): void {
+    if (this.closed) return;
+    this.lingering = true;
+    this.readingToEnd = true;
+    clearTimeout(this.lingerTimer);
   }
 
   /** Closes once every queued frame is on the wire (the last frames of a takeover). */
@@ -114,9 +137,9 @@ export class Channel extends EventEmitter<ChannelEvents> {
     else this.closeAfterFlush = true;
   }
 
-  /** Closes now, unless a {@link sendLast} is still lingering (it closes by itself). */
+  /** Closes now, unless a {@link sendLast} is still lingering (it closes by itself) without a {@link readToEnd}. */
   close(): void {
-    if (this.lingering) return;
+    if (this.lingering && !this.readingToEnd) return;
     this.destroy();
   }
 
@@ -245,7 +268,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
         this.destroy();
         return;
       }
-      if (this.lingering) {
+      if (this.lingering && !this.readingToEnd) {
         for (const fd of message.fds) native.close(fd);
         continue;
       }
@@ -262,6 +285,8 @@ export class Channel extends EventEmitter<ChannelEvents> {
 
   /** Tells the peer why before closing: a bad frame is the peer's bug to fix. */
   private refuse(reason: TakeoverError): void {
+    // Reading to the end: the peer's later frames may still be good; this one is dropped.
+    if (this.readingToEnd) return;
     // Already closing with a last word (its own ABORT, or an earlier refusal): nothing to add.
     if (this.lingering) return this.destroy();
     this.sendLast(encode.abort(reason.code, reason.message));

@@ -104,6 +104,14 @@ const WAVE_STEP_MS = 1.5;
 const MIN_TIMED_WAVE = 16;
 /** ...and freezing stops past this wall time whatever the estimate said (a slow capture hook, a preemption). */
 const WAVE_SLICE_MS = 1;
+/**
+ * Waves sent and not yet acknowledged. One at a time, each wave cost a round trip through both
+ * event loops; with two in flight this process builds the next wave, on its own loop turn, while
+ * the successor starts the previous one. A successor that dies takes every wave it was sent with
+ * it, so a death costs up to this many unacknowledged waves; a successor that gives up starts
+ * those that still reach it (successor.ts, 'given-up').
+ */
+export const WAVES_IN_FLIGHT = 2;
 
 /**
  * Unacknowledged CONNS batches in flight. An acknowledgement round trip can cost a loop turn on
@@ -143,9 +151,12 @@ export class PredecessorSession {
   private waveQueue: Iterator<number> | undefined;
   /** Connections taken from waveQueue so far. */
   private waveTaken = 0;
+  /** The next wave's number; the oldest unacknowledged one is waveSeq - wavesInFlight.length. */
   private waveSeq = 0;
-  private waveStartedAt = 0;
-  private waveInFlight = false;
+  /** When each wave sent and not yet acknowledged began freezing, oldest first. */
+  private readonly wavesInFlight: number[] = [];
+  /** A nextWave() is queued for the next loop turn (each wave is its own stretch of the loop). */
+  private waveScheduled = false;
   /** nextWave() is freezing: the steps it reports run the application's listeners. */
   private buildingWave = false;
   /** Connections the next wave may take: options.waveSize, or less when waves are timed. */
@@ -154,7 +165,7 @@ export class PredecessorSession {
   private waveCostMs = 0;
   /** Connections that were busy when their turn came: asked again until quiet or the quiescence bound. */
   private readonly deferred = new Map<number, net.Socket>();
-  /** Deferred connections reported quiet while a wave was in flight: asked first in the next wave. */
+  /** Deferred connections reported quiet while waves were in flight: asked first in the next wave. */
   private readonly maybeQuiet = new Set<number>();
   private quiesceDeadline = 0;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -179,7 +190,7 @@ export class PredecessorSession {
     // Every send of pre-copy goes through schedulePump(): at most one slice of sending per turn of
     // the loop. An ACK, the channel draining or an accept each calling pump() at once would each
     // get a slice of its own, and a read of 20 queued ACKs became 20 ms of sending in one turn.
-    channel.on('writable', () => this.schedulePump());
+    channel.on('writable', () => (this.phase === 'waves' ? this.scheduleWave() : this.schedulePump()));
     channel.on('error', (error) => this.fail(error));
     channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the successor closed the takeover channel')));
     this.deadline.expect('HELLO', Math.min(host.options.timeoutMs, HELLO_TIMEOUT_MS));
@@ -225,7 +236,7 @@ export class PredecessorSession {
     // Told from inside a wave being built (a 'defer' or 'freeze' listener): that wave's last pass
     // over the deferred connections, or the next wave, asks it again. A wave of its own built
     // in the middle would go out with the same number.
-    if (this.waveInFlight || this.buildingWave) {
+    if (this.wavesInFlight.length > 0 || this.waveScheduled || this.buildingWave) {
       this.maybeQuiet.add(id);
       return;
     }
@@ -241,6 +252,13 @@ export class PredecessorSession {
 
   private onFrame(frame: Frame): void {
     const phase = this.phase;
+    // Failed after LISTENING, the channel stays open until the waves sent are out: what the
+    // successor still says (a WAVE_ACK sent before its ABORT) changes nothing, and must not close it.
+    if (phase === 'failed') {
+      if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
+      if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
+      return;
+    }
     if (frame.type === 'abort') {
       return this.fail(new TakeoverError(ErrorCodes.ABORTED, `the successor aborted: ${frame.message}`, { reason: frame.code }));
     }
@@ -435,12 +453,12 @@ export class PredecessorSession {
     // A send already failed (the successor died): freezing now would hand connections to nobody.
     if (this.phase !== 'waves' || this.channel.isBroken) return;
     this.buildingWave = true;
-    this.waveStartedAt = performance.now();
+    const startedAt = performance.now();
     const cpuStart = native.threadCpuMs();
     const records: WaveRecord[] = [];
     const released: Frozen[] = [];
     const budget = { bytes: 0 };
-    const sliceEnd = this.host.options.timedWaves ? this.waveStartedAt + WAVE_SLICE_MS : Infinity;
+    const sliceEnd = this.host.options.timedWaves ? startedAt + WAVE_SLICE_MS : Infinity;
     // The time bound never leaves a wave empty: an empty wave with nothing deferred means the end.
     const room = () =>
       records.length < this.waveLimit && budget.bytes < WAVE_BYTE_BUDGET && (records.length === 0 || performance.now() < sliceEnd);
@@ -483,6 +501,8 @@ export class PredecessorSession {
     }
     this.buildingWave = false;
     if (records.length === 0 && this.waveSeq > 0) {
+      // The last WAVE_ACKs call this again: DONE only follows every wave acknowledged.
+      if (this.wavesInFlight.length > 0) return;
       if (this.deferred.size === 0) return this.finish();
       this.retryTimer = setTimeout(
         () => {
@@ -508,11 +528,30 @@ export class PredecessorSession {
       return;
     }
     // In flight from the send on: the release steps below run the application's listeners, and
-    // a connection they make quiet must wait for this wave's WAVE_ACK, not start a wave of its own.
-    this.waveInFlight = true;
+    // a connection they make quiet must wait for a WAVE_ACK, not start a wave of its own.
+    this.waveSeq++;
+    this.wavesInFlight.push(startedAt);
     for (const { id, socket } of released) this.host.release(id, socket);
     if (this.host.options.timedWaves) this.sizeNextWave(native.threadCpuMs() - cpuStart, records.length);
-    this.deadline.expect('WAVE_ACK');
+    if (!this.deadline.armed) this.deadline.expect('WAVE_ACK');
+    if (this.wavesInFlight.length < WAVES_IN_FLIGHT) this.scheduleWave();
+  }
+
+  /**
+   * The next wave on the next loop turn, unless one is queued already or the window is full by
+   * then; and only once the previous one is on the wire (a wave bigger than the socket buffer
+   * waits in the channel's queue, and 'writable' calls this again): a wave queued behind it
+   * would reach the successor no sooner.
+   */
+  private scheduleWave(): void {
+    if (this.waveScheduled || this.channel.hasQueued) return;
+    this.waveScheduled = true;
+    setImmediate(() => {
+      this.waveScheduled = false;
+      if (this.phase !== 'waves' || this.wavesInFlight.length >= WAVES_IN_FLIGHT) return;
+      this.clearRetry();
+      this.recorder.step(() => this.nextWave());
+    });
   }
 
   /** Timed waves: the next one as big as WAVE_STEP_MS of CPU allows, at the cost per connection seen so far. */
@@ -571,20 +610,23 @@ export class PredecessorSession {
   private onWaveAck(seq: number): void {
     // Between a WAVE_ACK and the next wave (a retry timer, the loop turn before wave 0) the next
     // number is not yet owed: accepting it would count a wave the successor never had.
-    if (!this.waveInFlight) {
+    if (this.wavesInFlight.length === 0) {
       return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq} while no wave was in flight`));
     }
-    if (seq !== this.waveSeq) {
-      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq}, expected ${this.waveSeq}`));
+    const expected = this.waveSeq - this.wavesInFlight.length;
+    if (seq !== expected) {
+      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `WAVE_ACK for wave ${seq}, expected ${expected}`));
     }
-    this.waveInFlight = false;
+    const startedAt = this.wavesInFlight.shift()!;
     this.deadline.clear();
+    if (this.wavesInFlight.length > 0) this.deadline.expect('WAVE_ACK');
     this.stats.waves++;
-    this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - this.waveStartedAt);
-    this.waveSeq++;
-    // Unless a connection that turned quiet meanwhile (connectionMaybeQuiet) has started it already.
+    this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, performance.now() - startedAt);
+    // Unless the window is still full, or the next wave is queued or started already (a
+    // connection that turned quiet meanwhile, connectionMaybeQuiet).
     this.afterReceived(() => {
-      if (this.waveInFlight) return;
+      if (this.waveScheduled || this.wavesInFlight.length >= WAVES_IN_FLIGHT) return;
+      if (this.wavesInFlight.length > 0 && this.channel.hasQueued) return;
       this.clearRetry();
       this.nextWave();
     });
@@ -624,7 +666,6 @@ export class PredecessorSession {
     this.deadline.clear();
     this.clearRetry();
     this.recorder.stop();
-    this.channel.close();
     // Once LISTENING is out, a live successor may be accepting (or will, once it reads it, even
     // after a stall): taking the listeners back would make two processes accept. Only a dead one
     // (the kernel's pid, a zombie counts as dead) lets this process resume them.
@@ -640,14 +681,17 @@ export class PredecessorSession {
       this.waveQueue = undefined;
       const stats = this.statsNow();
       this.closeListenerFds();
-      // The wave released here may still be queued behind a full socket (a wave bigger than the
-      // socket buffer, a successor stopped past the timeout): only the successor can serve its
-      // connections now, so it goes to it however late it reads it, and this process is done
-      // only once it is out. A successor that stays stopped keeps the listeners anyway.
-      if (this.channel.keepQueued()) this.channel.once('close', () => this.host.onPartialHandover(error, stats));
-      else this.host.onPartialHandover(error, stats);
+      // The waves released here may still be queued behind a full socket (a wave bigger than the
+      // socket buffer, a successor stopped past the timeout, or one that gave up and reads on):
+      // only the successor can serve their connections now, so they go to it however late it reads
+      // them, and this process is done only once they are out. A successor that stays stopped
+      // keeps the listeners anyway.
+      if (this.channel.keepQueued()) return void this.channel.once('close', () => this.host.onPartialHandover(error, stats));
+      this.channel.close();
+      this.host.onPartialHandover(error, stats);
       return;
     }
+    this.channel.close();
     let listenersResumed = 0;
     if (committed) {
       // The successor may be gone with the connections already frozen; the rest never

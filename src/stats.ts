@@ -96,8 +96,10 @@ interface Sample {
 /**
  * Samples the event loop's delay every LOOP_DELAY_RESOLUTION_MS, and for its longest stretch,
  * what the event loop's thread did meanwhile: ran, waited for a core, or paused for the GC.
+ * Exported (not from the package's index) for the benchmark, which samples a server with no
+ * takeover the same way (bench/loop-probe.ts).
  */
-class LoopSampler {
+export class LoopSampler {
   private readonly histogram: RecordableHistogram = createHistogram();
   private readonly timer: NodeJS.Timeout;
   /** The event loop thread's schedstat, kept open: reading it costs 1-2 us then, 15 us through a path. */
@@ -127,6 +129,13 @@ class LoopSampler {
   read(): TakeoverStats['loopDelayMs'] {
     if (!this.stopped) this.tick();
     this.stop();
+    return this.peek();
+  }
+
+  /** The figures up to the last sample, sampling on. */
+  peek(): TakeoverStats['loopDelayMs'] {
+    // GC entries reach the observer a turn late: those already over may be inside the longest stretch.
+    if (!this.stopped) for (const entry of this.gcObserver.takeRecords()) this.noteGc(entry.startTime, entry.duration);
     const { from, to, cpu, wait } = this.longest;
     const gc = this.gcPauses.reduce((sum, p) => sum + Math.max(0, Math.min(to, p.end) - Math.max(from, p.start)), 0);
     const sampled = this.histogram.count > 0;

@@ -6,7 +6,8 @@
  *   welcome -> listeners -> precopy -> prepared --(app ready) COMMIT--> committed -> waves -> done
  *
  * Any failure before COMMIT drops every copy (fd close only, no FIN) and the predecessor
- * keeps serving; after COMMIT the successor owns the outcome.
+ * keeps serving; after COMMIT the successor owns the outcome. A failure after LISTENING reads on:
+ * every wave that still arrives is started, until the predecessor closes the channel.
  */
 import type * as net from 'node:net';
 import * as native from './native.js';
@@ -51,9 +52,12 @@ export interface SuccessorHost {
   onFailure(error: TakeoverError): void;
   /** Finished; with `warning` when it ended early after LISTENING (some connections stayed with the predecessor). */
   onDone(stats: TakeoverStats, warning?: TakeoverError): void;
+  /** After an onDone with a warning: the predecessor kept the channel open past the bound (the waves it sends later are lost). */
+  onChannelKeptOpen(error: TakeoverError): void;
 }
 
-type Phase = 'welcome' | 'listeners' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'done' | 'failed';
+/** `given-up`: failed after LISTENING, still starting the waves that arrive until the channel closes. */
+type Phase = 'welcome' | 'listeners' | 'precopy' | 'prepared' | 'committed' | 'waves' | 'given-up' | 'done' | 'failed';
 
 const FD_HEADROOM = 64;
 /** Fd table slots prepared before HELLO (8 bytes each); WELCOME grows it further if needed. */
@@ -68,6 +72,12 @@ const WRAP_CHUNK = 400;
  * at COMMIT, when this process starts serving.
  */
 const PREPARATION_NICE_STEPS = 10;
+/**
+ * How long a successor that gave up after LISTENING waits, in timeouts, for the predecessor to
+ * close the channel: one that reads the ABORT closes it as soon as what it sent is out, so only a
+ * stopped or dead one takes this long, and what it sends later is lost.
+ */
+const CHANNEL_END_TIMEOUTS = 3;
 
 interface Held {
   /** The predecessor's id of the connection. */
@@ -139,6 +149,7 @@ export class SuccessorSession {
   private readonly marks = this.recorder.marks;
 
   private readonly deadline: Deadline;
+  private readonly channelEndDeadline: Deadline;
 
   constructor(
     private readonly host: SuccessorHost,
@@ -147,9 +158,21 @@ export class SuccessorSession {
     this.deadline = new Deadline(host.options.timeoutMs, (what, ms) =>
       this.abort(new TakeoverError(ErrorCodes.TIMEOUT, `the predecessor sent no ${what} within ${ms} ms`)),
     );
+    this.channelEndDeadline = new Deadline(host.options.timeoutMs * CHANNEL_END_TIMEOUTS, (_, ms) =>
+      this.endLateWaves(
+        new TakeoverError(
+          ErrorCodes.TIMEOUT,
+          `the predecessor kept the takeover channel open ${ms} ms after this process gave up: a wave it sends later is lost`,
+        ),
+      ),
+    );
     channel.on('frame', (frame) => this.recorder.step(() => this.onFrame(frame)));
     channel.on('error', (error) => this.fail(error));
-    channel.on('close', () => this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the predecessor closed the takeover channel')));
+    channel.on('close', () =>
+      this.phase === 'given-up'
+        ? this.endLateWaves()
+        : this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the predecessor closed the takeover channel')),
+    );
     if (!host.options.allowUids.includes(channel.peer.uid)) {
       this.abort(
         new TakeoverError(ErrorCodes.PEER_REJECTED, `the process on the channel runs as uid ${channel.peer.uid}, which is not allowed`),
@@ -195,8 +218,11 @@ export class SuccessorSession {
   }
 
   private onFrame(frame: Frame): void {
+    if (this.phase === 'given-up') return this.onLateFrame(frame);
     if (frame.type === 'abort') {
-      return this.fail(new TakeoverError(ErrorCodes.ABORTED, `the predecessor refused: ${frame.message}`, { reason: frame.code }));
+      this.fail(new TakeoverError(ErrorCodes.ABORTED, `the predecessor refused: ${frame.message}`, { reason: frame.code }));
+      // Its last frame: nothing follows an ABORT.
+      return this.endLateWaves();
     }
     switch (`${this.phase}:${frame.type}`) {
       case 'welcome:welcome':
@@ -437,16 +463,35 @@ export class SuccessorSession {
   }
 
   private onWaveChunk(frame: Extract<Frame, { type: 'wave' }>): void {
+    const seq = this.takeWave(frame);
+    if (seq === undefined) return;
+    this.step(`wave${seq}`);
+    // An observer of the step may have failed the session: fail() started the wave then.
+    if (this.phase !== 'waves') return;
+    this.startWave();
+    this.channel.send(encode.waveAck(seq));
+    this.stats.waves++;
+    // While connections are deferred the predecessor may rightly stay silent up to its bound.
+    this.deadline.expect('WAVE', this.host.options.timeoutMs + (this.deferred.size > 0 ? this.quiesceMs : 0));
+  }
+
+  /**
+   * Adds a chunk to the wave being received; once it is whole, checks all of it and makes it the
+   * wave in hand, and returns its number. Undefined while chunks are missing, and for a wave
+   * refused (the session is aborted then; once it gave up, the wave is just not started).
+   */
+  private takeWave(frame: Extract<Frame, { type: 'wave' }>): number | undefined {
     // The chunks and the copy that joins them are both in memory at the end: the limit bounds
     // the chunks, so the peak stays within twice the limit.
     const limit = this.host.options.maxWaveSize ?? MAX_WAVE_SIZE;
     this.waveBytes += frame.chunk.length;
     if (this.waveBytes > limit) {
       this.waveChunks = [];
-      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave larger than ${limit} bytes`));
+      this.waveBytes = 0;
+      return this.refuseWave(new TakeoverError(ErrorCodes.PROTOCOL, `wave larger than ${limit} bytes`));
     }
     this.waveChunks.push(frame.chunk);
-    if (frame.more) return;
+    if (frame.more) return undefined;
     const blob = this.waveChunks.length === 1 ? this.waveChunks[0]! : Buffer.concat(this.waveChunks, this.waveBytes);
     this.waveChunks = [];
     this.waveBytes = 0;
@@ -454,33 +499,52 @@ export class SuccessorSession {
     try {
       wave = decodeWave(blob);
     } catch (error) {
-      return this.abort(error as TakeoverError);
+      return this.refuseWave(error as TakeoverError);
     }
-    if (wave.seq !== this.expectedWave) {
-      return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave ${wave.seq} arrived, expected ${this.expectedWave}`));
+    // Once given up, a wave refused before may have left a gap: what counts is that none comes twice.
+    const late = this.phase === 'given-up';
+    if (late ? wave.seq < this.expectedWave : wave.seq !== this.expectedWave) {
+      return this.refuseWave(new TakeoverError(ErrorCodes.PROTOCOL, `wave ${wave.seq} arrived, expected ${this.expectedWave}`));
     }
+    this.expectedWave = wave.seq + 1;
     // Check the whole wave before starting any of it: failing halfway would drop the rest,
     // which the predecessor has already released.
     const held: Held[] = [];
     for (const record of wave.records) {
       const h = this.held.get(record.id);
-      if (!h) return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));
+      if (!h) return this.refuseWave(new TakeoverError(ErrorCodes.PROTOCOL, `wave names unknown connection ${record.id}`));
       if (record.fate === 'deferred' && this.deferred.has(record.id)) {
-        return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `wave defers connection ${record.id} twice`));
+        return this.refuseWave(new TakeoverError(ErrorCodes.PROTOCOL, `wave defers connection ${record.id} twice`));
       }
-      if (record.fate === 'moved' && !h.socket && !this.wrapOne(h)) return;
+      // wrapOne() aborts the session itself (a no-op once it gave up).
+      if (record.fate === 'moved' && !h.socket && !this.wrapOne(h)) return undefined;
       held.push(h);
     }
     for (const record of wave.records) if (record.fate !== 'deferred') this.held.delete(record.id);
     this.waveInHand = { records: wave.records, held };
-    this.step(`wave${wave.seq}`);
-    // An observer of the step may have failed the session: fail() started the wave then.
-    if (this.phase !== 'waves') return;
-    this.startWave();
-    this.channel.send(encode.waveAck(this.expectedWave++));
-    this.stats.waves++;
-    // While connections are deferred the predecessor may rightly stay silent up to its bound.
-    this.deadline.expect('WAVE', this.host.options.timeoutMs + (this.deferred.size > 0 ? this.quiesceMs : 0));
+    return wave.seq;
+  }
+
+  /** A wave that fails its checks is never started (contract 8): what it carries is lost if the predecessor released it. */
+  private refuseWave(error: TakeoverError): undefined {
+    if (this.phase !== 'given-up') this.abort(error);
+    return undefined;
+  }
+
+  /**
+   * A frame after this process gave up, past LISTENING. The predecessor built and released the
+   * waves it sent before it read the ABORT (it may have been stopped in the middle of one): each
+   * whole wave that passes the checks is started here, or its connections would be lost. The rest
+   * is ignored; nothing follows DONE or the predecessor's own ABORT.
+   */
+  private onLateFrame(frame: Frame): void {
+    if (frame.type === 'done' || frame.type === 'abort') return this.endLateWaves();
+    if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
+    if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
+    if (frame.type === 'wave' && this.takeWave(frame) !== undefined) {
+      this.startWave();
+      this.stats.waves++;
+    }
   }
 
   /** Starts the checked wave in hand: adopts what moved, drops the copies of what did not. */
@@ -537,28 +601,48 @@ export class SuccessorSession {
   }
 
   private fail(error: TakeoverError): void {
-    if (this.phase === 'done' || this.phase === 'failed') return;
+    if (this.phase === 'done' || this.phase === 'failed' || this.phase === 'given-up') return;
     const listening = this.phase === 'waves';
-    this.phase = 'failed';
+    this.phase = listening ? 'given-up' : 'failed';
     this.deadline.clear();
     this.recorder.stop();
     this.raisePriority();
-    this.channel.close();
-    // Copies never started here: the predecessor still serves them (before COMMIT all of
-    // them; after, the ones it had not frozen), so only this process's fds go.
-    for (const held of this.held.values()) drop(held);
-    this.held.clear();
     this.toWrap.length = 0;
     if (!listening) {
+      this.channel.close();
+      this.dropHeld();
       for (const { fd } of this.listeners) native.close(fd);
       this.host.onFailure(error);
       return;
     }
     // Listening already: this process owns the listeners and the channel and serves what it
     // started, a checked wave in hand too (the predecessor released it); the predecessor
-    // finishes the connections it had not frozen.
+    // finishes the connections it had not frozen. The waves it sent before it read the ABORT
+    // are released there too: they are started as they arrive, until it closes the channel.
     if (this.waveInHand) this.startWave();
     this.host.onDone(this.statsNow(), error);
+    if (this.channel.isClosed) return this.endLateWaves();
+    this.channel.readToEnd();
+    this.channelEndDeadline.expect('EOF');
+  }
+
+  /** The channel closed after a failure past LISTENING (or stayed open too long, `late`): no more waves. */
+  private endLateWaves(late?: TakeoverError): void {
+    if (this.phase !== 'given-up') return;
+    this.phase = 'failed';
+    this.channelEndDeadline.clear();
+    this.channel.close();
+    this.dropHeld();
+    if (late) this.host.onChannelKeptOpen(late);
+  }
+
+  /**
+   * Copies never started here: the predecessor still serves them (before COMMIT all of them;
+   * after, the ones it had not frozen), so only this process's fds go.
+   */
+  private dropHeld(): void {
+    for (const held of this.held.values()) drop(held);
+    this.held.clear();
   }
 }
 

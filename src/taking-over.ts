@@ -164,4 +164,8 @@ export class TakingOver implements SuccessorHost {
     if (warning) this.events.warning(warning);
     this.settleReady?.resolve(stats);
   }
+
+  onChannelKeptOpen(error: TakeoverError): void {
+    this.events.warning(error);
+  }
 }

@@ -11,6 +11,7 @@
  *   --soak-connections N     connections during the soak (1000)
  *   --seed N                 the fuzzer's seed (1)
  *   --only faults,fuzz,soak  run only these parts (the docs are then left alone)
+ *   --cases 'F at S,...'     only these fault cases, named as the log names them ('stop-old at wave0')
  *   --no-docs                do not write docs/RELIABILITY.md
  */
 import * as fs from 'node:fs';
@@ -33,6 +34,7 @@ const { values } = parseArgs({
     'soak-connections': { type: 'string' },
     seed: { type: 'string', default: '1' },
     only: { type: 'string', default: 'faults,fuzz,soak' },
+    cases: { type: 'string' },
     'no-docs': { type: 'boolean', default: false },
   },
 });
@@ -44,6 +46,10 @@ function count(value: string | undefined, full: number, quick: number): number {
 }
 
 const parts = new Set(values.only.split(','));
+const cases = values.cases === undefined ? undefined : new Set(values.cases.split(',').map((c) => c.trim()));
+for (const c of cases ?? []) {
+  if (!FAULTS.some((fault) => STEPS.some((step) => c === `${fault} at ${step}`))) throw new Error(`not a fault case: ${c}`);
+}
 const plan = {
   repeat: count(values.repeat, 3, 1),
   fuzz: count(values.fuzz, 3000, 400),
@@ -70,6 +76,7 @@ process.on('exit', cleanup);
 if (parts.has('faults')) {
   for (const fault of FAULTS) {
     for (const step of STEPS) {
+      if (cases && !cases.has(`${fault} at ${step}`)) continue;
       const outcomes: FaultOutcome[] = [];
       for (let i = 0; i < plan.repeat; i++) {
         outcomes.push(
@@ -109,7 +116,7 @@ cleanup();
 
 const markdown = render(run);
 process.stdout.write(markdown);
-if (!values['no-docs'] && ['faults', 'fuzz', 'soak'].every((p) => parts.has(p))) {
+if (!values['no-docs'] && !cases && ['faults', 'fuzz', 'soak'].every((p) => parts.has(p))) {
   const file = path.join(distDir, '..', 'docs', 'RELIABILITY.md');
   fs.writeFileSync(file, markdown);
   log(`wrote ${path.relative(process.cwd(), file)}`);

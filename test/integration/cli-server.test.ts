@@ -440,7 +440,9 @@ describe('takeover-server start-up errors leave nothing behind', () => {
   }, async () => {
     const { server, port } = await serverPausingSuccessorsAt('wave1', ['-q']);
     const clients: net.Socket[] = [];
-    for (let i = 0; i < 300; i++) {
+    // More than the waves sent by the time the successor stops: 16, then up to 128 each, and the
+    // window of waves in flight after wave 0's acknowledgement (3 waves, at most 272 connections).
+    for (let i = 0; i < 600; i++) {
       const socket = net.connect(port, '127.0.0.1');
       socket.on('error', () => {});
       clients.push(socket);
@@ -451,7 +453,7 @@ describe('takeover-server start-up errors leave nothing behind', () => {
     server.child.kill('SIGUSR2');
     const { value } = await server.line(/^SIGUSR2: starting successor pid (\d+)$/);
     const successor = Number(value[1]);
-    // Stopped with wave 1 in hand: waves 0 and 1 left the old process (their sizes are timed, so
+    // Stopped with wave 1 in hand: waves 0 to 2 left the old process (their sizes are timed, so
     // the count is read from the line), every other connection resumed there.
     await waitStopped(successor);
     process.kill(successor, 'SIGKILL');

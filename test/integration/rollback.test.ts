@@ -18,8 +18,18 @@ import {
   type ServerConfig,
   type SeqClient,
 } from '../helpers.js';
+import { WAVES_IN_FLIGHT } from '#lib/predecessor.js';
 
 after(cleanup);
+
+/** Waves of the mid-wave cases: small enough that some of the 300 connections never leave. */
+const MID_WAVE_SIZE = 60;
+/**
+ * A successor stopped with wave 1 in hand has acknowledged wave 0, so the old process has sent
+ * waves 0 to WAVES_IN_FLIGHT; the rest never left it.
+ */
+const MID_WAVE_SENT = (WAVES_IN_FLIGHT + 1) * MID_WAVE_SIZE;
+const MID_WAVE_REST = 300 - MID_WAVE_SENT;
 
 interface Running {
   dir: string;
@@ -30,10 +40,10 @@ interface Running {
 }
 
 /** A server with 300 connections, half of them busy (split frames), as every rollback's starting point. */
-async function running(extra: Partial<ServerConfig> = {}, dirMode = 0o700): Promise<Running> {
+async function running(extra: Partial<ServerConfig> = {}, dirMode = 0o700, env: Record<string, string> = {}): Promise<Running> {
   const dir = tempDir(dirMode);
   const config: ServerConfig = { path: path.join(dir, 'channel'), listen: [{ port: 0, host: '127.0.0.1' }], ...extra };
-  const old = new ServerProcess(config);
+  const old = new ServerProcess(config, { env });
   const ready = await old.next('ready');
   const address = { port: ready.addresses![0]!.port, host: '127.0.0.1' };
   const clients = await openClients(300, [address], (i) =>
@@ -213,17 +223,17 @@ test('a captureState hook that throws leaves those connections with the old proc
 test('a successor that stalls mid-waves keeps what it started; the old process finishes the rest, nothing is lost', {
   timeout: 60_000,
 }, async () => {
-  const r = await running({ timeoutMs: 1000, waveSize: 100 });
+  const r = await running({ timeoutMs: 1000, waveSize: MID_WAVE_SIZE });
   const successor = new ServerProcess({ ...r.config, timeoutMs: 10_000 }, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
   await waitStopped(successor.pid);
   // The old process gives up on WAVE_ACK 1 but must not take the listeners back from a live successor.
   const warning = await r.old.next('warning');
   assert.equal(warning.code, 'ERR_TAKEOVER_TIMEOUT');
   const handover = await r.old.next('handover');
-  assert.equal(handover.stats!.retained, 100, 'the last wave never left the old process');
+  assert.equal(handover.stats!.retained, MID_WAVE_REST, 'the waves after those in flight never left the old process');
   process.kill(successor.pid, 'SIGCONT');
   const ready = await successor.next('ready');
-  assert.equal(ready.stats!.connections, 200, 'the successor started waves 0 and 1');
+  assert.equal(ready.stats!.connections, MID_WAVE_SENT, 'the successor started every wave it was sent');
   // Waited for: nothing orders the successor's warning before its 'ready'.
   await successor.next('warning');
   assert.equal(successor.pending('warning').length, 0, 'and says the takeover ended early, once');
@@ -233,6 +243,32 @@ test('a successor that stalls mid-waves keeps what it started; the old process f
   for (const c of r.clients) c.close();
   assert.equal(await r.old.exited, 0, 'the old process exits once its retained connections closed');
   await probeEcho(r.address.port, r.address.host);
+  successor.kill('SIGTERM');
+  await successor.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+});
+
+test('an old process stopped in the middle of building a wave, past the timeout of the successor: the successor, which gave up, still starts that wave when it arrives; nothing is lost', {
+  timeout: 60_000,
+}, async () => {
+  // Stopped as it freezes a connection of wave 1, before the wave is sent and released.
+  const r = await running({ waveSize: MID_WAVE_SIZE }, 0o700, { SOCKET_TAKEOVER_TEST_PAUSE_AT_FREEZE: String(MID_WAVE_SIZE + 10) });
+  const successor = new ServerProcess({ ...r.config, timeoutMs: 1000 });
+  await waitStopped(r.old.pid);
+  const ready = await successor.next('ready');
+  assert.equal(ready.stats!.connections, MID_WAVE_SIZE, 'only wave 0 had arrived when the successor gave up');
+  assert.equal((await successor.next('warning')).code, 'ERR_TAKEOVER_TIMEOUT');
+  // The old process wakes in the middle of wave 1: it sends and releases it, then reads the ABORT.
+  process.kill(r.old.pid, 'SIGCONT');
+  const handover = await r.old.next('handover');
+  assert.equal(handover.stats!.connections, 2 * MID_WAVE_SIZE, 'waves 0 and 1 left the old process');
+  assert.equal(handover.stats!.retained, 300 - 2 * MID_WAVE_SIZE);
+  for (const c of r.clients) c.burst(2);
+  await probeEcho(r.address.port, r.address.host);
+  assert.deepEqual(await drainAll(r.clients), [], 'wave 1 is served by the successor, the rest by the old process');
+  for (const c of r.clients) c.close();
+  assert.equal(await r.old.exited, 0, 'the old process exits once its retained connections closed');
+  assert.equal(successor.pending('warning').length, 0, 'the old process closed the channel: no second warning');
   successor.kill('SIGTERM');
   await successor.exited;
   fs.rmSync(r.dir, { recursive: true, force: true });
@@ -296,18 +332,18 @@ test('a successor that stalls while a wave bigger than the channel can hold is o
 test('a successor killed mid-waves: the old process reports the connections lost with it and those it resumed, and accepts again', {
   timeout: 60_000,
 }, async () => {
-  const r = await running({ waveSize: 100 });
+  const r = await running({ waveSize: MID_WAVE_SIZE });
   const doomed = new ServerProcess(r.config, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
   await waitStopped(doomed.pid);
   doomed.kill('SIGKILL');
   const rollback = await r.old.next('rollback');
   assert.equal(rollback.code, 'ERR_TAKEOVER_PEER_CLOSED');
-  // Waves 0 and 1 were sent (wave 1 sat unstarted in the stopped successor): both went with it.
+  // Waves 0 to WAVES_IN_FLIGHT were sent (wave 1 and later sat unstarted in the stopped successor): all went with it.
   assert.deepEqual(rollback.report, {
     successorPid: doomed.pid,
     committed: true,
-    lost: 200,
-    resumed: 100,
+    lost: MID_WAVE_SENT,
+    resumed: MID_WAVE_REST,
     listenersResumed: 1,
     listenerHolder: 0,
   });
@@ -315,7 +351,7 @@ test('a successor killed mid-waves: the old process reports the connections lost
   for (const c of r.clients) c.burst(2);
   await drainAll(r.clients);
   const served = r.clients.filter((c) => c.problems.length === 0);
-  assert.equal(served.length, 100, 'exactly the connections never frozen are served on');
+  assert.equal(served.length, MID_WAVE_REST, 'exactly the connections never frozen are served on');
   for (const c of r.clients) c.close();
   r.old.kill('SIGTERM');
   await r.old.exited;
@@ -325,7 +361,7 @@ test('a successor killed mid-waves: the old process reports the connections lost
 test("the old process's close() during a committed takeover lets it finish and leaves the channel to the successor", {
   timeout: 60_000,
 }, async () => {
-  const r = await running({ timeoutMs: 1000, waveSize: 100 });
+  const r = await running({ timeoutMs: 1000, waveSize: MID_WAVE_SIZE });
   const successor = new ServerProcess({ ...r.config, timeoutMs: 10_000 }, { env: { SOCKET_TAKEOVER_TEST_PAUSE_AT: 'wave1' } });
   await waitStopped(successor.pid);
   r.old.kill('SIGTERM');
@@ -335,11 +371,11 @@ test("the old process's close() during a committed takeover lets it finish and l
   assert.equal(await r.old.exited, 0);
   process.kill(successor.pid, 'SIGCONT');
   const ready = await successor.next('ready');
-  assert.equal(ready.stats!.connections, 200);
+  assert.equal(ready.stats!.connections, MID_WAVE_SENT);
   // The successor owns the listener and the channel: new clients and a further takeover work.
   await probeEcho(r.address.port, r.address.host);
   const next = new ServerProcess(r.config);
-  assert.equal((await next.next('ready')).stats!.connections, 200);
+  assert.equal((await next.next('ready')).stats!.connections, MID_WAVE_SENT);
   for (const c of r.clients) c.close();
   next.kill('SIGTERM');
   await next.exited;

@@ -190,23 +190,59 @@ test('sendLast() with a peer that never closes: the channel closes by itself aft
   await fdsSettle(baseline, 'after closing');
 });
 
-test('keepQueued() after sendLast(): frames queued behind a full socket outlive the linger and arrive, the ABORT last, then EOF', async () => {
+for (const last of [true, false]) {
+  test(`keepQueued() ${last ? 'after sendLast()' : 'without sendLast() (the peer gave up first)'}: frames queued behind a full socket ${last ? 'outlive the linger and arrive, the ABORT last' : 'arrive'}, then EOF`, async () => {
+    const baseline = native.openFdCount();
+    const [a, b] = channelPair(dir);
+    const { channel, events } = recorded(a);
+    assert.equal(channel.keepQueued(), false, 'nothing queued: nothing to keep');
+    let sent = 0;
+    while (channel.trySend(bulky(sent))) sent++;
+    channel.send(bulky(sent));
+    if (last) channel.sendLast(encode.abort('ERR_TAKEOVER_TIMEOUT', 'late'), 20);
+    assert.equal(channel.keepQueued(), true, 'frames wait');
+    // The peer reads nothing until a linger would be long over: what waits must still be there.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(channel.isClosed, false, 'still open while frames wait');
+    const got = await drainToEof(b, 'EOF after the queued frames');
+    assert.equal(got.length, sent + (last ? 3 : 2));
+    if (last) assert.deepEqual(got.at(-2), { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'late' });
+    assert.deepEqual(events, ['close']);
+    native.close(b);
+    await fdsSettle(baseline, 'after closing');
+  });
+}
+
+test("readToEnd() after sendLast(): the peer's frames still arrive, one that fails validation is skipped, the linger no longer closes; the peer's EOF does", async () => {
+  const baseline = native.openFdCount();
+  const [a, b] = channelPair(dir);
+  const { channel, events, errors } = recorded(a);
+  channel.sendLast(encode.abort('ERR_TAKEOVER_TIMEOUT', 'gave up'), 20);
+  channel.readToEnd();
+  channel.send(encode.hello(1));
+  assert.ok(native.sendMessage(b, encode.waveAck(0).data, []));
+  assert.ok(native.sendMessage(b, Buffer.from('not a frame'), []));
+  assert.ok(native.sendMessage(b, encode.waveAck(1).data, []));
+  await waitFor(() => events.length === 2, 'both good frames');
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.deepEqual(events, ['frame:waveAck', 'frame:waveAck'], 'past the linger: still open, nothing refused');
+  assert.deepEqual(errors, []);
+  assert.deepEqual(drain(b), [{ type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'gave up' }], 'nothing after the last word');
+  native.close(b);
+  await within(once(channel, 'close'), "the peer's EOF");
+  await fdsSettle(baseline, 'after closing');
+});
+
+test('readToEnd() without sendLast(), then close(): frames arrive until close() ends it at once', async () => {
   const baseline = native.openFdCount();
   const [a, b] = channelPair(dir);
   const { channel, events } = recorded(a);
-  assert.equal(channel.keepQueued(), false, 'not lingering: nothing to keep');
-  let sent = 0;
-  while (channel.trySend(bulky(sent))) sent++;
-  channel.send(bulky(sent));
-  channel.sendLast(encode.abort('ERR_TAKEOVER_TIMEOUT', 'late'), 20);
-  assert.equal(channel.keepQueued(), true, 'a frame and the ABORT wait');
-  // The peer reads nothing until the linger is long over: what waits must still be there.
-  await new Promise((resolve) => setTimeout(resolve, 200));
-  assert.equal(channel.isClosed, false, 'still open while frames wait');
-  const got = await drainToEof(b, 'EOF after the queued frames and the ABORT');
-  assert.equal(got.length, sent + 3);
-  assert.deepEqual(got.at(-2), { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'late' });
-  assert.deepEqual(events, ['close']);
+  channel.readToEnd();
+  assert.ok(native.sendMessage(b, encode.waveAck(0).data, []));
+  await waitFor(() => events.length === 1, 'the frame');
+  channel.close();
+  assert.deepEqual(events, ['frame:waveAck', 'close']);
+  assert.deepEqual(drain(b), ['eof']);
   native.close(b);
   await fdsSettle(baseline, 'after closing');
 });

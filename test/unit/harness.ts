@@ -393,6 +393,7 @@ export class FakeSuccessorHost implements SuccessorHost {
   listeners: InheritedListener[] = [];
   unclaimed: string[] = [];
   listening = false;
+  readonly keptOpen: TakeoverError[] = [];
   /** The channel listener's fd once LISTENING made it this host's: closed by {@link close}. */
   private channelFd = -1;
   readonly outcome: Promise<SuccessorOutcome>;
@@ -433,6 +434,10 @@ export class FakeSuccessorHost implements SuccessorHost {
 
   onDone(stats: TakeoverStats, warning?: TakeoverError): void {
     this.settle({ kind: 'done', stats, warning });
+  }
+
+  onChannelKeptOpen(error: TakeoverError): void {
+    this.keptOpen.push(error);
   }
 
   /** Closes what the session handed to this host: the server, its sockets, the channel listener. */

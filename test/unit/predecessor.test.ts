@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as native from '#lib/native.js';
 import { Channel } from '#lib/channel.js';
-import { PredecessorSession } from '#lib/predecessor.js';
+import { PredecessorSession, WAVES_IN_FLIGHT } from '#lib/predecessor.js';
 import { decodeWave, digestIds, encode, type Frame, type Wave } from '#lib/protocol.js';
 import { ErrorCodes, TakeoverError } from '#lib/errors.js';
 import type { TakeoverStats } from '#lib/stats.js';
@@ -387,13 +387,14 @@ test("'never', a failed capture, a connection closed before its wave: retained, 
   s.peer.send(encode.commit());
   await s.peer.next('listening');
   assert.deepEqual(fates(await nextWave(s.peer)), ['1:retained']);
+  // Before any WAVE_ACK only WAVES_IN_FLIGHT waves are out: not connection 4's.
+  s.host.close(4);
   s.peer.send(encode.waveAck(0));
   assert.deepEqual(fates(await nextWave(s.peer)), ['2:retained']);
   s.peer.send(encode.waveAck(1));
   const third = await nextWave(s.peer);
   assert.deepEqual(fates(third), ['3:moved']);
   assert.equal(third.records[0]?.fate === 'moved' && third.records[0].state?.toString(), 'app state');
-  s.host.close(4);
   s.peer.send(encode.waveAck(2));
   assert.deepEqual(fates(await nextWave(s.peer)), ['4:closed']);
   s.peer.send(encode.waveAck(3));
@@ -588,12 +589,41 @@ test('resume after COMMIT, before LISTENING: the listeners accept again from the
   await s.teardown();
 });
 
-test('a live successor that aborts after LISTENING, before its first WAVE_ACK, keeps the listeners (it may accept): partial handover', async (t) => {
-  const s = await setup(t, 2, { waveSize: 1 });
+test('waves are pipelined: WAVES_IN_FLIGHT go out before any WAVE_ACK and no more, each WAVE_ACK lets one more go, DONE follows the last', async (t) => {
+  const total = WAVES_IN_FLIGHT + 2;
+  const s = await setup(t, total, { waveSize: 1 });
   await toPrepare(s);
   s.peer.send(encode.commit());
   await s.peer.next('listening');
-  assert.deepEqual(fates(await nextWave(s.peer)), ['1:moved']);
+  for (let seq = 0; seq < WAVES_IN_FLIGHT; seq++) assert.equal((await nextWave(s.peer)).seq, seq);
+  await turns(5);
+  const frozen = () => s.host.calls.filter((c) => c.startsWith('freeze')).length;
+  assert.equal(frozen(), WAVES_IN_FLIGHT, 'the window is full: nothing more is frozen');
+  for (let seq = WAVES_IN_FLIGHT; seq < total; seq++) {
+    s.peer.send(encode.waveAck(seq - WAVES_IN_FLIGHT));
+    assert.deepEqual(fates(await nextWave(s.peer)), [`${seq + 1}:moved`]);
+  }
+  let ended = false;
+  void s.host.outcome.then(() => (ended = true));
+  for (let seq = total - WAVES_IN_FLIGHT; seq < total - 1; seq++) s.peer.send(encode.waveAck(seq));
+  await turns(5);
+  assert.equal(ended, false, 'no DONE while a wave is unacknowledged');
+  s.peer.send(encode.waveAck(total - 1));
+  assert.equal((await s.peer.next('done')).retained, 0);
+  const outcome = await within(s.host.outcome, 'the handover');
+  assert.ok(outcome.kind === 'handover');
+  assert.deepEqual([outcome.stats.connections, outcome.stats.waves], [total, total]);
+  await s.teardown();
+});
+
+test('a live successor that aborts after LISTENING, before its first WAVE_ACK, keeps the listeners (it may accept): partial handover; the waves in flight were released, no other wave goes out, the channel closes', async (t) => {
+  // One connection more than the waves sent without an acknowledgement.
+  const s = await setup(t, WAVES_IN_FLIGHT + 1, { waveSize: 1 });
+  await toPrepare(s);
+  s.peer.send(encode.commit());
+  await s.peer.next('listening');
+  const inFlight = Array.from({ length: WAVES_IN_FLIGHT }, (_, i) => i + 1);
+  for (const id of inFlight) assert.deepEqual(fates(await nextWave(s.peer)), [`${id}:moved`]);
   s.peer.send(encode.abort('ERR_TAKEOVER_SYSTEM', 'listen failed'));
   const outcome = await within(s.host.outcome, 'the partial handover');
   assert.ok(outcome.kind === 'partial', outcome.kind);
@@ -601,10 +631,33 @@ test('a live successor that aborts after LISTENING, before its first WAVE_ACK, k
   assert.equal(s.host.resumed, undefined, 'never resumed: two processes would accept');
   assert.deepEqual(
     s.host.calls.filter((c) => c.startsWith('release')),
-    ['release:1'],
-    'connection 2 was never frozen',
+    inFlight.map((id) => `release:${id}`),
+    `connection ${WAVES_IN_FLIGHT + 1} was never frozen: the window was full`,
   );
+  await s.peer.next('eof');
+  await servedByOld(s.clients[WAVES_IN_FLIGHT]!, 'never frozen, finished here');
+  await s.teardown();
+});
+
+test('an ABORT that reaches the old process while its next wave waits for its loop turn is read first: that wave is never built, nothing more is released, the channel closes', async (t) => {
+  const s = await setup(t, 3, { waveSize: 1 });
+  await toPrepare(s);
+  s.peer.send(encode.commit());
+  await s.peer.next('listening');
+  assert.deepEqual(fates(await nextWave(s.peer)), ['1:moved']);
+  // Sent as the successor reads wave 0, before the old process's next turn builds wave 1 (the
+  // peer reads in the loop's poll phase, the wave is built in the check phase after it).
+  s.peer.send(encode.abort(ErrorCodes.TIMEOUT, 'gave up'));
+  const outcome = await within(s.host.outcome, 'the partial handover');
+  assert.ok(outcome.kind === 'partial' && outcome.error.reason === ErrorCodes.TIMEOUT, outcome.kind);
+  assert.deepEqual(
+    s.host.calls.filter((c) => /^(freeze|release)/.test(c)),
+    ['freeze:1', 'release:1'],
+    'wave 1 was never built',
+  );
+  await s.peer.next('eof');
   await servedByOld(s.clients[1]!, 'never frozen, finished here');
+  await servedByOld(s.clients[2]!, 'never frozen either');
   await s.teardown();
 });
 
@@ -769,7 +822,7 @@ test('a WAVE_ACK 0 before LISTENING (right behind the ACK of the last delta): AB
   await s.teardown();
 });
 
-test("deferred connections made quiet by listeners of the wave's own steps ('defer' as it is built, 'release' as it is released) wait for the next wave: one wave at a time, each connection named once", async (t) => {
+test("deferred connections made quiet by listeners of the wave's own steps ('defer' as it is built, 'release' as it is released) wait for the next wave: each connection named once in a wave", async (t) => {
   const s = await setup(t, 3);
   s.host.readinessOf.set(1, 'busy');
   s.host.readinessOf.set(2, 'busy');
@@ -790,11 +843,10 @@ test("deferred connections made quiet by listeners of the wave's own steps ('def
   await s.peer.next('listening');
   const first = await nextWave(s.peer);
   assert.deepEqual([first.seq, ...fates(first)], [0, '1:deferred', '2:deferred', '3:moved']);
-  await turns(5);
-  assert.deepEqual(s.peer.pending, [], 'nothing before the WAVE_ACK');
-  s.peer.send(encode.waveAck(0));
+  // Pipelined: the next wave goes on the next loop turn, before the WAVE_ACK.
   const second = await nextWave(s.peer);
   assert.deepEqual([second.seq, ...fates(second)], [1, '1:moved', '2:moved']);
+  s.peer.send(encode.waveAck(0));
   s.peer.send(encode.waveAck(1));
   assert.equal((await s.peer.next('done')).retained, 0);
   const outcome = await within(s.host.outcome, 'the handover');

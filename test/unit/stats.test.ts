@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
-import { StatsRecorder } from '#lib/stats.js';
+import { LoopSampler, StatsRecorder } from '#lib/stats.js';
 import * as native from '#lib/native.js';
 
 const who = { role: 'predecessor', predecessorPid: process.pid, successorPid: 0, listeners: 0 } as const;
@@ -81,4 +81,19 @@ test('the event loop is sampled only from the start of the takeover on: a record
   recorder.sampleLoop();
   assert.equal(native.openFdCount(), before, 'never again once stopped');
   assert.equal(recorder.snapshot(who).loopDelayMs.max, 0);
+});
+
+test("the loop sampler's figures so far can be read while it samples on (the benchmark's loop probe)", async () => {
+  const sampler = new LoopSampler();
+  await sleep(5);
+  spin(40);
+  await sleep(5);
+  const first = sampler.peek();
+  assert.ok(first.max >= 39, `the 40 ms spin seen (${first.max} ms)`);
+  spin(80);
+  await sleep(5);
+  const later = sampler.peek();
+  assert.ok(later.max >= 79, `still sampling: the 80 ms spin seen (${later.max} ms)`);
+  const last = sampler.read();
+  assert.ok(last.max >= later.max);
 });

@@ -159,6 +159,15 @@ function sendWave(s: Setup, seq: number, records: WaveRecord[]): void {
   }
 }
 
+/** The fake predecessor's own copy of connection `i` (0-based) still reaches its client: it writes `text` on it, then closes it. */
+async function servedByPredecessor(s: Setup, i: number, text: string): Promise<void> {
+  const kept = new net.Socket({ fd: s.connFds[i]! });
+  s.connFds[i] = -1;
+  kept.write(text);
+  await s.clients[i]!.expect(text);
+  kept.destroy();
+}
+
 test('happy path: HELLO, ACK on receipt, COMMIT only once the app is ready, a wave split over frames, DONE with the stats', async (t) => {
   const s = await setup(t, 2);
   const big = 'x'.repeat(100_000);
@@ -316,11 +325,7 @@ test('deferral: a deferred connection waits (up to timeoutMs + quiesceMs) and mo
   assert.ok(outcome.kind === 'done' && outcome.warning === undefined);
   assert.deepEqual([outcome.stats.connections, outcome.stats.deferred, outcome.stats.retained, outcome.stats.waves], [1, 2, 1, 3]);
   // The retained connection lost only the successor's copy: the predecessor's still reaches the client.
-  const kept = new net.Socket({ fd: s.connFds[1]! });
-  s.connFds[1] = -1;
-  kept.write('finished by the predecessor');
-  await s.clients[1]!.expect('finished by the predecessor');
-  kept.destroy();
+  await servedByPredecessor(s, 1, 'finished by the predecessor');
   await s.teardown();
 });
 
@@ -671,3 +676,91 @@ for (const c of afterListening) {
     await s.teardown();
   });
 }
+
+/** The session gave up after LISTENING: its ABORT arrives with `code`, and onDone reports the warning. */
+async function gaveUp(s: Setup, code: string): Promise<Extract<Awaited<Setup['host']['outcome']>, { kind: 'done' }>> {
+  assert.equal((await s.peer.next('abort')).code, code);
+  const outcome = await within(s.host.outcome, 'onDone');
+  assert.ok(outcome.kind === 'done', outcome.kind);
+  assert.equal(outcome.warning?.code, code);
+  return outcome;
+}
+
+test('after LISTENING, a successor that timed out still starts a wave that arrives after its ABORT (the old process sent it before reading it), without a WAVE_ACK, until the channel closes', async (t) => {
+  const s = await setup(t, 3, { timeoutMs: 200 });
+  await toWaves(s);
+  sendWave(s, 0, [moved(1)]);
+  await s.peer.next('waveAck');
+  const outcome = await gaveUp(s, ErrorCodes.TIMEOUT);
+  assert.equal(outcome.stats.connections, 1);
+  // Longer than the linger of an ABORT: the channel stays open while the old process may still send.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  sendWave(s, 1, [moved(2, 'late in', 'late out')]);
+  await s.clients[1]!.expect('late outnew:late in');
+  assert.deepEqual(
+    s.host.adopted.map((a) => a.record.id),
+    [1, 2],
+  );
+  assert.deepEqual(s.host.steps.at(-1), 'wave0', 'a late wave is not a step: the session gave up');
+  s.peer.closeChannel();
+  // Connection 3 never left the old process: the successor's copy is dropped once the channel closes.
+  await waitFor(() => native.openFdCount() === s.before - 1 + 2, 'the copy of connection 3 and the channel closed');
+  assert.deepEqual(s.host.keptOpen, []);
+  assert.deepEqual(s.peer.pending, [], 'no WAVE_ACK after the ABORT');
+  for (const id of [1, 2]) {
+    s.clients[id - 1]!.write('kept');
+    await s.clients[id - 1]!.expect(id === 1 ? 'new:kept' : 'late outnew:late innew:kept');
+  }
+  await servedByPredecessor(s, 2, 'finished by the predecessor');
+  await s.teardown();
+});
+
+test('after LISTENING, a refused wave does not stop the reading: the wave after it is started, and one that fails its checks after it gave up is not', async (t) => {
+  const s = await setup(t, 4, { timeoutMs: 5000 });
+  await toWaves(s);
+  sendWave(s, 0, [moved(1)]);
+  await s.peer.next('waveAck');
+  // Pipelined: the old process sent waves 1 and 2 before it read the ABORT that wave 1 causes.
+  for (const message of encode.wave(encodeWave({ seq: 1, records: [moved(9)] }))) s.peer.send(message);
+  sendWave(s, 2, [moved(2, '', 'two')]);
+  await gaveUp(s, ErrorCodes.PROTOCOL);
+  await s.clients[1]!.expect('two');
+  // Given up: a wave naming a connection already started is refused, and one that repeats
+  // an earlier number too; the next good one is started.
+  for (const message of encode.wave(encodeWave({ seq: 3, records: [moved(2)] }))) s.peer.send(message);
+  for (const message of encode.wave(encodeWave({ seq: 2, records: [moved(3)] }))) s.peer.send(message);
+  sendWave(s, 4, [moved(4, '', 'four')]);
+  await s.clients[3]!.expect('four');
+  assert.deepEqual(
+    s.host.adopted.map((a) => a.record.id),
+    [1, 2, 4],
+  );
+  s.peer.send(encode.done(0, 0));
+  await s.peer.next('eof');
+  await s.teardown();
+});
+
+test('after LISTENING, an old process that never closes the channel: the successor closes it after 3 timeouts with ERR_TAKEOVER_TIMEOUT, and what comes later is not read', async (t) => {
+  const s = await setup(t, 2, { timeoutMs: 100 });
+  await toWaves(s);
+  sendWave(s, 0, [moved(1)]);
+  await s.peer.next('waveAck');
+  await gaveUp(s, ErrorCodes.TIMEOUT);
+  await s.peer.next('eof', 5000);
+  assert.equal(s.host.keptOpen.length, 1);
+  assert.equal(s.host.keptOpen[0]!.code, ErrorCodes.TIMEOUT);
+  assert.match(s.host.keptOpen[0]!.message, /kept the takeover channel open 300 ms/);
+  await s.teardown();
+});
+
+test("after LISTENING, the predecessor's own ABORT ends it at once: nothing follows an ABORT", async (t) => {
+  const s = await setup(t, 2);
+  await toWaves(s);
+  sendWave(s, 0, [moved(1)]);
+  await s.peer.next('waveAck');
+  s.peer.send(encode.abort(ErrorCodes.TIMEOUT, 'no WAVE_ACK'));
+  const outcome = await within(s.host.outcome, 'onDone');
+  assert.ok(outcome.kind === 'done' && outcome.warning?.code === ErrorCodes.ABORTED);
+  await s.peer.next('eof');
+  await s.teardown();
+});
