@@ -9,6 +9,8 @@
  * - `new net.Socket({ fd, manualStart: true })`: wraps an fd without reading from it.
  * - `new net.Socket({ noDelay })` sets the socket's record of TCP_NODELAY (`kSetNoDelay`), which
  *   `setNoDelay()` compares with before it calls the handle; only a connect() applies it to the fd.
+ *   `socket[kSetNoDelay] = undefined`, the symbol found by its description, makes both
+ *   `setNoDelay(true)` and `setNoDelay(false)` call the handle.
  * - `new net.Socket({ handle })` with a handle built by `socket._handle.constructor` (libuv's TCP
  *   or Pipe wrap, type 0: `TCPConstants.SOCKET`, `PipeConstants.SOCKET`) and its `open(fd)`.
  * - `socket._handle.close()` with no callback, just before `socket.destroy()`: libuv's handle wrap
@@ -331,6 +333,7 @@ const handleClasses = new Map<'tcp' | 'unix', HandleClass>();
  * `hasNoDelay`: the fd has TCP_NODELAY already (the option lives on the open file description,
  * which came with the fd), so the socket records it as set and needs no setsockopt for it, not
  * even when the application calls `setNoDelay(true)`, while its `setNoDelay(false)` still clears it.
+ * That holds while nothing else changes the option: see {@link forgetNoDelay} for the move.
  * Throws a system error (`code`) when libuv cannot open the fd.
  */
 export function wrapInherited(fd: number, kind: 'tcp' | 'unix', options: AcceptOptions, hasNoDelay: boolean): net.Socket {
@@ -362,6 +365,19 @@ export function wrapInherited(fd: number, kind: 'tcp' | 'unix', options: AcceptO
   if (options.noDelay && !hasNoDelay) socket.setNoDelay(true);
   if (options.keepAlive) socket.setKeepAlive(true, options.keepAliveInitialDelay * 1000);
   return socket;
+}
+
+/** Node's `kSetNoDelay`, from the first socket {@link forgetNoDelay} is given. */
+let noDelayRecord: symbol | undefined;
+
+/**
+ * Makes the socket's record of TCP_NODELAY unknown, so that the application's next
+ * `setNoDelay()`, either way, reaches the fd: the old process's application may have changed
+ * the option after the wrap, while the connection was still its own. Costs no system call.
+ */
+export function forgetNoDelay(socket: net.Socket): void {
+  noDelayRecord ??= Object.getOwnPropertySymbols(socket).find((s) => s.description === 'kSetNoDelay');
+  if (noDelayRecord) (socket as unknown as Record<symbol, unknown>)[noDelayRecord] = undefined;
 }
 
 /** Writes the predecessor's unsent output, then puts its unread input back ahead of anything new. */

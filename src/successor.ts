@@ -13,7 +13,7 @@ import type * as net from 'node:net';
 import * as native from './native.js';
 import type { Channel } from './channel.js';
 import { decodeWave, digestIds, encode, MAX_WAVE_SIZE, type Frame, type ListenerEntry, type WaveRecord } from './protocol.js';
-import { dropCopy, wrapInherited, type AcceptOptions } from './sockets.js';
+import { dropCopy, forgetNoDelay, wrapInherited, type AcceptOptions } from './sockets.js';
 import { ErrorCodes, TakeoverError, systemError } from './errors.js';
 import { Deadline } from './deadline.js';
 import { StatsRecorder, type TakeoverStats } from './stats.js';
@@ -564,6 +564,8 @@ export class SuccessorSession {
         this.stats[record.fate]++;
         return;
       }
+      // Wrapped at the pre-copy, from then on the old application's until its freeze.
+      forgetNoDelay(h.socket!);
       this.host.adopt(h.socket!, h.listener, record);
       this.stats.connections++;
       this.stats.bytesIn += record.input.length;

@@ -9,9 +9,12 @@
  * takeover's duration, so it imports only what serving needs.
  */
 import { once } from 'node:events';
+import * as fs from 'node:fs';
 import module from 'node:module';
 import type * as http from 'node:http';
 import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { ListenTarget, Takeover, TakeoverError as TakeoverErrorType, TakeoverStats } from '../index.js';
 import {
@@ -40,10 +43,34 @@ process.on('SIGUSR2', () => {
   if (successorSignal.handle) successorSignal.handle();
   else successorSignal.pending = true;
 });
-// V8's code cache on disk (Node 22.1 and later; NODE_DISABLE_COMPILE_CACHE turns it off): a
-// successor then loads the library without compiling it again, on the cores the old process
-// serves with. Enabled here, before the library's import, so that it covers it.
-(module as { enableCompileCache?: () => unknown }).enableCompileCache?.();
+
+/**
+ * V8's code cache on disk (Node 22.1 and later; NODE_DISABLE_COMPILE_CACHE turns it off): a
+ * successor then loads the library without compiling it again, on the cores the old process
+ * serves with. Node's default directory is in TMPDIR, /tmp for most, where any user may have
+ * made it first, and V8 runs what it loads from there as this user: so only a directory this
+ * user owns and no one else can write. NODE_COMPILE_CACHE, the user's own choice, Node applied
+ * before any of this runs.
+ */
+function enableCompileCache(): void {
+  const { enableCompileCache: enable } = module as { enableCompileCache?: (dir: string) => unknown };
+  if (!enable || 'NODE_DISABLE_COMPILE_CACHE' in process.env || 'NODE_COMPILE_CACHE' in process.env) return;
+  const dir = path.join(os.tmpdir(), 'node-compile-cache');
+  try {
+    fs.mkdirSync(dir, { mode: 0o700 });
+  } catch {
+    // There already, or TMPDIR not writable: lstat says which.
+  }
+  try {
+    const stat = fs.lstatSync(dir);
+    if (!stat.isDirectory() || stat.uid !== process.getuid?.() || (stat.mode & 0o022) !== 0) return;
+  } catch {
+    return;
+  }
+  enable(dir);
+}
+// Before the library's import, so that the cache covers it.
+enableCompileCache();
 const { ErrorCodes, fdOf, Takeover: TakeoverClass, TakeoverError } = await import('../index.js');
 
 const COMMAND = 'takeover-server';

@@ -31,7 +31,22 @@ async function pair(options: { server?: () => net.Server } = {}) {
     const stats = await successor.ready();
     return { successor, newServer, stats: stats!, adopted: adopted.then(([socket]) => socket) };
   };
-  return { old, oldServer, port, takeOver };
+  /** A client, and the old server's socket for it. */
+  const connect = async () => {
+    const connection = once(oldServer, 'connection') as Promise<[net.Socket]>;
+    const client = net.connect(port, '127.0.0.1');
+    const [accepted] = await connection;
+    return { client, accepted };
+  };
+  return { old, oldServer, port, takeOver, connect };
+}
+
+/** Whether the socket's fd has TCP_NODELAY, as the kernel says. */
+function hasNoDelay(socket: net.Socket): boolean {
+  const inspection = new SocketInspection(1);
+  inspection.fds[0] = socketFd(socket);
+  inspection.inspect(1);
+  return inspection.noDelay(0);
 }
 
 test('writes made before the freeze succeed in the old process and reach the client through the successor; the socket emits moved, not close', {
@@ -73,10 +88,8 @@ test('writes made before the freeze succeed in the old process and reach the cli
 test('a write to a moved connection is reported (ERR_TAKEOVER_CONNECTION_MOVED, with the socket) and fails its callback', {
   timeout: 30_000,
 }, async () => {
-  const { old, oldServer, port, takeOver } = await pair();
-  const connection = once(oldServer, 'connection') as Promise<[net.Socket]>;
-  const client = net.connect(port, '127.0.0.1');
-  const [accepted] = await connection;
+  const { old, takeOver, connect } = await pair();
+  const { client, accepted } = await connect();
   const warnings: TakeoverError[] = [];
   old.on('warning', (error) => warnings.push(error));
   const { successor, newServer } = await takeOver();
@@ -143,15 +156,9 @@ test('adopted sockets get their server accept options: allowHalfOpen, highWaterM
   assert.equal(socket.writableHighWaterMark, 1234);
   assert.equal(socket.isPaused(), true, 'pauseOnConnect: not reading until the app resumes');
   // The fd came with TCP_NODELAY (no setsockopt for it here), and the socket knows it has it.
-  const inspection = new SocketInspection(1);
-  const noDelay = () => {
-    inspection.fds[0] = socketFd(socket);
-    inspection.inspect(1);
-    return inspection.noDelay(0);
-  };
-  assert.equal(noDelay(), true);
+  assert.equal(hasNoDelay(socket), true);
   socket.setNoDelay(false);
-  assert.equal(noDelay(), false, "the app's setNoDelay(false) reaches the fd");
+  assert.equal(hasNoDelay(socket), false, "the app's setNoDelay(false) reaches the fd");
   client.write('x');
   socket.resume();
   const [data] = (await once(socket, 'data')) as [Buffer];
@@ -194,4 +201,28 @@ test('options: unknown or misspelled keys and out-of-range numbers are refused w
   const takeover = new Takeover({ path: '/tmp/x' });
   assert.equal(takeover.state, 'new');
   assert.throws(() => takeover.busy({} as net.Socket), code);
+});
+
+test("an adopted socket's setNoDelay(true) sets TCP_NODELAY even when the old process's application cleared it after the successor wrapped the fd", {
+  timeout: 30_000,
+}, async () => {
+  const { old, takeOver, connect } = await pair();
+  const { client, accepted } = await connect();
+  accepted.setNoDelay(true);
+  // Busy through the pre-copy, in which the successor wraps every connection it was sent; the
+  // application then turns Nagle back on, while the connection is still its own, and lets it go.
+  const release = old.busy(accepted);
+  old.on('defer', (socket: net.Socket) => {
+    socket.setNoDelay(false);
+    release();
+  });
+  const { successor, newServer, adopted } = await takeOver();
+  const socket = await adopted;
+  assert.equal(hasNoDelay(socket), false, 'the fd came as the old application left it');
+  socket.setNoDelay(true);
+  assert.equal(hasNoDelay(socket), true, "the app's setNoDelay(true) reaches the fd");
+  client.destroy();
+  await successor.close();
+  newServer.close();
+  await old.done();
 });

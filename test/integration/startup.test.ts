@@ -60,3 +60,23 @@ describe('start-up', () => {
     }
   });
 });
+
+describe('the compile cache', () => {
+  // Code V8 loads from a cache runs as this process: a directory that another user can write
+  // (or owns: TMPDIR is /tmp for most) would let that user run code as the server's user.
+  test('takeover-server neither reads nor writes a node-compile-cache directory that others can write', async () => {
+    const tmp = tempDir();
+    dirs.push(tmp);
+    const cache = path.join(tmp, 'node-compile-cache');
+    fs.mkdirSync(cache);
+    fs.chmodSync(cache, 0o777);
+    const env: NodeJS.ProcessEnv = { ...process.env, TMPDIR: tmp };
+    delete env.NODE_COMPILE_CACHE;
+    delete env.NODE_DISABLE_COMPILE_CACHE;
+    const server = spawn(process.execPath, [SERVER, '-p', '0'], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+    await within(once(server.stdout, 'data'), 'the listening line');
+    server.kill('SIGTERM');
+    await within(once(server, 'exit'), 'the exit');
+    assert.deepEqual(fs.readdirSync(cache), [], `${cache} (mode 0777) was used`);
+  });
+});
