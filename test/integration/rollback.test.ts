@@ -381,3 +381,36 @@ test("the old process's close() during a committed takeover lets it finish and l
   await next.exited;
   fs.rmSync(r.dir, { recursive: true, force: true });
 });
+
+test('an old process stopped past the timeout while its successor gave up, took new connections and was itself taken over and exited: on waking it does not accept on the listeners again (the third process does)', {
+  timeout: 60_000,
+}, async () => {
+  // Stopped as it freezes a connection of wave 1, before the wave is sent and released.
+  const r = await running({ waveSize: MID_WAVE_SIZE }, 0o700, { SOCKET_TAKEOVER_TEST_PAUSE_AT_FREEZE: String(MID_WAVE_SIZE + 10) });
+  const successor = new ServerProcess({ ...r.config, timeoutMs: 1000 });
+  await waitStopped(r.old.pid);
+  assert.equal((await successor.next('ready')).stats!.connections, MID_WAVE_SIZE, 'only wave 0 had arrived when the successor gave up');
+  assert.equal((await successor.next('warning')).code, 'ERR_TAKEOVER_TIMEOUT');
+  // The successor listens and serves; an upgrade of it goes through while the old process is still stopped.
+  const third = new ServerProcess(r.config);
+  await third.next('ready');
+  assert.equal(await successor.exited, 0, 'the successor handed everything over and exited');
+  process.kill(r.old.pid, 'SIGCONT');
+  await waitFor(
+    () => r.old.pending('handover').length + r.old.pending('rollback').length > 0,
+    'the old process to end its takeover',
+    20_000,
+  );
+  // Its successor is dead, but it had listened, and passed the listeners on: the third process
+  // accepts on them. Taking them back would make two processes accept on the same port.
+  assert.deepEqual(
+    r.old.pending('rollback').map((e) => e.report),
+    [],
+    'the old process took the listeners back while the third process accepts on them',
+  );
+  for (const c of r.clients) c.close();
+  r.old.kill('SIGTERM');
+  third.kill('SIGTERM');
+  await Promise.all([r.old.exited, third.exited]);
+  fs.rmSync(r.dir, { recursive: true, force: true });
+});
