@@ -203,6 +203,11 @@ export class SuccessorSession {
     }
   }
 
+  /** Gave up after LISTENING and still reads the waves the predecessor may have released (until it closes the channel). */
+  get isReadingOn(): boolean {
+    return this.phase === 'given-up';
+  }
+
   get isCommitted(): boolean {
     return this.phase === 'committed' || this.phase === 'waves' || this.phase === 'done';
   }

@@ -382,35 +382,48 @@ test("the old process's close() during a committed takeover lets it finish and l
   fs.rmSync(r.dir, { recursive: true, force: true });
 });
 
-test('an old process stopped past the timeout while its successor gave up, took new connections and was itself taken over and exited: on waking it does not accept on the listeners again (the third process does)', {
-  timeout: 60_000,
-}, async () => {
+/** The old process stopped in the middle of wave 1 and its successor gave up waiting: it serves wave 0 and the listeners, and reads on. */
+async function givenUpWhileOldStopped(): Promise<{ r: Running; successor: ServerProcess }> {
   // Stopped as it freezes a connection of wave 1, before the wave is sent and released.
   const r = await running({ waveSize: MID_WAVE_SIZE }, 0o700, { SOCKET_TAKEOVER_TEST_PAUSE_AT_FREEZE: String(MID_WAVE_SIZE + 10) });
   const successor = new ServerProcess({ ...r.config, timeoutMs: 1000 });
   await waitStopped(r.old.pid);
   assert.equal((await successor.next('ready')).stats!.connections, MID_WAVE_SIZE, 'only wave 0 had arrived when the successor gave up');
   assert.equal((await successor.next('warning')).code, 'ERR_TAKEOVER_TIMEOUT');
-  // The successor listens and serves; an upgrade of it goes through while the old process is still stopped.
-  const third = new ServerProcess(r.config);
-  await third.next('ready');
-  assert.equal(await successor.exited, 0, 'the successor handed everything over and exited');
+  return { r, successor };
+}
+
+/** Wakes the old process and waits until it ended its takeover (a handover or a rollback). */
+async function wakeOld(r: Running): Promise<void> {
   process.kill(r.old.pid, 'SIGCONT');
   await waitFor(
     () => r.old.pending('handover').length + r.old.pending('rollback').length > 0,
     'the old process to end its takeover',
     20_000,
   );
-  // Its successor is dead, but it had listened, and passed the listeners on: the third process
-  // accepts on them. Taking them back would make two processes accept on the same port.
-  assert.deepEqual(
-    r.old.pending('rollback').map((e) => e.report),
-    [],
-    'the old process took the listeners back while the third process accepts on them',
-  );
+}
+
+test('a successor that gave up and still reads the last waves of its stopped predecessor refuses to be taken over (ERR_TAKEOVER_BUSY); once the predecessor closed the channel it can be', {
+  timeout: 60_000,
+}, async () => {
+  const { r, successor } = await givenUpWhileOldStopped();
+  const refused = new ServerProcess(r.config);
+  const error = await refused.next('error');
+  assert.equal(error.code, 'ERR_TAKEOVER_ABORTED');
+  assert.equal(error.reason, 'ERR_TAKEOVER_BUSY');
+  assert.match(error.message!, /still reading the last waves/);
+  assert.equal((await successor.next('refused')).code, 'ERR_TAKEOVER_BUSY');
+  await wakeOld(r);
+  assert.equal(r.old.pending('handover').length, 1, 'a partial handover: the successor keeps the listeners');
+  const third = new ServerProcess(r.config);
+  await third.next('ready');
+  assert.equal(await successor.exited, 0, 'the successor handed everything over and exited');
+  for (const c of r.clients) c.burst(2);
+  await probeEcho(r.address.port, r.address.host);
+  assert.deepEqual(await drainAll(r.clients), [], 'wave 1 reached the successor, then the third process; the rest stayed with the old one');
   for (const c of r.clients) c.close();
-  r.old.kill('SIGTERM');
+  assert.equal(await r.old.exited, 0, 'the old process exits once its retained connections closed');
   third.kill('SIGTERM');
-  await Promise.all([r.old.exited, third.exited]);
+  await third.exited;
   fs.rmSync(r.dir, { recursive: true, force: true });
 });
