@@ -67,6 +67,18 @@ async function finishOn(successor: ServerProcess, r: Running): Promise<void> {
   fs.rmSync(r.dir, { recursive: true, force: true });
 }
 
+/** A partial handover: every client is still served (by the old process or by `last`); the old process exits once they close. */
+async function finishSplit(r: Running, last: ServerProcess): Promise<void> {
+  for (const c of r.clients) c.burst(2);
+  await probeEcho(r.address.port, r.address.host);
+  assert.deepEqual(await drainAll(r.clients), []);
+  for (const c of r.clients) c.close();
+  assert.equal(await r.old.exited, 0, 'the old process exits once its last connection closed');
+  last.kill('SIGTERM');
+  await last.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+}
+
 /** After a rollback: the old process still serves every connection and the listener, and can still be taken over. */
 async function assertOldServesEverything(r: Running): Promise<void> {
   for (const c of r.clients) c.burst(2);
@@ -210,14 +222,7 @@ test('a captureState hook that throws leaves those connections with the old proc
   // Waited for, not looked up: the old process's line comes through its own pipe, and the successor's 'ready' can overtake it.
   await r.old.next('warning');
   // The old process serves its retained connections, the successor the new ones.
-  for (const c of r.clients) c.burst(2);
-  await probeEcho(r.address.port, r.address.host);
-  assert.deepEqual(await drainAll(r.clients), []);
-  for (const c of r.clients) c.close();
-  assert.equal(await r.old.exited, 0, 'the old process exits once its last connection closed');
-  successor.kill('SIGTERM');
-  await successor.exited;
-  fs.rmSync(r.dir, { recursive: true, force: true });
+  await finishSplit(r, successor);
 });
 
 test('a successor that stalls mid-waves keeps what it started; the old process finishes the rest, nothing is lost', {
@@ -418,14 +423,8 @@ test('a successor that gave up and still reads the last waves of its stopped pre
   const third = new ServerProcess(r.config);
   await third.next('ready');
   assert.equal(await successor.exited, 0, 'the successor handed everything over and exited');
-  for (const c of r.clients) c.burst(2);
-  await probeEcho(r.address.port, r.address.host);
-  assert.deepEqual(await drainAll(r.clients), [], 'wave 1 reached the successor, then the third process; the rest stayed with the old one');
-  for (const c of r.clients) c.close();
-  assert.equal(await r.old.exited, 0, 'the old process exits once its retained connections closed');
-  third.kill('SIGTERM');
-  await third.exited;
-  fs.rmSync(r.dir, { recursive: true, force: true });
+  // Wave 1 reached the successor, then the third process; the rest stayed with the old one.
+  await finishSplit(r, third);
 });
 
 test('an old process stopped past 3 timeouts after LISTENING, whose given-up successor closed the channel, was itself taken over and exited: on waking it does not accept on the listeners again (the third process does)', {
