@@ -125,6 +125,8 @@ export class SuccessorSession {
   private restorePriority: (() => void) | undefined;
   private waveChunks: Buffer[] = [];
   private waveBytes = 0;
+  /** A wave refused for its size: its chunks up to the last are not a wave of their own (a client's bytes could read as one). */
+  private skippingWave = false;
   private expectedWave = 0;
   /**
    * A wave checked whole, whose connections the predecessor has released: if the session fails
@@ -199,6 +201,11 @@ export class SuccessorSession {
     } catch {
       // An observer's failure is not the takeover's.
     }
+  }
+
+  /** Gave up after LISTENING and still reads the waves the predecessor may have released (until it closes the channel). */
+  get isReadingOn(): boolean {
+    return this.phase === 'given-up';
   }
 
   get isCommitted(): boolean {
@@ -483,11 +490,16 @@ export class SuccessorSession {
   private takeWave(frame: Extract<Frame, { type: 'wave' }>): number | undefined {
     // The chunks and the copy that joins them are both in memory at the end: the limit bounds
     // the chunks, so the peak stays within twice the limit.
+    if (this.skippingWave) {
+      this.skippingWave = frame.more;
+      return undefined;
+    }
     const limit = this.host.options.maxWaveSize ?? MAX_WAVE_SIZE;
     this.waveBytes += frame.chunk.length;
     if (this.waveBytes > limit) {
       this.waveChunks = [];
       this.waveBytes = 0;
+      this.skippingWave = frame.more;
       return this.refuseWave(new TakeoverError(ErrorCodes.PROTOCOL, `wave larger than ${limit} bytes`));
     }
     this.waveChunks.push(frame.chunk);

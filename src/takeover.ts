@@ -560,12 +560,14 @@ export class Takeover extends EventEmitter<TakeoverEvents> {
     if (!this.options.allowUids.includes(uid)) {
       return refuse(ErrorCodes.PEER_REJECTED, `uid ${uid} (pid ${pid}) is not allowed to take over`);
     }
-    if (this.outgoing || this.incoming?.running || this.currentState !== 'serving') {
+    if (this.outgoing || this.incoming?.running || this.incoming?.readingOn || this.currentState !== 'serving') {
       const holder = this.outgoing
         ? `, with pid ${this.outgoing.peerPid}`
         : this.incoming?.running
           ? ', this process taking over'
-          : ` (state ${this.currentState})`;
+          : this.incoming?.readingOn
+            ? ', this process still reading the last waves of the takeover it gave up'
+            : ` (state ${this.currentState})`;
       return refuse(ErrorCodes.BUSY, `a takeover is already in progress${holder}: refused pid ${pid}`);
     }
     const { options, registry, connections, webSocketAdapters } = this;

@@ -38,6 +38,8 @@ export class TakingOver implements SuccessorHost {
   /** Resolves once the predecessor's listeners are known, so that `listen()` can claim them. */
   readonly started: Promise<void>;
   private session: SuccessorSession | undefined;
+  /** Done with a warning after LISTENING: it may still read late waves from the predecessor. */
+  private givenUp: SuccessorSession | undefined;
   private readonly claims: Claim[] = [];
   private settleStart!: { resolve: () => void; reject: (error: Error) => void };
   private settleReady: { resolve: (stats: TakeoverStats) => void; reject: (error: Error) => void } | undefined;
@@ -58,6 +60,15 @@ export class TakingOver implements SuccessorHost {
   /** Neither failed nor finished. */
   get running(): boolean {
     return this.session !== undefined;
+  }
+
+  /**
+   * Gave up after LISTENING and still reads the predecessor's last waves. The predecessor may be
+   * stopped: if this process were taken over and exited meanwhile, the predecessor would find its
+   * successor dead when it wakes and take the listeners back, next to the process that has them.
+   */
+  get readingOn(): boolean {
+    return this.givenUp?.isReadingOn ?? false;
   }
 
   get isCommitted(): boolean {
@@ -160,6 +171,7 @@ export class TakingOver implements SuccessorHost {
   }
 
   onDone(stats: TakeoverStats, warning?: TakeoverError): void {
+    if (warning) this.givenUp = this.session;
     this.session = undefined;
     if (warning) this.events.warning(warning);
     this.settleReady?.resolve(stats);

@@ -93,54 +93,58 @@ async function rawClient(port: number): Promise<net.Socket> {
 
 const pidOf = (body: string) => (JSON.parse(body) as { pid: number }).pid;
 
-test('keep-alive clients request in a loop across 5 chained takeovers, handlers answer after 0-50 ms: none fails, none reconnects', {
-  timeout,
-}, async () => {
-  const app = await startApp('http');
-  const clients = Array.from({ length: 30 }, () => new http.Agent({ keepAlive: true, maxSockets: 1 }));
-  let stop = false;
-  const answeredBy = new Set<number>();
-  let done = 0;
-  const loops = clients.map(async (agent, c) => {
-    let fresh = 0;
-    for (let i = 0; !stop; i++) {
-      const { body, reused } = await get(app.port, agent, `/delay?ms=${(c * 7 + i * 13) % 51}&id=${c}-${i}`);
-      assert.deepEqual(JSON.parse(body).id, `${c}-${i}`);
-      answeredBy.add(pidOf(body));
-      if (!reused) fresh++;
-      done++;
+// Waves of 3: 10 waves per takeover, pipelined (2 in flight) while handlers still answer.
+for (const waveSize of [undefined, 3]) {
+  test(`keep-alive clients request in a loop across 5 chained takeovers${waveSize ? `, in waves of ${waveSize}` : ''}, handlers answer after 0-50 ms: none fails, none reconnects`, {
+    timeout,
+  }, async () => {
+    const app = await startApp('http', waveSize ? { waveSize } : {});
+    const clients = Array.from({ length: 30 }, () => new http.Agent({ keepAlive: true, maxSockets: 1 }));
+    let stop = false;
+    const answeredBy = new Set<number>();
+    let done = 0;
+    const loops = clients.map(async (agent, c) => {
+      let fresh = 0;
+      for (let i = 0; !stop; i++) {
+        const { body, reused } = await get(app.port, agent, `/delay?ms=${(c * 7 + i * 13) % 51}&id=${c}-${i}`);
+        assert.deepEqual(JSON.parse(body).id, `${c}-${i}`);
+        answeredBy.add(pidOf(body));
+        if (!reused) fresh++;
+        done++;
+      }
+      return fresh;
+    });
+    const pids = [app.current.pid];
+    for (let t = 0; t < 5; t++) {
+      const before = done;
+      await waitFor(
+        () => done >= before + 60,
+        () => `60 more requests answered before takeover ${t + 1} (${done - before} so far)`,
+        20_000,
+      );
+      const stats = await takeOver(app);
+      assert.equal(stats.connections, clients.length, `takeover ${t + 1} moved every connection`);
+      if (waveSize) assert.ok(stats.waves >= clients.length / waveSize, `${stats.waves} waves`);
+      pids.push(app.current.pid);
     }
-    return fresh;
-  });
-  const pids = [app.current.pid];
-  for (let t = 0; t < 5; t++) {
     const before = done;
     await waitFor(
       () => done >= before + 60,
-      () => `60 more requests answered before takeover ${t + 1} (${done - before} so far)`,
+      () => `60 more requests answered after the last takeover (${done - before} so far)`,
       20_000,
     );
-    const stats = await takeOver(app);
-    assert.equal(stats.connections, clients.length, `takeover ${t + 1} moved every connection`);
-    pids.push(app.current.pid);
-  }
-  const before = done;
-  await waitFor(
-    () => done >= before + 60,
-    () => `60 more requests answered after the last takeover (${done - before} so far)`,
-    20_000,
-  );
-  stop = true;
-  const fresh = await Promise.all(loops);
-  assert.deepEqual(
-    fresh,
-    clients.map(() => 1),
-    'each client opened exactly one connection',
-  );
-  assert.deepEqual([...answeredBy].sort(), [...pids].sort(), 'every process in the chain answered');
-  for (const agent of clients) agent.destroy();
-  app.current.kill('SIGTERM');
-});
+    stop = true;
+    const fresh = await Promise.all(loops);
+    assert.deepEqual(
+      fresh,
+      clients.map(() => 1),
+      'each client opened exactly one connection',
+    );
+    assert.deepEqual([...answeredBy].sort(), [...pids].sort(), 'every process in the chain answered');
+    for (const agent of clients) agent.destroy();
+    app.current.kill('SIGTERM');
+  });
+}
 
 test('a request whose headers are split across the takeover is answered once, by the old process', { timeout }, async () => {
   const app = await startApp('http');

@@ -67,6 +67,18 @@ async function finishOn(successor: ServerProcess, r: Running): Promise<void> {
   fs.rmSync(r.dir, { recursive: true, force: true });
 }
 
+/** A partial handover: every client is still served (by the old process or by `last`); the old process exits once they close. */
+async function finishSplit(r: Running, last: ServerProcess): Promise<void> {
+  for (const c of r.clients) c.burst(2);
+  await probeEcho(r.address.port, r.address.host);
+  assert.deepEqual(await drainAll(r.clients), []);
+  for (const c of r.clients) c.close();
+  assert.equal(await r.old.exited, 0, 'the old process exits once its last connection closed');
+  last.kill('SIGTERM');
+  await last.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
+}
+
 /** After a rollback: the old process still serves every connection and the listener, and can still be taken over. */
 async function assertOldServesEverything(r: Running): Promise<void> {
   for (const c of r.clients) c.burst(2);
@@ -210,14 +222,7 @@ test('a captureState hook that throws leaves those connections with the old proc
   // Waited for, not looked up: the old process's line comes through its own pipe, and the successor's 'ready' can overtake it.
   await r.old.next('warning');
   // The old process serves its retained connections, the successor the new ones.
-  for (const c of r.clients) c.burst(2);
-  await probeEcho(r.address.port, r.address.host);
-  assert.deepEqual(await drainAll(r.clients), []);
-  for (const c of r.clients) c.close();
-  assert.equal(await r.old.exited, 0, 'the old process exits once its last connection closed');
-  successor.kill('SIGTERM');
-  await successor.exited;
-  fs.rmSync(r.dir, { recursive: true, force: true });
+  await finishSplit(r, successor);
 });
 
 test('a successor that stalls mid-waves keeps what it started; the old process finishes the rest, nothing is lost', {
@@ -380,4 +385,44 @@ test("the old process's close() during a committed takeover lets it finish and l
   next.kill('SIGTERM');
   await next.exited;
   fs.rmSync(r.dir, { recursive: true, force: true });
+});
+
+/** The old process stopped in the middle of wave 1 and its successor gave up waiting: it serves wave 0 and the listeners, and reads on. */
+async function givenUpWhileOldStopped(): Promise<{ r: Running; successor: ServerProcess }> {
+  // Stopped as it freezes a connection of wave 1, before the wave is sent and released.
+  const r = await running({ waveSize: MID_WAVE_SIZE }, 0o700, { SOCKET_TAKEOVER_TEST_PAUSE_AT_FREEZE: String(MID_WAVE_SIZE + 10) });
+  const successor = new ServerProcess({ ...r.config, timeoutMs: 1000 });
+  await waitStopped(r.old.pid);
+  assert.equal((await successor.next('ready')).stats!.connections, MID_WAVE_SIZE, 'only wave 0 had arrived when the successor gave up');
+  assert.equal((await successor.next('warning')).code, 'ERR_TAKEOVER_TIMEOUT');
+  return { r, successor };
+}
+
+/** Wakes the old process and waits until it ended its takeover (a handover or a rollback). */
+async function wakeOld(r: Running): Promise<void> {
+  process.kill(r.old.pid, 'SIGCONT');
+  await waitFor(
+    () => r.old.pending('handover').length + r.old.pending('rollback').length > 0,
+    'the old process to end its takeover',
+    20_000,
+  );
+}
+
+test('a successor that gave up and still reads the last waves of its stopped predecessor refuses to be taken over (ERR_TAKEOVER_BUSY); once the predecessor closed the channel it can be', {
+  timeout: 60_000,
+}, async () => {
+  const { r, successor } = await givenUpWhileOldStopped();
+  const refused = new ServerProcess(r.config);
+  const error = await refused.next('error');
+  assert.equal(error.code, 'ERR_TAKEOVER_ABORTED');
+  assert.equal(error.reason, 'ERR_TAKEOVER_BUSY');
+  assert.match(error.message!, /still reading the last waves/);
+  assert.equal((await successor.next('refused')).code, 'ERR_TAKEOVER_BUSY');
+  await wakeOld(r);
+  assert.equal(r.old.pending('handover').length, 1, 'a partial handover: the successor keeps the listeners');
+  const third = new ServerProcess(r.config);
+  await third.next('ready');
+  assert.equal(await successor.exited, 0, 'the successor handed everything over and exited');
+  // Wave 1 reached the successor, then the third process; the rest stayed with the old one.
+  await finishSplit(r, third);
 });

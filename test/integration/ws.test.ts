@@ -34,13 +34,15 @@ async function connect(port: number, deflate: boolean): Promise<Client> {
 }
 
 // The oldest supported ws (the peer dependency's floor) and the newest, on the server side.
-for (const [wsModule, deflate] of [
-  ['ws', false],
-  ['ws', true],
-  ['ws-8.18', false],
-  ['ws-8.18', true],
+// Waves of 2: 10 waves per takeover, pipelined (2 in flight) while pushes and echoes go on.
+for (const [wsModule, deflate, waveSize] of [
+  ['ws', false, undefined],
+  ['ws', true, undefined],
+  ['ws-8.18', false, undefined],
+  ['ws-8.18', true, undefined],
+  ['ws', false, 2],
 ] as const) {
-  test(`WebSockets (${wsModule === 'ws' ? 'newest ws' : 'ws 8.18.0'}${deflate ? ', permessage-deflate' : ''}) across 5 chained takeovers: numbered pushes and echoes both ways, no gap, no duplicate, no close`, {
+  test(`WebSockets (${wsModule === 'ws' ? 'newest ws' : 'ws 8.18.0'}${deflate ? ', permessage-deflate' : ''}${waveSize ? `, waves of ${waveSize}` : ''}) across 5 chained takeovers: numbered pushes and echoes both ways, no gap, no duplicate, no close`, {
     timeout,
   }, async () => {
     // Every message compressed in the thread pool, both ways: at 5 ms a loaded 2-core box can
@@ -54,6 +56,7 @@ for (const [wsModule, deflate] of [
       pushEveryMs: everyMs,
       deflate,
       wsModule,
+      waveSize,
     };
     let current = new ServerProcess(config, { script: appFixture });
     const port = (await current.next('ready')).address!.port;
@@ -70,6 +73,7 @@ for (const [wsModule, deflate] of [
       const next = new ServerProcess(config, { script: appFixture });
       const stats = (await next.next('ready')).stats!;
       assert.equal(stats.connections, clients.length, `takeover ${t + 1} moved every WebSocket`);
+      if (waveSize) assert.ok(stats.waves >= clients.length / waveSize, `${stats.waves} waves`);
       assert.equal(await current.exited, 0);
       // A warning written just before the exit is in only once the output is read to the end.
       await within(current.closed, `the output of old process ${current.pid} to end`);

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import * as native from '#lib/native.js';
 import { Channel } from '#lib/channel.js';
 import { SuccessorSession } from '#lib/successor.js';
-import { digestIds, encode, encodeWave, type WaveRecord } from '#lib/protocol.js';
+import { digestIds, encode, encodeWave, MAX_BODY_SIZE, type WaveRecord } from '#lib/protocol.js';
 import { ErrorCodes, TakeoverError } from '#lib/errors.js';
 import { serverFd, socketFd } from '#lib/sockets.js';
 import { tempDir, waitFor, within } from '../helpers.js';
@@ -734,6 +734,29 @@ test('after LISTENING, a refused wave does not stop the reading: the wave after 
   assert.deepEqual(
     s.host.adopted.map((a) => a.record.id),
     [1, 2, 4],
+  );
+  s.peer.send(encode.done(0, 0));
+  await s.peer.next('eof');
+  await s.teardown();
+});
+
+test('a wave refused for its size is skipped to its last chunk: the chunks after the refusal are not read as a wave of their own', async (t) => {
+  const s = await setup(t, 3, { maxWaveSize: 100_000, timeoutMs: 5000 });
+  await toWaves(s);
+  sendWave(s, 0, [moved(1)]);
+  await s.peer.next('waveAck');
+  // Connection 2's client sent bytes that, from the third chunk of wave 1 on, read as a whole
+  // wave (after the 8-byte wave header and the 22-byte record header). The second chunk goes
+  // past the limit; the third is still part of wave 1.
+  const forged = encodeWave({ seq: 7, records: [moved(3, '', 'forged')] });
+  const pad = 'p'.repeat(2 * MAX_BODY_SIZE - 8 - 22);
+  sendWave(s, 1, [moved(2, pad + forged.toString('latin1'))]);
+  await gaveUp(s, ErrorCodes.PROTOCOL);
+  sendWave(s, 2, [moved(3, '', 'three')]);
+  await s.clients[2]!.expect('three');
+  assert.deepEqual(
+    s.host.adopted.map((a) => a.record.id),
+    [1, 3],
   );
   s.peer.send(encode.done(0, 0));
   await s.peer.next('eof');
