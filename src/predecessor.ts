@@ -21,6 +21,7 @@ import {
   type AdapterKind,
   type ListenerEntry,
   type WaveRecord,
+  closeFrameFds,
 } from './protocol.js';
 import { freezeSocket, socketFd, thawSocket } from './sockets.js';
 import type { Readiness } from './adapters/adapter.js';
@@ -255,8 +256,7 @@ export class PredecessorSession {
     // Failed after LISTENING, the channel stays open until the waves sent are out: what the
     // successor still says (a WAVE_ACK sent before its ABORT) changes nothing, and must not close it.
     if (phase === 'failed') {
-      if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
-      if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
+      closeFrameFds(frame);
       return;
     }
     if (frame.type === 'abort') {
@@ -266,8 +266,7 @@ export class PredecessorSession {
     if (frame.type === 'ack' && (phase === 'precopy' || phase === 'committed')) return this.onAck(frame.seq);
     if (frame.type === 'commit' && phase === 'prepared') return this.onCommit();
     if (frame.type === 'waveAck' && phase === 'waves') return this.onWaveAck(frame.seq);
-    if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
-    if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
+    closeFrameFds(frame);
     return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `unexpected ${frame.type} frame during ${phase}`));
   }
 

@@ -13,7 +13,7 @@
  *          8  u32 body length
  */
 import { ErrorCodes, TakeoverError } from './errors.js';
-import { MAX_FDS_PER_MESSAGE } from './native.js';
+import { MAX_FDS_PER_MESSAGE, close } from './native.js';
 
 /** 2: LISTENING carries the quiescence bound; wave records carry the adapter, its state, and the 'deferred' fate. */
 export const PROTOCOL_VERSION = 2;
@@ -86,6 +86,12 @@ export type Frame =
   | { type: 'done'; retained: number; maxPauseUs: number };
 
 export type FrameName = Frame['type'];
+
+/** Closes the fds a frame brought when nothing takes them (a LISTENERS or CONNS that is unexpected or late). */
+export function closeFrameFds(frame: Frame): void {
+  const entries = frame.type === 'listeners' ? frame.listeners : frame.type === 'conns' ? frame.conns : [];
+  for (const { fd } of entries) close(fd);
+}
 
 /** What goes out on the channel: bytes plus the fds to attach. */
 export interface Message {

@@ -12,7 +12,16 @@
 import type * as net from 'node:net';
 import * as native from './native.js';
 import type { Channel } from './channel.js';
-import { decodeWave, digestIds, encode, MAX_WAVE_SIZE, type Frame, type ListenerEntry, type WaveRecord } from './protocol.js';
+import {
+  decodeWave,
+  digestIds,
+  encode,
+  MAX_WAVE_SIZE,
+  type Frame,
+  type ListenerEntry,
+  type WaveRecord,
+  closeFrameFds,
+} from './protocol.js';
 import { dropCopy, forgetNoDelay, wrapInherited, type AcceptOptions } from './sockets.js';
 import { ErrorCodes, TakeoverError, systemError } from './errors.js';
 import { Deadline } from './deadline.js';
@@ -252,8 +261,7 @@ export class SuccessorSession {
       case 'waves:done':
         return this.finish(frame as Extract<Frame, { type: 'done' }>);
       default:
-        if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
-        if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
+        closeFrameFds(frame);
         return this.abort(new TakeoverError(ErrorCodes.PROTOCOL, `unexpected ${frame.type} frame during ${this.phase}`));
     }
   }
@@ -551,8 +559,7 @@ export class SuccessorSession {
    */
   private onLateFrame(frame: Frame): void {
     if (frame.type === 'done' || frame.type === 'abort') return this.endLateWaves();
-    if (frame.type === 'listeners') for (const { fd } of frame.listeners) native.close(fd);
-    if (frame.type === 'conns') for (const { fd } of frame.conns) native.close(fd);
+    closeFrameFds(frame);
     if (frame.type === 'wave' && this.takeWave(frame) !== undefined) {
       this.startWave();
       this.stats.waves++;
