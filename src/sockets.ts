@@ -203,6 +203,13 @@ function holdEnd(this: net.Socket, ...args: unknown[]): net.Socket {
   return this;
 }
 
+/** Ends the freeze's hold: the calls it held are made again, in order, on the socket's write()/end() as they are now. */
+function replayHeldUses(socket: net.Socket): void {
+  const held = heldUses.get(socket);
+  heldUses.delete(socket);
+  for (const { what, args } of held?.uses ?? []) (socket[what] as (...a: unknown[]) => unknown).apply(socket, args);
+}
+
 /**
  * Undoes {@link freezeSocket} for a socket whose wave never left this process (the channel broke
  * as it was sent): the input goes back ahead of anything new, and reading resumes as it was.
@@ -218,10 +225,9 @@ export function thawSocket(socket: net.Socket, input: Buffer): void {
   if (flowingAtFreeze.delete(socket)) socket.resume();
   const held = heldUses.get(socket);
   if (!held) return;
-  heldUses.delete(socket);
   socket.write = held.write;
   socket.end = held.end;
-  for (const { what, args } of held.uses) (socket[what] as (...a: unknown[]) => unknown).apply(socket, args);
+  replayHeldUses(socket);
 }
 
 /** Reports a write()/end() on a connection that moved, and returns the error to give its callback. */
@@ -281,9 +287,7 @@ export function releaseMoved(socket: net.Socket, onLateUse: LateUse): void {
   socket.destroy();
   socket.write = lateWrite as typeof socket.write;
   socket.end = lateEnd as typeof socket.end;
-  const held = heldUses.get(socket);
-  heldUses.delete(socket);
-  for (const { what, args } of held?.uses ?? []) (socket[what] as (...a: unknown[]) => unknown).apply(socket, args);
+  replayHeldUses(socket);
   socket.emit('moved');
 }
 
