@@ -496,12 +496,12 @@ export class SuccessorSession {
    * refused (the session is aborted then; once it gave up, the wave is just not started).
    */
   private takeWave(frame: Extract<Frame, { type: 'wave' }>): number | undefined {
-    // The chunks and the copy that joins them are both in memory at the end: the limit bounds
-    // the chunks, so the peak stays within twice the limit.
     if (this.skippingWave) {
       this.skippingWave = frame.more;
       return undefined;
     }
+    // The chunks and the copy that joins them are both in memory at the end: the limit bounds
+    // the chunks, so the peak stays within twice the limit.
     const limit = this.host.options.maxWaveSize ?? MAX_WAVE_SIZE;
     this.waveBytes += frame.chunk.length;
     if (this.waveBytes > limit) {
