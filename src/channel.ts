@@ -38,6 +38,8 @@ export class Channel extends EventEmitter<ChannelEvents> {
   /** A send failed: later frames are dropped until the failure is reported. */
   private sendError: TakeoverError | undefined;
   private closed = false;
+  /** See {@link markListening}. */
+  private listening = false;
 
   /** Takes ownership of `fd`: the channel closes it. */
   constructor(fd: number) {
@@ -102,6 +104,16 @@ export class Channel extends EventEmitter<ChannelEvents> {
     this.lingerTimer = setTimeout(() => {
       if (!this.keepingQueued || this.queue.length === 0) this.destroy();
     }, lingerMs).unref();
+  }
+
+  /** This side's ABORT from now on says it accepts on the listeners it was passed (a successor past LISTENING). */
+  markListening(): void {
+    this.listening = true;
+  }
+
+  /** Tells the peer this side gives up, as its last frame (see {@link sendLast}). */
+  sendAbort(reason: TakeoverError): void {
+    this.sendLast(encode.abort(reason.code, reason.message, this.listening));
   }
 
   /**
@@ -289,7 +301,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
     if (this.readingToEnd) return;
     // Already closing with a last word (its own ABORT, or an earlier refusal): nothing to add.
     if (this.lingering) return this.destroy();
-    this.sendLast(encode.abort(reason.code, reason.message));
+    this.sendAbort(reason);
     this.emit('error', reason);
   }
 

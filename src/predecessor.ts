@@ -247,7 +247,7 @@ export class PredecessorSession {
 
   /** Tells the successor why, then rolls back. */
   abort(error: TakeoverError): void {
-    this.channel.sendLast(encode.abort(error.code, error.message));
+    this.channel.sendAbort(error);
     this.fail(error);
   }
 
@@ -260,7 +260,8 @@ export class PredecessorSession {
       return;
     }
     if (frame.type === 'abort') {
-      return this.fail(new TakeoverError(ErrorCodes.ABORTED, `the successor aborted: ${frame.message}`, { reason: frame.code }));
+      const error = new TakeoverError(ErrorCodes.ABORTED, `the successor aborted: ${frame.message}`, { reason: frame.code });
+      return this.fail(error, frame.listening);
     }
     if (frame.type === 'hello' && phase === 'hello') return this.onHello();
     if (frame.type === 'ack' && (phase === 'precopy' || phase === 'committed')) return this.onAck(frame.seq);
@@ -656,7 +657,8 @@ export class PredecessorSession {
     });
   }
 
-  private fail(error: TakeoverError): void {
+  /** `successorListens`: its ABORT said it keeps accepting on the listeners (alive or not by now). */
+  private fail(error: TakeoverError, successorListens = false): void {
     if (this.phase === 'done' || this.phase === 'failed') return;
     const committed = this.isCommitted;
     const listening = this.phase === 'waves';
@@ -667,8 +669,9 @@ export class PredecessorSession {
     this.recorder.stop();
     // Once LISTENING is out, a live successor may be accepting (or will, once it reads it, even
     // after a stall): taking the listeners back would make two processes accept. Only a dead one
-    // (the kernel's pid, a zombie counts as dead) lets this process resume them.
-    if (listening && isAlive(this.successorPid)) {
+    // (the kernel's pid, a zombie counts as dead) lets this process resume them, and only if it
+    // did not say it kept them: it may have passed them on to a third process before it exited.
+    if (listening && (successorListens || isAlive(this.successorPid))) {
       // The successor accepts on the listeners and the channel now and serves what it started:
       // taking them back would make two processes accept. The connections not frozen yet never
       // left this process, so it finishes them, as retained ones, and then exits.

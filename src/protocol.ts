@@ -71,7 +71,11 @@ export interface ConnEntry {
 export type Frame =
   | { type: 'hello'; pid: number }
   | { type: 'welcome'; pid: number; listeners: number; connections: number }
-  | { type: 'abort'; code: string; message: string }
+  /**
+   * `listening`: the sender is a successor past LISTENING, which keeps accepting on the listeners
+   * (and passes them to whoever takes it over): the predecessor must never take them back.
+   */
+  | { type: 'abort'; code: string; message: string; listening: boolean }
   | { type: 'listeners'; listeners: (ListenerEntry & { fd: number })[] }
   | { type: 'conns'; conns: (ConnEntry & { fd: number })[] }
   | { type: 'ack'; seq: number }
@@ -131,7 +135,8 @@ function u32List(values: readonly number[]): Buffer {
 export const encode = {
   hello: (pid: number) => frame(FrameType.HELLO, json({ pid })),
   welcome: (pid: number, listeners: number, connections: number) => frame(FrameType.WELCOME, json({ pid, listeners, connections })),
-  abort: (code: string, message: string) => frame(FrameType.ABORT, json({ code, message: (message || code).slice(0, 1000) })),
+  abort: (code: string, message: string, listening = false) =>
+    frame(FrameType.ABORT, json({ code, message: (message || code).slice(0, 1000), ...(listening && { listening }) })),
   listeners: (entries: readonly (ListenerEntry & { fd: number })[]) =>
     frame(
       FrameType.LISTENERS,
@@ -253,7 +258,14 @@ export function decodeFrame(data: Buffer, fds: readonly number[]): Frame {
     case FrameType.ABORT: {
       expectFds(fds, false, 'ABORT');
       const o = parseJson(body, 'ABORT');
-      return { type: 'abort', code: text(o, 'code', 'ABORT', 100), message: text(o, 'message', 'ABORT', 1000) };
+      // Optional: a peer of an earlier release of this protocol version leaves it out.
+      if (o.listening !== undefined && typeof o.listening !== 'boolean') throw protocolError("ABORT frame: 'listening' must be a boolean");
+      return {
+        type: 'abort',
+        code: text(o, 'code', 'ABORT', 100),
+        message: text(o, 'message', 'ABORT', 1000),
+        listening: o.listening === true,
+      };
     }
     case FrameType.LISTENERS: {
       const list = parseJson(body, 'LISTENERS');

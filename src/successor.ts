@@ -229,7 +229,7 @@ export class SuccessorSession {
   }
 
   abort(error: TakeoverError): void {
-    this.channel.sendLast(encode.abort(error.code, error.message));
+    this.channel.sendAbort(error);
     this.fail(error);
   }
 
@@ -473,6 +473,9 @@ export class SuccessorSession {
     // From here on it serves (accepts, then each wave's connections): its loop's delay before
     // is no client's wait, and at nice +10 it would be mostly the old process's turn.
     this.recorder.sampleLoop();
+    // If it gives up from here on, it keeps the listeners: its ABORT must tell the predecessor,
+    // which otherwise takes them back once this process is gone, even if a third one took them over.
+    this.channel.markListening();
     this.host.startListening(this.predecessorPid);
     this.deadline.expect('WAVE');
   }

@@ -124,7 +124,7 @@ async function hostile(
 
 test('a bad frame before HELLO: ABORT ERR_TAKEOVER_PROTOCOL, and a warning that says so', { timeout: 60_000 }, async () => {
   const { abort, warning } = await hostile((fd) => native.sendMessage(fd, Buffer.from('GET / HTTP/1.1\r\n\r\n'), []));
-  assert.deepEqual(abort, { type: 'abort', code: 'ERR_TAKEOVER_PROTOCOL', message: 'bad frame magic' });
+  assert.deepEqual(abort, { type: 'abort', code: 'ERR_TAKEOVER_PROTOCOL', message: 'bad frame magic', listening: false });
   assert.equal(warning.code, 'ERR_TAKEOVER_PROTOCOL');
   assert.match(warning.message!, /^takeover channel from pid \d+ \(uid 0\), before HELLO: bad frame magic$/);
 });

@@ -426,3 +426,24 @@ test('a successor that gave up and still reads the last waves of its stopped pre
   // Wave 1 reached the successor, then the third process; the rest stayed with the old one.
   await finishSplit(r, third);
 });
+
+test('an old process stopped past 3 timeouts after LISTENING, whose given-up successor closed the channel, was itself taken over and exited: on waking it does not accept on the listeners again (the third process does)', {
+  timeout: 60_000,
+}, async () => {
+  const { r, successor } = await givenUpWhileOldStopped();
+  assert.equal((await successor.next('warning')).code, 'ERR_TAKEOVER_TIMEOUT', 'the successor stopped reading after 3 timeouts');
+  const third = new ServerProcess(r.config);
+  await third.next('ready');
+  assert.equal(await successor.exited, 0, 'the successor handed everything over and exited');
+  await wakeOld(r);
+  // Its successor is dead, but it had listened, said so in its ABORT, and passed the listeners on:
+  // the third process accepts on them. Taking them back would make two processes accept.
+  assert.deepEqual(
+    r.old.pending('rollback').map((e) => e.report),
+    [],
+    'the old process took the listeners back while the third process accepts on them',
+  );
+  assert.equal(r.old.pending('handover').length, 1, 'a partial handover: its successor said it keeps the listeners');
+  // Wave 1 could not reach the successor (it had closed the channel): it stays with the old process.
+  await finishSplit(r, third);
+});

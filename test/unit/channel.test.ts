@@ -165,7 +165,7 @@ test('sendLast(): the peer reads the ABORT, frames arriving meanwhile are droppe
   channel.sendLast(encode.abort('ERR_TAKEOVER_BUSY', 'busy'), 60_000);
   channel.close(); // lingering: the ABORT must not be lost to an early close
   assert.equal(channel.isClosed, false);
-  assert.deepEqual(await peer.next('abort'), { type: 'abort', code: 'ERR_TAKEOVER_BUSY', message: 'busy' });
+  assert.deepEqual(await peer.next('abort'), { type: 'abort', code: 'ERR_TAKEOVER_BUSY', message: 'busy', listening: false });
 
   const dups = [native.dup(b), native.dup(b)];
   peer.send(encode.conns(dups.map((fd, i) => ({ id: i, listener: 0, fd }))));
@@ -185,7 +185,7 @@ test('sendLast() with a peer that never closes: the channel closes by itself aft
   channel.sendLast(encode.abort('ERR_TAKEOVER_TIMEOUT', 'late'), 20);
   await within(once(channel, 'close'), 'the linger to end');
   assert.deepEqual(events, ['close']);
-  assert.deepEqual(drain(b), [{ type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'late' }, 'eof']);
+  assert.deepEqual(drain(b), [{ type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'late', listening: false }, 'eof']);
   native.close(b);
   await fdsSettle(baseline, 'after closing');
 });
@@ -206,7 +206,7 @@ for (const last of [true, false]) {
     assert.equal(channel.isClosed, false, 'still open while frames wait');
     const got = await drainToEof(b, 'EOF after the queued frames');
     assert.equal(got.length, sent + (last ? 3 : 2));
-    if (last) assert.deepEqual(got.at(-2), { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'late' });
+    if (last) assert.deepEqual(got.at(-2), { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'late', listening: false });
     assert.deepEqual(events, ['close']);
     native.close(b);
     await fdsSettle(baseline, 'after closing');
@@ -227,7 +227,7 @@ test("readToEnd() after sendLast(): the peer's frames still arrive, one that fai
   await new Promise((resolve) => setTimeout(resolve, 100));
   assert.deepEqual(events, ['frame:waveAck', 'frame:waveAck'], 'past the linger: still open, nothing refused');
   assert.deepEqual(errors, []);
-  assert.deepEqual(drain(b), [{ type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'gave up' }], 'nothing after the last word');
+  assert.deepEqual(drain(b), [{ type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'gave up', listening: false }], 'nothing after the last word');
   native.close(b);
   await within(once(channel, 'close'), "the peer's EOF");
   await fdsSettle(baseline, 'after closing');
@@ -255,7 +255,7 @@ test('sendLast() is the last frame: a send() after it does not reach the peer', 
   await within(once(channel, 'close'), 'the linger to end');
   const got = drain(b);
   native.close(b);
-  assert.deepEqual(got, [{ type: 'abort', code: 'ERR_TAKEOVER_BUSY', message: 'busy' }, 'eof']);
+  assert.deepEqual(got, [{ type: 'abort', code: 'ERR_TAKEOVER_BUSY', message: 'busy', listening: false }, 'eof']);
 });
 
 for (const [name, bytes, fds] of [
@@ -263,22 +263,27 @@ for (const [name, bytes, fds] of [
   ['a frame whose header counts other fds than arrived', encode.conns([{ id: 1, listener: 0, fd: 0 }]).data, 2],
   ['a frame larger than the protocol allows', Buffer.alloc(MAX_FRAME_SIZE + 1024, 1), 0],
 ] as const) {
-  test(`${name}: 'error' with ERR_TAKEOVER_PROTOCOL, the peer gets ABORT, fds that came with it are closed`, async () => {
-    const baseline = native.openFdCount();
-    const [a, b] = channelPair(dir);
-    const { channel, events, errors } = recorded(a);
-    const attached = Array.from({ length: fds }, () => native.dup(b));
-    assert.ok(native.sendMessage(b, bytes, attached));
-    for (const fd of attached) native.close(fd);
-    const peer = new RawPeer(b);
-    const abort = await peer.next('abort');
-    assert.equal(abort.code, 'ERR_TAKEOVER_PROTOCOL');
-    assert.equal(errors[0]?.message, abort.message, 'the peer is told the same reason');
-    assert.deepEqual(events, ['error:ERR_TAKEOVER_PROTOCOL']);
-    peer.close();
-    await within(once(channel, 'close'), 'close after the refusal');
-    await fdsSettle(baseline, 'no fd of the refused frame kept');
-  });
+  // Past LISTENING (markListening) a successor's ABORT, the channel's own refusal too, says it keeps the listeners.
+  for (const listening of [false, true]) {
+    test(`${name}: 'error' with ERR_TAKEOVER_PROTOCOL, the peer gets ABORT (listening: ${listening}), fds that came with it are closed`, async () => {
+      const baseline = native.openFdCount();
+      const [a, b] = channelPair(dir);
+      const { channel, events, errors } = recorded(a);
+      if (listening) channel.markListening();
+      const attached = Array.from({ length: fds }, () => native.dup(b));
+      assert.ok(native.sendMessage(b, bytes, attached));
+      for (const fd of attached) native.close(fd);
+      const peer = new RawPeer(b);
+      const abort = await peer.next('abort');
+      assert.equal(abort.code, 'ERR_TAKEOVER_PROTOCOL');
+      assert.equal(abort.listening, listening);
+      assert.equal(errors[0]?.message, abort.message, 'the peer is told the same reason');
+      assert.deepEqual(events, ['error:ERR_TAKEOVER_PROTOCOL']);
+      peer.close();
+      await within(once(channel, 'close'), 'close after the refusal');
+      await fdsSettle(baseline, 'no fd of the refused frame kept');
+    });
+  }
 }
 
 test('a peer that closes: close once, no error; a send() then fails quietly and closes', async () => {
@@ -309,7 +314,7 @@ test('a peer that sent an ABORT and closed without reading ours: the ABORT is st
   native.sendMessage(b, encode.abort('ERR_TAKEOVER_FD_LIMIT', 'too many').data, []);
   native.close(b);
   await within(once(channel, 'close'), 'the close');
-  assert.deepEqual(frames[0], { type: 'abort', code: 'ERR_TAKEOVER_FD_LIMIT', message: 'too many' });
+  assert.deepEqual(frames[0], { type: 'abort', code: 'ERR_TAKEOVER_FD_LIMIT', message: 'too many', listening: false });
   assert.equal(events[0], 'frame:abort', events.join());
   assert.equal(events.at(-1), 'close');
   await turns();

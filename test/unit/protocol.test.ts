@@ -81,7 +81,8 @@ test('every frame type round-trips through encode and decodeFrame', () => {
   const cases: [Message, Frame][] = [
     [encode.hello(4321), { type: 'hello', pid: 4321 }],
     [encode.welcome(1, MAX_FDS_PER_FRAME, 0xffffffff), { type: 'welcome', pid: 1, listeners: MAX_FDS_PER_FRAME, connections: 0xffffffff }],
-    [encode.abort('ERR_TAKEOVER_TIMEOUT', 'too slow'), { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'too slow' }],
+    [encode.abort('ERR_TAKEOVER_TIMEOUT', 'too slow'), { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'too slow', listening: false }],
+    [encode.abort('ERR_TAKEOVER_TIMEOUT', 'gave up', true), { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'gave up', listening: true }],
     [encode.listeners(listeners), { type: 'listeners', listeners: listeners.map((l) => ({ ...l })) }],
     [
       encode.conns([
@@ -111,7 +112,7 @@ test('every frame type round-trips through encode and decodeFrame', () => {
 
 test('encode.abort truncates the message to what the decoder accepts', () => {
   const frame = decode(encode.abort('ERR_TAKEOVER_SYSTEM', 'é'.repeat(5000)));
-  assert.deepEqual(frame, { type: 'abort', code: 'ERR_TAKEOVER_SYSTEM', message: 'é'.repeat(1000) });
+  assert.deepEqual(frame, { type: 'abort', code: 'ERR_TAKEOVER_SYSTEM', message: 'é'.repeat(1000), listening: false });
 });
 
 test('every ABORT encode.abort produces decodes', () => {
@@ -171,6 +172,11 @@ test('decodeFrame rejects JSON bodies that are not JSON objects with the right f
   rejects(abort(7, 'm'), /'code' must be a string/);
   rejects(abort('C', ''), /'message' must be a string of 1\.\.1000 characters/);
   rejects(abort('C', 'm'.repeat(1001)), /'message' must be a string/);
+  // A successor that gave up past LISTENING says it keeps the listeners; anything but a boolean is refused.
+  for (const listening of [1, 'true', null, {}]) {
+    rejects(() => decodeFrame(json(FrameType.ABORT, { code: 'C', message: 'm', listening }), []), /ABORT frame: 'listening' must be a boolean/);
+  }
+  assert.equal((decodeFrame(json(FrameType.ABORT, { code: 'C', message: 'm' }), []) as { listening: boolean }).listening, false);
   const listening = (body: unknown) => () => decodeFrame(json(FrameType.LISTENING, body), []);
   rejects(listening({}), /LISTENING frame: 'quiesceMs' must be an integer in 0\.\.86400000/);
   rejects(listening({ quiesceMs: 86_400_001 }), /'quiesceMs' must be an integer in 0\.\.86400000/);

@@ -554,6 +554,7 @@ for (const c of beforeCommit) {
       let last = await s.peer.nextAny();
       while (last.type !== 'eof' && last.type !== 'abort') last = await s.peer.nextAny();
       assert.equal(last.type === 'abort' ? last.code : 'eof', c.told);
+      if (last.type === 'abort') assert.equal(last.listening, false, 'before LISTENING it keeps no listener');
     }
     assert.equal(s.host.listening, false);
     assert.deepEqual(s.host.adopted, []);
@@ -663,6 +664,8 @@ for (const c of afterListening) {
     let last = await s.peer.nextAny();
     while (last.type !== 'eof' && last.type !== 'abort') last = await s.peer.nextAny();
     assert.equal(last.type === 'abort' ? last.code : 'eof', c.code);
+    // The predecessor must not take the listeners back, even once this process is gone.
+    if (last.type === 'abort') assert.equal(last.listening, true, 'its ABORT says it keeps the listeners');
     const outcome = await within(s.host.outcome, 'onDone');
     assert.ok(outcome.kind === 'done', outcome.kind);
     assert.equal(outcome.warning?.code, c.code);
