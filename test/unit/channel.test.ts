@@ -227,7 +227,11 @@ test("readToEnd() after sendLast(): the peer's frames still arrive, one that fai
   await new Promise((resolve) => setTimeout(resolve, 100));
   assert.deepEqual(events, ['frame:waveAck', 'frame:waveAck'], 'past the linger: still open, nothing refused');
   assert.deepEqual(errors, []);
-  assert.deepEqual(drain(b), [{ type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'gave up', listening: false }], 'nothing after the last word');
+  assert.deepEqual(
+    drain(b),
+    [{ type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'gave up', listening: false }],
+    'nothing after the last word',
+  );
   native.close(b);
   await within(once(channel, 'close'), "the peer's EOF");
   await fdsSettle(baseline, 'after closing');

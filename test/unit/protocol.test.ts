@@ -81,8 +81,14 @@ test('every frame type round-trips through encode and decodeFrame', () => {
   const cases: [Message, Frame][] = [
     [encode.hello(4321), { type: 'hello', pid: 4321 }],
     [encode.welcome(1, MAX_FDS_PER_FRAME, 0xffffffff), { type: 'welcome', pid: 1, listeners: MAX_FDS_PER_FRAME, connections: 0xffffffff }],
-    [encode.abort('ERR_TAKEOVER_TIMEOUT', 'too slow'), { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'too slow', listening: false }],
-    [encode.abort('ERR_TAKEOVER_TIMEOUT', 'gave up', true), { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'gave up', listening: true }],
+    [
+      encode.abort('ERR_TAKEOVER_TIMEOUT', 'too slow'),
+      { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'too slow', listening: false },
+    ],
+    [
+      encode.abort('ERR_TAKEOVER_TIMEOUT', 'gave up', true),
+      { type: 'abort', code: 'ERR_TAKEOVER_TIMEOUT', message: 'gave up', listening: true },
+    ],
     [encode.listeners(listeners), { type: 'listeners', listeners: listeners.map((l) => ({ ...l })) }],
     [
       encode.conns([
@@ -174,7 +180,10 @@ test('decodeFrame rejects JSON bodies that are not JSON objects with the right f
   rejects(abort('C', 'm'.repeat(1001)), /'message' must be a string/);
   // A successor that gave up past LISTENING says it keeps the listeners; anything but a boolean is refused.
   for (const listening of [1, 'true', null, {}]) {
-    rejects(() => decodeFrame(json(FrameType.ABORT, { code: 'C', message: 'm', listening }), []), /ABORT frame: 'listening' must be a boolean/);
+    rejects(
+      () => decodeFrame(json(FrameType.ABORT, { code: 'C', message: 'm', listening }), []),
+      /ABORT frame: 'listening' must be a boolean/,
+    );
   }
   assert.equal((decodeFrame(json(FrameType.ABORT, { code: 'C', message: 'm' }), []) as { listening: boolean }).listening, false);
   const listening = (body: unknown) => () => decodeFrame(json(FrameType.LISTENING, body), []);
