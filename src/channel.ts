@@ -35,6 +35,8 @@ export class Channel extends EventEmitter<ChannelEvents> {
   private peerReset = false;
   /** Inside readAll(): a frame's handler that calls readQueued() must not read the next frame under itself. */
   private reading = false;
+  /** {@link yieldReading} was called from a frame's handler: a read driven by the poller stops after that frame. */
+  private yielding = false;
   /** A send failed: later frames are dropped until the failure is reported. */
   private sendError: TakeoverError | undefined;
   private closed = false;
@@ -201,7 +203,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
       return;
     }
     if (writable) this.flush();
-    if (readable) this.readAll();
+    if (readable) this.readAll(true);
   }
 
   private flush(): void {
@@ -225,16 +227,28 @@ export class Channel extends EventEmitter<ChannelEvents> {
     if (!this.reading) this.readAll();
   }
 
-  private readAll(): void {
+  /**
+   * From a frame's handler: the frames after it are read on a later turn of the event loop (the
+   * poller is level-triggered, so it calls again), and the loop serves its other I/O in between.
+   * A successor starting waves back to back would otherwise serve none of the connections it
+   * adopted for as long as the predecessor keeps sending. Reads that must see everything the peer
+   * sent before this side acts or fails ({@link readQueued}, a failure) do not stop.
+   */
+  yieldReading(): void {
+    this.yielding = true;
+  }
+
+  private readAll(yieldable = false): void {
     this.reading = true;
     try {
-      this.readEach();
+      this.readEach(yieldable);
     } finally {
       this.reading = false;
+      this.yielding = false;
     }
   }
 
-  private readEach(): void {
+  private readEach(yieldable: boolean): void {
     while (!this.closed) {
       let message: native.ReceivedMessage | null;
       try {
@@ -292,6 +306,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
         return this.refuse(error instanceof TakeoverError ? error : systemError('decode', error));
       }
       this.emit('frame', frame);
+      if (this.yielding && yieldable) return;
     }
   }
 

@@ -488,6 +488,8 @@ export class SuccessorSession {
     if (this.phase !== 'waves') return;
     this.startWave();
     this.channel.send(encode.waveAck(seq));
+    // The connections it just adopted are served before the next wave is read.
+    this.channel.yieldReading();
     this.stats.waves++;
     // While connections are deferred the predecessor may rightly stay silent up to its bound.
     this.deadline.expect('WAVE', this.host.options.timeoutMs + (this.deferred.size > 0 ? this.quiesceMs : 0));
@@ -565,6 +567,7 @@ export class SuccessorSession {
     closeFrameFds(frame);
     if (frame.type === 'wave' && this.takeWave(frame) !== undefined) {
       this.startWave();
+      this.channel.yieldReading();
       this.stats.waves++;
     }
   }

@@ -251,6 +251,28 @@ test('readToEnd() without sendLast(), then close(): frames arrive until close() 
   await fdsSettle(baseline, 'after closing');
 });
 
+test('yieldReading() from a frame handler: the frames queued after it arrive on later turns of the loop, one per turn; readQueued() still reads them all at once', async () => {
+  const baseline = native.openFdCount();
+  const [a, b] = channelPair(dir);
+  const { channel, events } = recorded(a);
+  channel.on('frame', () => {
+    channel.yieldReading();
+    // An immediate set by a handler runs before the next frame: the loop turned in between.
+    setImmediate(() => events.push('turn'));
+  });
+  for (let seq = 0; seq < 3; seq++) assert.ok(native.sendMessage(b, encode.waveAck(seq).data, []));
+  await waitFor(() => events.filter((e) => e === 'turn').length === 3, 'three frames and three turns');
+  assert.deepEqual(events, ['frame:waveAck', 'turn', 'frame:waveAck', 'turn', 'frame:waveAck', 'turn']);
+
+  events.length = 0;
+  for (let seq = 3; seq < 6; seq++) assert.ok(native.sendMessage(b, encode.waveAck(seq).data, []));
+  channel.readQueued();
+  assert.deepEqual(events, ['frame:waveAck', 'frame:waveAck', 'frame:waveAck'], 'readQueued() reads everything queued');
+  channel.close();
+  native.close(b);
+  await fdsSettle(baseline, 'after closing');
+});
+
 test('sendLast() is the last frame: a send() after it does not reach the peer', async () => {
   const [a, b] = channelPair(dir);
   const { channel } = recorded(a);

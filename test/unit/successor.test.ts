@@ -680,6 +680,24 @@ for (const c of afterListening) {
   });
 }
 
+test('waves queued together are started one per turn of the event loop: what the first adopted is served before the second is read', async (t) => {
+  const s = await setup(t, 3);
+  await toWaves(s);
+  const order: string[] = [];
+  const adopt = s.host.adopt.bind(s.host);
+  s.host.adopt = (socket, listener, record) => {
+    adopt(socket, listener, record);
+    order.push(`adopt ${record.id}`);
+    setImmediate(() => order.push(`turn after ${record.id}`));
+  };
+  sendWave(s, 0, [moved(1)]);
+  sendWave(s, 1, [moved(2)]);
+  sendWave(s, 2, [moved(3)]);
+  await waitFor(() => order.length === 6, 'three waves started');
+  assert.deepEqual(order, ['adopt 1', 'turn after 1', 'adopt 2', 'turn after 2', 'adopt 3', 'turn after 3']);
+  await s.teardown();
+});
+
 /** The session gave up after LISTENING: its ABORT arrives with `code`, and onDone reports the warning. */
 async function gaveUp(s: Setup, code: string): Promise<Extract<Awaited<Setup['host']['outcome']>, { kind: 'done' }>> {
   assert.equal((await s.peer.next('abort')).code, code);
