@@ -8,6 +8,7 @@ import { after, before, test, type TestContext } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as native from '#lib/native.js';
@@ -326,6 +327,32 @@ test('deferral: a deferred connection waits (up to timeoutMs + quiesceMs) and mo
   assert.deepEqual([outcome.stats.connections, outcome.stats.deferred, outcome.stats.retained, outcome.stats.waves], [1, 2, 1, 3]);
   // The retained connection lost only the successor's copy: the predecessor's still reaches the client.
   await servedByPredecessor(s, 1, 'finished by the predecessor');
+  await s.teardown();
+});
+
+test('the successor runs at nice +10 through the waves, and at its own priority again once only deferred connections are left', async (t) => {
+  const original = os.getPriority();
+  const s = await setup(t, 3);
+  // As root it may always raise its priority back, so it lowers it; elsewhere RLIMIT_NICE decides.
+  const lowered = os.getPriority() !== original;
+  if (process.getuid?.() === 0) assert.ok(lowered, 'lowered from HELLO on');
+  await toWaves(s);
+  sendWave(s, 0, [moved(1)]);
+  await s.peer.next('waveAck');
+  assert.equal(
+    os.getPriority(),
+    lowered ? Math.min(19, original + 10) : original,
+    'still lowered while the predecessor serves most connections',
+  );
+  sendWave(s, 1, [moved(2), { id: 3, fate: 'deferred' }]);
+  await s.peer.next('waveAck');
+  assert.equal(os.getPriority(), original, 'raised back: only a deferred connection is left');
+  sendWave(s, 2, [moved(3)]);
+  await s.peer.next('waveAck');
+  s.peer.send(encode.done(0, 0));
+  const outcome = await within(s.host.outcome, 'onDone');
+  assert.ok(outcome.kind === 'done' && outcome.warning === undefined);
+  assert.equal(os.getPriority(), original);
   await s.teardown();
 });
 
