@@ -305,3 +305,48 @@ test('a fake predecessor passing a TCP socket still connecting (SYN_SENT) as a c
   assert.match(error.message ?? '', /inherited connection 1 is not a tcp connection: its state is SYN_SENT/);
   assert.equal(await successor.exited, 1);
 });
+
+/**
+ * Plays a successor up to LISTENING against a real old process with no connections: returns the
+ * channel fd, the listener fds it was passed, and the old process (`port`: where it served).
+ */
+async function fakeSuccessorAtListening(t: TestContext): Promise<{ fd: number; listenerFds: number[]; server: ServerProcess; port: number }> {
+  const { dir, server, config, port } = await fresh();
+  const fd = native.unixConnect(config.path);
+  const listenerFds: number[] = [];
+  t.after(() => {
+    native.close(fd);
+    for (const f of listenerFds) native.close(f);
+    server.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  native.sendMessage(fd, encode.hello(process.pid).data, []);
+  let acks = 0;
+  for (;;) {
+    const frame = await nextFrame(fd);
+    if (frame.type === 'listeners') listenerFds.push(...frame.listeners.map((l) => l.fd));
+    if (frame.type === 'conns') native.sendMessage(fd, encode.ack(acks++).data, []);
+    if (frame.type === 'prepare') break;
+    assert.ok(frame.type !== 'abort', `the old process aborted: ${JSON.stringify(frame)}`);
+  }
+  native.sendMessage(fd, encode.commit().data, []);
+  for (;;) {
+    const frame = await nextFrame(fd);
+    if (frame.type === 'listening') break;
+    assert.ok(frame.type !== 'abort', `the old process aborted: ${JSON.stringify(frame)}`);
+  }
+  return { fd, listenerFds, server, port };
+}
+
+test('a successor whose ABORT crossed LISTENING (it gave up before reading it, alive): the old process takes the listeners back, no port left without an acceptor', {
+  timeout: 60_000,
+}, async (t) => {
+  const { fd, listenerFds, server, port } = await fakeSuccessorAtListening(t);
+  // What a successor that timed out waiting for LISTENING does: closes its copies, says why
+  // (not listening), and lingers alive.
+  for (const f of listenerFds.splice(0)) native.close(f);
+  native.sendMessage(fd, encode.abort('ERR_TAKEOVER_TIMEOUT', 'the predecessor sent no LISTENING within 10000 ms').data, []);
+  const rollback = await server.next('rollback');
+  assert.equal(rollback.report?.listenersResumed, 1);
+  await probeEcho(port, '127.0.0.1');
+});
