@@ -72,10 +72,12 @@ export type Frame =
   | { type: 'hello'; pid: number }
   | { type: 'welcome'; pid: number; listeners: number; connections: number }
   /**
-   * `listening`: the sender is a successor past LISTENING, which keeps accepting on the listeners
-   * (and passes them to whoever takes it over): the predecessor must never take them back.
+   * `listening`: true, the sender is a successor past LISTENING, which keeps accepting on the
+   * listeners (and passes them to whoever takes it over): the predecessor must never take them
+   * back. False, it never accepted on them and closed its copies. Undefined from a peer of an
+   * earlier release of this protocol version, which does not say.
    */
-  | { type: 'abort'; code: string; message: string; listening: boolean }
+  | { type: 'abort'; code: string; message: string; listening: boolean | undefined }
   | { type: 'listeners'; listeners: (ListenerEntry & { fd: number })[] }
   | { type: 'conns'; conns: (ConnEntry & { fd: number })[] }
   | { type: 'ack'; seq: number }
@@ -136,7 +138,7 @@ export const encode = {
   hello: (pid: number) => frame(FrameType.HELLO, json({ pid })),
   welcome: (pid: number, listeners: number, connections: number) => frame(FrameType.WELCOME, json({ pid, listeners, connections })),
   abort: (code: string, message: string, listening = false) =>
-    frame(FrameType.ABORT, json({ code, message: (message || code).slice(0, 1000), ...(listening && { listening }) })),
+    frame(FrameType.ABORT, json({ code, message: (message || code).slice(0, 1000), listening })),
   listeners: (entries: readonly (ListenerEntry & { fd: number })[]) =>
     frame(
       FrameType.LISTENERS,
@@ -264,7 +266,7 @@ export function decodeFrame(data: Buffer, fds: readonly number[]): Frame {
         type: 'abort',
         code: text(o, 'code', 'ABORT', 100),
         message: text(o, 'message', 'ABORT', 1000),
-        listening: o.listening === true,
+        listening: o.listening,
       };
     }
     case FrameType.LISTENERS: {

@@ -185,7 +185,8 @@ test('decodeFrame rejects JSON bodies that are not JSON objects with the right f
       /ABORT frame: 'listening' must be a boolean/,
     );
   }
-  assert.equal((decodeFrame(json(FrameType.ABORT, { code: 'C', message: 'm' }), []) as { listening: boolean }).listening, false);
+  // Left out by a peer of an earlier release: it does not say (the old process then asks the kernel).
+  assert.equal((decodeFrame(json(FrameType.ABORT, { code: 'C', message: 'm' }), []) as { listening?: boolean }).listening, undefined);
   const listening = (body: unknown) => () => decodeFrame(json(FrameType.LISTENING, body), []);
   rejects(listening({}), /LISTENING frame: 'quiesceMs' must be an integer in 0\.\.86400000/);
   rejects(listening({ quiesceMs: 86_400_001 }), /'quiesceMs' must be an integer in 0\.\.86400000/);
