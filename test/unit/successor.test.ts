@@ -808,3 +808,40 @@ test("after LISTENING, the predecessor's own ABORT ends it at once: nothing foll
   await s.peer.next('eof');
   await s.teardown();
 });
+
+// The predecessor's last frames right behind waves split over several frames, all queued before
+// the successor reads: each wave is started whole, in order, one per turn, and the end still comes.
+for (const end of ['done', 'abort', 'eof'] as const) {
+  test(`waves of several chunks queued together with the predecessor's ${end === 'eof' ? 'EOF' : end.toUpperCase()} right behind: both started whole, in order, and the ${end} still read`, async (t) => {
+    const s = await setup(t, 2);
+    await toWaves(s);
+    const order: string[] = [];
+    const adopt = s.host.adopt.bind(s.host);
+    s.host.adopt = (socket, listener, record) => {
+      adopt(socket, listener, record);
+      order.push(`adopt ${record.id}`);
+      setImmediate(() => order.push(`turn after ${record.id}`));
+    };
+    const big = (c: string) => c.repeat(35_000);
+    const waves = [0, 1].map((seq) => encode.wave(encodeWave({ seq, records: [moved(seq + 1, big('i'), big(String(seq)))] })));
+    assert.ok(waves.every((w) => w.length > 1), 'each wave takes several frames');
+    for (const [seq, frames] of waves.entries()) {
+      for (const message of frames) s.peer.send(message);
+      native.close(s.connFds[seq]!);
+      s.connFds[seq] = -1;
+    }
+    if (end === 'done') s.peer.send(encode.done(0, 0));
+    if (end === 'abort') s.peer.send(encode.abort(ErrorCodes.TIMEOUT, 'the predecessor gave up'));
+    if (end === 'eof') s.peer.close();
+    const outcome = await within(s.host.outcome, 'the outcome');
+    assert.ok(outcome.kind === 'done', outcome.kind);
+    if (end === 'done') assert.equal(outcome.warning, undefined);
+    else assert.equal(outcome.warning?.code, end === 'abort' ? ErrorCodes.ABORTED : ErrorCodes.PEER_CLOSED);
+    assert.equal(outcome.stats.connections, 2);
+    await waitFor(() => order.length === 4, 'both waves started');
+    assert.deepEqual(order, ['adopt 1', 'turn after 1', 'adopt 2', 'turn after 2']);
+    await s.clients[0]!.expect(`${big('0')}new:${big('i')}`);
+    await s.clients[1]!.expect(`${big('1')}new:${big('i')}`);
+    await s.teardown();
+  });
+}
