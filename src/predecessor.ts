@@ -261,7 +261,11 @@ export class PredecessorSession {
     }
     if (frame.type === 'abort') {
       const error = new TakeoverError(ErrorCodes.ABORTED, `the successor aborted: ${frame.message}`, { reason: frame.code });
-      return this.fail(error, frame.listening);
+      // Sent after this side last found the channel empty: if it reads on (refusing to be taken
+      // over) longer than that, it cannot have passed the listeners on yet, and whether it lives
+      // decides, as for a successor that does not say (a killed one must not leave the port to no one).
+      const cannotHavePassedOn = frame.listening === true && frame.readsOnMs !== undefined && this.channel.msSinceDrained < frame.readsOnMs;
+      return this.fail(error, cannotHavePassedOn ? undefined : frame.listening);
     }
     if (frame.type === 'hello' && phase === 'hello') return this.onHello();
     if (frame.type === 'ack' && (phase === 'precopy' || phase === 'committed')) return this.onAck(frame.seq);

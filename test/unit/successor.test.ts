@@ -665,7 +665,10 @@ for (const c of afterListening) {
     while (last.type !== 'eof' && last.type !== 'abort') last = await s.peer.nextAny();
     assert.equal(last.type === 'abort' ? last.code : 'eof', c.code);
     // The predecessor must not take the listeners back, even once this process is gone.
-    if (last.type === 'abort') assert.equal(last.listening, true, 'its ABORT says it keeps the listeners');
+    if (last.type === 'abort') {
+      assert.equal(last.listening, true, 'its ABORT says it keeps the listeners');
+      assert.equal(last.readsOnMs, 900, 'and that it reads on for 3 timeouts, refusing to be taken over');
+    }
     const outcome = await within(s.host.outcome, 'onDone');
     assert.ok(outcome.kind === 'done', outcome.kind);
     assert.equal(outcome.warning?.code, c.code);
@@ -824,7 +827,10 @@ for (const end of ['done', 'abort', 'eof'] as const) {
     };
     const big = (c: string) => c.repeat(35_000);
     const waves = [0, 1].map((seq) => encode.wave(encodeWave({ seq, records: [moved(seq + 1, big('i'), big(String(seq)))] })));
-    assert.ok(waves.every((w) => w.length > 1), 'each wave takes several frames');
+    assert.ok(
+      waves.every((w) => w.length > 1),
+      'each wave takes several frames',
+    );
     for (const [seq, frames] of waves.entries()) {
       for (const message of frames) s.peer.send(message);
       native.close(s.connFds[seq]!);
