@@ -683,9 +683,8 @@ for (const c of afterListening) {
   });
 }
 
-test('waves queued together are started one per turn of the event loop: what the first adopted is served before the second is read', async (t) => {
-  const s = await setup(t, 3);
-  await toWaves(s);
+/** Records each adoption and the loop turn after it: 'adopt N', then 'turn after N' once the loop turned. */
+function adoptionTurns(s: Setup): string[] {
   const order: string[] = [];
   const adopt = s.host.adopt.bind(s.host);
   s.host.adopt = (socket, listener, record) => {
@@ -693,6 +692,13 @@ test('waves queued together are started one per turn of the event loop: what the
     order.push(`adopt ${record.id}`);
     setImmediate(() => order.push(`turn after ${record.id}`));
   };
+  return order;
+}
+
+test('waves queued together are started one per turn of the event loop: what the first adopted is served before the second is read', async (t) => {
+  const s = await setup(t, 3);
+  await toWaves(s);
+  const order = adoptionTurns(s);
   sendWave(s, 0, [moved(1)]);
   sendWave(s, 1, [moved(2)]);
   sendWave(s, 2, [moved(3)]);
@@ -818,13 +824,7 @@ for (const end of ['done', 'abort', 'eof'] as const) {
   test(`waves of several chunks queued together with the predecessor's ${end === 'eof' ? 'EOF' : end.toUpperCase()} right behind: both started whole, in order, and the ${end} still read`, async (t) => {
     const s = await setup(t, 2);
     await toWaves(s);
-    const order: string[] = [];
-    const adopt = s.host.adopt.bind(s.host);
-    s.host.adopt = (socket, listener, record) => {
-      adopt(socket, listener, record);
-      order.push(`adopt ${record.id}`);
-      setImmediate(() => order.push(`turn after ${record.id}`));
-    };
+    const order = adoptionTurns(s);
     const big = (c: string) => c.repeat(35_000);
     const waves = [0, 1].map((seq) => encode.wave(encodeWave({ seq, records: [moved(seq + 1, big('i'), big(String(seq)))] })));
     assert.ok(
