@@ -42,6 +42,9 @@ export class Channel extends EventEmitter<ChannelEvents> {
   private closed = false;
   /** See {@link markListening}. */
   private listening = false;
+  private readsOnMs: number | undefined;
+  /** When a read last found nothing queued: every frame read since arrived after it. */
+  private drainedAt = performance.now();
 
   /** Takes ownership of `fd`: the channel closes it. */
   constructor(fd: number) {
@@ -108,14 +111,23 @@ export class Channel extends EventEmitter<ChannelEvents> {
     }, lingerMs).unref();
   }
 
-  /** This side's ABORT from now on says it accepts on the listeners it was passed (a successor past LISTENING). */
-  markListening(): void {
+  /**
+   * This side's ABORT from now on says it accepts on the listeners it was passed (a successor past
+   * LISTENING), and that it reads on for `readsOnMs` after it, refusing to be taken over meanwhile.
+   */
+  markListening(readsOnMs: number): void {
     this.listening = true;
+    this.readsOnMs = readsOnMs;
   }
 
   /** Tells the peer this side gives up, as its last frame (see {@link sendLast}). */
   sendAbort(reason: TakeoverError): void {
-    this.sendLast(encode.abort(reason.code, reason.message, this.listening));
+    this.sendLast(encode.abort(reason.code, reason.message, this.listening, this.readsOnMs));
+  }
+
+  /** How long ago a read last found the channel empty: a frame read now was sent no earlier. */
+  get msSinceDrained(): number {
+    return performance.now() - this.drainedAt;
   }
 
   /**
@@ -287,6 +299,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
         return;
       }
       if (message === null) {
+        this.drainedAt = performance.now();
         if (this.peerReset) this.fail(new TakeoverError(ErrorCodes.PEER_CLOSED, 'the other side closed the takeover channel abruptly'));
         return;
       }

@@ -261,7 +261,11 @@ export class PredecessorSession {
     }
     if (frame.type === 'abort') {
       const error = new TakeoverError(ErrorCodes.ABORTED, `the successor aborted: ${frame.message}`, { reason: frame.code });
-      return this.fail(error, frame.listening);
+      // Sent after this side last found the channel empty: if it reads on (refusing to be taken
+      // over) longer than that, it cannot have passed the listeners on yet, and whether it lives
+      // decides, as for a successor that does not say (a killed one must not leave the port to no one).
+      const cannotHavePassedOn = frame.listening === true && frame.readsOnMs !== undefined && this.channel.msSinceDrained < frame.readsOnMs;
+      return this.fail(error, cannotHavePassedOn ? undefined : frame.listening);
     }
     if (frame.type === 'hello' && phase === 'hello') return this.onHello();
     if (frame.type === 'ack' && (phase === 'precopy' || phase === 'committed')) return this.onAck(frame.seq);
@@ -657,8 +661,12 @@ export class PredecessorSession {
     });
   }
 
-  /** `successorListens`: its ABORT said it keeps accepting on the listeners (alive or not by now). */
-  private fail(error: TakeoverError, successorListens = false): void {
+  /**
+   * `successorListens`: what the successor's ABORT said: true, it keeps accepting on the listeners
+   * (alive or not by now); false, it never did and closed its copies (it gave up before it read
+   * LISTENING, which crossed its ABORT). Undefined: it did not say (no ABORT, an earlier release).
+   */
+  private fail(error: TakeoverError, successorListens?: boolean): void {
     if (this.phase === 'done' || this.phase === 'failed') return;
     const committed = this.isCommitted;
     const listening = this.phase === 'waves';
@@ -671,7 +679,8 @@ export class PredecessorSession {
     // after a stall): taking the listeners back would make two processes accept. Only a dead one
     // (the kernel's pid, a zombie counts as dead) lets this process resume them, and only if it
     // did not say it kept them: it may have passed them on to a third process before it exited.
-    if (listening && (successorListens || isAlive(this.successorPid))) {
+    // One that said it never listened (alive or not) left the port to no one but this process.
+    if (listening && successorListens !== false && (successorListens === true || isAlive(this.successorPid))) {
       // The successor accepts on the listeners and the channel now and serves what it started:
       // taking them back would make two processes accept. The connections not frozen yet never
       // left this process, so it finishes them, as retained ones, and then exits.

@@ -72,10 +72,14 @@ export type Frame =
   | { type: 'hello'; pid: number }
   | { type: 'welcome'; pid: number; listeners: number; connections: number }
   /**
-   * `listening`: the sender is a successor past LISTENING, which keeps accepting on the listeners
-   * (and passes them to whoever takes it over): the predecessor must never take them back.
+   * `listening`: true, the sender is a successor past LISTENING, which keeps accepting on the
+   * listeners (and passes them to whoever takes it over): the predecessor must never take them
+   * back. False, it never accepted on them and closed its copies. Undefined from a peer of an
+   * earlier release of this protocol version, which does not say. `readsOnMs`, with `listening`:
+   * the sender reads on at least that long after its ABORT unless the channel closes first, and
+   * refuses to be taken over meanwhile: dead before then, it passed the listeners to no one.
    */
-  | { type: 'abort'; code: string; message: string; listening: boolean }
+  | { type: 'abort'; code: string; message: string; listening: boolean | undefined; readsOnMs?: number }
   | { type: 'listeners'; listeners: (ListenerEntry & { fd: number })[] }
   | { type: 'conns'; conns: (ConnEntry & { fd: number })[] }
   | { type: 'ack'; seq: number }
@@ -135,8 +139,8 @@ function u32List(values: readonly number[]): Buffer {
 export const encode = {
   hello: (pid: number) => frame(FrameType.HELLO, json({ pid })),
   welcome: (pid: number, listeners: number, connections: number) => frame(FrameType.WELCOME, json({ pid, listeners, connections })),
-  abort: (code: string, message: string, listening = false) =>
-    frame(FrameType.ABORT, json({ code, message: (message || code).slice(0, 1000), ...(listening && { listening }) })),
+  abort: (code: string, message: string, listening = false, readsOnMs?: number) =>
+    frame(FrameType.ABORT, json({ code, message: (message || code).slice(0, 1000), listening, readsOnMs })),
   listeners: (entries: readonly (ListenerEntry & { fd: number })[]) =>
     frame(
       FrameType.LISTENERS,
@@ -264,7 +268,8 @@ export function decodeFrame(data: Buffer, fds: readonly number[]): Frame {
         type: 'abort',
         code: text(o, 'code', 'ABORT', 100),
         message: text(o, 'message', 'ABORT', 1000),
-        listening: o.listening === true,
+        listening: o.listening,
+        ...(o.readsOnMs !== undefined && { readsOnMs: integer(o, 'readsOnMs', 'ABORT') }),
       };
     }
     case FrameType.LISTENERS: {

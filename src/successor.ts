@@ -477,8 +477,9 @@ export class SuccessorSession {
     // is no client's wait.
     this.recorder.sampleLoop();
     // If it gives up from here on, it keeps the listeners: its ABORT must tell the predecessor,
-    // which otherwise takes them back once this process is gone, even if a third one took them over.
-    this.channel.markListening();
+    // which otherwise takes them back once this process is gone, even if a third one took them over
+    // (possible only once it stopped reading on: its ABORT says when at the earliest).
+    this.channel.markListening(this.host.options.timeoutMs * CHANNEL_END_TIMEOUTS);
     this.host.startListening(this.predecessorPid);
     this.deadline.expect('WAVE');
   }

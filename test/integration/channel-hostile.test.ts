@@ -14,7 +14,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { MAX_OPEN_CHANNELS } from '#lib/channel-listener.js';
 import * as native from '#lib/native.js';
-import { decodeFrame, digestIds, encode, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
+import { closeFrameFds, decodeFrame, digestIds, encode, MAX_FRAME_SIZE, type Frame } from '#lib/protocol.js';
 import { serverFd, socketFd } from '#lib/sockets.js';
 import { FdZoo } from '../chaos/fuzz.js';
 import { cleanup, openFds, probeEcho, ServerProcess, tempDir, waitFor, within, type ServerConfig } from '../helpers.js';
@@ -304,4 +304,73 @@ test('a fake predecessor passing a TCP socket still connecting (SYN_SENT) as a c
   assert.equal(error.code, 'ERR_TAKEOVER_PROTOCOL');
   assert.match(error.message ?? '', /inherited connection 1 is not a tcp connection: its state is SYN_SENT/);
   assert.equal(await successor.exited, 1);
+});
+
+/**
+ * Plays a successor up to LISTENING against a real old process with no connections: returns the
+ * channel fd, the listener fds it was passed, and the old process (`port`: where it served).
+ */
+async function fakeSuccessorAtListening(
+  t: TestContext,
+): Promise<{ fd: number; listenerFds: number[]; server: ServerProcess; port: number }> {
+  const { dir, server, config, port } = await fresh();
+  const fd = native.unixConnect(config.path);
+  const listenerFds: number[] = [];
+  t.after(() => {
+    native.close(fd);
+    for (const f of listenerFds) native.close(f);
+    server.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  native.sendMessage(fd, encode.hello(process.pid).data, []);
+  let acks = 0;
+  for (;;) {
+    const frame = await nextFrame(fd);
+    if (frame.type === 'listeners') listenerFds.push(...frame.listeners.map((l) => l.fd));
+    if (frame.type === 'conns') native.sendMessage(fd, encode.ack(acks++).data, []);
+    if (frame.type === 'prepare') break;
+    assert.ok(frame.type !== 'abort', `the old process aborted: ${JSON.stringify(frame)}`);
+  }
+  native.sendMessage(fd, encode.commit().data, []);
+  for (;;) {
+    const frame = await nextFrame(fd);
+    if (frame.type === 'listening') break;
+    assert.ok(frame.type !== 'abort', `the old process aborted: ${JSON.stringify(frame)}`);
+  }
+  return { fd, listenerFds, server, port };
+}
+
+test('a successor whose ABORT crossed LISTENING (it gave up before reading it, alive): the old process takes the listeners back, no port left without an acceptor', {
+  timeout: 60_000,
+}, async (t) => {
+  const { fd, listenerFds, server, port } = await fakeSuccessorAtListening(t);
+  // What a successor that timed out waiting for LISTENING does: closes its copies, says why
+  // (not listening), and lingers alive.
+  for (const f of listenerFds.splice(0)) native.close(f);
+  native.sendMessage(fd, encode.abort('ERR_TAKEOVER_TIMEOUT', 'the predecessor sent no LISTENING within 10000 ms').data, []);
+  const rollback = await server.next('rollback');
+  assert.equal(rollback.report?.listenersResumed, 1);
+  await probeEcho(port, '127.0.0.1');
+});
+
+test("a successor's ABORT that claims the listeners before COMMIT (listening: true) changes nothing: the old process rolls back and serves on", {
+  timeout: 60_000,
+}, async (t) => {
+  const { dir, server, config, port } = await fresh();
+  const fd = native.unixConnect(config.path);
+  t.after(() => {
+    native.close(fd);
+    server.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  native.sendMessage(fd, encode.hello(process.pid).data, []);
+  for (;;) {
+    const frame = await nextFrame(fd);
+    closeFrameFds(frame);
+    if (frame.type === 'prepare') break;
+  }
+  native.sendMessage(fd, encode.abort('ERR_TAKEOVER_ABORTED', 'hostile', true).data, []);
+  const rollback = await server.next('rollback');
+  assert.equal(rollback.code, 'ERR_TAKEOVER_ABORTED');
+  await probeEcho(port, '127.0.0.1');
 });

@@ -333,42 +333,47 @@ test('an Express app: keep-alive requests keep working across takeovers', { time
   app.current.kill('SIGTERM');
 });
 
-test('a net.Server that answers 500 ms after each request, marking it busy: every reply arrives across takeovers', {
-  timeout,
-}, async () => {
-  const app = await startApp('net-async');
-  const sockets = await Promise.all(Array.from({ length: 10 }, () => rawClient(app.port)));
-  const received = sockets.map(() => [] as number[]);
-  sockets.forEach((s, i) =>
-    s.on('data', (chunk: Buffer) => {
-      for (let at = 0; at + 4 <= chunk.length; at += 4) received[i]!.push(chunk.readUInt32BE(at));
-    }),
-  );
-  let sent = 0;
-  const send = () => {
-    sent++;
-    for (const s of sockets) s.write(Buffer.from([0, 0, 0, sent]));
-  };
-  for (let t = 0; t < 3; t++) {
-    send();
-    const successor = takeOver(app);
-    await new Promise((r) => setTimeout(r, 100));
-    send();
-    await successor;
-  }
-  await waitFor(
-    () => received.every((r) => r.length >= sent),
-    () => `every reply of ${sent} (got ${received.map((r) => r.length).join(', ')})`,
-    20_000,
-  );
-  for (const r of received)
-    assert.deepEqual(
-      r,
-      Array.from({ length: sent }, (_, i) => i + 1),
+// Waves of 1: each connection its own wave, one started per turn of the successor's loop, while
+// the replies it owes after 500 ms and the requests of the next round cross them.
+for (const waveSize of [undefined, 1]) {
+  test(`a net.Server that answers 500 ms after each request, marking it busy: every reply arrives across takeovers${waveSize ? `, in waves of ${waveSize}` : ''}`, {
+    timeout,
+  }, async () => {
+    const app = await startApp('net-async', waveSize ? { waveSize } : {});
+    const sockets = await Promise.all(Array.from({ length: 10 }, () => rawClient(app.port)));
+    const received = sockets.map(() => [] as number[]);
+    sockets.forEach((s, i) =>
+      s.on('data', (chunk: Buffer) => {
+        for (let at = 0; at + 4 <= chunk.length; at += 4) received[i]!.push(chunk.readUInt32BE(at));
+      }),
     );
-  for (const s of sockets) s.destroy();
-  app.current.kill('SIGTERM');
-});
+    let sent = 0;
+    const send = () => {
+      sent++;
+      for (const s of sockets) s.write(Buffer.from([0, 0, 0, sent]));
+    };
+    for (let t = 0; t < 3; t++) {
+      send();
+      const successor = takeOver(app);
+      await new Promise((r) => setTimeout(r, 100));
+      send();
+      const stats = await successor;
+      if (waveSize) assert.ok(stats.waves >= sockets.length / waveSize, `${stats.waves} waves`);
+    }
+    await waitFor(
+      () => received.every((r) => r.length >= sent),
+      () => `every reply of ${sent} (got ${received.map((r) => r.length).join(', ')})`,
+      20_000,
+    );
+    for (const r of received)
+      assert.deepEqual(
+        r,
+        Array.from({ length: sent }, (_, i) => i + 1),
+      );
+    for (const s of sockets) s.destroy();
+    app.current.kill('SIGTERM');
+  });
+}
 
 test('listen() refuses a TLS server with ERR_TAKEOVER_TLS_UNSUPPORTED', async () => {
   const tls = await import('node:tls');

@@ -388,10 +388,10 @@ test("the old process's close() during a committed takeover lets it finish and l
 });
 
 /** The old process stopped in the middle of wave 1 and its successor gave up waiting: it serves wave 0 and the listeners, and reads on. */
-async function givenUpWhileOldStopped(): Promise<{ r: Running; successor: ServerProcess }> {
+async function givenUpWhileOldStopped(timeoutMs = 1000): Promise<{ r: Running; successor: ServerProcess }> {
   // Stopped as it freezes a connection of wave 1, before the wave is sent and released.
   const r = await running({ waveSize: MID_WAVE_SIZE }, 0o700, { SOCKET_TAKEOVER_TEST_PAUSE_AT_FREEZE: String(MID_WAVE_SIZE + 10) });
-  const successor = new ServerProcess({ ...r.config, timeoutMs: 1000 });
+  const successor = new ServerProcess({ ...r.config, timeoutMs });
   await waitStopped(r.old.pid);
   assert.equal((await successor.next('ready')).stats!.connections, MID_WAVE_SIZE, 'only wave 0 had arrived when the successor gave up');
   assert.equal((await successor.next('warning')).code, 'ERR_TAKEOVER_TIMEOUT');
@@ -446,4 +446,24 @@ test('an old process stopped past 3 timeouts after LISTENING, whose given-up suc
   assert.equal(r.old.pending('handover').length, 1, 'a partial handover: its successor said it keeps the listeners');
   // Wave 1 could not reach the successor (it had closed the channel): it stays with the old process.
   await finishSplit(r, third);
+});
+
+test('a successor killed right after its ABORT past LISTENING (listening: true), while it still read on (it could not have been taken over): the old process, waking, takes the listeners back: the port is not left with no acceptor', {
+  timeout: 60_000,
+}, async () => {
+  // Its 3 timeouts of reading on (9 s) are far from over when the old process wakes.
+  const { r, successor } = await givenUpWhileOldStopped(3000);
+  // It gave up, said it keeps the listeners, and reads on (refusing any takeover): then it dies,
+  // before the old process read its ABORT.
+  successor.kill('SIGKILL');
+  await successor.exited;
+  await wakeOld(r);
+  const rollback = r.old.pending('rollback')[0];
+  assert.ok(rollback, `a partial handover, though no process has the listeners now: ${JSON.stringify(r.old.pending('handover'))}`);
+  assert.equal(rollback.report?.listenersResumed, 1);
+  await probeEcho(r.address.port, r.address.host);
+  for (const c of r.clients) c.close();
+  r.old.kill('SIGTERM');
+  await r.old.exited;
+  fs.rmSync(r.dir, { recursive: true, force: true });
 });

@@ -295,7 +295,7 @@ for (const [name, bytes, fds] of [
       const baseline = native.openFdCount();
       const [a, b] = channelPair(dir);
       const { channel, events, errors } = recorded(a);
-      if (listening) channel.markListening();
+      if (listening) channel.markListening(30_000);
       const attached = Array.from({ length: fds }, () => native.dup(b));
       assert.ok(native.sendMessage(b, bytes, attached));
       for (const fd of attached) native.close(fd);
@@ -303,6 +303,7 @@ for (const [name, bytes, fds] of [
       const abort = await peer.next('abort');
       assert.equal(abort.code, 'ERR_TAKEOVER_PROTOCOL');
       assert.equal(abort.listening, listening);
+      assert.equal(abort.readsOnMs, listening ? 30_000 : undefined);
       assert.equal(errors[0]?.message, abort.message, 'the peer is told the same reason');
       assert.deepEqual(events, ['error:ERR_TAKEOVER_PROTOCOL']);
       peer.close();

@@ -624,7 +624,7 @@ test('a live successor that aborts after LISTENING, before its first WAVE_ACK, k
   await s.peer.next('listening');
   const inFlight = Array.from({ length: WAVES_IN_FLIGHT }, (_, i) => i + 1);
   for (const id of inFlight) assert.deepEqual(fates(await nextWave(s.peer)), [`${id}:moved`]);
-  s.peer.send(encode.abort('ERR_TAKEOVER_SYSTEM', 'listen failed'));
+  s.peer.send(encode.abort('ERR_TAKEOVER_SYSTEM', 'listen failed', true));
   const outcome = await within(s.host.outcome, 'the partial handover');
   assert.ok(outcome.kind === 'partial', outcome.kind);
   assert.equal(outcome.error.reason, 'ERR_TAKEOVER_SYSTEM');
@@ -647,7 +647,7 @@ test('an ABORT that reaches the old process while its next wave waits for its lo
   assert.deepEqual(fates(await nextWave(s.peer)), ['1:moved']);
   // Sent as the successor reads wave 0, before the old process's next turn builds wave 1 (the
   // peer reads in the loop's poll phase, the wave is built in the check phase after it).
-  s.peer.send(encode.abort(ErrorCodes.TIMEOUT, 'gave up'));
+  s.peer.send(encode.abort(ErrorCodes.TIMEOUT, 'gave up', true));
   const outcome = await within(s.host.outcome, 'the partial handover');
   assert.ok(outcome.kind === 'partial' && outcome.error.reason === ErrorCodes.TIMEOUT, outcome.kind);
   assert.deepEqual(

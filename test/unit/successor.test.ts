@@ -692,7 +692,10 @@ for (const c of afterListening) {
     while (last.type !== 'eof' && last.type !== 'abort') last = await s.peer.nextAny();
     assert.equal(last.type === 'abort' ? last.code : 'eof', c.code);
     // The predecessor must not take the listeners back, even once this process is gone.
-    if (last.type === 'abort') assert.equal(last.listening, true, 'its ABORT says it keeps the listeners');
+    if (last.type === 'abort') {
+      assert.equal(last.listening, true, 'its ABORT says it keeps the listeners');
+      assert.equal(last.readsOnMs, 900, 'and that it reads on for 3 timeouts, refusing to be taken over');
+    }
     const outcome = await within(s.host.outcome, 'onDone');
     assert.ok(outcome.kind === 'done', outcome.kind);
     assert.equal(outcome.warning?.code, c.code);
@@ -707,9 +710,8 @@ for (const c of afterListening) {
   });
 }
 
-test('waves queued together are started one per turn of the event loop: what the first adopted is served before the second is read', async (t) => {
-  const s = await setup(t, 3);
-  await toWaves(s);
+/** Records each adoption and the loop turn after it: 'adopt N', then 'turn after N' once the loop turned. */
+function adoptionTurns(s: Setup): string[] {
   const order: string[] = [];
   const adopt = s.host.adopt.bind(s.host);
   s.host.adopt = (socket, listener, record) => {
@@ -717,6 +719,13 @@ test('waves queued together are started one per turn of the event loop: what the
     order.push(`adopt ${record.id}`);
     setImmediate(() => order.push(`turn after ${record.id}`));
   };
+  return order;
+}
+
+test('waves queued together are started one per turn of the event loop: what the first adopted is served before the second is read', async (t) => {
+  const s = await setup(t, 3);
+  await toWaves(s);
+  const order = adoptionTurns(s);
   sendWave(s, 0, [moved(1)]);
   sendWave(s, 1, [moved(2)]);
   sendWave(s, 2, [moved(3)]);
@@ -835,3 +844,37 @@ test("after LISTENING, the predecessor's own ABORT ends it at once: nothing foll
   await s.peer.next('eof');
   await s.teardown();
 });
+
+// The predecessor's last frames right behind waves split over several frames, all queued before
+// the successor reads: each wave is started whole, in order, one per turn, and the end still comes.
+for (const end of ['done', 'abort', 'eof'] as const) {
+  test(`waves of several chunks queued together with the predecessor's ${end === 'eof' ? 'EOF' : end.toUpperCase()} right behind: both started whole, in order, and the ${end} still read`, async (t) => {
+    const s = await setup(t, 2);
+    await toWaves(s);
+    const order = adoptionTurns(s);
+    const big = (c: string) => c.repeat(35_000);
+    const waves = [0, 1].map((seq) => encode.wave(encodeWave({ seq, records: [moved(seq + 1, big('i'), big(String(seq)))] })));
+    assert.ok(
+      waves.every((w) => w.length > 1),
+      'each wave takes several frames',
+    );
+    for (const [seq, frames] of waves.entries()) {
+      for (const message of frames) s.peer.send(message);
+      native.close(s.connFds[seq]!);
+      s.connFds[seq] = -1;
+    }
+    if (end === 'done') s.peer.send(encode.done(0, 0));
+    if (end === 'abort') s.peer.send(encode.abort(ErrorCodes.TIMEOUT, 'the predecessor gave up'));
+    if (end === 'eof') s.peer.close();
+    const outcome = await within(s.host.outcome, 'the outcome');
+    assert.ok(outcome.kind === 'done', outcome.kind);
+    if (end === 'done') assert.equal(outcome.warning, undefined);
+    else assert.equal(outcome.warning?.code, end === 'abort' ? ErrorCodes.ABORTED : ErrorCodes.PEER_CLOSED);
+    assert.equal(outcome.stats.connections, 2);
+    await waitFor(() => order.length === 4, 'both waves started');
+    assert.deepEqual(order, ['adopt 1', 'turn after 1', 'adopt 2', 'turn after 2']);
+    await s.clients[0]!.expect(`${big('0')}new:${big('i')}`);
+    await s.clients[1]!.expect(`${big('1')}new:${big('i')}`);
+    await s.teardown();
+  });
+}
