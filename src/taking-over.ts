@@ -156,7 +156,12 @@ export class TakingOver implements SuccessorHost {
       adapter.adopt(socket, { input: record.input, output: record.output, protocolState: record.protocolState }, prepare);
     } catch (error) {
       this.events.warning(
-        new TakeoverError(ErrorCodes.PROTOCOL, `a ${adapter.kind} connection could not be adopted: it is closed`, { cause: error, socket }),
+        // Usually the application's own 'connection' listener, which threw: say what it threw.
+        new TakeoverError(
+          ErrorCodes.PROTOCOL,
+          `a ${adapter.kind} connection could not be adopted (${error instanceof Error ? error.message : String(error)}): it is closed`,
+          { cause: error, socket },
+        ),
       );
       socket.destroy();
     }

@@ -38,7 +38,7 @@ async function pair(options: { server?: () => net.Server } = {}) {
     const [accepted] = await connection;
     return { client, accepted };
   };
-  return { old, oldServer, port, takeOver, connect };
+  return { old, oldServer, port, channel, takeOver, connect };
 }
 
 /** Whether the socket's fd has TCP_NODELAY, as the kernel says. */
@@ -222,6 +222,45 @@ test("an adopted socket's setNoDelay(true) sets TCP_NODELAY even when the old pr
   socket.setNoDelay(true);
   assert.equal(hasNoDelay(socket), true, "the app's setNoDelay(true) reaches the fd");
   client.destroy();
+  await successor.close();
+  newServer.close();
+  await old.done();
+});
+
+test("an application 'connection' listener that throws for an adopted socket: that connection is closed with a warning that says what it threw; the rest of the wave is adopted and served", {
+  timeout: 30_000,
+}, async () => {
+  const { old, port, channel } = await pair();
+  const clients = [net.connect(port, '127.0.0.1'), net.connect(port, '127.0.0.1')];
+  await Promise.all(clients.map((c) => once(c, 'connect')));
+  const successor = await Takeover.start({ path: channel, mode: 'successor' });
+  const warnings: TakeoverError[] = [];
+  successor.on('warning', (error) => warnings.push(error));
+  const newServer = net.createServer();
+  let adopted = 0;
+  newServer.on('connection', (socket) => {
+    if (adopted++ === 0) throw new Error('the app failed on this one');
+    socket.on('data', (data) => socket.write(data));
+  });
+  void successor.listen(newServer, { name: 'app' });
+  const stats = await successor.ready();
+  assert.equal(stats!.connections, 2);
+  assert.equal(warnings.length, 1);
+  assert.equal(warnings[0]!.code, 'ERR_TAKEOVER_PROTOCOL');
+  assert.match(warnings[0]!.message, /could not be adopted \(the app failed on this one\): it is closed/);
+  // One client was closed; the other is echoed by the successor.
+  const results = await Promise.all(
+    clients.map(
+      (c) =>
+        new Promise<string>((resolve) => {
+          c.once('data', (d) => resolve(d.toString()));
+          c.once('close', () => resolve('closed'));
+          c.write('hi');
+        }),
+    ),
+  );
+  assert.deepEqual(results.sort(), ['closed', 'hi']);
+  for (const c of clients) c.destroy();
   await successor.close();
   newServer.close();
   await old.done();
