@@ -40,8 +40,7 @@ export class Channel extends EventEmitter<ChannelEvents> {
   /** A send failed: later frames are dropped until the failure is reported. */
   private sendError: TakeoverError | undefined;
   private closed = false;
-  /** See {@link markListening}. */
-  private listening = false;
+  /** See {@link markListening}: set once this side accepts on the listeners it was passed. */
   private readsOnMs: number | undefined;
   /** When a read last found nothing queued: every frame read since arrived after it. */
   private drainedAt = performance.now();
@@ -116,13 +115,12 @@ export class Channel extends EventEmitter<ChannelEvents> {
    * LISTENING), and that it reads on for `readsOnMs` after it, refusing to be taken over meanwhile.
    */
   markListening(readsOnMs: number): void {
-    this.listening = true;
     this.readsOnMs = readsOnMs;
   }
 
   /** Tells the peer this side gives up, as its last frame (see {@link sendLast}). */
   sendAbort(reason: TakeoverError): void {
-    this.sendLast(encode.abort(reason.code, reason.message, this.listening, this.readsOnMs));
+    this.sendLast(encode.abort(reason.code, reason.message, this.readsOnMs !== undefined, this.readsOnMs));
   }
 
   /** How long ago a read last found the channel empty: a frame read now was sent no earlier. */

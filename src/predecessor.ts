@@ -680,7 +680,7 @@ export class PredecessorSession {
     // (the kernel's pid, a zombie counts as dead) lets this process resume them, and only if it
     // did not say it kept them: it may have passed them on to a third process before it exited.
     // One that said it never listened (alive or not) left the port to no one but this process.
-    if (listening && successorListens !== false && (successorListens === true || isAlive(this.successorPid))) {
+    if (listening && (successorListens ?? isAlive(this.successorPid))) {
       // The successor accepts on the listeners and the channel now and serves what it started:
       // taking them back would make two processes accept. The connections not frozen yet never
       // left this process, so it finishes them, as retained ones, and then exits.
