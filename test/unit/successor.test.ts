@@ -150,9 +150,14 @@ function moved(id: number, input = '', output = '', state?: string): WaveRecord 
   };
 }
 
-/** Sends a wave (split into as many frames as it needs); the fake predecessor lets go of what moved. */
-function sendWave(s: Setup, seq: number, records: WaveRecord[]): void {
+/** Sends a wave's frames (as many as it needs) and nothing else: the test's copies of its connections stay open (a wave the successor is to refuse). */
+function sendWaveFrames(s: Setup, seq: number, records: WaveRecord[]): void {
   for (const message of encode.wave(encodeWave({ seq, records }))) s.peer.send(message);
+}
+
+/** Sends a wave; the fake predecessor lets go of what moved. */
+function sendWave(s: Setup, seq: number, records: WaveRecord[]): void {
+  sendWaveFrames(s, seq, records);
   for (const r of records) {
     if (r.fate !== 'moved' && r.fate !== 'closed') continue;
     native.close(s.connFds[r.id - 1]!);
@@ -620,7 +625,7 @@ const afterListening: AfterListeningCase[] = [
     script: async (s) => {
       sendWave(s, 0, [moved(1)]);
       await s.peer.next('waveAck');
-      for (const message of encode.wave(encodeWave({ seq: 1, records: [moved(9)] }))) s.peer.send(message);
+      sendWaveFrames(s, 1, [moved(9)]);
     },
     code: ErrorCodes.PROTOCOL,
     adopted: 1,
@@ -628,7 +633,7 @@ const afterListening: AfterListeningCase[] = [
   {
     name: 'a wave naming the same connection twice',
     script: async (s) => {
-      for (const message of encode.wave(encodeWave({ seq: 0, records: [moved(1, 'once'), moved(1, 'twice')] }))) s.peer.send(message);
+      sendWaveFrames(s, 0, [moved(1, 'once'), moved(1, 'twice')]);
     },
     code: ErrorCodes.PROTOCOL,
     adopted: 0,
@@ -637,7 +642,7 @@ const afterListening: AfterListeningCase[] = [
     name: 'a wave naming a connection the wave before it moved (sent before its WAVE_ACK)',
     script: async (s) => {
       sendWave(s, 0, [moved(1)]);
-      for (const message of encode.wave(encodeWave({ seq: 1, records: [moved(1)] }))) s.peer.send(message);
+      sendWaveFrames(s, 1, [moved(1)]);
     },
     code: ErrorCodes.PROTOCOL,
     adopted: 1,
@@ -778,14 +783,14 @@ test('after LISTENING, a refused wave does not stop the reading: the wave after 
   sendWave(s, 0, [moved(1)]);
   await s.peer.next('waveAck');
   // Pipelined: the old process sent waves 1 and 2 before it read the ABORT that wave 1 causes.
-  for (const message of encode.wave(encodeWave({ seq: 1, records: [moved(9)] }))) s.peer.send(message);
+  sendWaveFrames(s, 1, [moved(9)]);
   sendWave(s, 2, [moved(2, '', 'two')]);
   await gaveUp(s, ErrorCodes.PROTOCOL);
   await s.clients[1]!.expect('two');
   // Given up: a wave naming a connection already started is refused, and one that repeats
   // an earlier number too; the next good one is started.
-  for (const message of encode.wave(encodeWave({ seq: 3, records: [moved(2)] }))) s.peer.send(message);
-  for (const message of encode.wave(encodeWave({ seq: 2, records: [moved(3)] }))) s.peer.send(message);
+  sendWaveFrames(s, 3, [moved(2)]);
+  sendWaveFrames(s, 2, [moved(3)]);
   sendWave(s, 4, [moved(4, '', 'four')]);
   await s.clients[3]!.expect('four');
   assert.deepEqual(
